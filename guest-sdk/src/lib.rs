@@ -1,0 +1,92 @@
+//! Write Weir stream operators in Rust.
+//!
+//! An operator is a type that implements [`Operator`]; [`export_operator!`] turns the
+//! crate into a WebAssembly component that exports the `weir:operator/handler`
+//! interface of `wit/operator.wit`. Build it with
+//! `cargo build --target wasm32-wasip2 --release` and name the `.wasm` file in a job.
+//!
+//! The host calls one instance per subtask, from one thread: [`Operator::open`], then
+//! [`Operator::restore_state`] when the job restores from a checkpoint, then any number of
+//! [`Operator::process`], [`Operator::on_timer`], [`Operator::on_watermark`],
+//! [`Operator::snapshot_state`] and checkpoint notifications, then [`Operator::close`].
+//! Records come in batches; records passed to [`Output::emit`] go downstream in one host
+//! call when the method returns.
+//!
+//! Keyed state ([`ValueState`], [`ListState`], [`MapState`]) and [`timers`] are kept and
+//! checkpointed by the host; state an operator keeps in its own fields survives a restart
+//! only through [`Operator::snapshot_state`] and [`Operator::restore_state`].
+//!
+//! ```no_run
+//! use weir_sdk::{Context, Operator, Output, Record, Result, ValueState};
+//!
+//! /// Counts the records of each key and emits the running count.
+//! struct CountPerKey {
+//!     counts: ValueState<u64>,
+//! }
+//!
+//! impl Operator for CountPerKey {
+//!     fn open(_ctx: &Context) -> Result<Self> {
+//!         Ok(Self { counts: ValueState::open("counts")? })
+//!     }
+//!
+//!     fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
+//!         for record in batch {
+//!             let key = record.key.ok_or("count-per-key needs keyed input")?;
+//!             let count = self.counts.get(&key)?.unwrap_or(0) + 1;
+//!             self.counts.set(&key, &count)?;
+//!             out.emit(Record::new(count.to_string()).with_key(key));
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! weir_sdk::export_operator!(CountPerKey);
+//! ```
+//!
+//! # Layout
+//!
+//! - `types`: the plain data the host and the operator exchange ([`Record`],
+//!   [`Context`], [`Timer`]) and [`Error`].
+//! - `operator`: the [`Operator`] trait and the [`Output`] buffer.
+//! - `state`: typed handles over the host's keyed state, encoded with postcard.
+//! - [`timers`], [`log`]: thin wrappers over the matching imports.
+//! - `export`: [`export_operator!`] and the hidden adapter it expands to.
+//! - `__bindings`: the code `wit-bindgen` generates; not part of the API.
+#![deny(missing_docs)]
+
+mod export;
+pub mod log;
+mod operator;
+mod state;
+pub mod timers;
+mod types;
+
+pub use operator::{Operator, Output};
+pub use state::{ListState, MapState, ValueState};
+pub use types::{CheckpointId, Context, Error, Record, Result, TimeDomain, Timer};
+
+/// What [`export_operator!`] expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::export::{Instance, Slot};
+}
+
+/// Generated bindings of `wit/`; the only `generate!` site of the guest side.
+///
+/// `record` maps to [`Record`] so that batches cross the boundary without a copy into
+/// a second type. `pub_export_macro` and `default_bindings_module` let the crate that
+/// invokes [`export_operator!`] export the handler through these bindings.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod __bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "operator",
+        with: {
+            "weir:operator/types@0.1.0/record": crate::Record,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "weir_sdk::__bindings",
+    });
+}

@@ -1,0 +1,330 @@
+//! The plain data the host and an operator exchange, and the operator's error type.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+use crate::__bindings::weir::operator::types as wit;
+
+/// Identifies one checkpoint of a job. Ids grow monotonically, across restarts too.
+///
+/// ```
+/// let first: weir_sdk::CheckpointId = 1;
+/// assert!(first < 2);
+/// ```
+pub type CheckpointId = u64;
+
+/// The result type of every fallible call in this crate and of every [`crate::Operator`]
+/// method.
+///
+/// ```
+/// fn parse_count(text: &str) -> weir_sdk::Result<u64> {
+///     text.parse().map_err(|_| weir_sdk::Error::new(format!("`{text}` is not a count")))
+/// }
+/// assert_eq!(parse_count("12"), Ok(12));
+/// assert!(parse_count("twelve").is_err());
+/// ```
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// One element of a stream.
+///
+/// ```
+/// use weir_sdk::Record;
+///
+/// let record = Record::new("hello").with_key("greeting").with_timestamp(1_700_000_000_000);
+/// assert_eq!(record.value, b"hello");
+/// assert_eq!(record.key.as_deref(), Some(&b"greeting"[..]));
+/// assert_eq!(record.timestamp, Some(1_700_000_000_000));
+/// ```
+// The bindings lift and lower this type field by field in place of the generated
+// `record`, so its fields must stay exactly those of `record` in `wit/types.wit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Record {
+    /// The partitioning key. Operators downstream of a `key-by` edge see every record of
+    /// a key on the same subtask; keyed state is addressed by this key.
+    pub key: Option<Vec<u8>>,
+    /// The payload. Weir never looks inside it.
+    pub value: Vec<u8>,
+    /// Event time in milliseconds since the Unix epoch, if the record has one.
+    pub timestamp: Option<i64>,
+}
+
+impl Record {
+    /// A record with this value, no key and no timestamp.
+    ///
+    /// ```
+    /// let record = weir_sdk::Record::new(vec![1, 2, 3]);
+    /// assert_eq!(record.value, [1, 2, 3]);
+    /// assert_eq!(record.key, None);
+    /// ```
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            key: None,
+            value: value.into(),
+            timestamp: None,
+        }
+    }
+
+    /// The record with its key set to `key`.
+    ///
+    /// ```
+    /// let record = weir_sdk::Record::new("1").with_key("river");
+    /// assert_eq!(record.key.as_deref(), Some(&b"river"[..]));
+    /// ```
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The record with its event time set to `timestamp` (milliseconds since the Unix
+    /// epoch).
+    ///
+    /// ```
+    /// let record = weir_sdk::Record::new("x").with_timestamp(42);
+    /// assert_eq!(record.timestamp, Some(42));
+    /// ```
+    #[must_use]
+    pub fn with_timestamp(mut self, timestamp: i64) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+}
+
+/// What the host tells an operator instance when it opens it.
+///
+/// ```
+/// let ctx = weir_sdk::Context {
+///     operator_id: "count".into(),
+///     config: String::new(),
+///     subtask_index: 0,
+///     parallelism: 2,
+///     max_parallelism: 128,
+///     restored: false,
+/// };
+/// assert!(ctx.subtask_index < ctx.parallelism);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// The id of the operator in the job file.
+    pub operator_id: String,
+    /// The operator's `config` from the job file: a string as written, or a table
+    /// rendered as JSON. Empty when the job file sets none.
+    pub config: String,
+    /// Which parallel instance this is, from 0 to `parallelism - 1`.
+    pub subtask_index: u32,
+    /// How many parallel instances the operator has.
+    pub parallelism: u32,
+    /// The number of key groups of the job (Flink's max parallelism).
+    pub max_parallelism: u32,
+    /// True when the instance is restored from a checkpoint; [`crate::Operator::restore_state`]
+    /// is called right after [`crate::Operator::open`] in that case.
+    pub restored: bool,
+}
+
+impl Context {
+    /// Parses [`Context::config`] as JSON into `T`. An empty config reads as the empty
+    /// object `{}`, so a struct whose fields all have defaults parses from it.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize)]
+    /// #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+    /// struct Config {
+    ///     #[serde(default)]
+    ///     min_length: usize,
+    /// }
+    ///
+    /// let mut ctx = weir_sdk::Context { config: r#"{"min-length": 3}"#.into(), ..Default::default() };
+    /// assert_eq!(ctx.config_json::<Config>().unwrap().min_length, 3);
+    /// ctx.config.clear();
+    /// assert_eq!(ctx.config_json::<Config>().unwrap().min_length, 0);
+    /// ctx.config = r#"{"max-length": 3}"#.into();
+    /// assert!(ctx.config_json::<Config>().is_err());
+    /// ```
+    pub fn config_json<T: DeserializeOwned>(&self) -> Result<T> {
+        let text = if self.config.trim().is_empty() {
+            "{}"
+        } else {
+            &self.config
+        };
+        serde_json::from_str(text).map_err(|e| {
+            Error::new(format!(
+                "the config of operator `{}` is not valid: {e}",
+                self.operator_id
+            ))
+        })
+    }
+}
+
+impl From<wit::Context> for Context {
+    fn from(ctx: wit::Context) -> Self {
+        Self {
+            operator_id: ctx.operator_id,
+            config: ctx.config,
+            subtask_index: ctx.subtask_index,
+            parallelism: ctx.parallelism,
+            max_parallelism: ctx.max_parallelism,
+            restored: ctx.restored,
+        }
+    }
+}
+
+/// Which clock a timer is set on.
+///
+/// ```
+/// use weir_sdk::TimeDomain;
+/// assert_ne!(TimeDomain::EventTime, TimeDomain::ProcessingTime);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeDomain {
+    /// Fires when the watermark passes the timer's time.
+    EventTime,
+    /// Fires when the host's wall clock passes the timer's time.
+    ProcessingTime,
+}
+
+impl From<wit::TimeDomain> for TimeDomain {
+    fn from(domain: wit::TimeDomain) -> Self {
+        match domain {
+            wit::TimeDomain::EventTime => Self::EventTime,
+            wit::TimeDomain::ProcessingTime => Self::ProcessingTime,
+        }
+    }
+}
+
+impl From<TimeDomain> for wit::TimeDomain {
+    fn from(domain: TimeDomain) -> Self {
+        match domain {
+            TimeDomain::EventTime => Self::EventTime,
+            TimeDomain::ProcessingTime => Self::ProcessingTime,
+        }
+    }
+}
+
+/// A timer that fired. Timers are keyed: they belong to the key they were set for.
+///
+/// ```
+/// use weir_sdk::{TimeDomain, Timer};
+/// let timer = Timer { key: b"river".to_vec(), timestamp: 60_000, domain: TimeDomain::EventTime };
+/// assert_eq!(timer.domain, TimeDomain::EventTime);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Timer {
+    /// The key the timer was registered for.
+    pub key: Vec<u8>,
+    /// The time the timer was registered for, in milliseconds.
+    pub timestamp: i64,
+    /// The clock the timer was set on.
+    pub domain: TimeDomain,
+}
+
+impl From<wit::Timer> for Timer {
+    fn from(timer: wit::Timer) -> Self {
+        Self {
+            key: timer.key,
+            timestamp: timer.timestamp,
+            domain: timer.domain.into(),
+        }
+    }
+}
+
+/// An error an operator reports to the host: a sentence for the user.
+///
+/// Returning it fails the running attempt of the job, which then restarts according to
+/// its restart strategy. Unlike a panic (a trap), it leaves the instance usable for
+/// [`crate::Operator::close`].
+///
+/// ```
+/// use weir_sdk::Error;
+///
+/// let from_str: Error = "the input is not UTF-8".into();
+/// let built = Error::new(format!("line {} is not UTF-8", 3));
+/// assert_eq!(from_str.message(), "the input is not UTF-8");
+/// assert_eq!(built.to_string(), "line 3 is not UTF-8");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    message: String,
+}
+
+impl Error {
+    /// An error with this message. Say what went wrong and, where you can, what the
+    /// user can do about it.
+    ///
+    /// ```
+    /// let error = weir_sdk::Error::new("counter needs keyed input");
+    /// assert_eq!(error.message(), "counter needs keyed input");
+    /// ```
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// The message of the error.
+    ///
+    /// ```
+    /// assert_eq!(weir_sdk::Error::from("oops").message(), "oops");
+    /// ```
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Self { message }
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<Error> for wit::Error {
+    fn from(error: Error) -> Self {
+        Self {
+            message: error.message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_config_parses_as_an_empty_object() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Config {
+            #[serde(default)]
+            n: u32,
+        }
+        let ctx = Context {
+            config: "  ".into(),
+            ..Context::default()
+        };
+        assert_eq!(ctx.config_json::<Config>(), Ok(Config { n: 0 }));
+    }
+
+    #[test]
+    fn a_bad_config_names_the_operator() {
+        let ctx = Context {
+            operator_id: "count".into(),
+            config: "{".into(),
+            ..Context::default()
+        };
+        let error = ctx.config_json::<serde::de::IgnoredAny>().err();
+        assert!(error.is_some_and(|e| e.message().contains("operator `count`")));
+    }
+}

@@ -1,0 +1,176 @@
+//! The `file` source: the lines of one or more files, as records without a key.
+//!
+//! File `j` of the list is read by subtask `j mod parallelism`. The source tracks the
+//! byte offset after the last line it emitted, so that a checkpoint can record where to
+//! resume and a replay starts on a line boundary.
+
+use crate::runtime::{Fault, Record, Source, SourcePoll, TaskError, TaskInfo};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+
+/// Where a file source stands: the file it reads and the offset of its next line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilePosition {
+    /// Index into the subtask's files.
+    pub file: usize,
+    /// Byte offset of the next line in that file.
+    pub offset: u64,
+}
+
+/// One subtask of a file source.
+pub struct FileSource {
+    files: Vec<PathBuf>,
+    position: FilePosition,
+    reader: Option<BufReader<File>>,
+    line: Vec<u8>,
+}
+
+impl FileSource {
+    /// The source of subtask `info` over `paths`.
+    pub fn new(paths: &[PathBuf], info: &TaskInfo) -> Self {
+        let parallelism = usize::try_from(info.parallelism.max(1)).unwrap_or(1);
+        let files = paths
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % parallelism == info.subtask.as_usize())
+            .map(|(_, p)| p.clone())
+            .collect();
+        Self {
+            files,
+            position: FilePosition::default(),
+            reader: None,
+            line: Vec::new(),
+        }
+    }
+
+    /// Where the source stands.
+    pub fn position(&self) -> FilePosition {
+        self.position
+    }
+
+    /// Opens the current file at the current offset, unless it is open already; false
+    /// when every file has been read.
+    fn open_current(&mut self) -> Result<bool, TaskError> {
+        if self.reader.is_none() {
+            let Some(path) = self.files.get(self.position.file) else {
+                return Ok(false);
+            };
+            let io_error = |e: std::io::Error| {
+                TaskError::failed(
+                    Fault::External,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            };
+            let mut file = File::open(path).map_err(io_error)?;
+            file.seek(SeekFrom::Start(self.position.offset))
+                .map_err(io_error)?;
+            self.reader = Some(BufReader::with_capacity(256 * 1024, file));
+        }
+        Ok(true)
+    }
+}
+
+impl Source for FileSource {
+    fn open(&mut self) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Result<SourcePoll, TaskError> {
+        for _ in 0..max {
+            let file = self.position.file;
+            if !self.open_current()? {
+                return Ok(SourcePoll::Finished);
+            }
+            let Some(reader) = self.reader.as_mut() else {
+                return Ok(SourcePoll::Finished);
+            };
+            self.line.clear();
+            let read = reader.read_until(b'\n', &mut self.line).map_err(|e| {
+                TaskError::failed(
+                    Fault::External,
+                    format!("cannot read {}: {e}", self.files[file].display()),
+                )
+            })?;
+            if read == 0 {
+                self.reader = None;
+                self.position = FilePosition {
+                    file: file + 1,
+                    offset: 0,
+                };
+                continue;
+            }
+            self.position.offset += u64::try_from(read).unwrap_or(u64::MAX);
+            let mut line = self.line.as_slice();
+            if let Some(rest) = line.strip_suffix(b"\n") {
+                line = rest.strip_suffix(b"\r").unwrap_or(rest);
+            }
+            out.push(Record::new(line));
+        }
+        Ok(SourcePoll::Ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::SubtaskIndex;
+
+    fn info(subtask: u32, parallelism: u32) -> TaskInfo {
+        TaskInfo {
+            node: "lines".into(),
+            subtask: SubtaskIndex(subtask),
+            parallelism,
+            max_parallelism: 128,
+        }
+    }
+
+    #[test]
+    fn every_line_of_every_file_comes_out_once_without_its_newline()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let a = dir.path().join("a.txt");
+        let b = dir.path().join("b.txt");
+        std::fs::write(&a, "one\ntwo\r\n\nthree")?;
+        std::fs::write(&b, "four\n")?;
+        let mut source = FileSource::new(&[a, b], &info(0, 1));
+        let mut out = Vec::new();
+        while source.poll(&mut out, 2)? != SourcePoll::Finished {}
+        let lines: Vec<&[u8]> = out.iter().map(|r| r.value.as_slice()).collect();
+        assert_eq!(lines, vec![&b"one"[..], b"two", b"", b"three", b"four"]);
+        Ok(())
+    }
+
+    #[test]
+    fn files_are_split_between_subtasks() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let paths: Vec<PathBuf> = (0..3)
+            .map(|i| dir.path().join(format!("{i}.txt")))
+            .collect();
+        for (i, p) in paths.iter().enumerate() {
+            std::fs::write(p, format!("{i}\n"))?;
+        }
+        let mut seen = Vec::new();
+        for s in 0..2 {
+            let mut source = FileSource::new(&paths, &info(s, 2));
+            let mut out = Vec::new();
+            while source.poll(&mut out, 10)? != SourcePoll::Finished {}
+            seen.extend(out.into_iter().map(|r| r.value));
+        }
+        seen.sort();
+        assert_eq!(seen, vec![b"0".to_vec(), b"1".to_vec(), b"2".to_vec()]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_position_points_after_the_last_emitted_line() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let a = dir.path().join("a.txt");
+        std::fs::write(&a, "ab\ncd\n")?;
+        let mut source = FileSource::new(&[a], &info(0, 1));
+        let mut out = Vec::new();
+        source.poll(&mut out, 1)?;
+        assert_eq!(source.position(), FilePosition { file: 0, offset: 3 });
+        Ok(())
+    }
+}

@@ -1,0 +1,693 @@
+//! The nodes: each `[[source]]`, `[[operator]]` and `[[sink]]` read by its kind,
+//! then the logical graph: ids, inputs, parallelism, partitioning and a
+//! topological order.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use toml_edit::Item;
+
+use super::doc::{Doc, Seg, node_items, str_at};
+use super::error::{FileRole, JobError, Location, MissingFile};
+use super::raw::{
+    NODE_SECTIONS, RawFileSink, RawFileSource, RawGenerator, RawOperator, RawPlainSink,
+    SinkKindName, SourceKindName, StringList, defaults, fields_of,
+};
+use super::sections::JobSettings;
+use super::spec::{
+    FileSourceSpec, GeneratorSpec, Node, NodeKind, OperatorSpec, Partition, SinkKind, SinkSpec,
+    SourceKind,
+};
+
+/// A node as read from its table, before the graph is checked.
+struct Draft {
+    section: &'static str,
+    /// Position within its section, for finding its keys in the document.
+    index: usize,
+    id: String,
+    parallelism: Option<u32>,
+    inputs: Vec<String>,
+    partition: Option<Partition>,
+    kind: NodeKind,
+}
+
+impl Draft {
+    fn label(&self) -> String {
+        format!("{} \"{}\"", self.section, self.id)
+    }
+}
+
+/// Where `key` of the node at `index` of `section` is written (or the node itself).
+fn at(doc: &Doc<'_>, section: &str, index: usize, key: &str) -> Location {
+    doc.at(&[Seg::Key(section), Seg::Index(index), Seg::Key(key)])
+}
+
+/// Reads, checks and topologically sorts all nodes.
+pub(crate) fn nodes(doc: &Doc<'_>, job: &JobSettings) -> Result<Vec<Node>, JobError> {
+    let mut drafts = Vec::new();
+    for section in NODE_SECTIONS {
+        let Some(section_item) = doc.root.get(section) else {
+            continue;
+        };
+        let Some(items) = node_items(section_item) else {
+            return Err(JobError::Invalid {
+                at: doc.at(&[Seg::Key(section)]),
+                message: format!(
+                    "`{section}` must be an array of tables. Write each {section} under its own [[{section}]] header (two brackets)."
+                ),
+            });
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            let reader = NodeReader {
+                doc,
+                section,
+                index,
+                item,
+                context: match str_at(item, "id") {
+                    Some(id) => format!("[[{section}]] \"{id}\""),
+                    None => format!("[[{section}]] number {}", index + 1),
+                },
+            };
+            drafts.push(match section {
+                "source" => reader.source()?,
+                "operator" => reader.operator()?,
+                _ => reader.sink()?,
+            });
+        }
+    }
+    Graph::new(doc, job, drafts)?.into_nodes()
+}
+
+/// Reads one node's table.
+struct NodeReader<'d, 'a> {
+    doc: &'d Doc<'a>,
+    section: &'static str,
+    index: usize,
+    item: &'d Item,
+    /// e.g. `[[operator]] "count"`.
+    context: String,
+}
+
+impl NodeReader<'_, '_> {
+    fn at(&self, key: &str) -> Location {
+        at(self.doc, self.section, self.index, key)
+    }
+
+    fn label(&self, id: &str) -> String {
+        format!("{} \"{id}\"", self.section)
+    }
+
+    /// The node's id: present and of the allowed characters.
+    fn id(&self, id: Option<String>) -> Result<String, JobError> {
+        let Some(id) = id else {
+            return Err(JobError::Invalid {
+                at: self.at("id"),
+                message: format!(
+                    "{} has no `id`. Give every node a unique id, e.g. id = \"tokenize\".",
+                    self.context
+                ),
+            });
+        };
+        let valid = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid {
+            return Err(JobError::Invalid {
+                at: self.at("id"),
+                message: format!(
+                    "the id \"{id}\" may contain only lowercase letters, digits, `-` and `_`, and must not be empty. Write e.g. id = \"{}\".",
+                    suggested_id(&id)
+                ),
+            });
+        }
+        Ok(id)
+    }
+
+    /// The `kind` of a source or sink, as one of `names`.
+    fn kind<K: serde::de::DeserializeOwned>(&self, names: &[&str]) -> Result<K, JobError> {
+        let Some(kind) = self.item.get("kind") else {
+            let choices: Vec<String> = names.iter().map(|n| format!("kind = \"{n}\"")).collect();
+            return Err(JobError::Invalid {
+                at: self.at("kind"),
+                message: format!("{} has no `kind`. Set {}.", self.context, or_list(&choices)),
+            });
+        };
+        self.doc.deserialize_value(kind, "kind", &self.context)
+    }
+
+    /// The unknown-key check for a node of kind `kind` among `kinds` (name, keys).
+    fn check_keys(
+        &self,
+        kind: &str,
+        keys: &'static [&'static str],
+        kinds: &[(&'static str, &'static [&'static str])],
+    ) -> Result<(), JobError> {
+        let others: Vec<(String, &'static [&'static str])> = kinds
+            .iter()
+            .filter(|(name, _)| *name != kind)
+            .map(|(name, keys)| (format!("kind \"{name}\""), *keys))
+            .collect();
+        let table = format!("{} of kind \"{kind}\"", self.context);
+        self.doc.check_keys(self.item, keys, &table, &others)
+    }
+
+    fn source(&self) -> Result<Draft, JobError> {
+        if self.item.get("inputs").is_some() {
+            return Err(JobError::Graph {
+                at: self.at("inputs"),
+                message: format!(
+                    "{} has `inputs`, but a source reads from outside the job and has no upstream nodes. Remove `inputs`, or make this node an [[operator]].",
+                    self.context
+                ),
+            });
+        }
+        let names = SourceKindName::ALL.map(SourceKindName::name);
+        let kind: SourceKindName = self.kind(&names)?;
+        let kinds = SourceKindName::ALL.map(|k| (k.name(), k.keys()));
+        self.check_keys(kind.name(), kind.keys(), &kinds)?;
+        let table = format!("{} of kind \"{}\"", self.context, kind.name());
+        let (id, parallelism, source) = match kind {
+            SourceKindName::Generator => {
+                let raw: RawGenerator = self.doc.deserialize(self.item, &table)?;
+                let id = self.id(raw.id)?;
+                let keys = raw.keys.unwrap_or(defaults::GENERATOR_KEYS);
+                if keys == 0 {
+                    return Err(JobError::Invalid {
+                        at: self.at("keys"),
+                        message: format!(
+                            "{}: `keys` is 0, but every record needs a key. Set keys = 1 or more.",
+                            self.label(&id)
+                        ),
+                    });
+                }
+                let spec = GeneratorSpec {
+                    count: raw.count,
+                    keys,
+                    seed: raw.seed.unwrap_or(0),
+                    rate: raw.rate.unwrap_or(0),
+                    value_size: raw.value_size.unwrap_or(0),
+                };
+                (id, raw.parallelism, SourceKind::Generator(spec))
+            }
+            SourceKindName::File => {
+                let raw: RawFileSource = self.doc.deserialize(self.item, &table)?;
+                let id = self.id(raw.id)?;
+                let paths = self.input_files(&id, raw.path)?;
+                (
+                    id,
+                    raw.parallelism,
+                    SourceKind::File(FileSourceSpec { paths }),
+                )
+            }
+        };
+        Ok(Draft {
+            section: self.section,
+            index: self.index,
+            id,
+            parallelism,
+            inputs: Vec::new(),
+            partition: None,
+            kind: NodeKind::Source(source),
+        })
+    }
+
+    /// A file source's `path`: present, not empty, and every file there.
+    fn input_files(&self, id: &str, paths: Option<StringList>) -> Result<Vec<PathBuf>, JobError> {
+        let paths = match paths {
+            Some(StringList(paths)) if !paths.is_empty() => paths,
+            _ => {
+                return Err(JobError::Invalid {
+                    at: self.at("path"),
+                    message: format!(
+                        "{} of kind \"file\" has no input. Set path = \"input.txt\" or path = [\"a.txt\", \"b.txt\"], relative to the job file.",
+                        self.label(id)
+                    ),
+                });
+            }
+        };
+        let single = self.item.get("path").is_some_and(|p| p.is_str());
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, given)| {
+                let mut path = vec![
+                    Seg::Key(self.section),
+                    Seg::Index(self.index),
+                    Seg::Key("path"),
+                ];
+                if !single {
+                    path.push(Seg::Index(i));
+                }
+                self.existing_file(id, given, FileRole::SourceInput, self.doc.at(&path))
+            })
+            .collect()
+    }
+
+    /// Resolves `given` and checks that it is a file; returns its canonical path.
+    fn existing_file(
+        &self,
+        id: &str,
+        given: &str,
+        role: FileRole,
+        at: Location,
+    ) -> Result<PathBuf, JobError> {
+        let resolved = self.doc.resolve(given);
+        if resolved.is_file() {
+            return Ok(std::fs::canonicalize(&resolved).unwrap_or(resolved));
+        }
+        Err(JobError::MissingFile(Box::new(MissingFile {
+            at,
+            node: self.label(id),
+            role,
+            given: given.to_owned(),
+            not_a_file: resolved.exists(),
+            resolved,
+        })))
+    }
+
+    fn operator(&self) -> Result<Draft, JobError> {
+        self.doc
+            .check_keys(self.item, fields_of::<RawOperator>(), &self.context, &[])?;
+        let raw: RawOperator = self.doc.deserialize(self.item, &self.context)?;
+        let id = self.id(raw.id)?;
+        let Some(wasm) = raw.wasm else {
+            return Err(JobError::Invalid {
+                at: self.at("wasm"),
+                message: format!(
+                    "{} has no `wasm`. Set wasm = \"path/to/operator.wasm\", relative to the job file.",
+                    self.label(&id)
+                ),
+            });
+        };
+        let wasm = self.existing_file(&id, &wasm, FileRole::Component, self.at("wasm"))?;
+        let batch_size = raw.batch_size.unwrap_or(defaults::BATCH_SIZE);
+        if batch_size == 0 {
+            return Err(JobError::Invalid {
+                at: self.at("batch-size"),
+                message: format!(
+                    "{}: `batch-size` is 0, but a batch holds at least one record. Set batch-size = 1 or more (default {}).",
+                    self.label(&id),
+                    defaults::BATCH_SIZE
+                ),
+            });
+        }
+        Ok(Draft {
+            section: self.section,
+            index: self.index,
+            id,
+            parallelism: raw.parallelism,
+            inputs: raw.inputs.map(|l| l.0).unwrap_or_default(),
+            partition: raw.partition,
+            kind: NodeKind::Operator(OperatorSpec {
+                wasm,
+                config: raw.config.map(|c| c.0).unwrap_or_default(),
+                batch_size,
+            }),
+        })
+    }
+
+    fn sink(&self) -> Result<Draft, JobError> {
+        let names = SinkKindName::ALL.map(SinkKindName::name);
+        let kind: SinkKindName = self.kind(&names)?;
+        let kinds = SinkKindName::ALL.map(|k| (k.name(), k.keys()));
+        self.check_keys(kind.name(), kind.keys(), &kinds)?;
+        let table = format!("{} of kind \"{}\"", self.context, kind.name());
+        let (id, inputs, partition, parallelism, rate, sink) = match kind {
+            SinkKindName::Stdout | SinkKindName::Blackhole => {
+                let raw: RawPlainSink = self.doc.deserialize(self.item, &table)?;
+                let sink = if kind == SinkKindName::Stdout {
+                    SinkKind::Stdout
+                } else {
+                    SinkKind::Blackhole
+                };
+                let id = self.id(raw.id)?;
+                (
+                    id,
+                    raw.inputs,
+                    raw.partition,
+                    raw.parallelism,
+                    raw.rate,
+                    sink,
+                )
+            }
+            SinkKindName::File => {
+                let raw: RawFileSink = self.doc.deserialize(self.item, &table)?;
+                let id = self.id(raw.id)?;
+                let path = self.output_dir(&id, raw.path)?;
+                let sink = SinkKind::File { path };
+                (
+                    id,
+                    raw.inputs,
+                    raw.partition,
+                    raw.parallelism,
+                    raw.rate,
+                    sink,
+                )
+            }
+        };
+        Ok(Draft {
+            section: self.section,
+            index: self.index,
+            id,
+            parallelism,
+            inputs: inputs.map(|l| l.0).unwrap_or_default(),
+            partition,
+            kind: NodeKind::Sink(SinkSpec {
+                kind: sink,
+                rate: rate.unwrap_or(0),
+            }),
+        })
+    }
+
+    /// A file sink's directory: present, and not an existing non-directory.
+    fn output_dir(&self, id: &str, path: Option<String>) -> Result<PathBuf, JobError> {
+        let Some(given) = path else {
+            return Err(JobError::Invalid {
+                at: self.at("path"),
+                message: format!(
+                    "{} of kind \"file\" has no `path`. Set path = \"out/\", a directory relative to the job file (created if missing).",
+                    self.label(id)
+                ),
+            });
+        };
+        let resolved = self.doc.resolve(&given);
+        if resolved.exists() && !resolved.is_dir() {
+            return Err(JobError::Invalid {
+                at: self.at("path"),
+                message: format!(
+                    "{}: `path` {given} is a file (resolved to {}), but the file sink writes a directory of files. Point path at a directory; it is created if missing.",
+                    self.label(id),
+                    resolved.display()
+                ),
+            });
+        }
+        Ok(resolved)
+    }
+}
+
+/// An id in the allowed characters, for the example in the error.
+fn suggested_id(id: &str) -> String {
+    let suggestion: String = id
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if suggestion.is_empty() {
+        "my-node".to_owned()
+    } else {
+        suggestion
+    }
+}
+
+/// "a", "a or b", "a, b or c".
+fn or_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// The drafts with their inputs resolved to indices (in declaration order).
+struct Graph<'d, 'a> {
+    doc: &'d Doc<'a>,
+    drafts: Vec<Draft>,
+    parallelism: Vec<u32>,
+    inputs: Vec<Vec<usize>>,
+}
+
+impl<'d, 'a> Graph<'d, 'a> {
+    fn new(doc: &'d Doc<'a>, job: &JobSettings, drafts: Vec<Draft>) -> Result<Self, JobError> {
+        let at = |d: &Draft, key: &str| at(doc, d.section, d.index, key);
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        for (i, d) in drafts.iter().enumerate() {
+            if let Some(&first) = by_id.get(d.id.as_str()) {
+                let first = &drafts[first];
+                let line = at(first, "id")
+                    .line()
+                    .map(|l| format!(" on line {l}"))
+                    .unwrap_or_default();
+                return Err(JobError::Graph {
+                    at: at(d, "id"),
+                    message: format!(
+                        "the id \"{}\" is used twice: by {}{line} and by this {}. Ids must be unique across sources, operators and sinks; rename one.",
+                        d.id,
+                        first.label(),
+                        d.section
+                    ),
+                });
+            }
+            by_id.insert(&d.id, i);
+        }
+        for (section, example) in [
+            ("source", "kind = \"file\" and path = \"input.txt\""),
+            (
+                "sink",
+                "kind = \"stdout\" and inputs = [\"<last operator>\"]",
+            ),
+        ] {
+            if !drafts.iter().any(|d| d.section == section) {
+                return Err(JobError::Graph {
+                    at: doc.origin.whole(),
+                    message: format!(
+                        "the job has no {section}. Add a [[{section}]] with an id and e.g. {example}."
+                    ),
+                });
+            }
+        }
+
+        let ids: Vec<&str> = drafts.iter().map(|d| d.id.as_str()).collect();
+        let mut inputs = Vec::with_capacity(drafts.len());
+        for d in &drafts {
+            if d.section != "source" && d.inputs.is_empty() {
+                return Err(JobError::Graph {
+                    at: at(d, "inputs"),
+                    message: format!(
+                        "{} has no inputs. Add inputs = [\"<id>\"] naming the nodes it reads from.",
+                        d.label()
+                    ),
+                });
+            }
+            let mut resolved: Vec<usize> = Vec::with_capacity(d.inputs.len());
+            for (j, input) in d.inputs.iter().enumerate() {
+                let at_input = || {
+                    let single = doc
+                        .get(&[Seg::Key(d.section), Seg::Index(d.index), Seg::Key("inputs")])
+                        .is_some_and(|i| i.is_str());
+                    let mut path =
+                        vec![Seg::Key(d.section), Seg::Index(d.index), Seg::Key("inputs")];
+                    if !single {
+                        path.push(Seg::Index(j));
+                    }
+                    doc.at(&path)
+                };
+                let Some(&index) = by_id.get(input.as_str()) else {
+                    return Err(JobError::Graph {
+                        at: at_input(),
+                        message: format!(
+                            "{} reads from \"{input}\", but no node has that id. Node ids: {}.",
+                            d.label(),
+                            ids.join(", ")
+                        ),
+                    });
+                };
+                if drafts[index].section == "sink" {
+                    return Err(JobError::Graph {
+                        at: at_input(),
+                        message: format!(
+                            "{} reads from {}, but a sink has no output. Read from a source or an operator instead.",
+                            d.label(),
+                            drafts[index].label()
+                        ),
+                    });
+                }
+                if resolved.contains(&index) {
+                    return Err(JobError::Graph {
+                        at: at_input(),
+                        message: format!(
+                            "{} lists \"{input}\" twice in its inputs. List each input once.",
+                            d.label()
+                        ),
+                    });
+                }
+                resolved.push(index);
+            }
+            inputs.push(resolved);
+        }
+
+        let mut parallelism = Vec::with_capacity(drafts.len());
+        for d in &drafts {
+            let p = d.parallelism.unwrap_or(job.parallelism);
+            if d.parallelism == Some(0) {
+                return Err(JobError::Invalid {
+                    at: at(d, "parallelism"),
+                    message: format!(
+                        "{} has parallelism 0, but it needs at least one subtask. Set parallelism = 1 or more, or leave it out to use the job's parallelism ({}).",
+                        d.label(),
+                        job.parallelism
+                    ),
+                });
+            }
+            if p > job.max_parallelism {
+                let at = if d.parallelism.is_some() {
+                    at(d, "parallelism")
+                } else {
+                    doc.at(&[Seg::Key("job"), Seg::Key("parallelism")])
+                };
+                return Err(JobError::Invalid {
+                    at,
+                    message: format!(
+                        "{} has parallelism {p}, more than max-parallelism {} (the number of key groups). Raise max-parallelism in [job] or lower the parallelism.",
+                        d.label(),
+                        job.max_parallelism
+                    ),
+                });
+            }
+            parallelism.push(p);
+        }
+        Ok(Graph {
+            doc,
+            drafts,
+            parallelism,
+            inputs,
+        })
+    }
+
+    fn at(&self, node: usize, key: &str) -> Location {
+        let d = &self.drafts[node];
+        at(self.doc, d.section, d.index, key)
+    }
+
+    /// Kahn's algorithm, taking the ready node declared first, so that the order
+    /// is the file's wherever the edges allow.
+    fn topological_order(&self) -> Result<Vec<usize>, JobError> {
+        let n = self.drafts.len();
+        let mut placed = vec![false; n];
+        let mut order = Vec::with_capacity(n);
+        while order.len() < n {
+            let ready = (0..n).find(|&v| !placed[v] && self.inputs[v].iter().all(|&u| placed[u]));
+            let Some(v) = ready else {
+                return Err(self.cycle_error(&placed));
+            };
+            placed[v] = true;
+            order.push(v);
+        }
+        Ok(order)
+    }
+
+    /// Every unplaced node has an unplaced input, so walking inputs from one of
+    /// them must come back to a node already seen: that loop is a cycle.
+    fn cycle_error(&self, placed: &[bool]) -> JobError {
+        let start = (0..placed.len()).find(|&v| !placed[v]).unwrap_or(0);
+        let mut walk = vec![start];
+        let mut current = start;
+        let cycle = loop {
+            let next = self.inputs[current]
+                .iter()
+                .copied()
+                .find(|&u| !placed[u])
+                .unwrap_or(current);
+            if let Some(pos) = walk.iter().position(|&v| v == next) {
+                break walk.split_off(pos);
+            }
+            walk.push(next);
+            current = next;
+        };
+        // The walk went upstream; show the cycle in the direction records flow,
+        // starting from the node declared first.
+        let mut flow: Vec<usize> = cycle.into_iter().rev().collect();
+        let first = flow
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, v)| **v)
+            .map_or(0, |(i, _)| i);
+        flow.rotate_left(first);
+        let mut names: Vec<&str> = flow.iter().map(|&v| self.drafts[v].id.as_str()).collect();
+        names.push(&self.drafts[flow[0]].id);
+        JobError::Graph {
+            at: self.at(flow[0], "inputs"),
+            message: format!(
+                "the job graph has a cycle: {}. Operators cannot feed their own inputs; remove one of these inputs.",
+                names.join(" -> ")
+            ),
+        }
+    }
+
+    fn partition(&self, v: usize) -> Result<Partition, JobError> {
+        let d = &self.drafts[v];
+        let p = self.parallelism[v];
+        let differing = self.inputs[v]
+            .iter()
+            .copied()
+            .find(|&u| self.parallelism[u] != p);
+        match (d.partition, differing) {
+            (Some(Partition::Forward), Some(u)) => Err(JobError::Graph {
+                at: self.at(v, "partition"),
+                message: format!(
+                    "{} uses partition = \"forward\" with parallelism {p}, but its input \"{}\" has parallelism {}. Forward partitioning does not allow a change of parallelism: use \"rebalance\" or \"key-by\", or give both the same parallelism.",
+                    d.label(),
+                    self.drafts[u].id,
+                    self.parallelism[u]
+                ),
+            }),
+            (Some(partition), _) => Ok(partition),
+            (None, Some(_)) => Ok(Partition::Rebalance),
+            (None, None) => Ok(Partition::Forward),
+        }
+    }
+
+    fn into_nodes(self) -> Result<Vec<Node>, JobError> {
+        let order = self.topological_order()?;
+        let mut partitions = Vec::with_capacity(self.drafts.len());
+        for v in 0..self.drafts.len() {
+            partitions.push(self.partition(v)?);
+        }
+        for (v, d) in self.drafts.iter().enumerate() {
+            let feeds_nothing = !self.inputs.iter().any(|inputs| inputs.contains(&v));
+            if d.section != "sink" && feeds_nothing {
+                return Err(JobError::Graph {
+                    at: self.at(v, "id"),
+                    message: format!(
+                        "{} feeds no node, so its output would be lost. Add \"{}\" to the inputs of an operator or sink, or remove it.",
+                        d.label(),
+                        d.id
+                    ),
+                });
+            }
+        }
+        let mut new_index = vec![0; self.drafts.len()];
+        for (position, &v) in order.iter().enumerate() {
+            new_index[v] = position;
+        }
+        let Graph {
+            drafts,
+            parallelism,
+            inputs,
+            ..
+        } = self;
+        let mut slots: Vec<Option<Node>> = drafts
+            .into_iter()
+            .enumerate()
+            .map(|(v, d)| {
+                Some(Node {
+                    id: d.id,
+                    parallelism: parallelism[v],
+                    inputs: inputs[v].iter().map(|&u| new_index[u]).collect(),
+                    partition: partitions[v],
+                    kind: d.kind,
+                })
+            })
+            .collect();
+        Ok(order
+            .iter()
+            .filter_map(|&v| slots.get_mut(v).and_then(Option::take))
+            .collect())
+    }
+}

@@ -1,0 +1,491 @@
+//! The job file as written: serde structs, one per table (and per kind of node
+//! or restart strategy, so that a key of another kind is an unknown key). Every
+//! field is optional here; [`defaults`] fills them in one place, and the
+//! validation in `sections` and `graph` decides what is required.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+
+use super::duration::DurationText;
+use super::spec::{CheckpointMode, Partition, Retention, StateBackendKind};
+
+/// The tables of a job file, in the order they are documented.
+pub(crate) const SECTIONS: [&str; 7] = [
+    "job",
+    "checkpointing",
+    "restart",
+    "state",
+    "source",
+    "operator",
+    "sink",
+];
+
+/// The sections that are arrays of nodes addressed by id.
+pub(crate) const NODE_SECTIONS: [&str; 3] = ["source", "operator", "sink"];
+
+/// Every default of the job file. Flink's where Flink has the setting.
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    use crate::job::spec::{CheckpointMode, Retention, StateBackendKind};
+
+    /// `parallelism.default`.
+    pub const PARALLELISM: u32 = 1;
+    /// Flink's default number of key groups for small jobs.
+    pub const MAX_PARALLELISM: u32 = 128;
+    /// Flink's upper bound: key groups are numbered in 15 bits (`KeyGroup(u16)`
+    /// with room to spare), as in Flink's `UPPER_BOUND_MAX_PARALLELISM`.
+    pub const MAX_PARALLELISM_LIMIT: u32 = 1 << 15;
+    /// The checkpoint directory, under the job file's directory.
+    pub const CHECKPOINT_DIR: &str = "checkpoints";
+    /// Flink's `MINIMAL_CHECKPOINT_TIME`: shorter intervals and timeouts are
+    /// rejected, since barriers could never keep up.
+    pub const MIN_CHECKPOINT_TIME: Duration = Duration::from_millis(10);
+    /// `execution.checkpointing.mode`.
+    pub const CHECKPOINT_MODE: CheckpointMode = CheckpointMode::ExactlyOnce;
+    /// `execution.checkpointing.timeout`.
+    pub const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+    /// `execution.checkpointing.min-pause`.
+    pub const MIN_PAUSE: Duration = Duration::ZERO;
+    /// `execution.checkpointing.max-concurrent-checkpoints`.
+    pub const MAX_CONCURRENT: u32 = 1;
+    /// `execution.checkpointing.tolerable-failed-checkpoints`.
+    pub const TOLERABLE_FAILED: u32 = 0;
+    /// `execution.checkpointing.unaligned.enabled`.
+    pub const UNALIGNED: bool = false;
+    /// `execution.checkpointing.aligned-checkpoint-timeout`.
+    pub const ALIGNED_TIMEOUT: Duration = Duration::ZERO;
+    /// Flink keeps no checkpoint of a cancelled job unless told to.
+    pub const RETENTION: Retention = Retention::DeleteOnCancellation;
+    /// `state.checkpoints.num-retained`.
+    pub const NUM_RETAINED: u32 = 1;
+    /// `state.backend.type`.
+    pub const STATE_BACKEND: StateBackendKind = StateBackendKind::Heap;
+    /// `state.backend.incremental`.
+    pub const INCREMENTAL: bool = false;
+    /// `restart-strategy.fixed-delay.attempts`.
+    pub const FIXED_DELAY_ATTEMPTS: u32 = 3;
+    /// `restart-strategy.fixed-delay.delay`.
+    pub const FIXED_DELAY: Duration = Duration::from_secs(1);
+    /// `restart-strategy.exponential-delay.initial-backoff`.
+    pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+    /// `restart-strategy.exponential-delay.max-backoff`.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+    /// `restart-strategy.exponential-delay.backoff-multiplier`.
+    pub const BACKOFF_MULTIPLIER: f64 = 2.0;
+    /// `restart-strategy.exponential-delay.jitter-factor`.
+    pub const JITTER_FACTOR: f64 = 0.1;
+    /// `restart-strategy.exponential-delay.reset-backoff-threshold`.
+    pub const RESET_BACKOFF_THRESHOLD: Duration = Duration::from_secs(60 * 60);
+    /// `restart-strategy.failure-rate.max-failures-per-interval`.
+    pub const MAX_FAILURES_PER_INTERVAL: u32 = 1;
+    /// `restart-strategy.failure-rate.failure-rate-interval`.
+    pub const FAILURE_RATE_INTERVAL: Duration = Duration::from_secs(60);
+    /// `restart-strategy.failure-rate.delay`.
+    pub const FAILURE_RATE_DELAY: Duration = Duration::from_secs(1);
+    /// Generator key cardinality.
+    pub const GENERATOR_KEYS: u64 = 1000;
+    /// Records per guest call: large enough that the call overhead vanishes,
+    /// small enough that a batch never holds a barrier back for long.
+    pub const BATCH_SIZE: usize = 1024;
+}
+
+/// `[job]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawJob {
+    pub name: Option<String>,
+    pub parallelism: Option<u32>,
+    pub max_parallelism: Option<u32>,
+}
+
+/// `[checkpointing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawCheckpointing {
+    pub interval: Option<DurationText>,
+    pub mode: Option<CheckpointMode>,
+    pub timeout: Option<DurationText>,
+    pub min_pause: Option<DurationText>,
+    pub max_concurrent: Option<u32>,
+    pub tolerable_failed: Option<u32>,
+    pub unaligned: Option<bool>,
+    pub aligned_timeout: Option<DurationText>,
+    pub retention: Option<Retention>,
+    pub num_retained: Option<u32>,
+    pub dir: Option<String>,
+}
+
+/// `restart.strategy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum StrategyName {
+    None,
+    FixedDelay,
+    ExponentialDelay,
+    FailureRate,
+}
+
+impl StrategyName {
+    pub(crate) const DEFAULT: StrategyName = StrategyName::ExponentialDelay;
+    pub(crate) const ALL: [StrategyName; 4] = [
+        StrategyName::None,
+        StrategyName::FixedDelay,
+        StrategyName::ExponentialDelay,
+        StrategyName::FailureRate,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StrategyName::None => "none",
+            StrategyName::FixedDelay => "fixed-delay",
+            StrategyName::ExponentialDelay => "exponential-delay",
+            StrategyName::FailureRate => "failure-rate",
+        }
+    }
+
+    /// The keys `[restart]` may have with this strategy.
+    pub(crate) fn keys(self) -> &'static [&'static str] {
+        match self {
+            StrategyName::None => fields_of::<RawNoRestart>(),
+            StrategyName::FixedDelay => fields_of::<RawFixedDelay>(),
+            StrategyName::ExponentialDelay => fields_of::<RawExponentialDelay>(),
+            StrategyName::FailureRate => fields_of::<RawFailureRate>(),
+        }
+    }
+}
+
+/// `[restart]` with `strategy = "none"`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawNoRestart {
+    #[serde(rename = "strategy")]
+    pub _strategy: Option<IgnoredAny>,
+}
+
+/// `[restart]` with `strategy = "fixed-delay"`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawFixedDelay {
+    #[serde(rename = "strategy")]
+    pub _strategy: Option<IgnoredAny>,
+    pub attempts: Option<u32>,
+    pub delay: Option<DurationText>,
+}
+
+/// `[restart]` with `strategy = "exponential-delay"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawExponentialDelay {
+    #[serde(rename = "strategy")]
+    pub _strategy: Option<IgnoredAny>,
+    pub initial_backoff: Option<DurationText>,
+    pub max_backoff: Option<DurationText>,
+    pub backoff_multiplier: Option<f64>,
+    pub jitter_factor: Option<f64>,
+    pub reset_backoff_threshold: Option<DurationText>,
+    pub attempts: Option<u32>,
+}
+
+/// `[restart]` with `strategy = "failure-rate"`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawFailureRate {
+    #[serde(rename = "strategy")]
+    pub _strategy: Option<IgnoredAny>,
+    pub max_failures_per_interval: Option<u32>,
+    pub failure_rate_interval: Option<DurationText>,
+    pub delay: Option<DurationText>,
+}
+
+/// `[state]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawState {
+    pub backend: Option<StateBackendKind>,
+    pub incremental: Option<bool>,
+    pub dir: Option<String>,
+}
+
+/// `kind` of a `[[source]]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SourceKindName {
+    File,
+    Generator,
+}
+
+impl SourceKindName {
+    pub(crate) const ALL: [SourceKindName; 2] = [SourceKindName::File, SourceKindName::Generator];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SourceKindName::File => "file",
+            SourceKindName::Generator => "generator",
+        }
+    }
+
+    pub(crate) fn keys(self) -> &'static [&'static str] {
+        match self {
+            SourceKindName::File => fields_of::<RawFileSource>(),
+            SourceKindName::Generator => fields_of::<RawGenerator>(),
+        }
+    }
+}
+
+/// `[[source]]` with `kind = "file"`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawFileSource {
+    pub id: Option<String>,
+    #[serde(rename = "kind")]
+    pub _kind: Option<IgnoredAny>,
+    pub parallelism: Option<u32>,
+    pub path: Option<StringList>,
+}
+
+/// `[[source]]` with `kind = "generator"`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawGenerator {
+    pub id: Option<String>,
+    #[serde(rename = "kind")]
+    pub _kind: Option<IgnoredAny>,
+    pub parallelism: Option<u32>,
+    pub count: Option<u64>,
+    pub keys: Option<u64>,
+    pub seed: Option<u64>,
+    pub rate: Option<u64>,
+    pub value_size: Option<usize>,
+}
+
+/// `[[operator]]`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawOperator {
+    pub id: Option<String>,
+    pub wasm: Option<String>,
+    pub inputs: Option<StringList>,
+    pub partition: Option<Partition>,
+    pub parallelism: Option<u32>,
+    pub config: Option<RawConfig>,
+    pub batch_size: Option<usize>,
+}
+
+/// `kind` of a `[[sink]]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SinkKindName {
+    Stdout,
+    File,
+    Blackhole,
+}
+
+impl SinkKindName {
+    pub(crate) const ALL: [SinkKindName; 3] = [
+        SinkKindName::Stdout,
+        SinkKindName::File,
+        SinkKindName::Blackhole,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SinkKindName::Stdout => "stdout",
+            SinkKindName::File => "file",
+            SinkKindName::Blackhole => "blackhole",
+        }
+    }
+
+    pub(crate) fn keys(self) -> &'static [&'static str] {
+        match self {
+            SinkKindName::Stdout | SinkKindName::Blackhole => fields_of::<RawPlainSink>(),
+            SinkKindName::File => fields_of::<RawFileSink>(),
+        }
+    }
+}
+
+/// `[[sink]]` with `kind = "stdout"` or `"blackhole"`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawPlainSink {
+    pub id: Option<String>,
+    #[serde(rename = "kind")]
+    pub _kind: Option<IgnoredAny>,
+    pub inputs: Option<StringList>,
+    pub partition: Option<Partition>,
+    pub parallelism: Option<u32>,
+    pub rate: Option<u64>,
+}
+
+/// `[[sink]]` with `kind = "file"`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawFileSink {
+    pub id: Option<String>,
+    #[serde(rename = "kind")]
+    pub _kind: Option<IgnoredAny>,
+    pub inputs: Option<StringList>,
+    pub partition: Option<Partition>,
+    pub parallelism: Option<u32>,
+    pub path: Option<String>,
+    pub rate: Option<u64>,
+}
+
+/// A string or a list of strings (`path = "a.txt"` or `path = ["a.txt", "b.txt"]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StringList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = StringList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StringList, E> {
+                Ok(StringList(vec![v.to_owned()]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(StringList(items))
+            }
+        }
+
+        deserializer.deserialize_any(ListVisitor)
+    }
+}
+
+/// An operator's `config`: a string passed as is, or a table passed as JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RawConfig(pub String);
+
+impl<'de> Deserialize<'de> for RawConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(text) => Ok(RawConfig(text)),
+            table @ serde_json::Value::Object(_) => serde_json::to_string(&table)
+                .map(RawConfig)
+                .map_err(de::Error::custom),
+            _ => Err(de::Error::custom(
+                "expected a string or a table, e.g. config = '{\"min-length\": 2}' or config = { min-length = 2 }",
+            )),
+        }
+    }
+}
+
+/// The field names of a `#[derive(Deserialize)]` struct (or the variant names
+/// of an enum), as serde names them (kebab-case here): the one list of a table's keys, used for the unknown-key
+/// check and its "Known keys" message.
+pub(crate) fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    let mut names: &'static [&'static str] = &[];
+    // The probe always fails on purpose once it has seen the names.
+    let _ = T::deserialize(NameProbe(&mut names));
+    names
+}
+
+/// A deserializer that records the field or variant names serde's derive hands
+/// to `deserialize_struct` or `deserialize_enum`, then stops.
+struct NameProbe<'a>(&'a mut &'static [&'static str]);
+
+#[derive(Debug)]
+struct ProbeDone;
+
+impl fmt::Display for ProbeDone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("names recorded")
+    }
+}
+
+impl std::error::Error for ProbeDone {}
+
+impl de::Error for ProbeDone {
+    fn custom<T: fmt::Display>(_msg: T) -> Self {
+        ProbeDone
+    }
+}
+
+impl<'de> Deserializer<'de> for NameProbe<'_> {
+    type Error = ProbeDone;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, ProbeDone> {
+        Err(ProbeDone)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, ProbeDone> {
+        *self.0 = fields;
+        Err(ProbeDone)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, ProbeDone> {
+        *self.0 = variants;
+        Err(ProbeDone)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_keys_come_from_its_struct_in_the_documented_order() {
+        assert_eq!(
+            fields_of::<RawOperator>(),
+            [
+                "id",
+                "wasm",
+                "inputs",
+                "partition",
+                "parallelism",
+                "config",
+                "batch-size"
+            ]
+        );
+    }
+
+    #[test]
+    fn enum_names_come_from_serde() {
+        assert_eq!(
+            fields_of::<StrategyName>(),
+            StrategyName::ALL.map(StrategyName::name)
+        );
+        assert_eq!(
+            fields_of::<SourceKindName>(),
+            SourceKindName::ALL.map(SourceKindName::name)
+        );
+        assert_eq!(
+            fields_of::<SinkKindName>(),
+            SinkKindName::ALL.map(SinkKindName::name)
+        );
+        assert_eq!(
+            fields_of::<Partition>(),
+            ["forward", "rebalance", "broadcast", "key-by"]
+        );
+        assert_eq!(fields_of::<StateBackendKind>(), ["heap", "rocksdb"]);
+    }
+}

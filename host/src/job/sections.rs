@@ -1,0 +1,442 @@
+//! The settings tables: `[job]`, `[checkpointing]`, `[restart]` and `[state]`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use toml_edit::Item;
+
+use super::doc::{Doc, Seg, is_table};
+use super::duration::{DurationText, parse_duration};
+use super::error::JobError;
+use super::raw::{
+    RawCheckpointing, RawExponentialDelay, RawFailureRate, RawFixedDelay, RawJob, RawNoRestart,
+    RawState, StrategyName, defaults, fields_of,
+};
+use super::spec::{CheckpointMode, CheckpointingConfig, RestartStrategy, StateConfig, StorageUrl};
+
+/// `[job]`, validated.
+pub(crate) struct JobSettings {
+    pub name: String,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+}
+
+/// The table `name`, checked for unknown keys and deserialized; its default when
+/// the file has none.
+fn section<T: DeserializeOwned + Default>(doc: &Doc<'_>, name: &str) -> Result<T, JobError> {
+    let Some(item) = doc.root.get(name) else {
+        return Ok(T::default());
+    };
+    let context = format!("[{name}]");
+    require_table(doc, item, name)?;
+    doc.check_keys(item, fields_of::<T>(), &context, &[])?;
+    doc.deserialize(item, &context)
+}
+
+fn require_table(doc: &Doc<'_>, item: &Item, name: &str) -> Result<(), JobError> {
+    if is_table(item) {
+        return Ok(());
+    }
+    Err(JobError::Invalid {
+        at: doc.at(&[Seg::Key(name)]),
+        message: format!(
+            "`{name}` must be a table. Write [{name}] on a line of its own and its keys below it."
+        ),
+    })
+}
+
+fn invalid(doc: &Doc<'_>, section: &str, key: &str, message: String) -> JobError {
+    JobError::Invalid {
+        at: doc.at(&[Seg::Key(section), Seg::Key(key)]),
+        message,
+    }
+}
+
+/// The duration at `section.key`, or `default` when it is not set.
+fn duration(
+    doc: &Doc<'_>,
+    section: &str,
+    key: &str,
+    value: Option<&DurationText>,
+    default: Duration,
+) -> Result<Duration, JobError> {
+    let Some(DurationText(text)) = value else {
+        return Ok(default);
+    };
+    parse_duration(text).map_err(|reason| {
+        invalid(
+            doc,
+            section,
+            key,
+            format!("invalid duration \"{text}\" for `{key}`: {reason}."),
+        )
+    })
+}
+
+pub(crate) fn job(doc: &Doc<'_>, file_stem: &str) -> Result<JobSettings, JobError> {
+    let raw: RawJob = section(doc, "job")?;
+    let name = raw.name.unwrap_or_else(|| file_stem.to_owned());
+    if name.trim().is_empty() {
+        return Err(invalid(
+            doc,
+            "job",
+            "name",
+            "the job's `name` is empty. Give it a name, e.g. name = \"word-count\", or leave it out to use the file's name.".to_owned(),
+        ));
+    }
+    let parallelism = raw.parallelism.unwrap_or(defaults::PARALLELISM);
+    if parallelism == 0 {
+        return Err(invalid(
+            doc,
+            "job",
+            "parallelism",
+            "`parallelism` is 0, but every node needs at least one subtask. Set parallelism = 1 or more.".to_owned(),
+        ));
+    }
+    let max_parallelism = raw.max_parallelism.unwrap_or(defaults::MAX_PARALLELISM);
+    if !(1..=defaults::MAX_PARALLELISM_LIMIT).contains(&max_parallelism) {
+        return Err(invalid(
+            doc,
+            "job",
+            "max-parallelism",
+            format!(
+                "`max-parallelism` is {max_parallelism}, but it is the number of key groups and must be between 1 and {}. Set e.g. max-parallelism = 128.",
+                defaults::MAX_PARALLELISM_LIMIT
+            ),
+        ));
+    }
+    Ok(JobSettings {
+        name,
+        parallelism,
+        max_parallelism,
+    })
+}
+
+pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>, JobError> {
+    const S: &str = "checkpointing";
+    let raw: RawCheckpointing = section(doc, S)?;
+    let interval = duration(doc, S, "interval", raw.interval.as_ref(), Duration::ZERO)?;
+    let timeout = duration(
+        doc,
+        S,
+        "timeout",
+        raw.timeout.as_ref(),
+        defaults::CHECKPOINT_TIMEOUT,
+    )?;
+    let min_pause = duration(
+        doc,
+        S,
+        "min-pause",
+        raw.min_pause.as_ref(),
+        defaults::MIN_PAUSE,
+    )?;
+    let aligned_timeout = duration(
+        doc,
+        S,
+        "aligned-timeout",
+        raw.aligned_timeout.as_ref(),
+        defaults::ALIGNED_TIMEOUT,
+    )?;
+    let min = defaults::MIN_CHECKPOINT_TIME;
+    if raw.interval.is_some() && interval < min {
+        return Err(invalid(
+            doc,
+            S,
+            "interval",
+            format!(
+                "checkpoint `interval` {interval:?} is shorter than the minimum of {min:?}. Set interval = \"10ms\" or more, or remove it to turn checkpointing off."
+            ),
+        ));
+    }
+    if timeout < min {
+        return Err(invalid(
+            doc,
+            S,
+            "timeout",
+            format!(
+                "checkpoint `timeout` {timeout:?} is shorter than the minimum of {min:?}. Set timeout = \"10min\" or another value of at least 10ms."
+            ),
+        ));
+    }
+    let mode = raw.mode.unwrap_or(defaults::CHECKPOINT_MODE);
+    let max_concurrent = raw.max_concurrent.unwrap_or(defaults::MAX_CONCURRENT);
+    if max_concurrent == 0 {
+        return Err(invalid(
+            doc,
+            S,
+            "max-concurrent",
+            "`max-concurrent` is 0, so no checkpoint could ever start. Set max-concurrent = 1 or more.".to_owned(),
+        ));
+    }
+    let num_retained = raw.num_retained.unwrap_or(defaults::NUM_RETAINED);
+    if num_retained == 0 {
+        return Err(invalid(
+            doc,
+            S,
+            "num-retained",
+            "`num-retained` is 0, but the latest completed checkpoint must be kept to recover from. Set num-retained = 1 or more.".to_owned(),
+        ));
+    }
+    let unaligned = raw.unaligned.unwrap_or(defaults::UNALIGNED);
+    if unaligned && mode == CheckpointMode::AtLeastOnce {
+        return Err(invalid(
+            doc,
+            S,
+            "unaligned",
+            "unaligned checkpoints need mode = \"exactly-once\": at-least-once never aligns barriers, so there is nothing to unalign. Set unaligned = false or mode = \"exactly-once\".".to_owned(),
+        ));
+    }
+    if unaligned && max_concurrent > 1 {
+        return Err(invalid(
+            doc,
+            S,
+            "unaligned",
+            format!(
+                "unaligned checkpoints allow only one checkpoint at a time (as in Flink), but max-concurrent is {max_concurrent}. Set max-concurrent = 1 or unaligned = false."
+            ),
+        ));
+    }
+    let dir = match &raw.dir {
+        Some(text) => storage_url(text, doc.dir).map_err(|reason| {
+            invalid(
+                doc,
+                S,
+                "dir",
+                format!("invalid checkpoint `dir` \"{text}\": {reason}."),
+            )
+        })?,
+        None => StorageUrl::File(doc.resolve(defaults::CHECKPOINT_DIR)),
+    };
+    if raw.interval.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(CheckpointingConfig {
+        interval,
+        mode,
+        timeout,
+        min_pause,
+        max_concurrent,
+        tolerable_failed: raw.tolerable_failed.unwrap_or(defaults::TOLERABLE_FAILED),
+        unaligned,
+        aligned_timeout,
+        retention: raw.retention.unwrap_or(defaults::RETENTION),
+        num_retained,
+        dir,
+    }))
+}
+
+/// Reads a checkpoint directory: `file:///abs`, `s3://bucket/prefix`, or a plain
+/// path relative to the job file's directory `dir`.
+pub(crate) fn storage_url(text: &str, dir: &Path) -> Result<StorageUrl, String> {
+    if text.trim().is_empty() {
+        return Err("it is empty. Write a path, a file:// URL or an s3:// URL".to_owned());
+    }
+    if let Some(rest) = text.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !valid_bucket {
+            return Err(format!(
+                "\"{bucket}\" is not an S3 bucket name (3 to 63 lowercase letters, digits, `-` or `.`). Write s3://<bucket>/<prefix>, e.g. s3://my-bucket/checkpoints"
+            ));
+        }
+        return Ok(StorageUrl::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        });
+    }
+    if let Some(rest) = text.strip_prefix("file:") {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        if !path.starts_with('/') {
+            return Err("a file URL needs an absolute path, e.g. file:///var/lib/weir/checkpoints (three slashes). For a path relative to the job file, write the plain path".to_owned());
+        }
+        return Ok(StorageUrl::File(super::doc::normalize(Path::new(path))));
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        return Err(format!(
+            "the scheme \"{scheme}\" is not supported. Use file://, s3:// or a plain path"
+        ));
+    }
+    Ok(StorageUrl::File(super::doc::normalize(&dir.join(text))))
+}
+
+pub(crate) fn restart(doc: &Doc<'_>) -> Result<RestartStrategy, JobError> {
+    const S: &str = "restart";
+    let Some(item) = doc.root.get(S) else {
+        return exponential_delay(doc, &RawExponentialDelay::default());
+    };
+    require_table(doc, item, S)?;
+    let strategy = match item.get("strategy") {
+        Some(value) => doc.deserialize_value::<StrategyName>(value, "strategy", "[restart]")?,
+        None => StrategyName::DEFAULT,
+    };
+    let table = format!("[restart] for strategy \"{}\"", strategy.name());
+    let others: Vec<(String, &'static [&'static str])> = StrategyName::ALL
+        .into_iter()
+        .filter(|other| *other != strategy)
+        .map(|other| (format!("strategy \"{}\"", other.name()), other.keys()))
+        .collect();
+    doc.check_keys(item, strategy.keys(), &table, &others)?;
+    match strategy {
+        StrategyName::None => {
+            doc.deserialize::<RawNoRestart>(item, &table)?;
+            Ok(RestartStrategy::None)
+        }
+        StrategyName::FixedDelay => {
+            let raw: RawFixedDelay = doc.deserialize(item, &table)?;
+            Ok(RestartStrategy::FixedDelay {
+                attempts: raw.attempts.unwrap_or(defaults::FIXED_DELAY_ATTEMPTS),
+                delay: duration(doc, S, "delay", raw.delay.as_ref(), defaults::FIXED_DELAY)?,
+            })
+        }
+        StrategyName::ExponentialDelay => {
+            exponential_delay(doc, &doc.deserialize::<RawExponentialDelay>(item, &table)?)
+        }
+        StrategyName::FailureRate => {
+            let raw: RawFailureRate = doc.deserialize(item, &table)?;
+            let max_failures = raw
+                .max_failures_per_interval
+                .unwrap_or(defaults::MAX_FAILURES_PER_INTERVAL);
+            if max_failures == 0 {
+                return Err(invalid(
+                    doc,
+                    S,
+                    "max-failures-per-interval",
+                    "`max-failures-per-interval` is 0, so the first failure would fail the job. Set it to 1 or more, or use strategy = \"none\".".to_owned(),
+                ));
+            }
+            let interval = duration(
+                doc,
+                S,
+                "failure-rate-interval",
+                raw.failure_rate_interval.as_ref(),
+                defaults::FAILURE_RATE_INTERVAL,
+            )?;
+            if interval.is_zero() {
+                return Err(invalid(
+                    doc,
+                    S,
+                    "failure-rate-interval",
+                    "`failure-rate-interval` is 0, so no failure rate can be measured. Set e.g. failure-rate-interval = \"1min\".".to_owned(),
+                ));
+            }
+            Ok(RestartStrategy::FailureRate {
+                max_failures,
+                interval,
+                delay: duration(
+                    doc,
+                    S,
+                    "delay",
+                    raw.delay.as_ref(),
+                    defaults::FAILURE_RATE_DELAY,
+                )?,
+            })
+        }
+    }
+}
+
+fn exponential_delay(
+    doc: &Doc<'_>,
+    raw: &RawExponentialDelay,
+) -> Result<RestartStrategy, JobError> {
+    const S: &str = "restart";
+    let initial = duration(
+        doc,
+        S,
+        "initial-backoff",
+        raw.initial_backoff.as_ref(),
+        defaults::INITIAL_BACKOFF,
+    )?;
+    let max = duration(
+        doc,
+        S,
+        "max-backoff",
+        raw.max_backoff.as_ref(),
+        defaults::MAX_BACKOFF,
+    )?;
+    let reset_threshold = duration(
+        doc,
+        S,
+        "reset-backoff-threshold",
+        raw.reset_backoff_threshold.as_ref(),
+        defaults::RESET_BACKOFF_THRESHOLD,
+    )?;
+    if initial.is_zero() {
+        return Err(invalid(
+            doc,
+            S,
+            "initial-backoff",
+            "`initial-backoff` is 0, so a failing job would restart in a tight loop. Set e.g. initial-backoff = \"1s\".".to_owned(),
+        ));
+    }
+    if max < initial {
+        return Err(invalid(
+            doc,
+            S,
+            "max-backoff",
+            format!(
+                "`max-backoff` {max:?} is shorter than `initial-backoff` {initial:?}. Raise max-backoff or lower initial-backoff."
+            ),
+        ));
+    }
+    let multiplier = raw
+        .backoff_multiplier
+        .unwrap_or(defaults::BACKOFF_MULTIPLIER);
+    if !(multiplier.is_finite() && multiplier >= 1.0) {
+        return Err(invalid(
+            doc,
+            S,
+            "backoff-multiplier",
+            format!(
+                "`backoff-multiplier` is {multiplier}, but the backoff must not shrink. Set it to 1.0 or more, e.g. backoff-multiplier = 2.0."
+            ),
+        ));
+    }
+    let jitter = raw.jitter_factor.unwrap_or(defaults::JITTER_FACTOR);
+    if !(0.0..=1.0).contains(&jitter) {
+        return Err(invalid(
+            doc,
+            S,
+            "jitter-factor",
+            format!(
+                "`jitter-factor` is {jitter}, but it is a fraction of the backoff. Set it between 0.0 and 1.0, e.g. jitter-factor = 0.1."
+            ),
+        ));
+    }
+    if reset_threshold.is_zero() {
+        return Err(invalid(
+            doc,
+            S,
+            "reset-backoff-threshold",
+            "`reset-backoff-threshold` is 0. Set e.g. reset-backoff-threshold = \"1h\".".to_owned(),
+        ));
+    }
+    if raw.attempts == Some(0) {
+        return Err(invalid(
+            doc,
+            S,
+            "attempts",
+            "`attempts` is 0. Set it to 1 or more, leave it out for unlimited attempts, or use strategy = \"none\".".to_owned(),
+        ));
+    }
+    Ok(RestartStrategy::ExponentialDelay {
+        initial,
+        max,
+        multiplier,
+        jitter,
+        reset_threshold,
+        attempts: raw.attempts,
+    })
+}
+
+pub(crate) fn state(doc: &Doc<'_>) -> Result<StateConfig, JobError> {
+    let raw: RawState = section(doc, "state")?;
+    Ok(StateConfig {
+        backend: raw.backend.unwrap_or(defaults::STATE_BACKEND),
+        incremental: raw.incremental.unwrap_or(defaults::INCREMENTAL),
+        dir: raw.dir.as_deref().map(|dir| doc.resolve(dir)),
+    })
+}

@@ -1,0 +1,303 @@
+//! The validated job: what [`parse`](super::parse) returns. Every value here has
+//! its default applied and has passed validation, so the runtime never re-checks.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A validated job: its settings and its logical graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    /// `job.name`, by default the job file's stem.
+    pub name: String,
+    /// The job file's directory, absolute. Relative paths in the file resolve here.
+    pub dir: PathBuf,
+    /// `job.parallelism`: the parallelism of nodes that set none (Flink's
+    /// `parallelism.default`).
+    pub parallelism: u32,
+    /// `job.max-parallelism`: the number of key groups; at least every node's
+    /// parallelism.
+    pub max_parallelism: u32,
+    /// `[checkpointing]`; `None` when no `interval` is set.
+    pub checkpointing: Option<CheckpointingConfig>,
+    /// `[restart]`: what to do when a task fails.
+    pub restart: RestartStrategy,
+    /// `[state]`: the keyed-state backend.
+    pub state: StateConfig,
+    /// The nodes, topologically sorted: every node comes after all its inputs.
+    pub nodes: Vec<Node>,
+}
+
+impl JobSpec {
+    /// The index in [`JobSpec::nodes`] of the node with this id.
+    pub fn node_index(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|node| node.id == id)
+    }
+
+    /// The indices of the nodes that read from node `index`, in order.
+    pub fn outputs_of(&self, index: usize) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| node.inputs.contains(&index))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+/// One vertex of the logical graph: a source, an operator or a sink.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// The node's id, unique in the job, `[a-z0-9_-]+`.
+    pub id: String,
+    /// How many parallel subtasks run this node.
+    pub parallelism: u32,
+    /// Indices into [`JobSpec::nodes`] of the upstream nodes; empty for sources.
+    pub inputs: Vec<usize>,
+    /// How records travel from every input to this node's subtasks. Sources have
+    /// [`Partition::Forward`], which is meaningless for them.
+    pub partition: Partition,
+    /// What the node is.
+    pub kind: NodeKind,
+}
+
+/// What a node is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeKind {
+    /// A host-native source, `[[source]]`.
+    Source(SourceKind),
+    /// A WebAssembly operator, `[[operator]]`.
+    Operator(OperatorSpec),
+    /// A host-native sink, `[[sink]]`.
+    Sink(SinkSpec),
+}
+
+/// The kinds of source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceKind {
+    /// `kind = "generator"`: synthetic keyed records.
+    Generator(GeneratorSpec),
+    /// `kind = "file"`: the lines of one or more files.
+    File(FileSourceSpec),
+}
+
+/// A generator source's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratorSpec {
+    /// How many records in all; `None` is unbounded.
+    pub count: Option<u64>,
+    /// The number of distinct keys, at least 1.
+    pub keys: u64,
+    /// Seed of the key sequence.
+    pub seed: u64,
+    /// Records per second per subtask; 0 is unlimited.
+    pub rate: u64,
+    /// Bytes per value; 0 means the value is the record's decimal sequence number.
+    pub value_size: usize,
+}
+
+/// A file source's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSourceSpec {
+    /// The input files, absolute; each existed when the job file was loaded.
+    pub paths: Vec<PathBuf>,
+}
+
+/// An operator's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorSpec {
+    /// The component file, absolute; it existed when the job file was loaded.
+    pub wasm: PathBuf,
+    /// The config string handed to the guest's `open`: the job file's string as
+    /// is, or its table rendered as JSON; empty by default.
+    pub config: String,
+    /// Records per guest call.
+    pub batch_size: usize,
+}
+
+/// A sink's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkSpec {
+    /// Where the records go.
+    pub kind: SinkKind,
+    /// Records per second per subtask; 0 is unlimited (a low rate exercises
+    /// backpressure).
+    pub rate: u64,
+}
+
+/// The kinds of sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    /// Print records to standard output.
+    Stdout,
+    /// Write files into a directory (absolute; created by the sink if missing).
+    File {
+        /// The output directory.
+        path: PathBuf,
+    },
+    /// Discard records.
+    Blackhole,
+}
+
+/// How records are distributed from an input's subtasks to a node's subtasks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Partition {
+    /// Subtask *i* sends to subtask *i*; both sides have the same parallelism.
+    Forward,
+    /// Round-robin over all downstream subtasks.
+    Rebalance,
+    /// Every record to every downstream subtask.
+    Broadcast,
+    /// By the hash of the record's key, through key groups.
+    KeyBy,
+}
+
+impl Partition {
+    /// The name used in the job file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Partition::Forward => "forward",
+            Partition::Rebalance => "rebalance",
+            Partition::Broadcast => "broadcast",
+            Partition::KeyBy => "key-by",
+        }
+    }
+}
+
+/// `[checkpointing]`, named as Flink's `execution.checkpointing.*`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointingConfig {
+    /// Time between the triggers of two checkpoints.
+    pub interval: Duration,
+    /// Exactly-once (aligned barriers) or at-least-once.
+    pub mode: CheckpointMode,
+    /// A checkpoint not complete after this long is aborted.
+    pub timeout: Duration,
+    /// Least time between the end of one checkpoint and the trigger of the next.
+    pub min_pause: Duration,
+    /// Most checkpoints in flight at once, at least 1.
+    pub max_concurrent: u32,
+    /// Consecutive failed checkpoints tolerated before the job fails.
+    pub tolerable_failed: u32,
+    /// Whether barriers overtake in-flight records (unaligned checkpoints).
+    pub unaligned: bool,
+    /// With `unaligned`, how long a checkpoint stays aligned before switching;
+    /// zero starts unaligned at once.
+    pub aligned_timeout: Duration,
+    /// Whether completed checkpoints outlive a cancelled job.
+    pub retention: Retention,
+    /// How many completed checkpoints to keep, at least 1.
+    pub num_retained: u32,
+    /// Where checkpoints are written.
+    pub dir: StorageUrl,
+}
+
+/// `checkpointing.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointMode {
+    /// Barriers are aligned (or unaligned with channel state); state and output
+    /// reflect every record exactly once.
+    ExactlyOnce,
+    /// Barriers are not aligned; after recovery some records are seen twice.
+    AtLeastOnce,
+}
+
+/// `checkpointing.retention` (Flink's externalized-checkpoint retention).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Retention {
+    /// Keep retained checkpoints when the job is cancelled.
+    RetainOnCancellation,
+    /// Delete checkpoints when the job is cancelled; keep them when it fails.
+    DeleteOnCancellation,
+}
+
+/// Where checkpoints are stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// A local directory, absolute.
+    File(PathBuf),
+    /// An S3 bucket and a key prefix without leading or trailing `/` (may be empty).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix.
+        prefix: String,
+    },
+}
+
+impl fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageUrl::File(path) => write!(f, "file://{}", path.display()),
+            StorageUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// `[restart]`, Flink's `restart-strategy`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RestartStrategy {
+    /// A task failure fails the job.
+    None,
+    /// Restart up to `attempts` times, waiting `delay` before each.
+    FixedDelay {
+        /// Restarts before the job fails.
+        attempts: u32,
+        /// Wait before each restart.
+        delay: Duration,
+    },
+    /// Wait `initial`, then multiply the wait by `multiplier` (capped at `max`,
+    /// randomised by ±`jitter`); the wait resets after `reset_threshold` without
+    /// a failure.
+    ExponentialDelay {
+        /// First wait.
+        initial: Duration,
+        /// Longest wait.
+        max: Duration,
+        /// Growth per failure, at least 1.0.
+        multiplier: f64,
+        /// Relative randomisation of each wait, in 0.0..=1.0.
+        jitter: f64,
+        /// Failure-free time after which the wait goes back to `initial`.
+        reset_threshold: Duration,
+        /// Restarts before the job fails; `None` is unlimited.
+        attempts: Option<u32>,
+    },
+    /// Fail the job when more than `max_failures` happen within `interval`.
+    FailureRate {
+        /// Failures tolerated per interval.
+        max_failures: u32,
+        /// The measuring window.
+        interval: Duration,
+        /// Wait before each restart.
+        delay: Duration,
+    },
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateConfig {
+    /// Which backend keeps keyed state.
+    pub backend: StateBackendKind,
+    /// Whether checkpoints upload only what changed (RocksDB).
+    pub incremental: bool,
+    /// Local working directory of the backend, absolute.
+    pub dir: Option<PathBuf>,
+}
+
+/// `state.backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum StateBackendKind {
+    /// Hash maps in memory, copy-on-write snapshots.
+    #[serde(rename = "heap")]
+    Heap,
+    /// Embedded RocksDB.
+    #[serde(rename = "rocksdb")]
+    RocksDb,
+}

@@ -1,0 +1,172 @@
+//! `weir`: the command line of the Weir host.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weir::job::{self, Override};
+use weir::launch::build_graph;
+use weir::runtime::{CancelToken, Executor, RunError};
+use weir::wasm::{CompileCache, WasmRuntime};
+
+/// Exit code of a job file or component that is invalid (as clap's usage errors).
+const EXIT_INVALID: u8 = 2;
+/// Exit code of a job that failed while running.
+const EXIT_FAILED: u8 = 1;
+/// Exit code after Ctrl-C, as a shell reports a process ended by SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Run stream-processing jobs whose operators are WebAssembly components.",
+    long_about = "Run stream-processing jobs whose operators are WebAssembly components.\n\n\
+        A job file (TOML) names sources, operators (.wasm components built against the \
+        weir:operator WIT contract) and sinks. Logs go to stderr; set WEIR_LOG (e.g. \
+        WEIR_LOG=debug) to change their detail."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job until its input ends (bounded sources) or Ctrl-C.
+    Run(JobArgs),
+    /// Check a job file and its components without running it, and print the plan.
+    Validate(JobArgs),
+}
+
+#[derive(clap::Args)]
+struct JobArgs {
+    /// The job file.
+    job: PathBuf,
+    /// Override a job-file setting, as Flink's -D: `-D job.parallelism=4`,
+    /// `-D checkpointing.interval=500ms`, `-D operator.count.parallelism=2`.
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    overrides: Vec<Override>,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Validate(args) => validate(&args),
+    }
+}
+
+/// Prints an error the way the user should read it: one sentence per cause.
+fn report(error: &anyhow::Error) {
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn load(args: &JobArgs) -> Result<(job::JobSpec, weir::runtime::Graph), ExitCode> {
+    let spec = job::load(&args.job, &args.overrides).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    let wasm = WasmRuntime::new(CompileCache::default_location())
+        .context("the WebAssembly engine could not start")
+        .map_err(|e| {
+            report(&e);
+            ExitCode::from(EXIT_FAILED)
+        })?;
+    let graph = build_graph(&spec, &wasm).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    Ok((spec, graph))
+}
+
+fn validate(args: &JobArgs) -> ExitCode {
+    let (spec, graph) = match load(args) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    println!(
+        "job `{}` is valid: {} nodes, {} key groups",
+        spec.name,
+        graph.nodes.len(),
+        graph.max_parallelism
+    );
+    for node in &graph.nodes {
+        let inputs: Vec<String> = node
+            .inputs
+            .iter()
+            .map(|e| format!("{} ({:?})", graph.nodes[e.from].id, e.partitioner))
+            .collect();
+        println!(
+            "  {:<16} parallelism {:<3} inputs: {}",
+            node.id,
+            node.parallelism,
+            if inputs.is_empty() {
+                "-".to_owned()
+            } else {
+                inputs.join(", ")
+            }
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(args: &JobArgs) -> ExitCode {
+    let (spec, graph) = match load(args) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let cancel = CancelToken::default();
+    let io = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weir-io")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the I/O runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let on_interrupt = cancel.clone();
+    io.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("interrupted: stopping the job (press Ctrl-C again to exit at once)");
+            on_interrupt.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+        }
+    });
+
+    tracing::info!(job = %spec.name, nodes = graph.nodes.len(), "starting job");
+    match Executor::new(cancel).run(&graph) {
+        Ok(report) => {
+            tracing::info!(job = %spec.name, elapsed = ?report.elapsed, "job finished");
+            for (node, metrics) in &report.nodes {
+                tracing::info!(node = %node, records_in = metrics.records_in(), records_out = metrics.records_out(), "node totals");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(RunError::Cancelled) => {
+            tracing::warn!(job = %spec.name, "job cancelled");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Err(e) => {
+            eprintln!("error: job `{}` failed: {e}", spec.name);
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

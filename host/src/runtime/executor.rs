@@ -1,0 +1,319 @@
+//! Expands a graph of nodes into subtasks and channels, runs every subtask on its own
+//! thread, and reports how the run ended.
+
+use crate::runtime::input::InputGate;
+use crate::runtime::output::{Output, OutputEdge};
+use crate::runtime::record::Message;
+use crate::runtime::task::{run_operator, run_source};
+use crate::runtime::{Operator, Source, SubtaskIndex, TaskError, TaskInfo};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use crate::runtime::output::Partitioner;
+
+/// Batches a channel holds before its producer blocks. Two would keep both sides busy
+/// with one batch in flight; four absorb jitter in a guest's batch time, and the memory a
+/// job can buffer stays `channels × 4 × batch-size` records.
+const CHANNEL_CAPACITY: usize = 4;
+
+/// How often the executor logs the progress of a running job.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Creates the source instance of one subtask.
+pub type SourceFactory = Arc<dyn Fn(&TaskInfo) -> Result<Box<dyn Source>, TaskError> + Send + Sync>;
+/// Creates the operator (or sink) instance of one subtask, on the subtask's thread.
+pub type OperatorFactory =
+    Arc<dyn Fn(&TaskInfo) -> Result<Box<dyn Operator>, TaskError> + Send + Sync>;
+
+/// What a node does.
+#[derive(Clone)]
+pub enum NodeBody {
+    /// A source.
+    Source(SourceFactory),
+    /// An operator or sink.
+    Operator(OperatorFactory),
+}
+
+/// An input of a node.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeEdge {
+    /// The index of the upstream node in [`Graph::nodes`].
+    pub from: usize,
+    /// How records are spread over this node's subtasks.
+    pub partitioner: Partitioner,
+}
+
+/// A node of the graph to run.
+#[derive(Clone)]
+pub struct GraphNode {
+    /// The node's id, used in logs and errors.
+    pub id: String,
+    /// How many subtasks run it.
+    pub parallelism: u32,
+    /// Its inputs.
+    pub inputs: Vec<NodeEdge>,
+    /// What it does.
+    pub body: NodeBody,
+    /// How many records go into one batch on its input channels: for an operator, the
+    /// records per guest call.
+    pub batch_size: usize,
+}
+
+/// A job's nodes, every node after its inputs.
+#[derive(Clone)]
+pub struct Graph {
+    /// The nodes.
+    pub nodes: Vec<GraphNode>,
+    /// The job's number of key groups.
+    pub max_parallelism: u32,
+}
+
+/// Records counted per node, for progress reports and benchmarks.
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+}
+
+impl NodeMetrics {
+    pub(crate) fn add_in(&self, n: usize) {
+        self.records_in
+            .fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+    }
+    pub(crate) fn add_out(&self, n: usize) {
+        self.records_out
+            .fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+    }
+    /// Records the node received.
+    pub fn records_in(&self) -> u64 {
+        self.records_in.load(Ordering::Relaxed)
+    }
+    /// Records the node emitted.
+    pub fn records_out(&self) -> u64 {
+        self.records_out.load(Ordering::Relaxed)
+    }
+}
+
+/// Stops a running job from another thread (Ctrl-C, a failure, a test).
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// Asks every subtask to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a run did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A subtask failed; the other subtasks were stopped.
+    #[error("{task} failed: {error}")]
+    TaskFailed {
+        /// The failing subtask, as `node (i/n)`.
+        task: String,
+        /// What went wrong.
+        error: TaskError,
+    },
+    /// The job was cancelled before its input ended.
+    #[error("the job was cancelled")]
+    Cancelled,
+    /// A subtask's thread could not be started.
+    #[error("could not start a thread for {task}: {source}")]
+    Spawn {
+        /// The subtask.
+        task: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+/// The outcome of a run that finished.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Wall time from start to the end of the last subtask.
+    pub elapsed: Duration,
+    /// Per node, in graph order: its id and its counters.
+    pub nodes: Vec<(String, Arc<NodeMetrics>)>,
+}
+
+/// Runs graphs.
+pub struct Executor {
+    cancel: CancelToken,
+}
+
+struct Wiring {
+    /// Per node, per subtask: the receivers of its input channels.
+    inputs: Vec<Vec<Vec<Receiver<Message>>>>,
+    /// Per node, per subtask: its output edges.
+    outputs: Vec<Vec<Vec<OutputEdge>>>,
+}
+
+impl Executor {
+    /// An executor whose runs stop when `cancel` is cancelled.
+    pub fn new(cancel: CancelToken) -> Self {
+        Self { cancel }
+    }
+
+    /// Runs `graph` until every subtask has finished, or until the first failure.
+    pub fn run(&self, graph: &Graph) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let mut wiring = wire(graph);
+        let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let cancel = &self.cancel.0;
+        let mut running = 0usize;
+
+        for (n, node) in graph.nodes.iter().enumerate() {
+            let inputs = std::mem::take(&mut wiring.inputs[n]);
+            let outputs = std::mem::take(&mut wiring.outputs[n]);
+            for (s, (receivers, edges)) in inputs.into_iter().zip(outputs).enumerate() {
+                let info = TaskInfo {
+                    node: node.id.clone(),
+                    subtask: SubtaskIndex(u32::try_from(s).unwrap_or(u32::MAX)),
+                    parallelism: node.parallelism,
+                    max_parallelism: graph.max_parallelism,
+                };
+                let name = info.name();
+                let body = node.body.clone();
+                let mut output = Output::new(edges, cancel.clone());
+                let mut gate = InputGate::new(receivers, cancel.clone());
+                let (metrics, cancel, done) = (metrics[n].clone(), cancel.clone(), done_tx.clone());
+                let task_name = name.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || {
+                        let span = tracing::info_span!("task", task = %task_name);
+                        let _entered = span.enter();
+                        let result = match body {
+                            NodeBody::Source(factory) => factory(&info).and_then(|mut source| {
+                                run_source(source.as_mut(), &mut output, &metrics, &cancel)
+                            }),
+                            NodeBody::Operator(factory) => {
+                                factory(&info).and_then(|mut operator| {
+                                    run_operator(
+                                        operator.as_mut(),
+                                        &mut gate,
+                                        &mut output,
+                                        &metrics,
+                                    )
+                                })
+                            }
+                        };
+                        // Channels close here, so neighbours blocked on this subtask wake up.
+                        drop((output, gate));
+                        let _ = done.send((task_name, result));
+                    });
+                if let Err(source) = spawned {
+                    self.cancel.cancel();
+                    return Err(RunError::Spawn { task: name, source });
+                }
+                running += 1;
+            }
+        }
+        drop(done_tx);
+
+        let mut first_failure: Option<RunError> = None;
+        let mut last_progress = Instant::now();
+        while running > 0 {
+            let Ok((task, result)) = done_rx.recv_timeout(PROGRESS_INTERVAL) else {
+                if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                    log_progress(graph, &metrics, started);
+                    last_progress = Instant::now();
+                }
+                continue;
+            };
+            running -= 1;
+            match result {
+                Ok(()) => tracing::debug!(task = %task, "subtask finished"),
+                Err(TaskError::Disconnected | TaskError::Cancelled) => {}
+                Err(error) => {
+                    if first_failure.is_none() {
+                        tracing::error!(task = %task, "{error}");
+                        self.cancel.cancel();
+                        first_failure = Some(RunError::TaskFailed { task, error });
+                    }
+                }
+            }
+        }
+        if let Some(failure) = first_failure {
+            return Err(failure);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(RunError::Cancelled);
+        }
+        Ok(RunReport {
+            elapsed: started.elapsed(),
+            nodes: graph
+                .nodes
+                .iter()
+                .map(|n| n.id.clone())
+                .zip(metrics)
+                .collect(),
+        })
+    }
+}
+
+fn log_progress(graph: &Graph, metrics: &[Arc<NodeMetrics>], started: Instant) {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    for (node, m) in graph.nodes.iter().zip(metrics) {
+        let (records_in, records_out) = (m.records_in(), m.records_out());
+        tracing::info!(
+            node = %node.id,
+            records_in,
+            records_out,
+            "progress: {:.0} records/s in, {:.0} records/s out",
+            records_in as f64 / secs,
+            records_out as f64 / secs,
+        );
+    }
+}
+
+/// Creates every channel of the graph.
+fn wire(graph: &Graph) -> Wiring {
+    let mut inputs: Vec<Vec<Vec<Receiver<Message>>>> = graph
+        .nodes
+        .iter()
+        .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    let mut outputs: Vec<Vec<Vec<OutputEdge>>> = graph
+        .nodes
+        .iter()
+        .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    for (d, node) in graph.nodes.iter().enumerate() {
+        for edge in &node.inputs {
+            let upstream = &graph.nodes[edge.from];
+            for u in 0..upstream.parallelism as usize {
+                let batch_size = node.batch_size;
+                let channels: Vec<Sender<Message>> = if edge.partitioner == Partitioner::Forward {
+                    let (tx, rx) = bounded(CHANNEL_CAPACITY);
+                    inputs[d][u].push(rx);
+                    vec![tx]
+                } else {
+                    (0..node.parallelism as usize)
+                        .map(|s| {
+                            let (tx, rx) = bounded(CHANNEL_CAPACITY);
+                            inputs[d][s].push(rx);
+                            tx
+                        })
+                        .collect()
+                };
+                outputs[edge.from][u].push(OutputEdge::new(
+                    node.id.clone(),
+                    edge.partitioner,
+                    channels,
+                    batch_size,
+                ));
+            }
+        }
+    }
+    Wiring { inputs, outputs }
+}

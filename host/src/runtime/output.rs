@@ -1,0 +1,322 @@
+//! The producing side of a subtask: one [`OutputEdge`] per downstream node, each with a
+//! partitioner and one batch buffer per channel.
+//!
+//! Records are buffered per channel and sent as a batch when the buffer is full, and
+//! whenever the subtask is about to wait (so a trickle of records is not held back).
+//! Barriers, watermarks and the end of input flush every buffer first, then go to every
+//! channel: they never overtake the records emitted before them.
+
+use crate::runtime::keygroup::{key_group_of, subtask_for};
+use crate::runtime::record::{Message, Record};
+use crate::runtime::{Fault, TaskError};
+use crossbeam_channel::{SendTimeoutError, Sender};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How records are spread over the channels of an edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partitioner {
+    /// Subtask i sends to subtask i; the edge has one channel.
+    Forward,
+    /// Round-robin, record by record.
+    Rebalance,
+    /// Every record to every channel.
+    Broadcast,
+    /// By the key's key group, to the subtask that owns it.
+    KeyBy {
+        /// The job's number of key groups.
+        max_parallelism: u32,
+    },
+}
+
+/// One downstream node as seen from a producing subtask.
+pub struct OutputEdge {
+    target: String,
+    partitioner: Partitioner,
+    channels: Vec<Sender<Message>>,
+    buffers: Vec<Vec<Record>>,
+    batch_size: usize,
+    next: usize,
+}
+
+impl OutputEdge {
+    /// An edge to `target` over `channels` (one per downstream subtask, or the single
+    /// forward channel), sending batches of `batch_size` records.
+    pub fn new(
+        target: String,
+        partitioner: Partitioner,
+        channels: Vec<Sender<Message>>,
+        batch_size: usize,
+    ) -> Self {
+        let buffers = channels.iter().map(|_| Vec::new()).collect();
+        Self {
+            target,
+            partitioner,
+            channels,
+            buffers,
+            batch_size: batch_size.max(1),
+            next: 0,
+        }
+    }
+}
+
+/// All outgoing edges of a subtask.
+pub struct Output {
+    edges: Vec<OutputEdge>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// How often a subtask blocked on a full channel looks at the cancel flag. Short enough
+/// that Ctrl-C feels immediate, long enough to cost nothing.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+impl Output {
+    /// Outputs over `edges`.
+    pub fn new(edges: Vec<OutputEdge>, cancel: Arc<AtomicBool>) -> Self {
+        Self { edges, cancel }
+    }
+
+    /// Routes `records` (draining the vector) into the channel buffers and sends the
+    /// buffers that filled up.
+    pub fn emit(&mut self, records: &mut Vec<Record>) -> Result<(), TaskError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let Some((last, rest)) = self.edges.split_last_mut() else {
+            records.clear();
+            return Ok(());
+        };
+        for edge in rest {
+            route(edge, records.iter().cloned(), &self.cancel)?;
+        }
+        route(last, records.drain(..), &self.cancel)
+    }
+
+    /// Sends every non-empty buffer.
+    pub fn flush(&mut self) -> Result<(), TaskError> {
+        for edge in &mut self.edges {
+            for i in 0..edge.buffers.len() {
+                if !edge.buffers[i].is_empty() {
+                    let batch = std::mem::take(&mut edge.buffers[i]);
+                    send(&edge.channels[i], Message::Batch(batch), &self.cancel)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes, then sends `message` (a barrier, watermark or end of input) on every
+    /// channel.
+    pub fn broadcast(&mut self, message: &Message) -> Result<(), TaskError> {
+        self.flush()?;
+        for edge in &self.edges {
+            for channel in &edge.channels {
+                send(channel, message.clone(), &self.cancel)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn route(
+    edge: &mut OutputEdge,
+    records: impl Iterator<Item = Record>,
+    cancel: &AtomicBool,
+) -> Result<(), TaskError> {
+    let channels = edge.channels.len();
+    for record in records {
+        let target = match edge.partitioner {
+            Partitioner::Forward => 0,
+            Partitioner::Rebalance => {
+                edge.next = (edge.next + 1) % channels;
+                edge.next
+            }
+            Partitioner::KeyBy { max_parallelism } => {
+                let Some(key) = record.key.as_deref() else {
+                    return Err(TaskError::failed(
+                        Fault::User,
+                        format!(
+                            "a record without a key reached the key-by input of `{}`; the operator before it must set a key on every record",
+                            edge.target
+                        ),
+                    ));
+                };
+                let group = key_group_of(key, max_parallelism);
+                let parallelism = u32::try_from(channels).unwrap_or(u32::MAX);
+                subtask_for(group, max_parallelism, parallelism).as_usize()
+            }
+            Partitioner::Broadcast => {
+                for i in 0..channels - 1 {
+                    push(edge, i, record.clone(), cancel)?;
+                }
+                channels - 1
+            }
+        };
+        push(edge, target, record, cancel)?;
+    }
+    Ok(())
+}
+
+fn push(
+    edge: &mut OutputEdge,
+    channel: usize,
+    record: Record,
+    cancel: &AtomicBool,
+) -> Result<(), TaskError> {
+    let batch_size = edge.batch_size;
+    let buffer = &mut edge.buffers[channel];
+    if buffer.capacity() == 0 {
+        buffer.reserve_exact(batch_size);
+    }
+    buffer.push(record);
+    if buffer.len() >= batch_size {
+        let batch = std::mem::replace(buffer, Vec::with_capacity(batch_size));
+        send(&edge.channels[channel], Message::Batch(batch), cancel)?;
+    }
+    Ok(())
+}
+
+/// Sends `message`, blocking while the channel is full (that is the backpressure), but
+/// giving up when the job is cancelled.
+fn send(
+    channel: &Sender<Message>,
+    mut message: Message,
+    cancel: &AtomicBool,
+) -> Result<(), TaskError> {
+    loop {
+        match channel.send_timeout(message, CANCEL_POLL) {
+            Ok(()) => return Ok(()),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(TaskError::Disconnected),
+            Err(SendTimeoutError::Timeout(back)) => {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(TaskError::Cancelled);
+                }
+                message = back;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::{Receiver, bounded};
+
+    const BATCH: usize = 7;
+
+    fn edge(partitioner: Partitioner, n: usize) -> (OutputEdge, Vec<Receiver<Message>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded(64)).unzip();
+        (
+            OutputEdge::new("next".into(), partitioner, senders, BATCH),
+            receivers,
+        )
+    }
+
+    fn drain(rx: &Receiver<Message>) -> Vec<Record> {
+        rx.try_iter()
+            .flat_map(|m| match m {
+                Message::Batch(b) => b,
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn keyed(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record::new(vec![]).with_key(format!("k{i}")))
+            .collect()
+    }
+
+    #[test]
+    fn key_by_sends_every_key_to_exactly_one_channel() -> Result<(), TaskError> {
+        let (edge, rx) = edge(
+            Partitioner::KeyBy {
+                max_parallelism: 128,
+            },
+            4,
+        );
+        let mut out = Output::new(vec![edge], Arc::default());
+        for _ in 0..3 {
+            out.emit(&mut keyed(100))?;
+        }
+        out.flush()?;
+        let per_channel: Vec<std::collections::HashSet<Vec<u8>>> = rx
+            .iter()
+            .map(|r| drain(r).into_iter().filter_map(|r| r.key).collect())
+            .collect();
+        for i in 0..4 {
+            for j in i + 1..4 {
+                assert!(per_channel[i].is_disjoint(&per_channel[j]));
+            }
+        }
+        assert_eq!(per_channel.iter().map(|s| s.len()).sum::<usize>(), 100);
+        Ok(())
+    }
+
+    #[test]
+    fn rebalance_spreads_records_evenly() -> Result<(), TaskError> {
+        let (edge, rx) = edge(Partitioner::Rebalance, 3);
+        let mut out = Output::new(vec![edge], Arc::default());
+        out.emit(&mut keyed(300))?;
+        out.flush()?;
+        for r in &rx {
+            assert_eq!(drain(r).len(), 100);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn broadcast_copies_every_record_to_every_channel() -> Result<(), TaskError> {
+        let (edge, rx) = edge(Partitioner::Broadcast, 3);
+        let mut out = Output::new(vec![edge], Arc::default());
+        out.emit(&mut keyed(10))?;
+        out.flush()?;
+        for r in &rx {
+            assert_eq!(drain(r), keyed(10));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_barrier_follows_every_record_emitted_before_it() -> Result<(), TaskError> {
+        let (edge, rx) = edge(Partitioner::Forward, 1);
+        let mut out = Output::new(vec![edge], Arc::default());
+        out.emit(&mut keyed(5))?;
+        out.broadcast(&Message::EndOfInput)?;
+        let messages: Vec<Message> = rx[0].try_iter().collect();
+        assert!(matches!(&messages[..], [Message::Batch(b), Message::EndOfInput] if b.len() == 5));
+        Ok(())
+    }
+
+    #[test]
+    fn a_record_without_a_key_on_a_key_by_edge_is_a_user_error() {
+        let (edge, _rx) = edge(Partitioner::KeyBy { max_parallelism: 8 }, 2);
+        let mut out = Output::new(vec![edge], Arc::default());
+        let err = out.emit(&mut vec![Record::new("x")]);
+        assert!(matches!(
+            err,
+            Err(TaskError::Failed {
+                fault: Fault::User,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_full_channel_gives_up_when_the_job_is_cancelled() {
+        let (tx, _rx) = bounded(1);
+        let cancel = Arc::new(AtomicBool::new(true));
+        let mut out = Output::new(
+            vec![OutputEdge::new(
+                "n".into(),
+                Partitioner::Forward,
+                vec![tx],
+                1,
+            )],
+            cancel,
+        );
+        assert!(out.emit(&mut keyed(1)).is_ok());
+        assert!(matches!(out.emit(&mut keyed(1)), Err(TaskError::Cancelled)));
+    }
+}

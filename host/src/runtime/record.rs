@@ -1,0 +1,53 @@
+//! The one message type that travels between subtasks.
+
+use crate::runtime::ids::CheckpointId;
+
+/// One element of a stream, as the WIT contract's `record`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// The partitioning key; required on `key-by` edges.
+    pub key: Option<Vec<u8>>,
+    /// The payload.
+    pub value: Vec<u8>,
+    /// Event time in milliseconds since the Unix epoch.
+    pub timestamp: Option<i64>,
+}
+
+impl Record {
+    /// A record with a value and nothing else.
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            key: None,
+            value: value.into(),
+            timestamp: None,
+        }
+    }
+
+    /// The same record with `key` set.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}
+
+/// A checkpoint barrier, injected by the sources and carried in-band.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Barrier {
+    /// The checkpoint the barrier belongs to.
+    pub checkpoint: CheckpointId,
+}
+
+/// Everything a channel carries, in order. Data, barriers, watermarks and the end of the
+/// input share one channel, so that a barrier can never overtake the records before it.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// A batch of records.
+    Batch(Vec<Record>),
+    /// A checkpoint barrier.
+    Barrier(Barrier),
+    /// Event time advanced to this many milliseconds.
+    Watermark(i64),
+    /// The upstream subtask has no more input; nothing follows on this channel.
+    EndOfInput,
+}

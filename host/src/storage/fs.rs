@@ -1,0 +1,406 @@
+//! [`FsStorage`]: checkpoint storage in a local directory (`file://`), through cap-std.
+//!
+//! It owns one job directory, `<base>/<job-id>`, created (by `check`) and opened once
+//! with ambient authority;
+//! every other path is relative to that handle, so nothing outside the job directory can
+//! be reached, not even through a symlink. It may not touch the base directory's other
+//! entries (other jobs' checkpoints) nor anything else on the machine.
+//!
+//! Every blocking call runs in [`tokio::task::spawn_blocking`], checksums included, so
+//! the I/O runtime's workers never wait on the disk.
+//!
+//! A file is written as `.<name>.tmp-<pid>-<n>`, flushed to disk, then renamed (data
+//! files) or hard-linked (`_metadata`, which must not replace an existing one) to its
+//! name, so a crash never leaves a complete-looking partial file. Leftover temporary
+//! files start with `.`, which no valid name does, so listing and reading ignore them,
+//! and deleting a checkpoint removes those in its directory.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use tokio::sync::OnceCell;
+
+use super::checksum::{self, checksum, len_u64};
+use super::layout::{self, Place};
+use super::{CheckpointListing, CheckpointStorage, FileHandle, StorageError};
+use crate::runtime::ids::CheckpointId;
+
+/// Checkpoint storage in `<base>/<job-id>` on a local filesystem.
+///
+/// The filesystem must support hard links: the commit creates `_metadata` with one, so
+/// that of two commits of a checkpoint exactly one succeeds.
+#[derive(Debug)]
+pub struct FsStorage {
+    /// `<base>/<job-id>`.
+    root: PathBuf,
+    /// `file://<base>/<job-id>`, for messages.
+    url: String,
+    /// The job directory, opened on first use once it exists.
+    dir: OnceCell<Arc<Dir>>,
+}
+
+/// How a written temporary file gets its name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// Rename over whatever has the name: retrying a write is safe.
+    Replace,
+    /// Hard-link, failing with `AlreadyExists` if the name is taken.
+    CreateNew,
+}
+
+impl FsStorage {
+    /// Storage for job `job_id` below `base`. No I/O happens here:
+    /// [`check`](CheckpointStorage::check) creates the job directory.
+    ///
+    /// Fails if `job_id` is not a valid directory name (empty, contains `/` or `..`,
+    /// starts with `.`).
+    pub fn new(base: PathBuf, job_id: &str) -> Result<Self, StorageError> {
+        layout::validate_job_id(job_id)?;
+        let root = base.join(job_id);
+        let url = format!("file://{}", root.display());
+        Ok(FsStorage {
+            root,
+            url,
+            dir: OnceCell::new(),
+        })
+    }
+
+    /// The URL of `relative`, a path below the job directory.
+    fn location(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.url)
+    }
+
+    /// The job directory, opened once; fails with `NotFound` until `check` created it.
+    async fn job_dir(&self) -> Result<Arc<Dir>, StorageError> {
+        let dir = self
+            .dir
+            .get_or_try_init(|| {
+                let root = self.root.clone();
+                let url = self.url.clone();
+                run_blocking(url.clone(), move || {
+                    Dir::open_ambient_dir(&root, ambient_authority())
+                        .map(Arc::new)
+                        .map_err(|e| StorageError::io(url, "opening", e))
+                })
+            })
+            .await?;
+        Ok(Arc::clone(dir))
+    }
+
+    /// Runs `work` on the job directory on the blocking pool. `relative` names what it
+    /// works on, for the error if the task does not finish.
+    async fn with_dir<T, F>(&self, relative: String, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Dir, &Locator) -> Result<T, StorageError> + Send + 'static,
+    {
+        let dir = self.job_dir().await?;
+        let locator = Locator {
+            url: self.url.clone(),
+        };
+        run_blocking(self.location(&relative), move || work(&dir, &locator)).await
+    }
+}
+
+/// Turns relative paths into URLs for errors, inside blocking tasks.
+struct Locator {
+    url: String,
+}
+
+impl Locator {
+    fn at(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.url)
+    }
+
+    /// Maps an I/O error on `relative` while `action`.
+    fn io(&self, relative: &str, action: &'static str) -> impl FnOnce(io::Error) -> StorageError {
+        let location = self.at(relative);
+        move |e| StorageError::io(location, action, e)
+    }
+}
+
+/// Runs `work` on tokio's blocking pool.
+async fn run_blocking<T, F>(location: String, work: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => Err(StorageError::Internal {
+            location,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// A name for a temporary file beside `name`, unique in this process; `create_new`
+/// makes it safe against other processes too.
+fn temp_name(name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(".{name}.tmp-{}-{n}", std::process::id())
+}
+
+/// Writes `bytes` to `dir/name` through a flushed temporary file, so the name never
+/// shows a partial file.
+fn write_atomically(dir: &Dir, name: &str, bytes: &[u8], publish: Publish) -> io::Result<()> {
+    let temp = temp_name(name);
+    let mut file = dir.open_with(&temp, OpenOptions::new().write(true).create_new(true))?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            match publish {
+                Publish::Replace => dir.rename(&temp, dir, name),
+                Publish::CreateNew => dir.hard_link(&temp, dir, name),
+            }
+        });
+    if written.is_err() || publish == Publish::CreateNew {
+        // Best effort: a leftover temporary file is ignored by every reader and goes
+        // with its checkpoint's directory.
+        let _ = dir.remove_file(&temp);
+    }
+    written
+}
+
+/// Flushes `relative`'s directory entries to disk (`.` for `dir` itself).
+fn sync_dir(dir: &Dir, relative: &str) -> io::Result<()> {
+    dir.open_with(relative, OpenOptions::new().read(true))?
+        .sync_all()
+}
+
+/// Whether `relative` is a regular file; a missing one is not an error.
+fn is_file(dir: &Dir, relative: &str) -> io::Result<bool> {
+    match dir.metadata(relative) {
+        Ok(metadata) => Ok(metadata.is_file()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Ignores `NotFound`: deleting what is not there succeeds.
+fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[async_trait]
+impl CheckpointStorage for FsStorage {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        let root = self.root.clone();
+        let url = self.url.clone();
+        run_blocking(url.clone(), move || {
+            std::fs::create_dir_all(&root).map_err(|e| StorageError::io(url, "creating", e))
+        })
+        .await?;
+        self.with_dir(".".to_owned(), |dir, at| {
+            for sub in [layout::SHARED, layout::TASK_OWNED] {
+                dir.create_dir_all(sub).map_err(at.io(sub, "creating"))?;
+            }
+            let probe = temp_name("probe");
+            dir.write(&probe, b"probe")
+                .map_err(at.io(&probe, "writing a probe file to"))?;
+            dir.remove_file(&probe)
+                .map_err(at.io(&probe, "removing a probe file from"))
+        })
+        .await
+    }
+
+    async fn write(
+        &self,
+        checkpoint: CheckpointId,
+        name: &str,
+        bytes: Bytes,
+    ) -> Result<FileHandle, StorageError> {
+        layout::validate_file_name(name)?;
+        let path = layout::checkpoint_file(checkpoint, name);
+        let name = name.to_owned();
+        self.with_dir(path.clone(), move |dir, at| {
+            let metadata = layout::metadata_file(checkpoint);
+            if is_file(dir, &metadata).map_err(at.io(&metadata, "looking for"))? {
+                return Err(StorageError::AlreadyCommitted {
+                    location: at.at(&metadata),
+                    checkpoint,
+                });
+            }
+            let sub = layout::checkpoint_dir(checkpoint);
+            dir.create_dir_all(&sub).map_err(at.io(&sub, "creating"))?;
+            let sub_dir = dir.open_dir(&sub).map_err(at.io(&sub, "opening"))?;
+            write_atomically(&sub_dir, &name, &bytes, Publish::Replace)
+                .map_err(at.io(&path, "writing"))?;
+            Ok(FileHandle {
+                size: len_u64(&bytes),
+                checksum: checksum(&bytes),
+                path,
+            })
+        })
+        .await
+    }
+
+    async fn write_shared(&self, name: &str, bytes: Bytes) -> Result<FileHandle, StorageError> {
+        layout::validate_file_name(name)?;
+        let path = layout::shared_file(name);
+        let name = name.to_owned();
+        self.with_dir(path.clone(), move |dir, at| {
+            let handle = FileHandle {
+                size: len_u64(&bytes),
+                checksum: checksum(&bytes),
+                path,
+            };
+            dir.create_dir_all(layout::SHARED)
+                .map_err(at.io(layout::SHARED, "creating"))?;
+            let shared = dir
+                .open_dir(layout::SHARED)
+                .map_err(at.io(layout::SHARED, "opening"))?;
+            match shared.read(&name) {
+                Ok(existing) => {
+                    return match checksum::conflict(&handle, &existing) {
+                        None => Ok(handle),
+                        Some(reason) => Err(StorageError::Conflict {
+                            location: at.at(&handle.path),
+                            reason,
+                        }),
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(at.io(&handle.path, "reading")(e)),
+            }
+            write_atomically(&shared, &name, &bytes, Publish::Replace)
+                .map_err(at.io(&handle.path, "writing"))?;
+            Ok(handle)
+        })
+        .await
+    }
+
+    async fn read(&self, handle: &FileHandle) -> Result<Bytes, StorageError> {
+        let path = match layout::parse_handle_path(&handle.path)? {
+            Place::Checkpoint(checkpoint, name) => layout::checkpoint_file(checkpoint, name),
+            Place::Shared(name) => layout::shared_file(name),
+        };
+        let handle = handle.clone();
+        self.with_dir(path.clone(), move |dir, at| {
+            let bytes = dir.read(&path).map_err(at.io(&path, "reading"))?;
+            checksum::verify(&handle, &bytes).map_err(|reason| StorageError::Corrupt {
+                location: at.at(&path),
+                reason,
+            })?;
+            Ok(Bytes::from(bytes))
+        })
+        .await
+    }
+
+    async fn commit(&self, checkpoint: CheckpointId, metadata: Bytes) -> Result<(), StorageError> {
+        let path = layout::metadata_file(checkpoint);
+        self.with_dir(path.clone(), move |dir, at| {
+            let framed = checksum::frame(&metadata);
+            let sub = layout::checkpoint_dir(checkpoint);
+            dir.create_dir_all(&sub).map_err(at.io(&sub, "creating"))?;
+            // The data files' and shared files' names must be on disk before the commit
+            // point that refers to them can be.
+            sync_dir(dir, &sub).map_err(at.io(&sub, "flushing"))?;
+            if dir.is_dir(layout::SHARED) {
+                sync_dir(dir, layout::SHARED).map_err(at.io(layout::SHARED, "flushing"))?;
+            }
+            sync_dir(dir, ".").map_err(at.io(".", "flushing"))?;
+            let sub_dir = dir.open_dir(&sub).map_err(at.io(&sub, "opening"))?;
+            match write_atomically(&sub_dir, layout::METADATA, &framed, Publish::CreateNew) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(StorageError::AlreadyCommitted {
+                        location: at.at(&path),
+                        checkpoint,
+                    });
+                }
+                Err(e) => return Err(at.io(&path, "writing")(e)),
+            }
+            sync_dir(dir, &sub).map_err(at.io(&sub, "flushing"))
+        })
+        .await
+    }
+
+    async fn read_metadata(&self, checkpoint: CheckpointId) -> Result<Bytes, StorageError> {
+        let path = layout::metadata_file(checkpoint);
+        self.with_dir(path.clone(), move |dir, at| {
+            let framed = dir.read(&path).map_err(at.io(&path, "reading"))?;
+            checksum::unframe(Bytes::from(framed)).map_err(|reason| StorageError::Corrupt {
+                location: at.at(&path),
+                reason,
+            })
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<CheckpointListing>, StorageError> {
+        self.with_dir(".".to_owned(), |dir, at| {
+            let mut listings = Vec::new();
+            for entry in dir.entries().map_err(at.io(".", "listing"))? {
+                let entry = entry.map_err(at.io(".", "listing"))?;
+                let name = entry.file_name();
+                let Some(checkpoint) = name.to_str().and_then(layout::parse_checkpoint_dir) else {
+                    continue;
+                };
+                let sub = layout::checkpoint_dir(checkpoint);
+                if !entry
+                    .file_type()
+                    .map_err(at.io(&sub, "inspecting"))?
+                    .is_dir()
+                {
+                    continue;
+                }
+                let metadata = layout::metadata_file(checkpoint);
+                let has_metadata =
+                    is_file(dir, &metadata).map_err(at.io(&metadata, "looking for"))?;
+                listings.push(CheckpointListing {
+                    checkpoint,
+                    has_metadata,
+                });
+            }
+            listings.sort_by_key(|listing| listing.checkpoint);
+            Ok(listings)
+        })
+        .await
+    }
+
+    async fn delete_checkpoint(&self, checkpoint: CheckpointId) -> Result<(), StorageError> {
+        let sub = layout::checkpoint_dir(checkpoint);
+        self.with_dir(sub.clone(), move |dir, at| {
+            let metadata = layout::metadata_file(checkpoint);
+            match dir.remove_file(&metadata) {
+                // The checkpoint must be unrestorable on disk before its files go.
+                Ok(()) => sync_dir(dir, &sub).map_err(at.io(&sub, "flushing"))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(at.io(&metadata, "deleting")(e)),
+            }
+            ignore_missing(dir.remove_dir_all(&sub)).map_err(at.io(&sub, "deleting"))
+        })
+        .await
+    }
+
+    async fn delete_shared(&self, names: &[String]) -> Result<(), StorageError> {
+        for name in names {
+            layout::validate_file_name(name)?;
+        }
+        let paths: Vec<String> = names.iter().map(|name| layout::shared_file(name)).collect();
+        self.with_dir(layout::SHARED.to_owned(), move |dir, at| {
+            for path in &paths {
+                ignore_missing(dir.remove_file(path)).map_err(at.io(path, "deleting"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}

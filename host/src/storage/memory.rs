@@ -1,0 +1,292 @@
+//! [`MemoryStorage`]: the in-memory double of checkpoint storage, for tests of the code
+//! that uses storage (coordinator, retention, restore). It keeps every guarantee of the
+//! [`CheckpointStorage`] contract, checked by the same contract tests as the real
+//! storages, and adds hooks that inject faults: failing calls, corrupt and truncated
+//! files. It owns only its own map; it may not touch the filesystem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::checksum::{self, checksum, len_u64};
+use super::layout::{self, Place};
+use super::{CheckpointListing, CheckpointStorage, FileHandle, StorageError};
+use crate::runtime::ids::CheckpointId;
+
+/// Checkpoint storage in memory, with fault injection.
+///
+/// Paths in the hooks are relative to the job directory, as in a [`FileHandle`]:
+/// `chk-7/count-2-state`, `chk-7/_metadata`, `shared/abc.sst`.
+#[derive(Debug)]
+pub struct MemoryStorage {
+    /// `memory://<job-id>`, for messages.
+    url: String,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Whether `check` created the job directory.
+    created: bool,
+    /// The checkpoint directories: created by a write or a commit, removed by a delete.
+    checkpoints: BTreeSet<CheckpointId>,
+    /// Every file, by its path relative to the job directory.
+    files: BTreeMap<String, Bytes>,
+    /// How many of the next `write`/`write_shared` calls fail.
+    failing_writes: usize,
+    /// How many of the next `commit` calls fail.
+    failing_commits: usize,
+    /// How many of the next `read`/`read_metadata` calls fail.
+    failing_reads: usize,
+}
+
+/// Takes one injected failure from `counter`, if any is left.
+fn take_fault(
+    counter: &mut usize,
+    location: String,
+    action: &'static str,
+) -> Result<(), StorageError> {
+    if *counter == 0 {
+        return Ok(());
+    }
+    *counter -= 1;
+    Err(StorageError::Io {
+        location,
+        action,
+        source: io::Error::new(io::ErrorKind::TimedOut, "fault injected by MemoryStorage"),
+        transient: true,
+    })
+}
+
+impl MemoryStorage {
+    /// Empty storage for job `job_id`; like a directory, it must be
+    /// [`check`](CheckpointStorage::check)ed before use.
+    ///
+    /// Fails if `job_id` would not be a valid directory name, as
+    /// [`FsStorage::new`](super::FsStorage::new) does.
+    pub fn new(job_id: &str) -> Result<Self, StorageError> {
+        layout::validate_job_id(job_id)?;
+        Ok(MemoryStorage {
+            url: format!("memory://{job_id}"),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Makes the next `n` calls of `write` and `write_shared` fail with a transient
+    /// I/O error, storing nothing.
+    pub fn fail_next_writes(&self, n: usize) {
+        self.state().failing_writes = n;
+    }
+
+    /// Makes the next `n` calls of `commit` fail with a transient I/O error, committing
+    /// nothing.
+    pub fn fail_next_commits(&self, n: usize) {
+        self.state().failing_commits = n;
+    }
+
+    /// Makes the next `n` calls of `read` and `read_metadata` fail with a transient I/O
+    /// error.
+    pub fn fail_next_reads(&self, n: usize) {
+        self.state().failing_reads = n;
+    }
+
+    /// Flips the lowest bit of the last byte of the file at `path`, as a bad disk would.
+    /// Returns whether there was a non-empty file to corrupt.
+    pub fn corrupt(&self, path: &str) -> bool {
+        let mut state = self.state();
+        let Some(bytes) = state.files.get_mut(path) else {
+            return false;
+        };
+        let mut changed = bytes.to_vec();
+        let Some(last) = changed.last_mut() else {
+            return false;
+        };
+        *last ^= 1;
+        *bytes = Bytes::from(changed);
+        true
+    }
+
+    /// Cuts the file at `path` to its first `len` bytes, as a torn write would. Returns
+    /// whether there was a file.
+    pub fn truncate(&self, path: &str, len: usize) -> bool {
+        let mut state = self.state();
+        let Some(bytes) = state.files.get_mut(path) else {
+            return false;
+        };
+        bytes.truncate(len);
+        true
+    }
+
+    /// The paths of every stored file, sorted, for assertions on what was written or
+    /// deleted.
+    pub fn files(&self) -> Vec<String> {
+        self.state().files.keys().cloned().collect()
+    }
+
+    fn location(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.url)
+    }
+
+    /// The state, whatever a panicking test did: every change to it is a single insert
+    /// or removal, so a panic never leaves it half-changed.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The state of a checked storage; `NotFound` before `check`, as for a directory.
+    fn checked_state(&self) -> Result<MutexGuard<'_, State>, StorageError> {
+        let state = self.state();
+        if state.created {
+            Ok(state)
+        } else {
+            Err(StorageError::NotFound {
+                location: self.url.clone(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl CheckpointStorage for MemoryStorage {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        self.state().created = true;
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        checkpoint: CheckpointId,
+        name: &str,
+        bytes: Bytes,
+    ) -> Result<FileHandle, StorageError> {
+        layout::validate_file_name(name)?;
+        let path = layout::checkpoint_file(checkpoint, name);
+        let mut state = self.checked_state()?;
+        take_fault(&mut state.failing_writes, self.location(&path), "writing")?;
+        let metadata = layout::metadata_file(checkpoint);
+        if state.files.contains_key(&metadata) {
+            return Err(StorageError::AlreadyCommitted {
+                location: self.location(&metadata),
+                checkpoint,
+            });
+        }
+        let handle = FileHandle {
+            path: path.clone(),
+            size: len_u64(&bytes),
+            checksum: checksum(&bytes),
+        };
+        state.checkpoints.insert(checkpoint);
+        state.files.insert(path, bytes);
+        Ok(handle)
+    }
+
+    async fn write_shared(&self, name: &str, bytes: Bytes) -> Result<FileHandle, StorageError> {
+        layout::validate_file_name(name)?;
+        let path = layout::shared_file(name);
+        let mut state = self.checked_state()?;
+        take_fault(&mut state.failing_writes, self.location(&path), "writing")?;
+        let handle = FileHandle {
+            path: path.clone(),
+            size: len_u64(&bytes),
+            checksum: checksum(&bytes),
+        };
+        if let Some(existing) = state.files.get(&path) {
+            return match checksum::conflict(&handle, existing) {
+                None => Ok(handle),
+                Some(reason) => Err(StorageError::Conflict {
+                    location: self.location(&path),
+                    reason,
+                }),
+            };
+        }
+        state.files.insert(path, bytes);
+        Ok(handle)
+    }
+
+    async fn read(&self, handle: &FileHandle) -> Result<Bytes, StorageError> {
+        let path = match layout::parse_handle_path(&handle.path)? {
+            Place::Checkpoint(checkpoint, name) => layout::checkpoint_file(checkpoint, name),
+            Place::Shared(name) => layout::shared_file(name),
+        };
+        let mut state = self.checked_state()?;
+        take_fault(&mut state.failing_reads, self.location(&path), "reading")?;
+        let Some(bytes) = state.files.get(&path) else {
+            return Err(StorageError::NotFound {
+                location: self.location(&path),
+            });
+        };
+        checksum::verify(handle, bytes).map_err(|reason| StorageError::Corrupt {
+            location: self.location(&path),
+            reason,
+        })?;
+        Ok(bytes.clone())
+    }
+
+    async fn commit(&self, checkpoint: CheckpointId, metadata: Bytes) -> Result<(), StorageError> {
+        let path = layout::metadata_file(checkpoint);
+        let mut state = self.checked_state()?;
+        take_fault(&mut state.failing_commits, self.location(&path), "writing")?;
+        if state.files.contains_key(&path) {
+            return Err(StorageError::AlreadyCommitted {
+                location: self.location(&path),
+                checkpoint,
+            });
+        }
+        state.checkpoints.insert(checkpoint);
+        state.files.insert(path, checksum::frame(&metadata));
+        Ok(())
+    }
+
+    async fn read_metadata(&self, checkpoint: CheckpointId) -> Result<Bytes, StorageError> {
+        let path = layout::metadata_file(checkpoint);
+        let mut state = self.checked_state()?;
+        take_fault(&mut state.failing_reads, self.location(&path), "reading")?;
+        let Some(framed) = state.files.get(&path) else {
+            return Err(StorageError::NotFound {
+                location: self.location(&path),
+            });
+        };
+        checksum::unframe(framed.clone()).map_err(|reason| StorageError::Corrupt {
+            location: self.location(&path),
+            reason,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<CheckpointListing>, StorageError> {
+        let state = self.checked_state()?;
+        Ok(state
+            .checkpoints
+            .iter()
+            .map(|&checkpoint| CheckpointListing {
+                checkpoint,
+                has_metadata: state.files.contains_key(&layout::metadata_file(checkpoint)),
+            })
+            .collect())
+    }
+
+    async fn delete_checkpoint(&self, checkpoint: CheckpointId) -> Result<(), StorageError> {
+        let mut state = self.checked_state()?;
+        let prefix = format!("{}/", layout::checkpoint_dir(checkpoint));
+        state.files.retain(|path, _| !path.starts_with(&prefix));
+        state.checkpoints.remove(&checkpoint);
+        Ok(())
+    }
+
+    async fn delete_shared(&self, names: &[String]) -> Result<(), StorageError> {
+        for name in names {
+            layout::validate_file_name(name)?;
+        }
+        let mut state = self.checked_state()?;
+        for name in names {
+            state.files.remove(&layout::shared_file(name));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Checkpoint storage: where the bytes of a checkpoint go, and how they come back intact.
+//!
+//! This part owns the layout of a job's checkpoint directory, the atomic commit of a
+//! checkpoint (its `_metadata`, written last), and the checksums that tell a complete
+//! checkpoint from a torn or corrupt one. It stores opaque blobs: it may not know state
+//! formats or what the metadata says, nor decide which checkpoint is complete in the
+//! protocol's sense, what retention keeps or what a restore uses. Those are the
+//! coordinator's plain functions over [`CheckpointListing`]s and [`FileHandle`]s. It
+//! never runs on a subtask's thread: every method is async and is called from the tokio
+//! I/O runtime; blocking work goes to the blocking pool.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the [`CheckpointStorage`] trait and its guarantees, [`FileHandle`],
+//!   [`CheckpointListing`], and [`open`], which picks the storage for a [`StorageUrl`].
+//! - `error.rs`: [`StorageError`], whose fault and whether a retry helps.
+//! - `layout.rs`: the names `chk-<n>`, `shared`, `_metadata`, and which names are valid.
+//! - `checksum.rs`: CRC32C, and the frame that makes a torn `_metadata` detectable.
+//! - `fs.rs`: [`FsStorage`], a local directory through cap-std.
+//! - `memory.rs`: [`MemoryStorage`], the in-memory double with fault injection.
+//! - `tests.rs`: the contract tests, run against every storage.
+//!
+//! # On disk
+//!
+//! As Flink's, below the configured directory:
+//!
+//! ```text
+//! <base>/<job-id>/chk-<n>/<name>      data files of checkpoint n
+//! <base>/<job-id>/chk-<n>/_metadata   the commit point of checkpoint n, written last
+//! <base>/<job-id>/shared/<name>       files referenced by several checkpoints (incremental)
+//! <base>/<job-id>/taskowned/          as in Flink; nothing writes there yet
+//! ```
+
+mod checksum;
+mod error;
+mod fs;
+mod layout;
+mod memory;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::job::StorageUrl;
+use crate::runtime::ids::CheckpointId;
+
+pub use checksum::checksum;
+pub use error::StorageError;
+pub use fs::FsStorage;
+pub use memory::MemoryStorage;
+
+/// A stored data file: where it is and what it must read back as. Handles go into a
+/// checkpoint's `_metadata`, so a restore can verify every file it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHandle {
+    /// The path relative to the job directory, with `/`: `chk-7/count-2-state` or
+    /// `shared/abc.sst`.
+    pub path: String,
+    /// The length in bytes.
+    pub size: u64,
+    /// The CRC32C of the content (see [`checksum()`]).
+    pub checksum: u32,
+}
+
+/// One checkpoint directory, as [`CheckpointStorage::list`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointListing {
+    /// The checkpoint, from the directory's name `chk-<n>`.
+    pub checkpoint: CheckpointId,
+    /// Whether its `_metadata` exists. Without it the checkpoint was never committed
+    /// (or is being deleted) and must not be restored; with it, it is committed, which
+    /// [`read_metadata`](CheckpointStorage::read_metadata) still verifies.
+    pub has_metadata: bool,
+}
+
+/// Where a job's checkpoints are stored: opaque blobs in the layout of the module docs.
+///
+/// # Guarantees
+///
+/// Every implementation keeps these, and the contract tests in `tests.rs` check them:
+///
+/// - **Atomic create.** A file is absent or complete: a reader never sees a partial file
+///   under its name, whatever crash happens during a write.
+/// - **Read after write.** Once `write`, `write_shared` or `commit` returned `Ok`, every
+///   later call (from this process or a restarted one) sees the file.
+/// - **One commit.** [`commit`](Self::commit) creates `_metadata` only if it does not
+///   exist: of two commits of a checkpoint, exactly one succeeds; the other gets
+///   [`StorageError::AlreadyCommitted`]. A committed checkpoint never changes: writing
+///   a data file into it is refused the same way.
+/// - **Durable commit.** When `commit` returns `Ok`, the metadata, every file written
+///   for that checkpoint and every shared file written before survive a crash or a
+///   power loss.
+/// - **Verified reads.** `read` checks size and CRC32C against the handle,
+///   `read_metadata` checks the frame written by `commit`; a mismatch is
+///   [`StorageError::Corrupt`] naming the file.
+/// - **Safe deletes.** Deleting a checkpoint removes its `_metadata` first, so a
+///   half-deleted checkpoint is never restorable. Deleting what is not there succeeds.
+/// - **Confinement.** Names are single path components (no `/`, `..` or leading `.`),
+///   and handle paths are checked on read: nothing outside the job directory is reached.
+/// - **Retries.** Retrying a failed `write`, `write_shared` or delete is safe. After a
+///   transient failure of `commit`, an earlier attempt may have committed after all: a
+///   retry then gets `AlreadyCommitted`, and `read_metadata` tells whether it is ours.
+///
+/// Call [`check`](Self::check) once at job start: it creates the job directory, and
+/// until then every other call fails with [`StorageError::NotFound`].
+#[async_trait]
+pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
+    /// The job directory as a URL, for messages: `file:///var/lib/weir/checkpoints/<job>`.
+    fn describe(&self) -> String;
+
+    /// Creates the job directory (and `shared/`, `taskowned/`) if missing and proves it
+    /// writable, so that a bad location fails the job at start, not at its first
+    /// checkpoint. Repeatable.
+    async fn check(&self) -> Result<(), StorageError>;
+
+    /// Stores `bytes` as data file `name` of `checkpoint`, replacing a file of that name.
+    /// Refused for a committed checkpoint.
+    async fn write(
+        &self,
+        checkpoint: CheckpointId,
+        name: &str,
+        bytes: Bytes,
+    ) -> Result<FileHandle, StorageError>;
+
+    /// Stores `bytes` as `shared/<name>`, for files that several checkpoints reference.
+    /// A shared name identifies its content: writing an existing name with the same
+    /// content succeeds without rewriting, with different content fails with
+    /// [`StorageError::Conflict`].
+    async fn write_shared(&self, name: &str, bytes: Bytes) -> Result<FileHandle, StorageError>;
+
+    /// The content of the file `handle` describes, verified against its size and
+    /// checksum.
+    async fn read(&self, handle: &FileHandle) -> Result<Bytes, StorageError>;
+
+    /// Commits `checkpoint`: writes its `_metadata` atomically, framed with a checksum.
+    /// This is the commit point; call it after every file of the checkpoint is written.
+    async fn commit(&self, checkpoint: CheckpointId, metadata: Bytes) -> Result<(), StorageError>;
+
+    /// The metadata `commit` stored for `checkpoint`, verified; `NotFound` if it was
+    /// never committed.
+    async fn read_metadata(&self, checkpoint: CheckpointId) -> Result<Bytes, StorageError>;
+
+    /// Every checkpoint directory, committed or not, oldest first. Other entries
+    /// (`shared`, leftover temporary files) are not listed.
+    async fn list(&self) -> Result<Vec<CheckpointListing>, StorageError>;
+
+    /// Removes `checkpoint`'s directory, `_metadata` first. Shared files stay: which are
+    /// still referenced is the caller's decision.
+    async fn delete_checkpoint(&self, checkpoint: CheckpointId) -> Result<(), StorageError>;
+
+    /// Removes these files of `shared/`. Every name is validated before anything is
+    /// removed.
+    async fn delete_shared(&self, names: &[String]) -> Result<(), StorageError>;
+}
+
+/// The storage for `url` and job `job_id`, not yet checked: call
+/// [`CheckpointStorage::check`] at job start.
+pub fn open(url: &StorageUrl, job_id: &str) -> Result<Arc<dyn CheckpointStorage>, StorageError> {
+    match url {
+        StorageUrl::File(base) => Ok(Arc::new(FsStorage::new(base.clone(), job_id)?)),
+        StorageUrl::S3 { .. } => Err(StorageError::Unsupported {
+            url: url.to_string(),
+            reason: "S3 checkpoint storage is not built yet (issue 5). Use a file:// \
+                     directory for now.",
+        }),
+    }
+}

@@ -1,0 +1,890 @@
+//! The storage contract, as tests that run against every [`CheckpointStorage`]: each
+//! `async fn` below takes a [`Fixture`] and is instantiated once per storage by
+//! `contract_suite!`. Then the tests that only one storage has: what the filesystem
+//! shows, crash leftovers, confinement; the double's fault injection; error wording.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tempfile::TempDir;
+
+use super::*;
+
+/// A storage under test, and a way to damage its files behind its back.
+trait Fixture {
+    /// The storage under test.
+    type Storage: CheckpointStorage;
+
+    /// A fresh, unchecked storage.
+    fn new() -> Self;
+
+    /// The storage under test.
+    fn storage(&self) -> &Self::Storage;
+
+    /// Flips a bit of the last byte of the file at `path` (relative to the job dir).
+    fn flip_last_byte(&self, path: &str);
+
+    /// Cuts the file at `path` to `len` bytes.
+    fn truncate(&self, path: &str, len: usize);
+}
+
+struct Fs {
+    /// Holds the temporary directory until the test ends.
+    _temp: TempDir,
+    base: PathBuf,
+    storage: FsStorage,
+}
+
+impl Fs {
+    /// The job directory on disk.
+    fn root(&self) -> PathBuf {
+        self.base.join("job")
+    }
+}
+
+impl Fixture for Fs {
+    type Storage = FsStorage;
+
+    fn new() -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let base = temp.path().join("checkpoints");
+        let storage = FsStorage::new(base.clone(), "job").expect("valid job id");
+        Fs {
+            _temp: temp,
+            base,
+            storage,
+        }
+    }
+
+    fn storage(&self) -> &FsStorage {
+        &self.storage
+    }
+
+    fn flip_last_byte(&self, path: &str) {
+        let file = self.root().join(path);
+        let mut bytes = std::fs::read(&file).expect("read file to corrupt");
+        *bytes.last_mut().expect("non-empty file") ^= 1;
+        std::fs::write(&file, bytes).expect("write corrupted file");
+    }
+
+    fn truncate(&self, path: &str, len: usize) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.root().join(path))
+            .expect("open file to truncate");
+        file.set_len(u64::try_from(len).expect("small length"))
+            .expect("truncate");
+    }
+}
+
+struct Memory {
+    storage: MemoryStorage,
+}
+
+impl Fixture for Memory {
+    type Storage = MemoryStorage;
+
+    fn new() -> Self {
+        Memory {
+            storage: MemoryStorage::new("job").expect("valid job id"),
+        }
+    }
+
+    fn storage(&self) -> &MemoryStorage {
+        &self.storage
+    }
+
+    fn flip_last_byte(&self, path: &str) {
+        assert!(self.storage.corrupt(path), "no file {path} to corrupt");
+    }
+
+    fn truncate(&self, path: &str, len: usize) {
+        assert!(
+            self.storage.truncate(path, len),
+            "no file {path} to truncate"
+        );
+    }
+}
+
+/// Instantiates every contract test for one fixture type, in module `$module`.
+macro_rules! contract_suite {
+    ($module:ident, $fixture:ty) => {
+        mod $module {
+            use super::*;
+
+            contract_suite!(@tests $fixture;
+                a_written_file_reads_back_unchanged,
+                an_empty_file_reads_back_empty,
+                a_flipped_byte_in_a_data_file_is_corrupt_and_named,
+                a_truncated_data_file_is_corrupt,
+                a_file_that_was_never_written_is_not_found,
+                committed_metadata_reads_back_unchanged,
+                a_torn_metadata_file_is_corrupt,
+                a_flipped_bit_in_metadata_is_corrupt,
+                committing_a_checkpoint_twice_is_refused_and_keeps_the_first,
+                a_committed_checkpoint_refuses_new_data_files,
+                metadata_of_an_uncommitted_checkpoint_is_not_found,
+                list_shows_checkpoints_with_and_without_metadata_oldest_first,
+                deleting_a_checkpoint_removes_its_files_and_metadata,
+                deleting_a_missing_checkpoint_succeeds,
+                names_with_dot_dot_a_slash_or_a_leading_dot_are_refused,
+                handles_pointing_outside_the_layout_are_refused,
+                shared_writes_of_the_same_content_are_idempotent,
+                a_shared_name_reused_for_different_content_is_a_conflict,
+                deleting_shared_files_removes_only_those_named,
+                storage_that_was_not_checked_reports_not_found,
+            );
+        }
+    };
+    (@tests $fixture:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let fixture = <$fixture as Fixture>::new();
+                super::$name(&fixture).await;
+            }
+        )*
+    };
+}
+
+contract_suite!(fs_contract, Fs);
+contract_suite!(memory_contract, Memory);
+
+/// The fixture's storage, checked.
+async fn checked<F: Fixture>(f: &F) -> &F::Storage {
+    f.storage().check().await.expect("check");
+    f.storage()
+}
+
+fn state() -> Bytes {
+    Bytes::from_static(b"state of node count, subtask 2")
+}
+
+async fn a_written_file_reads_back_unchanged<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = s
+        .write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    assert_eq!(
+        handle,
+        FileHandle {
+            path: "chk-7/count-2-state".into(),
+            size: 30,
+            checksum: checksum(&state()),
+        }
+    );
+    assert_eq!(s.read(&handle).await.expect("read"), state());
+}
+
+async fn an_empty_file_reads_back_empty<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = s
+        .write(CheckpointId(1), "empty", Bytes::new())
+        .await
+        .expect("write");
+    assert_eq!(handle.size, 0);
+    assert_eq!(s.read(&handle).await.expect("read"), Bytes::new());
+}
+
+async fn a_flipped_byte_in_a_data_file_is_corrupt_and_named<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = s
+        .write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    f.flip_last_byte(&handle.path);
+    let err = s.read(&handle).await.expect_err("corrupt file refused");
+    let StorageError::Corrupt { location, reason } = &err else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert_eq!(location, &format!("{}/chk-7/count-2-state", s.describe()));
+    assert!(reason.contains("CRC32C"), "{reason}");
+    assert!(err.to_string().contains("chk-7/count-2-state"), "{err}");
+    assert!(!err.is_transient());
+}
+
+async fn a_truncated_data_file_is_corrupt<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = s
+        .write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    f.truncate(&handle.path, 10);
+    let err = s.read(&handle).await.expect_err("truncated file refused");
+    let StorageError::Corrupt { reason, .. } = &err else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert!(reason.contains("10 bytes"), "{reason}");
+}
+
+async fn a_file_that_was_never_written_is_not_found<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = FileHandle {
+        path: "chk-3/nothing".into(),
+        size: 1,
+        checksum: 0,
+    };
+    let err = s.read(&handle).await.expect_err("missing file");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("chk-3/nothing"), "{err}");
+}
+
+async fn committed_metadata_reads_back_unchanged<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let metadata = Bytes::from_static(b"{\"checkpoint\":7}");
+    s.commit(CheckpointId(7), metadata.clone())
+        .await
+        .expect("commit");
+    assert_eq!(
+        s.read_metadata(CheckpointId(7))
+            .await
+            .expect("read metadata"),
+        metadata
+    );
+}
+
+async fn a_torn_metadata_file_is_corrupt<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let metadata = Bytes::from_static(b"{\"checkpoint\":7}");
+    for (checkpoint, keep) in [(1, 0), (2, 10), (3, 24), (4, 24 + metadata.len() - 1)] {
+        s.commit(CheckpointId(checkpoint), metadata.clone())
+            .await
+            .expect("commit");
+        f.truncate(&format!("chk-{checkpoint}/_metadata"), keep);
+        let err = s
+            .read_metadata(CheckpointId(checkpoint))
+            .await
+            .expect_err("torn metadata refused");
+        let StorageError::Corrupt { location, .. } = &err else {
+            panic!("expected Corrupt for {keep} bytes kept, got {err}");
+        };
+        assert!(
+            location.ends_with(&format!("chk-{checkpoint}/_metadata")),
+            "{location}"
+        );
+    }
+}
+
+async fn a_flipped_bit_in_metadata_is_corrupt<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    s.commit(CheckpointId(7), Bytes::from_static(b"{\"checkpoint\":7}"))
+        .await
+        .expect("commit");
+    f.flip_last_byte("chk-7/_metadata");
+    let err = s
+        .read_metadata(CheckpointId(7))
+        .await
+        .expect_err("flipped metadata refused");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("chk-7/_metadata"), "{err}");
+}
+
+async fn committing_a_checkpoint_twice_is_refused_and_keeps_the_first<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    s.commit(CheckpointId(7), Bytes::from_static(b"first"))
+        .await
+        .expect("first commit");
+    let err = s
+        .commit(CheckpointId(7), Bytes::from_static(b"second"))
+        .await
+        .expect_err("second commit refused");
+    assert!(
+        matches!(
+            err,
+            StorageError::AlreadyCommitted {
+                checkpoint: CheckpointId(7),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(
+        s.read_metadata(CheckpointId(7)).await.expect("metadata"),
+        Bytes::from_static(b"first")
+    );
+}
+
+async fn a_committed_checkpoint_refuses_new_data_files<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = s
+        .write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    s.commit(CheckpointId(7), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    for name in ["late", "count-2-state"] {
+        let err = s
+            .write(CheckpointId(7), name, Bytes::from_static(b"late"))
+            .await
+            .expect_err("write into a committed checkpoint refused");
+        assert!(
+            matches!(err, StorageError::AlreadyCommitted { .. }),
+            "{err}"
+        );
+    }
+    assert_eq!(s.read(&handle).await.expect("read"), state());
+}
+
+async fn metadata_of_an_uncommitted_checkpoint_is_not_found<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    s.write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    for checkpoint in [CheckpointId(7), CheckpointId(8)] {
+        let err = s.read_metadata(checkpoint).await.expect_err("no metadata");
+        assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    }
+}
+
+async fn list_shows_checkpoints_with_and_without_metadata_oldest_first<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    assert_eq!(s.list().await.expect("list"), []);
+    s.write(CheckpointId(12), "a", state())
+        .await
+        .expect("write");
+    s.write(CheckpointId(3), "a", state()).await.expect("write");
+    s.commit(CheckpointId(3), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    s.commit(CheckpointId(5), Bytes::from_static(b"m"))
+        .await
+        .expect("commit without data files");
+    s.write_shared("abc.sst", state())
+        .await
+        .expect("write shared");
+    let listing = |n, has_metadata| CheckpointListing {
+        checkpoint: CheckpointId(n),
+        has_metadata,
+    };
+    assert_eq!(
+        s.list().await.expect("list"),
+        [listing(3, true), listing(5, true), listing(12, false)]
+    );
+}
+
+async fn deleting_a_checkpoint_removes_its_files_and_metadata<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let data = s
+        .write(CheckpointId(3), "count-2-state", state())
+        .await
+        .expect("write");
+    let shared = s
+        .write_shared("abc.sst", state())
+        .await
+        .expect("write shared");
+    s.commit(CheckpointId(3), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    s.write(CheckpointId(4), "count-2-state", state())
+        .await
+        .expect("write");
+    s.delete_checkpoint(CheckpointId(3)).await.expect("delete");
+    assert_eq!(
+        s.list().await.expect("list"),
+        [CheckpointListing {
+            checkpoint: CheckpointId(4),
+            has_metadata: false,
+        }]
+    );
+    let err = s.read(&data).await.expect_err("deleted file");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    let err = s
+        .read_metadata(CheckpointId(3))
+        .await
+        .expect_err("deleted metadata");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    assert_eq!(s.read(&shared).await.expect("shared file stays"), state());
+    s.commit(CheckpointId(3), Bytes::from_static(b"again"))
+        .await
+        .expect("a deleted checkpoint's id is free again");
+}
+
+async fn deleting_a_missing_checkpoint_succeeds<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    s.delete_checkpoint(CheckpointId(9))
+        .await
+        .expect("delete of nothing");
+    s.delete_shared(&["never-written".to_owned()])
+        .await
+        .expect("delete of nothing");
+}
+
+async fn names_with_dot_dot_a_slash_or_a_leading_dot_are_refused<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    for name in ["..", "../escape", "a/b", "/abs", ".hidden", "", "_metadata"] {
+        let err = s
+            .write(CheckpointId(1), name, state())
+            .await
+            .expect_err("invalid name refused");
+        assert!(
+            matches!(err, StorageError::InvalidName { .. }),
+            "{name:?}: {err}"
+        );
+        let err = s
+            .write_shared(name, state())
+            .await
+            .expect_err("invalid shared name refused");
+        assert!(
+            matches!(err, StorageError::InvalidName { .. }),
+            "{name:?}: {err}"
+        );
+        let err = s
+            .delete_shared(&["fine".to_owned(), name.to_owned()])
+            .await
+            .expect_err("invalid shared name refused");
+        assert!(
+            matches!(err, StorageError::InvalidName { .. }),
+            "{name:?}: {err}"
+        );
+    }
+    assert_eq!(s.list().await.expect("list"), []);
+}
+
+async fn handles_pointing_outside_the_layout_are_refused<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    for path in [
+        "../../etc/passwd",
+        "chk-1/../../x",
+        "chk-1/_metadata",
+        "taskowned/x",
+        "x",
+    ] {
+        let handle = FileHandle {
+            path: path.into(),
+            size: 0,
+            checksum: 0,
+        };
+        let err = s.read(&handle).await.expect_err("handle refused");
+        assert!(
+            matches!(err, StorageError::InvalidName { .. }),
+            "{path}: {err}"
+        );
+    }
+}
+
+async fn shared_writes_of_the_same_content_are_idempotent<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let first = s
+        .write_shared("abc.sst", state())
+        .await
+        .expect("write shared");
+    let second = s
+        .write_shared("abc.sst", state())
+        .await
+        .expect("same content again");
+    assert_eq!(first, second);
+    assert_eq!(first.path, "shared/abc.sst");
+    assert_eq!(s.read(&second).await.expect("read"), state());
+}
+
+async fn a_shared_name_reused_for_different_content_is_a_conflict<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = s
+        .write_shared("abc.sst", state())
+        .await
+        .expect("write shared");
+    for other in [&b"other content, same length!!!"[..], b"short"] {
+        let err = s
+            .write_shared("abc.sst", Bytes::copy_from_slice(other))
+            .await
+            .expect_err("different content refused");
+        assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("shared/abc.sst"), "{err}");
+    }
+    assert_eq!(
+        s.read(&handle).await.expect("the first content stays"),
+        state()
+    );
+}
+
+async fn deleting_shared_files_removes_only_those_named<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let a = s.write_shared("a.sst", state()).await.expect("write");
+    let b = s.write_shared("b.sst", state()).await.expect("write");
+    s.delete_shared(&["a.sst".to_owned(), "missing.sst".to_owned()])
+        .await
+        .expect("delete");
+    let err = s.read(&a).await.expect_err("deleted");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    assert_eq!(s.read(&b).await.expect("kept"), state());
+}
+
+async fn storage_that_was_not_checked_reports_not_found<F: Fixture>(f: &F) {
+    let s = f.storage();
+    let err = s.list().await.expect_err("not created yet");
+    let StorageError::NotFound { location } = &err else {
+        panic!("expected NotFound, got {err}");
+    };
+    assert!(location.starts_with(&s.describe()), "{location}");
+    let err = s
+        .write(CheckpointId(1), "a", state())
+        .await
+        .expect_err("not created yet");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    s.check().await.expect("check");
+    s.check().await.expect("check again");
+    assert_eq!(s.list().await.expect("list"), []);
+}
+
+// Only the filesystem.
+
+/// Every path below `dir`, relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            let relative = path.strip_prefix(dir).expect("below dir");
+            found.push(relative.to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn files_land_in_flinks_layout_on_disk() {
+    let f = Fs::new();
+    let s = checked(&f).await;
+    s.write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    s.write_shared("abc.sst", state())
+        .await
+        .expect("write shared");
+    s.commit(CheckpointId(7), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    assert_eq!(
+        walk(&f.base),
+        [
+            "job",
+            "job/chk-7",
+            "job/chk-7/_metadata",
+            "job/chk-7/count-2-state",
+            "job/shared",
+            "job/shared/abc.sst",
+            "job/taskowned",
+        ]
+    );
+    let metadata = std::fs::read(f.root().join("chk-7/_metadata")).expect("read");
+    assert!(metadata.starts_with(b"WEIRMETA"));
+    assert_eq!(
+        std::fs::read(f.root().join("chk-7/count-2-state")).expect("read"),
+        state()
+    );
+}
+
+#[tokio::test]
+async fn a_successful_write_leaves_no_temporary_files() {
+    let f = Fs::new();
+    let s = checked(&f).await;
+    s.write(CheckpointId(1), "a", state()).await.expect("write");
+    s.write(CheckpointId(1), "a", state())
+        .await
+        .expect("rewrite");
+    s.write_shared("s", state()).await.expect("write shared");
+    s.write_shared("s", state())
+        .await
+        .expect("write shared again");
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect_err("second commit refused");
+    let leftovers: Vec<_> = walk(&f.base)
+        .into_iter()
+        .filter(|path| path.contains(".tmp-"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn leftover_temporary_files_from_a_crash_are_ignored() {
+    let f = Fs::new();
+    let s = checked(&f).await;
+    let handle = s
+        .write(CheckpointId(3), "count-2-state", state())
+        .await
+        .expect("write");
+    s.commit(CheckpointId(3), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    // What a crash in the middle of writes leaves: partial temporary files, one of
+    // them a `_metadata` that was never published.
+    let root = f.root();
+    std::fs::create_dir(root.join("chk-4")).expect("mkdir");
+    for (path, bytes) in [
+        ("chk-3/.count-2-state.tmp-999-0", &b"partial"[..]),
+        ("chk-4/._metadata.tmp-999-1", b"WEIRMETA"),
+        ("shared/.abc.sst.tmp-999-2", b"partial"),
+        (".chk-5.tmp-999-3", b"partial"),
+    ] {
+        std::fs::write(root.join(path), bytes).expect("plant leftover");
+    }
+    assert_eq!(
+        s.list().await.expect("list"),
+        [
+            CheckpointListing {
+                checkpoint: CheckpointId(3),
+                has_metadata: true,
+            },
+            CheckpointListing {
+                checkpoint: CheckpointId(4),
+                has_metadata: false,
+            },
+        ]
+    );
+    assert_eq!(s.read(&handle).await.expect("read"), state());
+    assert_eq!(
+        s.read_metadata(CheckpointId(3)).await.expect("metadata"),
+        Bytes::from_static(b"m")
+    );
+    let err = s
+        .read_metadata(CheckpointId(4))
+        .await
+        .expect_err("unpublished metadata");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    s.commit(CheckpointId(4), Bytes::from_static(b"m4"))
+        .await
+        .expect("commit beside a leftover");
+    s.delete_checkpoint(CheckpointId(4))
+        .await
+        .expect("delete with a leftover inside");
+    assert!(!root.join("chk-4").exists());
+}
+
+#[tokio::test]
+async fn a_restarted_process_reads_what_was_committed() {
+    let f = Fs::new();
+    let s = checked(&f).await;
+    let handle = s
+        .write(CheckpointId(2), "count-2-state", state())
+        .await
+        .expect("write");
+    s.commit(CheckpointId(2), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    let restarted = FsStorage::new(f.base.clone(), "job").expect("valid job id");
+    assert_eq!(
+        restarted.list().await.expect("list without check"),
+        [CheckpointListing {
+            checkpoint: CheckpointId(2),
+            has_metadata: true,
+        }]
+    );
+    assert_eq!(restarted.read(&handle).await.expect("read"), state());
+    assert_eq!(
+        restarted
+            .read_metadata(CheckpointId(2))
+            .await
+            .expect("metadata"),
+        Bytes::from_static(b"m")
+    );
+}
+
+#[tokio::test]
+async fn of_two_concurrent_commits_of_one_checkpoint_exactly_one_succeeds() {
+    let f = Fs::new();
+    let s = checked(&f).await;
+    let other = FsStorage::new(f.base.clone(), "job").expect("valid job id");
+    for n in 1..=20 {
+        let (a, b) = tokio::join!(
+            s.commit(CheckpointId(n), Bytes::from_static(b"a")),
+            other.commit(CheckpointId(n), Bytes::from_static(b"b")),
+        );
+        assert_eq!(
+            usize::from(a.is_ok()) + usize::from(b.is_ok()),
+            1,
+            "checkpoint {n}: {a:?} {b:?}"
+        );
+        for refused in [a, b].into_iter().filter_map(Result::err) {
+            assert!(
+                matches!(refused, StorageError::AlreadyCommitted { .. }),
+                "{refused}"
+            );
+        }
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_symlink_out_of_the_job_directory_is_not_followed() {
+    let f = Fs::new();
+    let s = checked(&f).await;
+    let outside = f.base.parent().expect("temp dir").join("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    std::fs::write(outside.join("secret"), b"secret").expect("write");
+    std::os::unix::fs::symlink(&outside, f.root().join("chk-9")).expect("symlink");
+    s.write(CheckpointId(9), "planted", state())
+        .await
+        .expect_err("write through the symlink refused");
+    let handle = FileHandle {
+        path: "chk-9/secret".into(),
+        size: 6,
+        checksum: checksum(b"secret"),
+    };
+    s.read(&handle)
+        .await
+        .expect_err("read through the symlink refused");
+    assert_eq!(walk(&outside), ["secret"]);
+}
+
+#[tokio::test]
+async fn check_names_the_location_when_the_base_is_a_file() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let base = temp.path().join("not-a-dir");
+    std::fs::write(&base, b"x").expect("write");
+    let s = FsStorage::new(base.clone(), "job").expect("valid job id");
+    let err = s.check().await.expect_err("a file is no directory");
+    assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("file://{}/job", base.display())),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn describe_is_the_job_directorys_file_url() {
+    let s = FsStorage::new(PathBuf::from("/var/lib/weir/checkpoints"), "word-count")
+        .expect("valid job id");
+    assert_eq!(s.describe(), "file:///var/lib/weir/checkpoints/word-count");
+}
+
+#[test]
+fn a_job_id_that_is_not_one_path_component_is_refused() {
+    for job_id in ["", "..", "a/b", ".hidden"] {
+        let err = FsStorage::new(PathBuf::from("/tmp"), job_id).expect_err("refused");
+        assert!(
+            matches!(err, StorageError::InvalidName { what: "job id", .. }),
+            "{err}"
+        );
+        assert!(MemoryStorage::new(job_id).is_err());
+    }
+}
+
+#[test]
+fn open_gives_file_storage_for_a_file_url() {
+    let url = StorageUrl::File(PathBuf::from("/var/lib/weir/checkpoints"));
+    let storage = open(&url, "word-count").expect("file storage");
+    assert_eq!(
+        storage.describe(),
+        "file:///var/lib/weir/checkpoints/word-count"
+    );
+}
+
+#[test]
+fn open_refuses_s3_until_issue_5() {
+    let url = StorageUrl::S3 {
+        bucket: "bucket".into(),
+        prefix: "prefix".into(),
+    };
+    let err = open(&url, "word-count").expect_err("not built yet");
+    assert!(matches!(err, StorageError::Unsupported { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.starts_with("s3://bucket/prefix: "), "{message}");
+    assert!(
+        message.contains("S3 checkpoint storage is not built yet (issue 5)"),
+        "{message}"
+    );
+}
+
+// Only the double.
+
+#[tokio::test]
+async fn injected_write_failures_are_transient_and_store_nothing() {
+    let f = Memory::new();
+    let s = checked(&f).await;
+    s.fail_next_writes(2);
+    for _ in 0..2 {
+        let err = s
+            .write(CheckpointId(1), "a", state())
+            .await
+            .expect_err("injected");
+        assert!(err.is_transient(), "{err}");
+    }
+    assert_eq!(s.files(), Vec::<String>::new());
+    s.write(CheckpointId(1), "a", state())
+        .await
+        .expect("third write");
+    assert_eq!(s.files(), ["chk-1/a"]);
+}
+
+#[tokio::test]
+async fn injected_commit_failures_leave_the_checkpoint_uncommitted() {
+    let f = Memory::new();
+    let s = checked(&f).await;
+    s.write(CheckpointId(1), "a", state()).await.expect("write");
+    s.fail_next_commits(1);
+    let err = s
+        .commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect_err("injected");
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        s.list().await.expect("list"),
+        [CheckpointListing {
+            checkpoint: CheckpointId(1),
+            has_metadata: false,
+        }]
+    );
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect("retry");
+}
+
+#[tokio::test]
+async fn injected_read_failures_pass_after_the_count() {
+    let f = Memory::new();
+    let s = checked(&f).await;
+    let handle = s.write(CheckpointId(1), "a", state()).await.expect("write");
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    s.fail_next_reads(2);
+    assert!(s.read(&handle).await.is_err());
+    assert!(s.read_metadata(CheckpointId(1)).await.is_err());
+    assert_eq!(s.read(&handle).await.expect("read"), state());
+}
+
+#[test]
+fn corrupting_or_truncating_a_missing_file_reports_false() {
+    let s = MemoryStorage::new("job").expect("valid job id");
+    assert!(!s.corrupt("chk-1/a"));
+    assert!(!s.truncate("chk-1/a", 0));
+}
+
+// Error wording.
+
+#[test]
+fn io_errors_say_whether_a_retry_helps() {
+    use std::io::{Error, ErrorKind};
+    let io = |kind| StorageError::io("file:///x/chk-1/a".into(), "writing", Error::from(kind));
+    assert!(io(ErrorKind::TimedOut).is_transient());
+    assert!(io(ErrorKind::Interrupted).is_transient());
+    assert!(!io(ErrorKind::PermissionDenied).is_transient());
+    assert!(!io(ErrorKind::StorageFull).is_transient());
+    assert!(matches!(
+        io(ErrorKind::NotFound),
+        StorageError::NotFound { .. }
+    ));
+    let message = io(ErrorKind::PermissionDenied).to_string();
+    assert!(
+        message.starts_with("writing file:///x/chk-1/a failed: "),
+        "{message}"
+    );
+    assert!(message.contains("permissions"), "{message}");
+}

@@ -1,0 +1,147 @@
+//! Shared helpers for the end-to-end tests: where the `weir` binary and the built guests
+//! are, and a scratch directory to write job files and inputs into.
+//!
+//! The tests drive the real binary with real components; `scripts/test.sh` builds both
+//! before running them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The built guest `name` (e.g. `word_count_counter`), from `target/guests/`.
+///
+/// # Panics
+/// When the guest was not built, with the command that builds it.
+pub fn guest(name: &str) -> PathBuf {
+    let path = repo().join("target/guests").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the guests first with scripts/build-guests.sh",
+        path.display()
+    );
+    path
+}
+
+/// The `weir` binary of the same build profile as the running test.
+///
+/// # Panics
+/// When it was not built, with the command that builds it.
+pub fn weir_bin() -> PathBuf {
+    // The test runs from <target>/<profile>/deps/; the binary is in <target>/<profile>/.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let bin = profile_dir.join("weir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --release -p weir-host` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch directory for one test, with its own compile cache.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A new, empty scratch directory.
+    ///
+    /// # Panics
+    /// When no temporary directory can be created.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `contents` to `name` in the directory and returns its path.
+    ///
+    /// # Panics
+    /// When the file cannot be written.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("a directory in the scratch dir");
+        }
+        std::fs::write(&path, contents).expect("a file in the scratch dir");
+        path
+    }
+
+    /// A `weir` command with the scratch directory as working directory and a compile
+    /// cache shared by all tests (compiling the Python guest takes seconds).
+    pub fn weir(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(weir_bin());
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("WEIR_CACHE_DIR", repo().join("target/test-compile-cache"))
+            .env("WEIR_LOG", "info");
+        cmd
+    }
+
+    /// Runs `weir` with `args` to completion.
+    ///
+    /// # Panics
+    /// When the binary cannot be started.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.weir(args).output().expect("weir starts")
+    }
+
+    /// The lines of every `part-*` file in `dir` (relative to the scratch dir), per file.
+    ///
+    /// # Panics
+    /// When the directory cannot be read.
+    pub fn parts(&self, dir: &str) -> Vec<(String, Vec<String>)> {
+        let mut parts: Vec<(String, Vec<String>)> = std::fs::read_dir(self.dir.path().join(dir))
+            .expect("the sink's directory")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("part-"))
+            .map(|e| {
+                let text = std::fs::read_to_string(e.path()).expect("a part file");
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    text.lines().map(str::to_owned).collect(),
+                )
+            })
+            .collect();
+        parts.sort();
+        parts
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The path as a string for a job file (TOML basic strings need escaped backslashes).
+pub fn toml_path(path: &Path) -> String {
+    path.display().to_string().replace('\\', "\\\\")
+}
+
+/// Stdout and stderr of a finished command, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
