@@ -16,7 +16,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use weir::operator::types::{Context, Error as GuestError, Record, TimeDomain, Timer};
+pub use self::weir::operator::types::{Context, Error as GuestError, Record, TimeDomain, Timer};
 
 /// The export every operator must provide, as it appears in a component's type.
 pub const HANDLER_EXPORT: &str = "weir:operator/handler@0.1.0";
