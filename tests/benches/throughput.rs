@@ -120,7 +120,7 @@ impl Operator for NativeCounter {
             self.backend
                 .value_set(self.state, group, key.clone(), encode_varint(count))
                 .map_err(failed)?;
-            let value = word_count_counter::format_count(&key, count).into_bytes();
+            let value = word_count_counter::format_count(&key, count);
             out.push(Record {
                 key: Some(key),
                 value,
@@ -205,7 +205,7 @@ fn main() {
     measure(&warm, records / 10);
 
     let native_map: OperatorFactory = Arc::new(move |_| {
-        let filter = map_filter::MapFilter::from_config(config)
+        let filter = serde_json::from_str::<map_filter::MapFilter>(config)
             .map_err(|e| TaskError::failed(weir::runtime::Fault::User, e.to_string()))?;
         Ok(Box::new(NativeMap(filter)) as Box<dyn Operator>)
     });

@@ -8,7 +8,6 @@
 
 use crate::connectors::rate::Pacer;
 use crate::runtime::{Record, Source, SourcePoll, TaskError, TaskInfo};
-use std::io::Write;
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -25,23 +24,54 @@ pub struct GeneratorSettings {
     pub value_size: usize,
 }
 
+/// Up to this many keys are rendered once up front; a record then clones its key
+/// instead of formatting it (formatting dominated the generator's cost).
+const PRERENDERED_KEYS: u64 = 1 << 20;
+
 /// One subtask of a generator.
 pub struct Generator {
     settings: GeneratorSettings,
     next: u64,
     step: u64,
     pacer: Pacer,
+    keys: Vec<Vec<u8>>,
+}
+
+/// `prefix` followed by the decimal digits of `n`.
+fn decimal(prefix: &[u8], mut n: u64) -> Vec<u8> {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(prefix.len() + digits.len() - at);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&digits[at..]);
+    out
 }
 
 impl Generator {
     /// The generator of subtask `info`.
     pub fn new(settings: GeneratorSettings, info: &TaskInfo) -> Self {
         let pacer = Pacer::new(settings.rate);
+        let keys = if settings.keys <= PRERENDERED_KEYS {
+            (0..settings.keys.max(1))
+                .map(|k| decimal(b"key-", k))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             settings,
             next: u64::from(info.subtask.0),
             step: u64::from(info.parallelism.max(1)),
             pacer,
+            keys,
         }
     }
 }
@@ -72,10 +102,13 @@ impl Source for Generator {
                 return Ok(SourcePoll::Finished);
             }
             let n = self.next;
-            let mut key = Vec::with_capacity(12);
-            let _ = write!(key, "key-{}", mix(self.settings.seed, n) % keys);
+            let k = mix(self.settings.seed, n) % keys;
+            let key = usize::try_from(k)
+                .ok()
+                .and_then(|i| self.keys.get(i))
+                .map_or_else(|| decimal(b"key-", k), Clone::clone);
             let value = if self.settings.value_size == 0 {
-                n.to_string().into_bytes()
+                decimal(b"", n)
             } else {
                 let digits = n.to_le_bytes();
                 (0..self.settings.value_size)
@@ -146,6 +179,13 @@ mod tests {
             records.iter().filter_map(|r| r.key.clone()).collect();
         assert_eq!(keys.len(), 10);
         Ok(())
+    }
+
+    #[test]
+    fn decimal_renders_like_display() {
+        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+            assert_eq!(decimal(b"k-", n), format!("k-{n}").into_bytes());
+        }
     }
 
     #[test]

@@ -1,36 +1,43 @@
-//! The heap backend: every state is a set of persistent hash maps, one per key group
-//! the subtask owns.
+//! The heap backend: every state is a set of hash maps, one per key group the subtask
+//! owns, each behind an [`Arc`].
 //!
-//! The maps are hash array mapped tries (`imbl`): cloning one is O(1) and a write after
-//! a clone copies only the path to the entry it changes. That is what makes a snapshot
-//! cheap for the subtask (clone the maps of every key group, hand the clones to the
-//! asynchronous phase) without a stop-the-world copy of the state.
+//! A snapshot clones the `Arc`s — O(key groups), whatever the size of the state — and
+//! hands them to the asynchronous phase, which serialises them off the subtask's thread.
+//! The first write to a key group after a snapshot copies that group's map
+//! (`Arc::make_mut`), so the copying is spread over the processing that follows instead
+//! of stalling the synchronous phase: copy-on-write at key-group granularity.
 
 use crate::runtime::ids::KeyGroup;
 use crate::runtime::keygroup::KeyGroupRange;
-use crate::state::{KeyedStateBackend, MapEntries, StateError, StateId, StateKind};
-use bytes::Bytes;
-use imbl::shared_ptr::DefaultSharedPtr;
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+use crate::state::{KeyedStateBackend, MapEntries, StateError, StateId, StateKind, StateWriter};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-/// A persistent map with a fast, fixed hash. Keys and values are [`Bytes`], so a clone
-/// of a map node copies reference counts, not payloads.
-type Map<V> = imbl::GenericHashMap<Bytes, V, Xxh3DefaultBuilder, DefaultSharedPtr>;
+/// foldhash: fast on short keys, and the maps are never iterated in an order that
+/// matters, so a per-process seed is fine.
+type Map<V> = HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
 
-/// The contents of one state, one map per key group of the subtask.
+/// The maps of one state, one per key group of the subtask.
+type Groups<V> = Vec<Arc<Map<V>>>;
+
 #[derive(Clone)]
 enum Table {
-    Value(Vec<Map<Bytes>>),
-    List(Vec<Map<imbl::Vector<Bytes>>>),
-    Map(Vec<Map<Map<Bytes>>>),
+    Value(Groups<Vec<u8>>),
+    List(Groups<Vec<Vec<u8>>>),
+    Map(Groups<Map<Vec<u8>>>),
+}
+
+fn groups<V>(n: usize) -> Groups<V> {
+    (0..n).map(|_| Arc::new(Map::default())).collect()
 }
 
 impl Table {
-    fn new(kind: StateKind, groups: usize) -> Self {
+    fn new(kind: StateKind, n: usize) -> Self {
         match kind {
-            StateKind::Value => Self::Value(vec![Map::default(); groups]),
-            StateKind::List => Self::List(vec![Map::default(); groups]),
-            StateKind::Map => Self::Map(vec![Map::default(); groups]),
+            StateKind::Value => Self::Value(groups(n)),
+            StateKind::List => Self::List(groups(n)),
+            StateKind::Map => Self::Map(groups(n)),
         }
     }
 
@@ -43,6 +50,7 @@ impl Table {
     }
 }
 
+#[derive(Clone)]
 struct NamedTable {
     name: String,
     table: Table,
@@ -52,6 +60,51 @@ struct NamedTable {
 pub struct HeapBackend {
     groups: KeyGroupRange,
     states: Vec<NamedTable>,
+}
+
+/// The serialised form of a heap snapshot, written straight from the frozen maps and
+/// keyed by key group, so that a restore takes the key groups it owns (and, later, a job
+/// can change its parallelism). `SnapshotRef` and `SnapshotOwned` have the same shape.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    states: Vec<(&'a str, GroupsRef<'a>)>,
+}
+
+#[derive(Serialize)]
+enum GroupsRef<'a> {
+    Value(Vec<(u16, &'a Map<Vec<u8>>)>),
+    List(Vec<(u16, &'a Map<Vec<Vec<u8>>>)>),
+    Map(Vec<(u16, &'a Map<Map<Vec<u8>>>)>),
+}
+
+#[derive(Deserialize)]
+struct SnapshotOwned {
+    states: Vec<(String, GroupsOwned)>,
+}
+
+#[derive(Deserialize)]
+enum GroupsOwned {
+    Value(Vec<(u16, Map<Vec<u8>>)>),
+    List(Vec<(u16, Map<Vec<Vec<u8>>>)>),
+    Map(Vec<(u16, Map<Map<Vec<u8>>>)>),
+}
+
+/// The non-empty maps of `maps`, with their key group numbers.
+fn non_empty<V>(first: u16, maps: &[Arc<Map<V>>]) -> Vec<(u16, &Map<V>)> {
+    (first..)
+        .zip(maps)
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(g, m)| (g, m.as_ref()))
+        .collect()
+}
+
+/// Moves restored maps into the slots of the key groups this subtask owns.
+fn restore_groups<V>(range: KeyGroupRange, maps: &mut [Arc<Map<V>>], restored: Vec<(u16, Map<V>)>) {
+    for (group, map) in restored {
+        if let Some(slot) = range.offset(KeyGroup(group)) {
+            maps[slot] = Arc::new(map);
+        }
+    }
 }
 
 impl HeapBackend {
@@ -86,12 +139,21 @@ impl HeapBackend {
     }
 }
 
-fn group_of<V>(maps: &[V], slot: usize, state: StateId) -> Result<&V, StateError> {
-    maps.get(slot).ok_or(StateError::UnknownState(state))
+fn map_of<V>(maps: &[Arc<Map<V>>], slot: usize, state: StateId) -> Result<&Map<V>, StateError> {
+    maps.get(slot)
+        .map(Arc::as_ref)
+        .ok_or(StateError::UnknownState(state))
 }
 
-fn group_of_mut<V>(maps: &mut [V], slot: usize, state: StateId) -> Result<&mut V, StateError> {
-    maps.get_mut(slot).ok_or(StateError::UnknownState(state))
+/// The map of one key group, for writing: copies it first if a snapshot still holds it.
+fn map_of_mut<V: Clone>(
+    maps: &mut [Arc<Map<V>>],
+    slot: usize,
+    state: StateId,
+) -> Result<&mut Map<V>, StateError> {
+    maps.get_mut(slot)
+        .map(Arc::make_mut)
+        .ok_or(StateError::UnknownState(state))
 }
 
 impl KeyedStateBackend for HeapBackend {
@@ -122,9 +184,8 @@ impl KeyedStateBackend for HeapBackend {
         group: KeyGroup,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StateError> {
-        let slot = self.slot(group);
         match self.table(state)? {
-            Table::Value(maps) => Ok(group_of(maps, slot, state)?.get(key).map(|v| v.to_vec())),
+            Table::Value(maps) => Ok(map_of(maps, self.slot(group), state)?.get(key).cloned()),
             _ => Err(StateError::WrongKind(state, StateKind::Value)),
         }
     }
@@ -139,11 +200,11 @@ impl KeyedStateBackend for HeapBackend {
         let slot = self.slot(group);
         match self.table_mut(state)? {
             Table::Value(maps) => {
-                let map = group_of_mut(maps, slot, state)?;
+                let map = map_of_mut(maps, slot, state)?;
                 match map.get_mut(key.as_slice()) {
-                    Some(existing) => *existing = Bytes::from(value),
+                    Some(existing) => *existing = value,
                     None => {
-                        map.insert(Bytes::from(key), Bytes::from(value));
+                        map.insert(key, value);
                     }
                 }
                 Ok(())
@@ -158,11 +219,10 @@ impl KeyedStateBackend for HeapBackend {
         group: KeyGroup,
         key: &[u8],
     ) -> Result<Vec<Vec<u8>>, StateError> {
-        let slot = self.slot(group);
         match self.table(state)? {
-            Table::List(maps) => Ok(group_of(maps, slot, state)?
+            Table::List(maps) => Ok(map_of(maps, self.slot(group), state)?
                 .get(key)
-                .map(|list| list.iter().map(|v| v.to_vec()).collect())
+                .cloned()
                 .unwrap_or_default()),
             _ => Err(StateError::WrongKind(state, StateKind::List)),
         }
@@ -178,13 +238,10 @@ impl KeyedStateBackend for HeapBackend {
         let slot = self.slot(group);
         match self.table_mut(state)? {
             Table::List(maps) => {
-                let map = group_of_mut(maps, slot, state)?;
-                match map.get_mut(key.as_slice()) {
-                    Some(list) => list.push_back(Bytes::from(value)),
-                    None => {
-                        map.insert(Bytes::from(key), imbl::Vector::unit(Bytes::from(value)));
-                    }
-                }
+                map_of_mut(maps, slot, state)?
+                    .entry(key)
+                    .or_default()
+                    .push(value);
                 Ok(())
             }
             _ => Err(StateError::WrongKind(state, StateKind::List)),
@@ -201,14 +258,11 @@ impl KeyedStateBackend for HeapBackend {
         let slot = self.slot(group);
         match self.table_mut(state)? {
             Table::List(maps) => {
-                let map = group_of_mut(maps, slot, state)?;
+                let map = map_of_mut(maps, slot, state)?;
                 if values.is_empty() {
                     map.remove(key.as_slice());
                 } else {
-                    map.insert(
-                        Bytes::from(key),
-                        values.into_iter().map(Bytes::from).collect(),
-                    );
+                    map.insert(key, values);
                 }
                 Ok(())
             }
@@ -223,12 +277,11 @@ impl KeyedStateBackend for HeapBackend {
         key: &[u8],
         user_key: &[u8],
     ) -> Result<Option<Vec<u8>>, StateError> {
-        let slot = self.slot(group);
         match self.table(state)? {
-            Table::Map(maps) => Ok(group_of(maps, slot, state)?
+            Table::Map(maps) => Ok(map_of(maps, self.slot(group), state)?
                 .get(key)
                 .and_then(|inner| inner.get(user_key))
-                .map(|v| v.to_vec())),
+                .cloned()),
             _ => Err(StateError::WrongKind(state, StateKind::Map)),
         }
     }
@@ -244,17 +297,10 @@ impl KeyedStateBackend for HeapBackend {
         let slot = self.slot(group);
         match self.table_mut(state)? {
             Table::Map(maps) => {
-                let map = group_of_mut(maps, slot, state)?;
-                match map.get_mut(key.as_slice()) {
-                    Some(inner) => {
-                        inner.insert(Bytes::from(user_key), Bytes::from(value));
-                    }
-                    None => {
-                        let mut inner = Map::default();
-                        inner.insert(Bytes::from(user_key), Bytes::from(value));
-                        map.insert(Bytes::from(key), inner);
-                    }
-                }
+                map_of_mut(maps, slot, state)?
+                    .entry(key)
+                    .or_default()
+                    .insert(user_key, value);
                 Ok(())
             }
             _ => Err(StateError::WrongKind(state, StateKind::Map)),
@@ -271,7 +317,7 @@ impl KeyedStateBackend for HeapBackend {
         let slot = self.slot(group);
         match self.table_mut(state)? {
             Table::Map(maps) => {
-                let map = group_of_mut(maps, slot, state)?;
+                let map = map_of_mut(maps, slot, state)?;
                 let now_empty = map.get_mut(key).is_some_and(|inner| {
                     inner.remove(user_key);
                     inner.is_empty()
@@ -291,16 +337,10 @@ impl KeyedStateBackend for HeapBackend {
         group: KeyGroup,
         key: &[u8],
     ) -> Result<MapEntries, StateError> {
-        let slot = self.slot(group);
         match self.table(state)? {
-            Table::Map(maps) => Ok(group_of(maps, slot, state)?
+            Table::Map(maps) => Ok(map_of(maps, self.slot(group), state)?
                 .get(key)
-                .map(|inner| {
-                    inner
-                        .iter()
-                        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                        .collect()
-                })
+                .map(|inner| inner.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default()),
             _ => Err(StateError::WrongKind(state, StateKind::Map)),
         }
@@ -310,14 +350,65 @@ impl KeyedStateBackend for HeapBackend {
         let slot = self.slot(group);
         match self.table_mut(state)? {
             Table::Value(maps) => {
-                group_of_mut(maps, slot, state)?.remove(key);
+                map_of_mut(maps, slot, state)?.remove(key);
             }
             Table::List(maps) => {
-                group_of_mut(maps, slot, state)?.remove(key);
+                map_of_mut(maps, slot, state)?.remove(key);
             }
             Table::Map(maps) => {
-                group_of_mut(maps, slot, state)?.remove(key);
+                map_of_mut(maps, slot, state)?.remove(key);
             }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> StateWriter {
+        // Cloning the tables clones one `Arc` per key group and state: the whole
+        // synchronous cost, independent of how many keys there are.
+        let frozen = self.states.clone();
+        let first = self.groups.start;
+        Box::new(move || {
+            let states = frozen
+                .iter()
+                .map(|named| {
+                    let groups = match &named.table {
+                        Table::Value(maps) => GroupsRef::Value(non_empty(first, maps)),
+                        Table::List(maps) => GroupsRef::List(non_empty(first, maps)),
+                        Table::Map(maps) => GroupsRef::Map(non_empty(first, maps)),
+                    };
+                    (named.name.as_str(), groups)
+                })
+                .collect();
+            postcard::to_allocvec(&SnapshotRef { states })
+                .map_err(|e| StateError::Corrupt(format!("cannot encode the heap snapshot: {e}")))
+        })
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let data: SnapshotOwned = postcard::from_bytes(bytes)
+            .map_err(|e| StateError::Corrupt(format!("the heap snapshot does not decode: {e}")))?;
+        let range = self.groups;
+        self.states.clear();
+        for (name, groups) in data.states {
+            let mut table = Table::new(
+                match groups {
+                    GroupsOwned::Value(_) => StateKind::Value,
+                    GroupsOwned::List(_) => StateKind::List,
+                    GroupsOwned::Map(_) => StateKind::Map,
+                },
+                range.len(),
+            );
+            match (groups, &mut table) {
+                (GroupsOwned::Value(g), Table::Value(maps)) => restore_groups(range, maps, g),
+                (GroupsOwned::List(g), Table::List(maps)) => restore_groups(range, maps, g),
+                (GroupsOwned::Map(g), Table::Map(maps)) => restore_groups(range, maps, g),
+                _ => {
+                    return Err(StateError::Corrupt(format!(
+                        "state `{name}` has an inconsistent kind"
+                    )));
+                }
+            }
+            self.states.push(NamedTable { name, table });
         }
         Ok(())
     }
@@ -425,5 +516,81 @@ mod tests {
             Err(StateError::WrongKind(..))
         ));
         Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_sees_the_state_as_it_was_when_taken() -> Result<(), StateError> {
+        let mut b = backend();
+        let v = b.open_state("v", StateKind::Value)?;
+        let l = b.open_state("l", StateKind::List)?;
+        let m = b.open_state("m", StateKind::Map)?;
+        b.value_set(v, KeyGroup(1), b"k".to_vec(), b"before".to_vec())?;
+        b.list_add(l, KeyGroup(2), b"k".to_vec(), b"x".to_vec())?;
+        b.map_put(m, KeyGroup(3), b"k".to_vec(), b"u".to_vec(), b"1".to_vec())?;
+        let writer = b.snapshot();
+        b.value_set(v, KeyGroup(1), b"k".to_vec(), b"after".to_vec())?;
+        b.value_set(v, KeyGroup(4), b"new".to_vec(), b"after".to_vec())?;
+        let bytes = writer()?;
+
+        let mut restored = backend();
+        restored.restore(&bytes)?;
+        let v = restored.open_state("v", StateKind::Value)?;
+        let l = restored.open_state("l", StateKind::List)?;
+        let m = restored.open_state("m", StateKind::Map)?;
+        assert_eq!(
+            restored.value_get(v, KeyGroup(1), b"k")?,
+            Some(b"before".to_vec())
+        );
+        assert_eq!(restored.value_get(v, KeyGroup(4), b"new")?, None);
+        assert_eq!(
+            restored.list_get(l, KeyGroup(2), b"k")?,
+            vec![b"x".to_vec()]
+        );
+        assert_eq!(
+            restored.map_get(m, KeyGroup(3), b"k", b"u")?,
+            Some(b"1".to_vec())
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_restore_keeps_only_the_key_groups_the_subtask_owns() -> Result<(), StateError> {
+        let mut all = backend();
+        let v = all.open_state("v", StateKind::Value)?;
+        for g in 0..8 {
+            all.value_set(
+                v,
+                KeyGroup(g),
+                vec![u8::try_from(g).unwrap_or(0)],
+                b"x".to_vec(),
+            )?;
+        }
+        let bytes = all.snapshot()()?;
+        let mut half = HeapBackend::new(KeyGroupRange::for_subtask(SubtaskIndex(1), 2, 8));
+        half.restore(&bytes)?;
+        let v = half.open_state("v", StateKind::Value)?;
+        assert_eq!(half.value_get(v, KeyGroup(5), &[5])?, Some(b"x".to_vec()));
+        // Snapshot the half again and look at it from a backend that owns everything.
+        let mut back = backend();
+        back.restore(&half.snapshot()()?)?;
+        let v = back.open_state("v", StateKind::Value)?;
+        for g in 0..8u8 {
+            let expected = (g >= 4).then(|| b"x".to_vec());
+            assert_eq!(
+                back.value_get(v, KeyGroup(u16::from(g)), &[g])?,
+                expected,
+                "key group {g}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_is_refused_as_corrupt() {
+        let mut b = backend();
+        assert!(matches!(
+            b.restore(b"\xff\xff\xff"),
+            Err(StateError::Corrupt(_))
+        ));
     }
 }

@@ -7,7 +7,7 @@
 //! backend never hashes a key itself.
 //!
 //! # Layout
-//! - `heap`: states in persistent hash maps on the heap, one map per key group.
+//! - `heap`: states in hash maps on the heap, one copy-on-write map per key group.
 //! - `timers`: keyed event-time and processing-time timers.
 
 mod heap;
@@ -54,7 +54,14 @@ pub enum StateError {
     /// A call used a state as another kind than it was opened as: a host bug.
     #[error("state id {0:?} is not a {1:?} state (host bug)")]
     WrongKind(StateId, StateKind),
+    /// A snapshot could not be encoded or decoded.
+    #[error("{0}")]
+    Corrupt(String),
 }
+
+/// The asynchronous half of a backend snapshot: encodes the state captured by
+/// [`KeyedStateBackend::snapshot`], off the subtask's thread.
+pub type StateWriter = Box<dyn FnOnce() -> Result<Vec<u8>, StateError> + Send>;
 
 /// The entries of one key's map state: user key and value.
 pub type MapEntries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -142,4 +149,12 @@ pub trait KeyedStateBackend: Send {
 
     /// Removes everything `key` has in `state`, whatever its kind.
     fn clear(&mut self, state: StateId, group: KeyGroup, key: &[u8]) -> Result<(), StateError>;
+
+    /// The synchronous phase of a snapshot: captures a consistent view of every state
+    /// without copying it, and returns how to encode it.
+    fn snapshot(&self) -> StateWriter;
+
+    /// Replaces all state with what a [`KeyedStateBackend::snapshot`] encoded, keeping
+    /// the key groups this backend owns.
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), StateError>;
 }
