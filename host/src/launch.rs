@@ -1,18 +1,34 @@
 //! The composition root: turns a validated [`JobSpec`] into a runtime [`Graph`] by
-//! choosing, for every node, its connector or WASM component and its state backend.
-//! This is the only place that knows all the parts; each part stays ignorant of the
-//! others.
+//! choosing, for every node, its connector or WASM component and its state backend, and
+//! runs it: checkpoint storage checked at start, the restore point chosen and verified,
+//! failures restarted by the restart strategy, retention applied at the end. This is the
+//! only place that knows all the parts; each part stays ignorant of the others.
 
+use crate::checkpoint::coordinator::CoordinatorConfig;
+use crate::checkpoint::driver::DriverSetup;
+use crate::checkpoint::metadata::{CheckpointMetadata, TaskState};
+use crate::checkpoint::retention::{
+    EndAction, JobEnd, ListedCheckpoint, on_job_end, restore_candidates,
+};
+use crate::checkpoint::{AlignMode, RestartDecision, RestartTracker};
 use crate::connectors::{
     BlackholeSink, FileSink, FileSource, Generator, GeneratorSettings, StdoutSink,
 };
-use crate::job::{JobSpec, NodeKind, Partition, SinkKind, SourceKind};
-use crate::runtime::executor::{OperatorFactory, Partitioner};
+use crate::job::{CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind};
+use crate::runtime::executor::{OperatorFactory, Partitioner, RunReport};
 use crate::runtime::keygroup::KeyGroupRange;
-use crate::runtime::{Graph, GraphNode, NodeBody, NodeEdge, Operator, Source};
+use crate::runtime::{
+    CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator, Restore,
+    RunError, RunOptions, Source,
+};
 use crate::state::HeapBackend;
+use crate::storage::{CheckpointStorage, FsStorage, StorageError};
 use crate::wasm::{WasmError, WasmRuntime};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::runtime::Handle;
 
 /// Records per batch on the input of a sink. Sinks pay per batch (a lock, a write
 /// call), so larger is cheaper; 1024 matches the default guest batch.
@@ -51,8 +67,12 @@ pub fn build_graph(spec: &JobSpec, wasm: &WasmRuntime) -> Result<Graph, WasmErro
                     }),
                     SinkKind::File { path } => {
                         let dir = path.clone();
+                        // With checkpoints the sink commits per checkpoint (two-phase
+                        // commit); without, at the end of its input.
+                        let transactional = spec.checkpointing.is_some();
                         Arc::new(move |info| {
-                            Ok(Box::new(FileSink::new(&dir, info, rate)) as Box<dyn Operator>)
+                            Ok(Box::new(FileSink::new(&dir, info, rate, transactional))
+                                as Box<dyn Operator>)
                         })
                     }
                 };
@@ -111,4 +131,422 @@ fn partitioner(partition: Partition, max_parallelism: u32) -> Partitioner {
         Partition::Broadcast => Partitioner::Broadcast,
         Partition::KeyBy => Partitioner::KeyBy { max_parallelism },
     }
+}
+
+/// The name of the state backend, as recorded in checkpoints.
+const BACKEND: &str = "heap";
+
+/// Where a run restores from.
+#[derive(Clone, Debug)]
+pub enum FromCheckpoint {
+    /// The newest complete checkpoint in the job's checkpoint storage.
+    Latest,
+    /// A checkpoint directory `<dir>/<job-id>/chk-<n>` (or its `_metadata`).
+    Path(PathBuf),
+}
+
+impl std::str::FromStr for FromCheckpoint {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(if s == "latest" {
+            Self::Latest
+        } else {
+            Self::Path(PathBuf::from(s))
+        })
+    }
+}
+
+/// How a job ended without an error.
+#[derive(Debug)]
+pub enum JobOutcome {
+    /// Its input ended and everything was processed.
+    Finished(RunReport),
+    /// It was cancelled (Ctrl-C).
+    Cancelled,
+}
+
+/// Why a job could not run or failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A component could not be loaded.
+    #[error(transparent)]
+    Wasm(#[from] WasmError),
+    /// The checkpoint storage is not usable.
+    #[error("checkpoint storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The checkpoint to restore from is unusable.
+    #[error("cannot restore: {0}")]
+    Restore(String),
+    /// The job failed and its restart strategy gave up.
+    #[error("{error} (the restart strategy gave up: {reason})")]
+    Failed {
+        /// The last failure.
+        error: RunError,
+        /// Why no further restart.
+        reason: String,
+    },
+}
+
+/// The job's directory name in checkpoint storage: its name, with anything but letters,
+/// digits, `-` and `_` replaced.
+pub fn job_id(spec: &JobSpec) -> String {
+    spec.name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Runs `spec` to its end, restarting it from its latest checkpoint when a subtask fails,
+/// as its restart strategy allows.
+pub fn run_job(
+    spec: &JobSpec,
+    wasm: &WasmRuntime,
+    io: &Handle,
+    cancel: &CancelToken,
+    from: Option<FromCheckpoint>,
+) -> Result<JobOutcome, LaunchError> {
+    let graph = build_graph(spec, wasm)?;
+    let storage = match &spec.checkpointing {
+        Some(config) => {
+            let storage = crate::storage::open(&config.dir, &job_id(spec))?;
+            let checked = storage.clone();
+            io.block_on(async move { checked.check().await })?;
+            tracing::info!(storage = %storage.describe(), interval = ?config.interval, "checkpointing on");
+            Some(storage)
+        }
+        None => None,
+    };
+    let mut tracker = RestartTracker::new(spec.restart.clone());
+    let mut from = from;
+    let mut attempt = 0u32;
+    loop {
+        let (restore, restored) = match &from {
+            None => (HashMap::new(), None),
+            Some(which) => choose_restore(spec, storage.as_ref(), which, io)?,
+        };
+        let mut options = RunOptions {
+            restore,
+            ..RunOptions::default()
+        };
+        if let (Some(config), Some(storage)) = (&spec.checkpointing, &storage) {
+            let listing = block_on_storage(io, storage, |s| async move { s.list().await })?;
+            let newest = listing.iter().map(|l| l.checkpoint).chain(restored).max();
+            discard_incomplete(storage, &listing, io);
+            options.mode = Some(match config.mode {
+                CheckpointMode::ExactlyOnce => AlignMode::ExactlyOnce,
+                CheckpointMode::AtLeastOnce => AlignMode::AtLeastOnce,
+            });
+            options.checkpointing = Some(DriverSetup {
+                job: spec.name.clone(),
+                backend: BACKEND.to_owned(),
+                exactly_once: config.mode == CheckpointMode::ExactlyOnce,
+                config: CoordinatorConfig::from(config),
+                num_retained: config.num_retained,
+                storage: storage.clone(),
+                io: io.clone(),
+                next_id: CheckpointId(newest.map_or(1, |n| n.0 + 1)),
+                completed: listing
+                    .iter()
+                    .filter(|l| l.has_metadata)
+                    .map(|l| l.checkpoint)
+                    .collect(),
+            });
+        }
+        if let Some(id) = restored {
+            tracing::info!(checkpoint = id.0, "restoring from checkpoint {id}");
+        }
+        let result = Executor::new(cancel.clone()).run(&graph, options);
+        let end = match &result {
+            Ok(_) => JobEnd::Finished,
+            Err(RunError::Cancelled) => JobEnd::Cancelled,
+            Err(_) => JobEnd::Failed,
+        };
+        match result {
+            Ok(report) => {
+                apply_end_retention(spec, storage.as_ref(), io, end);
+                return Ok(JobOutcome::Finished(report));
+            }
+            Err(RunError::Cancelled) => {
+                apply_end_retention(spec, storage.as_ref(), io, end);
+                return Ok(JobOutcome::Cancelled);
+            }
+            Err(error) if !error.retry_can_help() => {
+                return Err(LaunchError::Failed {
+                    error,
+                    reason: "a restart cannot help: the job file or its data is at fault"
+                        .to_owned(),
+                });
+            }
+            Err(error) => {
+                attempt += 1;
+                match tracker.on_failure(Instant::now(), jitter()) {
+                    RestartDecision::Restart { after } => {
+                        tracing::warn!(
+                            attempt,
+                            "the job failed: {error}. Restarting in {after:?} from the latest completed checkpoint"
+                        );
+                        if !sleep_unless_cancelled(after, cancel) {
+                            return Ok(JobOutcome::Cancelled);
+                        }
+                        from = storage.as_ref().map(|_| FromCheckpoint::Latest);
+                    }
+                    RestartDecision::GiveUp(reason) => {
+                        return Err(LaunchError::Failed {
+                            error,
+                            reason: reason.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) for the restart backoff's jitter, from the clock's sub-second
+/// part: varied enough to keep restarting jobs from moving in lockstep.
+fn jitter() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos) / 1e9
+}
+
+/// Sleeps `wait`; false when the job was cancelled meanwhile.
+fn sleep_unless_cancelled(wait: Duration, cancel: &CancelToken) -> bool {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        if cancel.is_cancelled() {
+            return false;
+        }
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+    }
+    !cancel.is_cancelled()
+}
+
+fn block_on_storage<T, F>(
+    io: &Handle,
+    storage: &Arc<dyn CheckpointStorage>,
+    call: impl FnOnce(Arc<dyn CheckpointStorage>) -> F,
+) -> Result<T, StorageError>
+where
+    F: std::future::Future<Output = Result<T, StorageError>>,
+{
+    io.block_on(call(storage.clone()))
+}
+
+/// Deletes the checkpoints of earlier runs that never got their `_metadata`: they can
+/// never be restored, and no run but this one writes to the job's directory.
+fn discard_incomplete(
+    storage: &Arc<dyn CheckpointStorage>,
+    listing: &[crate::storage::CheckpointListing],
+    io: &Handle,
+) {
+    let incomplete: Vec<CheckpointId> = listing
+        .iter()
+        .filter(|l| !l.has_metadata)
+        .map(|l| l.checkpoint)
+        .collect();
+    if incomplete.is_empty() {
+        return;
+    }
+    tracing::info!(?incomplete, "discarding checkpoints that never completed");
+    let storage = storage.clone();
+    io.spawn(async move {
+        for id in incomplete {
+            if let Err(e) = storage.delete_checkpoint(id).await {
+                tracing::warn!(
+                    checkpoint = id.0,
+                    "could not discard an incomplete checkpoint: {e}"
+                );
+            }
+        }
+    });
+}
+
+fn apply_end_retention(
+    spec: &JobSpec,
+    storage: Option<&Arc<dyn CheckpointStorage>>,
+    io: &Handle,
+    end: JobEnd,
+) {
+    let (Some(config), Some(storage)) = (&spec.checkpointing, storage) else {
+        return;
+    };
+    if on_job_end(config.retention, end) == EndAction::DeleteAll {
+        let result = block_on_storage(io, storage, |s| async move {
+            for listed in s.list().await? {
+                s.delete_checkpoint(listed.checkpoint).await?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(
+                "could not delete the job's checkpoints ({:?}): {e}",
+                config.retention
+            );
+        }
+    }
+}
+
+/// What each subtask restores from, and the checkpoint it came from.
+type RestorePlan = (HashMap<(String, u32), Restore>, Option<CheckpointId>);
+
+/// Picks the checkpoint to restore from and loads every subtask's state, verified.
+/// With `latest`, a checkpoint that is incomplete or fails its checksums is skipped
+/// with a message naming it, and the next older one is tried.
+fn choose_restore(
+    spec: &JobSpec,
+    storage: Option<&Arc<dyn CheckpointStorage>>,
+    which: &FromCheckpoint,
+    io: &Handle,
+) -> Result<RestorePlan, LaunchError> {
+    match which {
+        FromCheckpoint::Latest => {
+            let Some(storage) = storage else {
+                return Err(LaunchError::Restore(
+                    "--from-checkpoint latest needs checkpointing: set [checkpointing] interval and dir in the job file"
+                        .to_owned(),
+                ));
+            };
+            let listing = block_on_storage(io, storage, |s| async move { s.list().await })?;
+            let listed: Vec<ListedCheckpoint> = listing
+                .iter()
+                .map(|l| ListedCheckpoint {
+                    id: l.checkpoint,
+                    has_metadata: l.has_metadata,
+                })
+                .collect();
+            for id in restore_candidates(&listed) {
+                match load_checkpoint(spec, storage, id, io) {
+                    Ok(plan) => return Ok((plan, Some(id))),
+                    Err(Skip::Unusable(reason)) => {
+                        tracing::warn!(
+                            "skipping checkpoint {id} in {}: {reason}; trying the next older one",
+                            storage.describe()
+                        );
+                    }
+                    Err(Skip::Incompatible(reason)) => return Err(LaunchError::Restore(reason)),
+                }
+            }
+            tracing::info!(storage = %storage.describe(), "no complete checkpoint to restore from; starting from the beginning");
+            Ok((HashMap::new(), None))
+        }
+        FromCheckpoint::Path(path) => {
+            let (base, job, id) = parse_checkpoint_path(path).map_err(LaunchError::Restore)?;
+            let storage: Arc<dyn CheckpointStorage> = Arc::new(FsStorage::new(base, &job)?);
+            let checked = storage.clone();
+            io.block_on(async move { checked.check().await })?;
+            match load_checkpoint(spec, &storage, id, io) {
+                Ok(plan) => Ok((plan, Some(id))),
+                Err(Skip::Unusable(reason) | Skip::Incompatible(reason)) => {
+                    Err(LaunchError::Restore(format!(
+                        "checkpoint {id} at {}: {reason}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Why a checkpoint was not restored.
+enum Skip {
+    /// It is incomplete or corrupt: an older one may do.
+    Unusable(String),
+    /// It does not fit the job: no older one will either.
+    Incompatible(String),
+}
+
+fn load_checkpoint(
+    spec: &JobSpec,
+    storage: &Arc<dyn CheckpointStorage>,
+    id: CheckpointId,
+    io: &Handle,
+) -> Result<HashMap<(String, u32), Restore>, Skip> {
+    let bytes = block_on_storage(io, storage, |s| async move { s.read_metadata(id).await })
+        .map_err(|e| Skip::Unusable(e.to_string()))?;
+    let metadata = CheckpointMetadata::from_bytes(&bytes).map_err(Skip::Unusable)?;
+    check_compatible(spec, &metadata).map_err(Skip::Incompatible)?;
+    let mut plan = HashMap::new();
+    for task in &metadata.tasks {
+        let restore = match &task.state {
+            TaskState::Finished => Restore::Finished,
+            TaskState::File(handle) => {
+                let handle = handle.clone();
+                let bytes = block_on_storage(io, storage, |s| async move { s.read(&handle).await })
+                    .map_err(|e| Skip::Unusable(e.to_string()))?;
+                Restore::State(bytes.to_vec())
+            }
+        };
+        plan.insert((task.node.clone(), task.subtask), restore);
+    }
+    Ok(plan)
+}
+
+/// A checkpoint fits the job when it has the same nodes with the same parallelism and
+/// was written by the same state backend.
+fn check_compatible(spec: &JobSpec, metadata: &CheckpointMetadata) -> Result<(), String> {
+    if metadata.backend != BACKEND {
+        return Err(format!(
+            "checkpoint {} was written by the {} state backend and this job uses {BACKEND}; switching backends needs a savepoint, which Weir does not support yet",
+            metadata.checkpoint, metadata.backend
+        ));
+    }
+    for node in &spec.nodes {
+        let count = metadata.tasks.iter().filter(|t| t.node == node.id).count();
+        let parallelism = usize::try_from(node.parallelism).unwrap_or(usize::MAX);
+        if count != parallelism {
+            return Err(format!(
+                "checkpoint {} holds {count} subtasks of `{}` but the job runs it with parallelism {}; changing the parallelism of a checkpointed job needs a savepoint, which Weir does not support yet",
+                metadata.checkpoint, node.id, node.parallelism
+            ));
+        }
+    }
+    if let Some(extra) = metadata
+        .tasks
+        .iter()
+        .find(|t| !spec.nodes.iter().any(|n| n.id == t.node))
+    {
+        return Err(format!(
+            "checkpoint {} has state for `{}`, which is not in the job any more",
+            metadata.checkpoint, extra.node
+        ));
+    }
+    Ok(())
+}
+
+/// Splits `<base>/<job-id>/chk-<n>[/_metadata]` into its parts.
+fn parse_checkpoint_path(path: &Path) -> Result<(PathBuf, String, CheckpointId), String> {
+    let dir = if path.file_name().is_some_and(|n| n == "_metadata") {
+        path.parent().unwrap_or(path)
+    } else {
+        path
+    };
+    let bad = || {
+        format!(
+            "{} is not a checkpoint directory: expected <dir>/<job-id>/chk-<n> (see `weir checkpoints list <dir>`)",
+            path.display()
+        )
+    };
+    let n = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("chk-"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(bad)?;
+    let job_dir = dir.parent().ok_or_else(bad)?;
+    let job = job_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(bad)?
+        .to_owned();
+    let base = job_dir.parent().ok_or_else(bad)?.to_path_buf();
+    Ok((base, job, CheckpointId(n)))
 }

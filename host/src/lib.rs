@@ -9,17 +9,19 @@
 //! - [`job`]: the job file, its validation and overrides; the logical graph.
 //! - [`runtime`]: subtasks, channels, partitioning, key groups, the executor.
 //! - [`checkpoint`]: the checkpoint coordinator's decisions, barrier alignment,
-//!   restart strategies and retention (pure logic; wired into the runtime next).
+//!   restart strategies and retention (pure), and the driver that carries them out.
 //! - [`state`]: the keyed state backends and timers.
 //! - [`wasm`]: wasmtime, the WIT host side, compiled-component cache.
 //! - [`storage`]: checkpoint storage (local files; S3 to come).
 //! - [`connectors`]: sources and sinks.
+//! - [`observe`]: checkpoint statistics for people (`weir checkpoints list/show`).
 //! - [`launch`]: the composition root, from a job spec to a runnable graph.
 
 pub mod checkpoint;
 pub mod connectors;
 pub mod job;
 pub mod launch;
+pub mod observe;
 pub mod runtime;
 pub mod state;
 pub mod storage;

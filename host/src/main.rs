@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use weir::job::{self, Override};
-use weir::launch::build_graph;
-use weir::runtime::{CancelToken, Executor, RunError};
+use weir::launch::{FromCheckpoint, JobOutcome, LaunchError, build_graph, run_job};
+use weir::runtime::CancelToken;
 use weir::wasm::{CompileCache, WasmRuntime};
 
 /// Exit code of a job file or component that is invalid (as clap's usage errors).
@@ -35,9 +35,38 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a job until its input ends (bounded sources) or Ctrl-C.
-    Run(JobArgs),
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Resume from a checkpoint: `latest` (the newest complete checkpoint in the
+        /// job's checkpoint dir; older ones are tried when it is corrupt) or a checkpoint
+        /// directory `<dir>/<job>/chk-<n>`.
+        #[arg(long, value_name = "latest|PATH")]
+        from_checkpoint: Option<FromCheckpoint>,
+    },
     /// Check a job file and its components without running it, and print the plan.
     Validate(JobArgs),
+    /// Inspect a job's checkpoints and their statistics.
+    #[command(subcommand)]
+    Checkpoints(CheckpointsCommand),
+}
+
+#[derive(Subcommand)]
+enum CheckpointsCommand {
+    /// List the checkpoints in a directory, newest first.
+    List {
+        /// The job's checkpoint directory (`<dir>/<job>`), or the `dir` of the job file
+        /// when it holds one job.
+        dir: PathBuf,
+    },
+    /// Show one checkpoint's statistics per subtask; the slowest subtask of each stage
+    /// is marked.
+    Show {
+        /// The job's checkpoint directory, as for `list`.
+        dir: PathBuf,
+        /// The checkpoint's id.
+        id: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -60,8 +89,18 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(&args),
+        Command::Run {
+            job,
+            from_checkpoint,
+        } => run(&job, from_checkpoint),
         Command::Validate(args) => validate(&args),
+        Command::Checkpoints(command) => match checkpoints(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                report(&e);
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
     }
 }
 
@@ -73,7 +112,7 @@ fn report(error: &anyhow::Error) {
     }
 }
 
-fn load(args: &JobArgs) -> Result<(job::JobSpec, weir::runtime::Graph), ExitCode> {
+fn load_spec(args: &JobArgs) -> Result<(job::JobSpec, WasmRuntime), ExitCode> {
     let spec = job::load(&args.job, &args.overrides).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_INVALID)
@@ -84,11 +123,40 @@ fn load(args: &JobArgs) -> Result<(job::JobSpec, weir::runtime::Graph), ExitCode
             report(&e);
             ExitCode::from(EXIT_FAILED)
         })?;
+    Ok((spec, wasm))
+}
+
+fn load(args: &JobArgs) -> Result<(job::JobSpec, weir::runtime::Graph), ExitCode> {
+    let (spec, wasm) = load_spec(args)?;
     let graph = build_graph(&spec, &wasm).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_INVALID)
     })?;
     Ok((spec, graph))
+}
+
+fn checkpoints(command: CheckpointsCommand) -> anyhow::Result<()> {
+    let (CheckpointsCommand::List { dir } | CheckpointsCommand::Show { dir, .. }) = &command;
+    let (base, job) = weir::observe::open_dir(dir).map_err(anyhow::Error::msg)?;
+    // Reading only: `check()` would create directories, so it is not called.
+    let storage = weir::storage::FsStorage::new(base, &job)?;
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match command {
+        CheckpointsCommand::List { .. } => {
+            let rows = io.block_on(weir::observe::load(&storage))?;
+            print!("{}", weir::observe::list_table(&rows));
+        }
+        CheckpointsCommand::Show { id, .. } => {
+            let metadata = io.block_on(weir::observe::load_one(
+                &storage,
+                weir::runtime::CheckpointId(id),
+            ))?;
+            print!("{}", weir::observe::show_table(&metadata));
+        }
+    }
+    Ok(())
 }
 
 fn validate(args: &JobArgs) -> ExitCode {
@@ -122,8 +190,8 @@ fn validate(args: &JobArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(args: &JobArgs) -> ExitCode {
-    let (spec, graph) = match load(args) {
+fn run(args: &JobArgs, from: Option<FromCheckpoint>) -> ExitCode {
+    let (spec, wasm) = match load_spec(args) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -151,18 +219,22 @@ fn run(args: &JobArgs) -> ExitCode {
         }
     });
 
-    tracing::info!(job = %spec.name, nodes = graph.nodes.len(), "starting job");
-    match Executor::new(cancel).run(&graph) {
-        Ok(report) => {
+    tracing::info!(job = %spec.name, nodes = spec.nodes.len(), "starting job");
+    match run_job(&spec, &wasm, io.handle(), &cancel, from) {
+        Ok(JobOutcome::Finished(report)) => {
             tracing::info!(job = %spec.name, elapsed = ?report.elapsed, "job finished");
             for (node, metrics) in &report.nodes {
                 tracing::info!(node = %node, records_in = metrics.records_in(), records_out = metrics.records_out(), "node totals");
             }
             ExitCode::SUCCESS
         }
-        Err(RunError::Cancelled) => {
+        Ok(JobOutcome::Cancelled) => {
             tracing::warn!(job = %spec.name, "job cancelled");
             ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Err(e @ (LaunchError::Wasm(_) | LaunchError::Storage(_) | LaunchError::Restore(_))) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_INVALID)
         }
         Err(e) => {
             eprintln!("error: job `{}` failed: {e}", spec.name);

@@ -103,24 +103,33 @@ impl Scratch {
         self.weir(args).output().expect("weir starts")
     }
 
-    /// The lines of every `part-*` file in `dir` (relative to the scratch dir), per file.
+    /// The committed output of a file sink in `dir` (relative to the scratch dir): per
+    /// sink subtask, the lines of its `part-<subtask>-<n>` files in order. Hidden
+    /// in-progress and pending files are not output.
     ///
     /// # Panics
     /// When the directory cannot be read.
-    pub fn parts(&self, dir: &str) -> Vec<(String, Vec<String>)> {
-        let mut parts: Vec<(String, Vec<String>)> = std::fs::read_dir(self.dir.path().join(dir))
-            .expect("the sink's directory")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("part-"))
-            .map(|e| {
-                let text = std::fs::read_to_string(e.path()).expect("a part file");
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    text.lines().map(str::to_owned).collect(),
-                )
-            })
-            .collect();
-        parts.sort();
+    pub fn parts(&self, dir: &str) -> Vec<(u32, Vec<String>)> {
+        let mut files: Vec<(u32, u64, std::path::PathBuf)> =
+            std::fs::read_dir(self.dir.path().join(dir))
+                .expect("the sink's directory")
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let (subtask, seq) = name.strip_prefix("part-")?.split_once('-')?;
+                    Some((subtask.parse().ok()?, seq.parse().ok()?, e.path()))
+                })
+                .collect();
+        files.sort();
+        let mut parts: Vec<(u32, Vec<String>)> = Vec::new();
+        for (subtask, _, path) in files {
+            let text = std::fs::read_to_string(&path).expect("a part file");
+            let lines = text.lines().map(str::to_owned);
+            match parts.last_mut() {
+                Some((s, existing)) if *s == subtask => existing.extend(lines),
+                _ => parts.push((subtask, lines.collect())),
+            }
+        }
         parts
     }
 }

@@ -101,13 +101,12 @@ fn run_word_count(parallelism: u32) {
     // The counter emits `word<TAB>count` on every update, so each word must show up with
     // the counts 1..=n exactly once each, and in one part file only (its key's subtask).
     let parts = scratch.parts("out");
-    assert_eq!(
-        parts.len(),
-        usize::try_from(parallelism).unwrap_or(0),
-        "one part file per sink subtask"
+    assert!(
+        parts.iter().all(|(subtask, _)| *subtask < parallelism),
+        "a part file of an unknown subtask"
     );
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut owner: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut owner: HashMap<String, HashSet<u32>> = HashMap::new();
     for (part, lines) in &parts {
         for line in lines {
             let (word, count) = line
@@ -117,16 +116,13 @@ fn run_word_count(parallelism: u32) {
                 .parse()
                 .unwrap_or_else(|_| panic!("malformed count in {line:?}"));
             seen.entry(word.to_owned()).or_default().push(count);
-            owner
-                .entry(word.to_owned())
-                .or_default()
-                .insert(part.clone());
+            owner.entry(word.to_owned()).or_default().insert(*part);
         }
     }
     let mut finals = BTreeMap::new();
     for (word, mut counts) in seen {
         counts.sort_unstable();
-        let n = counts.len() as u64;
+        let n = u64::try_from(counts.len()).unwrap_or(0);
         assert_eq!(counts, (1..=n).collect::<Vec<_>>(), "updates of {word:?}");
         finals.insert(word, n);
     }

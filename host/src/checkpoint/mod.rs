@@ -21,6 +21,8 @@
 
 pub mod align;
 pub mod coordinator;
+pub mod driver;
+pub mod metadata;
 pub mod restart;
 pub mod retention;
 

@@ -3,14 +3,24 @@
 //! File `j` of the list is read by subtask `j mod parallelism`. The source tracks the
 //! byte offset after the last line it emitted, so that a checkpoint can record where to
 //! resume and a replay starts on a line boundary.
+//!
+//! # Checkpoints
+//! A snapshot is the [`FilePosition`]: which of the subtask's files it reads and the
+//! offset of its next line. A restored source opens that file at that offset, so the
+//! lines before and after a restore together are every line exactly once. The files must
+//! not change between the run and its restore (the offset is a byte offset).
 
-use crate::runtime::{Fault, Record, Source, SourcePoll, TaskError, TaskInfo};
+use crate::runtime::{
+    CheckpointId, Fault, Record, SnapshotWriter, Source, SourcePoll, TaskError, TaskInfo,
+};
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 
-/// Where a file source stands: the file it reads and the offset of its next line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Where a file source stands: the file it reads and the offset of its next line. This
+/// is what the source's snapshot holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilePosition {
     /// Index into the subtask's files.
     pub file: usize,
@@ -72,8 +82,42 @@ impl FileSource {
 }
 
 impl Source for FileSource {
-    fn open(&mut self) -> Result<(), TaskError> {
+    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+        let Some(bytes) = restored else {
+            return Ok(());
+        };
+        let position: FilePosition = postcard::from_bytes(&bytes).map_err(|e| {
+            TaskError::failed(
+                Fault::Host,
+                format!("cannot decode the file source's restored position: {e}"),
+            )
+        })?;
+        // One past the last file is where a finished source stands.
+        if position.file > self.files.len() {
+            return Err(TaskError::failed(
+                Fault::Host,
+                format!(
+                    "the restored position names file {} but this subtask reads {} files",
+                    position.file,
+                    self.files.len()
+                ),
+            ));
+        }
+        self.position = position;
+        self.reader = None;
         Ok(())
+    }
+
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<SnapshotWriter, TaskError> {
+        let position = self.position;
+        Ok(Box::new(move || {
+            postcard::to_allocvec(&position).map_err(|e| {
+                TaskError::failed(
+                    Fault::Host,
+                    format!("cannot encode the file source's position: {e}"),
+                )
+            })
+        }))
     }
 
     fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Result<SourcePoll, TaskError> {
@@ -159,6 +203,99 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, vec![b"0".to_vec(), b"1".to_vec(), b"2".to_vec()]);
+        Ok(())
+    }
+
+    fn drain(source: &mut FileSource, max: usize) -> Result<Vec<Vec<u8>>, TaskError> {
+        let mut out = Vec::new();
+        while source.poll(&mut out, max)? != SourcePoll::Finished {}
+        Ok(out.into_iter().map(|r| r.value).collect())
+    }
+
+    /// Three files of `lines` lines each, named after their index.
+    fn three_files(
+        dir: &std::path::Path,
+        lines: usize,
+    ) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
+        let mut paths = Vec::new();
+        for f in 0..3 {
+            let path = dir.join(format!("{f}.txt"));
+            let text: String = (0..lines).map(|l| format!("{f}-{l}\n")).collect();
+            std::fs::write(&path, text)?;
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
+    #[test]
+    fn a_source_restored_mid_file_emits_exactly_the_remaining_lines()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let paths = three_files(dir.path(), 10)?;
+        let uninterrupted = drain(&mut FileSource::new(&paths, &info(0, 1)), 4)?;
+        let mut first = FileSource::new(&paths, &info(0, 1));
+        first.open(None)?;
+        let mut before = Vec::new();
+        first.poll(&mut before, 14)?;
+        let state = first.snapshot(CheckpointId(1))?()?;
+        assert_eq!(first.position().file, 1);
+        assert!(first.position().offset > 0);
+        first.poll(&mut Vec::new(), 5)?;
+        let mut second = FileSource::new(&paths, &info(0, 1));
+        second.open(Some(state))?;
+        let mut all: Vec<Vec<u8>> = before.into_iter().map(|r| r.value).collect();
+        all.extend(drain(&mut second, 4)?);
+        assert_eq!(all.len(), 30);
+        assert_eq!(all, uninterrupted);
+        Ok(())
+    }
+
+    #[test]
+    fn a_source_restored_between_files_starts_the_next_file_at_its_first_line()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let paths = three_files(dir.path(), 2)?;
+        let mut first = FileSource::new(&paths, &info(0, 1));
+        let mut before = Vec::new();
+        // Two lines, then the end of the first file moves the position to the second.
+        first.poll(&mut before, 3)?;
+        assert_eq!(first.position(), FilePosition { file: 1, offset: 0 });
+        let state = first.snapshot(CheckpointId(2))?()?;
+        let mut second = FileSource::new(&paths, &info(0, 1));
+        second.open(Some(state))?;
+        let after = drain(&mut second, 1)?;
+        assert_eq!(
+            after,
+            vec![
+                b"1-0".to_vec(),
+                b"1-1".to_vec(),
+                b"2-0".to_vec(),
+                b"2-1".to_vec()
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_finished_source_restores_as_finished() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let paths = three_files(dir.path(), 2)?;
+        let mut first = FileSource::new(&paths, &info(0, 1));
+        drain(&mut first, 10)?;
+        let state = first.snapshot(CheckpointId(3))?()?;
+        let mut second = FileSource::new(&paths, &info(0, 1));
+        second.open(Some(state))?;
+        assert_eq!(second.poll(&mut Vec::new(), 10)?, SourcePoll::Finished);
+        Ok(())
+    }
+
+    #[test]
+    fn a_position_past_the_subtasks_files_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let paths = three_files(dir.path(), 1)?;
+        let state = postcard::to_allocvec(&FilePosition { file: 4, offset: 0 })?;
+        let mut source = FileSource::new(&paths, &info(0, 1));
+        assert!(source.open(Some(state)).is_err());
         Ok(())
     }
 

@@ -5,9 +5,17 @@
 //! Record `n` has the key `key-<h(seed, n) mod keys>` and as value the decimal `n` (or
 //! `value-size` bytes), so any run with the same settings produces the same records,
 //! whatever the parallelism.
+//!
+//! # Checkpoints
+//! The offset is the subtask's next sequence number: a snapshot records it, and a
+//! restored generator continues from it, so the records before and after a restore
+//! together are exactly the uninterrupted sequence.
 
 use crate::connectors::rate::Pacer;
-use crate::runtime::{Record, Source, SourcePoll, TaskError, TaskInfo};
+use crate::runtime::{
+    CheckpointId, Fault, Record, SnapshotWriter, Source, SourcePoll, TaskError, TaskInfo,
+};
+use serde::{Deserialize, Serialize};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -28,11 +36,21 @@ pub struct GeneratorSettings {
 /// instead of formatting it (formatting dominated the generator's cost).
 const PRERENDERED_KEYS: u64 = 1 << 20;
 
+/// What a generator's snapshot holds.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct GeneratorState {
+    /// The sequence number of the next record.
+    next: u64,
+}
+
 /// One subtask of a generator.
 pub struct Generator {
     settings: GeneratorSettings,
     next: u64,
     step: u64,
+    /// The first sequence number of this subtask: every one it produces is congruent to
+    /// it modulo `step`, which lets `open` reject the state of another subtask.
+    first: u64,
     pacer: Pacer,
     keys: Vec<Vec<u8>>,
 }
@@ -66,10 +84,12 @@ impl Generator {
         } else {
             Vec::new()
         };
+        let first = u64::from(info.subtask.0);
         Self {
             settings,
-            next: u64::from(info.subtask.0),
+            next: first,
             step: u64::from(info.parallelism.max(1)),
+            first,
             pacer,
             keys,
         }
@@ -85,8 +105,40 @@ pub fn mix(seed: u64, n: u64) -> u64 {
 }
 
 impl Source for Generator {
-    fn open(&mut self) -> Result<(), TaskError> {
+    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+        let Some(bytes) = restored else {
+            return Ok(());
+        };
+        let state: GeneratorState = postcard::from_bytes(&bytes).map_err(|e| {
+            TaskError::failed(
+                Fault::Host,
+                format!("cannot decode the generator's restored offset: {e}"),
+            )
+        })?;
+        if state.next % self.step != self.first % self.step {
+            return Err(TaskError::failed(
+                Fault::Host,
+                format!(
+                    "the restored offset {} belongs to another generator subtask (this one \
+                     produces {} + {}k)",
+                    state.next, self.first, self.step
+                ),
+            ));
+        }
+        self.next = state.next;
         Ok(())
+    }
+
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<SnapshotWriter, TaskError> {
+        let state = GeneratorState { next: self.next };
+        Ok(Box::new(move || {
+            postcard::to_allocvec(&state).map_err(|e| {
+                TaskError::failed(
+                    Fault::Host,
+                    format!("cannot encode the generator's offset: {e}"),
+                )
+            })
+        }))
     }
 
     fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Result<SourcePoll, TaskError> {
@@ -178,6 +230,44 @@ mod tests {
         let keys: std::collections::HashSet<_> =
             records.iter().filter_map(|r| r.key.clone()).collect();
         assert_eq!(keys.len(), 10);
+        Ok(())
+    }
+
+    #[test]
+    fn a_restored_generator_produces_exactly_the_records_after_its_snapshot()
+    -> Result<(), TaskError> {
+        let uninterrupted = drain(&mut Generator::new(settings(1000), &info(1, 3)))?;
+        let mut first = Generator::new(settings(1000), &info(1, 3));
+        first.open(None)?;
+        let mut before = Vec::new();
+        first.poll(&mut before, 100)?;
+        let state = first.snapshot(CheckpointId(1))?()?;
+        first.poll(&mut Vec::new(), 50)?;
+        let mut second = Generator::new(settings(1000), &info(1, 3));
+        second.open(Some(state))?;
+        let after = drain(&mut second)?;
+        assert_eq!(before.len(), 100);
+        before.extend(after);
+        assert_eq!(before, uninterrupted);
+        Ok(())
+    }
+
+    #[test]
+    fn a_finished_generator_restores_as_finished() -> Result<(), TaskError> {
+        let mut first = Generator::new(settings(10), &info(0, 1));
+        drain(&mut first)?;
+        let state = first.snapshot(CheckpointId(4))?()?;
+        let mut second = Generator::new(settings(10), &info(0, 1));
+        second.open(Some(state))?;
+        assert_eq!(second.poll(&mut Vec::new(), 64)?, SourcePoll::Finished);
+        Ok(())
+    }
+
+    #[test]
+    fn a_generator_refuses_the_offset_of_another_subtask() -> Result<(), TaskError> {
+        let state = Generator::new(settings(10), &info(0, 2)).snapshot(CheckpointId(1))?()?;
+        let mut other = Generator::new(settings(10), &info(1, 2));
+        assert!(other.open(Some(state)).is_err());
         Ok(())
     }
 

@@ -1,19 +1,28 @@
-//! The sinks: `stdout`, `file` and `blackhole`. Each writes a record's value followed by
-//! a newline, and can be paced to a number of records per second (to try out
-//! backpressure).
+//! The stateless sinks: `stdout` and `blackhole`. Each can be paced to a number of
+//! records per second (to try out backpressure).
+//!
+//! # Checkpoints
+//! Neither has anything to commit: a snapshot is empty and a restore ignores it. Output
+//! to stdout is therefore at-least-once across a restore (the records after the restored
+//! checkpoint are printed again).
 
 use crate::connectors::rate::Pacer;
-use crate::runtime::{Fault, Operator, Record, TaskError, TaskInfo};
-use std::fs::File;
+use crate::runtime::{CheckpointId, Fault, Operator, Record, Snapshot, TaskError};
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
 
-fn write_lines(writer: &mut impl Write, batch: &[Record]) -> std::io::Result<()> {
+/// Writes each record's value followed by a newline. Does not flush, so that the caller
+/// decides when a batch of writes reaches the file.
+pub(super) fn write_lines(writer: &mut impl Write, batch: &[Record]) -> std::io::Result<()> {
     for record in batch {
         writer.write_all(&record.value)?;
         writer.write_all(b"\n")?;
     }
-    writer.flush()
+    Ok(())
+}
+
+/// The snapshot of a sink without state.
+fn empty_snapshot() -> Snapshot {
+    Snapshot::State(Box::new(|| Ok(Vec::new())))
 }
 
 /// Writes values to the host's stdout, one line per record.
@@ -31,7 +40,7 @@ impl StdoutSink {
 }
 
 impl Operator for StdoutSink {
-    fn open(&mut self) -> Result<(), TaskError> {
+    fn open(&mut self, _restored: Option<Vec<u8>>) -> Result<(), TaskError> {
         Ok(())
     }
 
@@ -39,71 +48,20 @@ impl Operator for StdoutSink {
         self.pacer.record(batch.len());
         let stdout = std::io::stdout();
         let mut writer = BufWriter::new(stdout.lock());
-        write_lines(&mut writer, &batch).map_err(|e| {
-            TaskError::failed(Fault::External, format!("cannot write to stdout: {e}"))
-        })?;
+        write_lines(&mut writer, &batch)
+            .and_then(|()| writer.flush())
+            .map_err(|e| {
+                TaskError::failed(Fault::External, format!("cannot write to stdout: {e}"))
+            })?;
         self.pacer.wait();
         Ok(())
     }
 
-    fn close(&mut self, _out: &mut Vec<Record>) -> Result<(), TaskError> {
-        Ok(())
-    }
-}
-
-/// Writes values to `<dir>/part-<subtask>`, one line per record.
-pub struct FileSink {
-    path: PathBuf,
-    writer: Option<BufWriter<File>>,
-    pacer: Pacer,
-}
-
-impl FileSink {
-    /// The sink of subtask `info`, writing into directory `dir`.
-    pub fn new(dir: &Path, info: &TaskInfo, rate: u64) -> Self {
-        Self {
-            path: dir.join(format!("part-{}", info.subtask.0)),
-            writer: None,
-            pacer: Pacer::new(rate),
-        }
-    }
-
-    fn io_error(&self, e: std::io::Error) -> TaskError {
-        TaskError::failed(
-            Fault::External,
-            format!("cannot write {}: {e}", self.path.display()),
-        )
-    }
-}
-
-impl Operator for FileSink {
-    fn open(&mut self) -> Result<(), TaskError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| self.io_error(e))?;
-        }
-        let file = File::create(&self.path).map_err(|e| self.io_error(e))?;
-        self.writer = Some(BufWriter::with_capacity(256 * 1024, file));
-        Ok(())
-    }
-
-    fn process(&mut self, batch: Vec<Record>, _out: &mut Vec<Record>) -> Result<(), TaskError> {
-        self.pacer.record(batch.len());
-        let Some(writer) = self.writer.as_mut() else {
-            return Err(TaskError::failed(Fault::Host, "file sink used before open"));
-        };
-        let result = write_lines(writer, &batch);
-        result.map_err(|e| self.io_error(e))?;
-        self.pacer.wait();
-        Ok(())
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+        Ok(empty_snapshot())
     }
 
     fn close(&mut self, _out: &mut Vec<Record>) -> Result<(), TaskError> {
-        if let Some(writer) = self.writer.take() {
-            let file = writer
-                .into_inner()
-                .map_err(|e| self.io_error(e.into_error()))?;
-            file.sync_all().map_err(|e| self.io_error(e))?;
-        }
         Ok(())
     }
 }
@@ -123,7 +81,7 @@ impl BlackholeSink {
 }
 
 impl Operator for BlackholeSink {
-    fn open(&mut self) -> Result<(), TaskError> {
+    fn open(&mut self, _restored: Option<Vec<u8>>) -> Result<(), TaskError> {
         Ok(())
     }
 
@@ -131,6 +89,10 @@ impl Operator for BlackholeSink {
         self.pacer.record(batch.len());
         self.pacer.wait();
         Ok(())
+    }
+
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+        Ok(empty_snapshot())
     }
 
     fn close(&mut self, _out: &mut Vec<Record>) -> Result<(), TaskError> {
@@ -141,26 +103,29 @@ impl Operator for BlackholeSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::SubtaskIndex;
 
     #[test]
-    fn the_file_sink_writes_one_line_per_record_into_its_part_file()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let info = TaskInfo {
-            node: "out".into(),
-            subtask: SubtaskIndex(2),
-            parallelism: 3,
-            max_parallelism: 128,
-        };
-        let mut sink = FileSink::new(&dir.path().join("out"), &info, 0);
-        sink.open()?;
-        sink.process(vec![Record::new("a"), Record::new("b")], &mut Vec::new())?;
-        sink.close(&mut Vec::new())?;
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("out/part-2"))?,
-            "a\nb\n"
-        );
+    fn write_lines_ends_every_value_with_a_newline() -> std::io::Result<()> {
+        let mut out = Vec::new();
+        write_lines(
+            &mut out,
+            &[Record::new("a"), Record::new(""), Record::new("b")],
+        )?;
+        assert_eq!(out, b"a\n\nb\n");
         Ok(())
+    }
+
+    #[test]
+    fn a_stateless_sink_snapshots_nothing_and_restores_from_nothing() -> Result<(), TaskError> {
+        let mut sink = BlackholeSink::new(0);
+        let Snapshot::State(writer) = sink.snapshot(CheckpointId(1))? else {
+            return Err(TaskError::failed(Fault::Host, "a blackhole finished"));
+        };
+        let state = writer()?;
+        assert!(state.is_empty());
+        let mut restored = BlackholeSink::new(0);
+        restored.open(Some(state))?;
+        restored.process(vec![Record::new("a")], &mut Vec::new())?;
+        restored.close(&mut Vec::new())
     }
 }

@@ -100,7 +100,7 @@ pub fn parse(text: &str, origin: &Path, overrides: &[Override]) -> Result<JobSpe
         .map_or_else(|| "job".to_owned(), |s| s.to_string_lossy().into_owned());
     let job = sections::job(&doc, &stem)?;
     let checkpointing = sections::checkpointing(&doc)?;
-    let restart = sections::restart(&doc)?;
+    let restart = sections::restart(&doc, checkpointing.is_some())?;
     let state = sections::state(&doc)?;
     let nodes = graph::nodes(&doc, &job)?;
     Ok(JobSpec {

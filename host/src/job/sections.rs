@@ -263,9 +263,15 @@ pub(crate) fn storage_url(text: &str, dir: &Path) -> Result<StorageUrl, String> 
     Ok(StorageUrl::File(super::doc::normalize(&dir.join(text))))
 }
 
-pub(crate) fn restart(doc: &Doc<'_>) -> Result<RestartStrategy, JobError> {
+/// `[restart]`. Without the table, Flink's defaults: exponential delay when
+/// checkpointing is on, no restart when it is off (a restart would start over from the
+/// beginning of the input).
+pub(crate) fn restart(doc: &Doc<'_>, checkpointing: bool) -> Result<RestartStrategy, JobError> {
     const S: &str = "restart";
     let Some(item) = doc.root.get(S) else {
+        if !checkpointing {
+            return Ok(RestartStrategy::None);
+        }
         return exponential_delay(doc, &RawExponentialDelay::default());
     };
     require_table(doc, item, S)?;

@@ -137,12 +137,9 @@ fn node<'a>(spec: &'a JobSpec, id: &str) -> &'a Node {
 // ----- the whole job -----
 
 #[test]
-fn a_minimal_job_gets_flinks_defaults() {
+fn a_checkpointed_job_restarts_with_exponential_delay_by_default() {
     let f = Fixture::new();
-    let spec = f.ok(MINIMAL);
-    assert_eq!(spec.parallelism, 1);
-    assert_eq!(spec.max_parallelism, 128);
-    assert_eq!(spec.checkpointing, None);
+    let spec = f.ok(&format!("[checkpointing]\ninterval = \"1s\"\n{MINIMAL}"));
     assert_eq!(
         spec.restart,
         RestartStrategy::ExponentialDelay {
@@ -154,6 +151,17 @@ fn a_minimal_job_gets_flinks_defaults() {
             attempts: None,
         }
     );
+}
+
+#[test]
+fn a_minimal_job_gets_flinks_defaults() {
+    let f = Fixture::new();
+    let spec = f.ok(MINIMAL);
+    assert_eq!(spec.parallelism, 1);
+    assert_eq!(spec.max_parallelism, 128);
+    assert_eq!(spec.checkpointing, None);
+    // Without checkpoints a restart would start over: Flink does not restart then.
+    assert_eq!(spec.restart, RestartStrategy::None);
     assert_eq!(
         spec.state,
         StateConfig {

@@ -1,12 +1,16 @@
 //! Expands a graph of nodes into subtasks and channels, runs every subtask on its own
 //! thread, and reports how the run ended.
 
+use crate::checkpoint::AlignMode;
+use crate::checkpoint::coordinator::TaskRef;
+use crate::checkpoint::driver::{CheckpointDriver, CheckpointFailure, DriverSetup, DriverTask};
 use crate::runtime::input::InputGate;
 use crate::runtime::output::{Output, OutputEdge};
 use crate::runtime::record::Message;
-use crate::runtime::task::{run_operator, run_source};
+use crate::runtime::task::{Restore, TaskContext, run_operator, run_source};
 use crate::runtime::{Operator, Source, SubtaskIndex, TaskError, TaskInfo};
 use crossbeam_channel::{Receiver, Sender, bounded};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +24,9 @@ const CHANNEL_CAPACITY: usize = 4;
 
 /// How often the executor logs the progress of a running job.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often the executor looks at the user's cancel token: Ctrl-C feels immediate.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 /// Creates the source instance of one subtask.
 pub type SourceFactory = Arc<dyn Fn(&TaskInfo) -> Result<Box<dyn Source>, TaskError> + Send + Sync>;
@@ -125,6 +132,9 @@ pub enum RunError {
     /// The job was cancelled before its input ended.
     #[error("the job was cancelled")]
     Cancelled,
+    /// Too many checkpoints failed (`tolerable-failed`).
+    #[error("checkpointing failed: {0}")]
+    Checkpointing(CheckpointFailure),
     /// A subtask's thread could not be started.
     #[error("could not start a thread for {task}: {source}")]
     Spawn {
@@ -135,6 +145,23 @@ pub enum RunError {
     },
 }
 
+impl RunError {
+    /// Whether running the job again may get past this failure. A job file and data
+    /// that do not fit together, or a bug in Weir, fail the same way every time.
+    pub fn retry_can_help(&self) -> bool {
+        !matches!(
+            self,
+            Self::TaskFailed {
+                error: TaskError::Failed {
+                    fault: crate::runtime::Fault::User | crate::runtime::Fault::Host,
+                    ..
+                },
+                ..
+            }
+        )
+    }
+}
+
 /// The outcome of a run that finished.
 #[derive(Debug)]
 pub struct RunReport {
@@ -142,6 +169,17 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Per node, in graph order: its id and its counters.
     pub nodes: Vec<(String, Arc<NodeMetrics>)>,
+}
+
+/// How a run checkpoints and what it restores.
+#[derive(Default)]
+pub struct RunOptions {
+    /// The checkpoint coordinator's setup; `None` runs without checkpoints.
+    pub checkpointing: Option<DriverSetup>,
+    /// Aligned (exactly-once) or not.
+    pub mode: Option<AlignMode>,
+    /// What each subtask restores, by node id and subtask index.
+    pub restore: HashMap<(String, u32), Restore>,
 }
 
 /// Runs graphs.
@@ -163,29 +201,86 @@ impl Executor {
     }
 
     /// Runs `graph` until every subtask has finished, or until the first failure.
-    pub fn run(&self, graph: &Graph) -> Result<RunReport, RunError> {
+    pub fn run(&self, graph: &Graph, mut options: RunOptions) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let mut wiring = wire(graph);
         let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let cancel = &self.cancel.0;
-        let mut running = 0usize;
+        // This run's stop flag: set on the first failure, or when the user cancels. The
+        // user's token stays as the user left it, so a restart can tell the two apart.
+        let stop = Arc::new(AtomicBool::new(false));
+        let cancel = &stop;
 
+        // Every subtask gets a control channel; the coordinator holds the senders.
+        let mut controls = Vec::new();
+        let mut driver_tasks = Vec::new();
+        for (n, node) in graph.nodes.iter().enumerate() {
+            let mut node_controls = Vec::new();
+            for s in 0..node.parallelism {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let task = TaskRef {
+                    node: n,
+                    subtask: SubtaskIndex(s),
+                };
+                driver_tasks.push(DriverTask {
+                    task,
+                    control: tx,
+                    is_source: matches!(node.body, NodeBody::Source(_)),
+                    parallelism: node.parallelism,
+                });
+                node_controls.push(rx);
+            }
+            controls.push(node_controls);
+        }
+        let node_ids: Arc<[String]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
+        let (mut driver, sink) = match options.checkpointing.take() {
+            Some(setup) => {
+                let (driver, sink) = CheckpointDriver::new(setup, driver_tasks, node_ids, started);
+                (Some(driver), Some(sink))
+            }
+            // Without a coordinator the control senders go away at once; nothing waits on
+            // them because no subtask outlives its input.
+            None => (None, None),
+        };
+        let mode = options.mode.unwrap_or(AlignMode::ExactlyOnce);
+
+        let mut running = 0usize;
         for (n, node) in graph.nodes.iter().enumerate() {
             let inputs = std::mem::take(&mut wiring.inputs[n]);
             let outputs = std::mem::take(&mut wiring.outputs[n]);
-            for (s, (receivers, edges)) in inputs.into_iter().zip(outputs).enumerate() {
+            let node_controls = std::mem::take(&mut controls[n]);
+            for (s, ((receivers, edges), control)) in inputs
+                .into_iter()
+                .zip(outputs)
+                .zip(node_controls)
+                .enumerate()
+            {
+                let index = u32::try_from(s).unwrap_or(u32::MAX);
                 let info = TaskInfo {
                     node: node.id.clone(),
-                    subtask: SubtaskIndex(u32::try_from(s).unwrap_or(u32::MAX)),
+                    subtask: SubtaskIndex(index),
                     parallelism: node.parallelism,
                     max_parallelism: graph.max_parallelism,
                 };
                 let name = info.name();
+                let restore = options
+                    .restore
+                    .remove(&(node.id.clone(), index))
+                    .unwrap_or_default();
+                let ctx = TaskContext {
+                    task: TaskRef {
+                        node: n,
+                        subtask: SubtaskIndex(index),
+                    },
+                    checkpoints: sink.clone(),
+                    mode,
+                    metrics: metrics[n].clone(),
+                    cancel: cancel.clone(),
+                };
                 let body = node.body.clone();
                 let mut output = Output::new(edges, cancel.clone());
-                let mut gate = InputGate::new(receivers, cancel.clone());
-                let (metrics, cancel, done) = (metrics[n].clone(), cancel.clone(), done_tx.clone());
+                let mut gate = InputGate::new(receivers, control.clone(), cancel.clone());
+                let done = done_tx.clone();
                 let task_name = name.clone();
                 let spawned = std::thread::Builder::new()
                     .name(name.clone())
@@ -194,7 +289,7 @@ impl Executor {
                         let _entered = span.enter();
                         let result = match body {
                             NodeBody::Source(factory) => factory(&info).and_then(|mut source| {
-                                run_source(source.as_mut(), &mut output, &metrics, &cancel)
+                                run_source(source.as_mut(), &mut output, &control, &ctx, restore)
                             }),
                             NodeBody::Operator(factory) => {
                                 factory(&info).and_then(|mut operator| {
@@ -202,7 +297,8 @@ impl Executor {
                                         operator.as_mut(),
                                         &mut gate,
                                         &mut output,
-                                        &metrics,
+                                        &ctx,
+                                        restore,
                                     )
                                 })
                             }
@@ -212,35 +308,68 @@ impl Executor {
                         let _ = done.send((task_name, result));
                     });
                 if let Err(source) = spawned {
-                    self.cancel.cancel();
+                    stop.store(true, Ordering::Relaxed);
                     return Err(RunError::Spawn { task: name, source });
                 }
                 running += 1;
             }
         }
         drop(done_tx);
+        drop(sink);
 
         let mut first_failure: Option<RunError> = None;
         let mut last_progress = Instant::now();
+        let never = crossbeam_channel::never();
         while running > 0 {
-            let Ok((task, result)) = done_rx.recv_timeout(PROGRESS_INTERVAL) else {
-                if last_progress.elapsed() >= PROGRESS_INTERVAL {
-                    log_progress(graph, &metrics, started);
-                    last_progress = Instant::now();
-                }
-                continue;
-            };
-            running -= 1;
-            match result {
-                Ok(()) => tracing::debug!(task = %task, "subtask finished"),
-                Err(TaskError::Disconnected | TaskError::Cancelled) => {}
-                Err(error) => {
-                    if first_failure.is_none() {
-                        tracing::error!(task = %task, "{error}");
-                        self.cancel.cancel();
-                        first_failure = Some(RunError::TaskFailed { task, error });
+            let now = Instant::now();
+            if self.cancel.is_cancelled() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            let wake = driver
+                .as_ref()
+                .and_then(CheckpointDriver::next_deadline)
+                .map_or(now + CANCEL_POLL, |d| d.min(now + CANCEL_POLL));
+            let messages = driver.as_ref().map_or(&never, |d| d.messages());
+            crossbeam_channel::select! {
+                recv(done_rx) -> finished => {
+                    let Ok((task, result)) = finished else { break };
+                    running -= 1;
+                    match result {
+                        Ok(()) => tracing::debug!(task = %task, "subtask finished"),
+                        Err(TaskError::Disconnected | TaskError::Cancelled) => {}
+                        Err(error) => {
+                            if first_failure.is_none() {
+                                tracing::error!(task = %task, "{error}");
+                                stop.store(true, Ordering::Relaxed);
+                                if let Some(driver) = driver.as_mut() {
+                                    driver.on_task_failure();
+                                }
+                                first_failure = Some(RunError::TaskFailed { task, error });
+                            }
+                        }
                     }
                 }
+                recv(messages) -> message => {
+                    if let (Ok(message), Some(d)) = (message, driver.as_mut())
+                        && first_failure.is_none()
+                        && let Err(failure) = d.on_message(message, Instant::now())
+                    {
+                        stop.store(true, Ordering::Relaxed);
+                        first_failure = Some(RunError::Checkpointing(failure));
+                    }
+                }
+                default(wake.saturating_duration_since(now)) => {}
+            }
+            if first_failure.is_none()
+                && let Some(d) = driver.as_mut()
+                && let Err(failure) = d.on_tick(Instant::now())
+            {
+                stop.store(true, Ordering::Relaxed);
+                first_failure = Some(RunError::Checkpointing(failure));
+            }
+            if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                log_progress(graph, &metrics, started);
+                last_progress = Instant::now();
             }
         }
         if let Some(failure) = first_failure {

@@ -1,12 +1,15 @@
-//! The consuming side of a subtask: the channels from all its upstream subtasks, read
-//! as one stream of events.
+//! The consuming side of a subtask: the channels from all its upstream subtasks and the
+//! coordinator's control channel, read as one stream of events.
 //!
-//! The gate tracks which channels have ended and the watermark of each channel; the
-//! subtask's watermark is the minimum over the channels still open, as Flink's.
+//! The gate tracks, per channel, whether its data ended and whether its sender is gone,
+//! and the watermark of each channel; the subtask's watermark is the minimum over the
+//! channels whose data has not ended, as Flink's. Channels the aligner blocked are not
+//! read at all: their records wait in the bounded channel, which back-pressures the
+//! upstream subtask — exactly what an aligned checkpoint needs.
 
 use crate::runtime::TaskError;
-use crate::runtime::record::{Barrier, Message, Record};
-use crossbeam_channel::{Receiver, Select, TryRecvError};
+use crate::runtime::record::{Barrier, Control, Message, Record};
+use crossbeam_channel::{Receiver, Select};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,15 +21,20 @@ pub enum Event {
     Batch(Vec<Record>),
     /// The subtask's watermark advanced to this value.
     Watermark(i64),
-    /// A barrier arrived on channel `channel`.
+    /// A barrier arrived on `channel`.
     Barrier {
         /// The channel it arrived on.
         channel: usize,
         /// The barrier.
         barrier: Barrier,
     },
-    /// Every channel has ended.
-    End,
+    /// The data on `channel` ended; [`InputGate::all_ended`] tells whether it was the last.
+    Ended {
+        /// The channel whose data ended.
+        channel: usize,
+    },
+    /// A message from the checkpoint coordinator.
+    Control(Control),
     /// The deadline passed with nothing to read.
     Deadline,
 }
@@ -34,25 +42,69 @@ pub enum Event {
 /// How often a waiting subtask looks at the cancel flag.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 
-/// All input channels of one subtask.
+#[derive(Clone, Copy, Default)]
+struct ChannelState {
+    ended: bool,
+    gone: bool,
+    blocked: bool,
+    watermark: Option<i64>,
+}
+
+/// All input channels of one subtask, and its control channel.
 pub struct InputGate {
     channels: Vec<Receiver<Message>>,
-    open: Vec<bool>,
-    watermarks: Vec<i64>,
+    state: Vec<ChannelState>,
+    control: Receiver<Control>,
     watermark: i64,
     cancel: Arc<AtomicBool>,
 }
 
+enum Received {
+    Channel(usize, Option<Message>),
+    Control(Option<Control>),
+}
+
 impl InputGate {
-    /// A gate over `channels`.
-    pub fn new(channels: Vec<Receiver<Message>>, cancel: Arc<AtomicBool>) -> Self {
-        let n = channels.len();
+    /// A gate over `channels` and `control`.
+    pub fn new(
+        channels: Vec<Receiver<Message>>,
+        control: Receiver<Control>,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        let state = vec![ChannelState::default(); channels.len()];
         Self {
             channels,
-            open: vec![true; n],
-            watermarks: vec![i64::MIN; n],
+            state,
+            control,
             watermark: i64::MIN,
             cancel,
+        }
+    }
+
+    /// How many input channels the subtask has.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Whether the subtask has no input channel (never true for an operator).
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// Whether the data of every channel has ended.
+    pub fn all_ended(&self) -> bool {
+        self.state.iter().all(|s| s.ended)
+    }
+
+    /// Blocks exactly the channels in `blocked` (alignment); the others are read.
+    pub fn set_blocked(&mut self, blocked: impl IntoIterator<Item = usize>) {
+        for s in &mut self.state {
+            s.blocked = false;
+        }
+        for channel in blocked {
+            if let Some(s) = self.state.get_mut(channel) {
+                s.blocked = true;
+            }
         }
     }
 
@@ -65,13 +117,10 @@ impl InputGate {
     ) -> Result<Event, TaskError> {
         let mut idled = false;
         loop {
-            if !self.open.iter().any(|&o| o) {
-                return Ok(Event::End);
-            }
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(TaskError::Cancelled);
             }
-            let received = match self.try_receive()? {
+            let received = match self.receive(None)? {
                 Some(r) => Some(r),
                 None => {
                     if !idled {
@@ -83,15 +132,59 @@ impl InputGate {
                         return Ok(Event::Deadline);
                     }
                     let wake = deadline.map_or(now + CANCEL_POLL, |d| d.min(now + CANCEL_POLL));
-                    self.receive_until(wake)?
+                    self.receive(Some(wake))?
                 }
             };
-            if let Some((channel, message)) = received
-                && let Some(event) = self.on_message(channel, message)
-            {
+            if let Some(event) = received {
                 return Ok(event);
             }
         }
+    }
+
+    /// Receives one message and turns it into an event; `None` when nothing arrived (or
+    /// the message changed nothing the subtask must see, like a watermark that did not
+    /// advance the minimum).
+    fn receive(&mut self, wait_until: Option<Instant>) -> Result<Option<Event>, TaskError> {
+        match self.select(wait_until) {
+            None => Ok(None),
+            Some(Received::Control(Some(control))) => Ok(Some(Event::Control(control))),
+            // The executor is gone: nobody will ever tell this subtask anything again.
+            Some(Received::Control(None)) => Err(TaskError::Cancelled),
+            Some(Received::Channel(channel, Some(message))) => {
+                Ok(self.on_message(channel, message))
+            }
+            Some(Received::Channel(channel, None)) if self.state[channel].ended => {
+                self.state[channel].gone = true;
+                Ok(None)
+            }
+            Some(Received::Channel(_, None)) => Err(TaskError::Disconnected),
+        }
+    }
+
+    /// Waits (until `wait_until`, or not at all) for a message on a readable channel or
+    /// the control channel; `None` inside means the sender is gone.
+    fn select(&self, wait_until: Option<Instant>) -> Option<Received> {
+        let mut select = Select::new();
+        let mut sources = Vec::with_capacity(self.channels.len() + 1);
+        for (i, channel) in self.channels.iter().enumerate() {
+            let s = self.state[i];
+            if !s.gone && !s.blocked {
+                select.recv(channel);
+                sources.push(Some(i));
+            }
+        }
+        select.recv(&self.control);
+        sources.push(None);
+        let operation = match wait_until {
+            None => select.try_select().ok(),
+            Some(deadline) => select.select_deadline(deadline).ok(),
+        }?;
+        Some(match sources[operation.index()] {
+            None => Received::Control(operation.recv(&self.control).ok()),
+            Some(channel) => {
+                Received::Channel(channel, operation.recv(&self.channels[channel]).ok())
+            }
+        })
     }
 
     fn on_message(&mut self, channel: usize, message: Message) -> Option<Event> {
@@ -99,123 +192,141 @@ impl InputGate {
             Message::Batch(batch) => Some(Event::Batch(batch)),
             Message::Barrier(barrier) => Some(Event::Barrier { channel, barrier }),
             Message::Watermark(w) => {
-                self.watermarks[channel] = self.watermarks[channel].max(w);
+                let current = &mut self.state[channel].watermark;
+                *current = Some(current.map_or(w, |c| c.max(w)));
                 self.advance_watermark()
             }
             Message::EndOfInput => {
-                self.open[channel] = false;
-                // An ended channel no longer holds the watermark back.
-                self.advance_watermark()
+                self.state[channel].ended = true;
+                Some(Event::Ended { channel })
             }
         }
     }
 
-    fn advance_watermark(&mut self) -> Option<Event> {
+    /// The new minimum watermark over the channels still carrying data, if it advanced.
+    /// An ended channel no longer holds the watermark back.
+    pub fn advance_watermark(&mut self) -> Option<Event> {
         let min = self
-            .open
+            .state
             .iter()
-            .zip(&self.watermarks)
-            .filter(|(open, _)| **open)
-            .map(|(_, w)| *w)
+            .filter(|s| !s.ended)
+            .map(|s| s.watermark.unwrap_or(i64::MIN))
             .min()?;
         (min > self.watermark).then(|| {
             self.watermark = min;
             Event::Watermark(min)
         })
     }
-
-    fn try_receive(&mut self) -> Result<Option<(usize, Message)>, TaskError> {
-        if let [only] = self.channels.as_slice() {
-            return match only.try_recv() {
-                Ok(m) => Ok(Some((0, m))),
-                Err(TryRecvError::Empty) => Ok(None),
-                Err(TryRecvError::Disconnected) => Err(TaskError::Disconnected),
-            };
-        }
-        let mut select = Select::new();
-        let indices = self.register(&mut select);
-        match select.try_select() {
-            Ok(op) => {
-                let channel = indices[op.index()];
-                let message = op
-                    .recv(&self.channels[channel])
-                    .map_err(|_| TaskError::Disconnected)?;
-                Ok(Some((channel, message)))
-            }
-            Err(_) => Ok(None),
-        }
-    }
-
-    fn receive_until(&mut self, wake: Instant) -> Result<Option<(usize, Message)>, TaskError> {
-        let mut select = Select::new();
-        let indices = self.register(&mut select);
-        match select.select_deadline(wake) {
-            Ok(op) => {
-                let channel = indices[op.index()];
-                let message = op
-                    .recv(&self.channels[channel])
-                    .map_err(|_| TaskError::Disconnected)?;
-                Ok(Some((channel, message)))
-            }
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// Registers the open channels with `select`; returns the channel of each operation.
-    fn register<'a>(&'a self, select: &mut Select<'a>) -> Vec<usize> {
-        let mut indices = Vec::with_capacity(self.channels.len());
-        for (i, channel) in self.channels.iter().enumerate() {
-            if self.open[i] {
-                select.recv(channel);
-                indices.push(i);
-            }
-        }
-        indices
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::bounded;
+    use crate::runtime::CheckpointId;
+    use crossbeam_channel::{Sender, bounded, unbounded};
 
-    fn gate(n: usize) -> (InputGate, Vec<crossbeam_channel::Sender<Message>>) {
+    fn gate(n: usize) -> (InputGate, Vec<Sender<Message>>, Sender<Control>) {
         let (tx, rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded(16)).unzip();
-        (InputGate::new(rx, Arc::default()), tx)
+        let (ctx, crx) = unbounded();
+        (InputGate::new(rx, crx, Arc::default()), tx, ctx)
     }
 
     fn no_idle() -> Result<(), TaskError> {
         Ok(())
     }
 
+    fn barrier(n: u64) -> Barrier {
+        Barrier {
+            checkpoint: CheckpointId(n),
+            triggered_at_ms: 0,
+        }
+    }
+
     #[test]
-    fn the_watermark_is_the_minimum_over_open_channels() -> Result<(), Box<dyn std::error::Error>> {
-        let (mut g, tx) = gate(2);
+    fn the_watermark_is_the_minimum_over_channels_still_carrying_data()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (mut g, tx, _c) = gate(2);
         tx[0].send(Message::Watermark(10))?;
+        assert!(
+            g.next(Some(Instant::now()), no_idle)
+                .is_ok_and(|e| matches!(e, Event::Deadline))
+        );
         tx[1].send(Message::Watermark(5))?;
         assert!(matches!(g.next(None, no_idle)?, Event::Watermark(5)));
         tx[1].send(Message::EndOfInput)?;
-        assert!(matches!(g.next(None, no_idle)?, Event::Watermark(10)));
-        tx[0].send(Message::EndOfInput)?;
-        assert!(matches!(g.next(None, no_idle)?, Event::End));
+        assert!(matches!(
+            g.next(None, no_idle)?,
+            Event::Ended { channel: 1 }
+        ));
+        assert!(matches!(g.advance_watermark(), Some(Event::Watermark(10))));
         Ok(())
     }
 
     #[test]
-    fn the_gate_ends_only_when_every_channel_has_ended() -> Result<(), Box<dyn std::error::Error>> {
-        let (mut g, tx) = gate(2);
+    fn all_ended_holds_only_when_every_channel_has_ended() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (mut g, tx, _c) = gate(2);
         tx[0].send(Message::EndOfInput)?;
-        tx[1].send(Message::Batch(vec![Record::new("x")]))?;
-        assert!(matches!(g.next(None, no_idle)?, Event::Batch(b) if b.len() == 1));
+        assert!(matches!(
+            g.next(None, no_idle)?,
+            Event::Ended { channel: 0 }
+        ));
+        assert!(!g.all_ended());
         tx[1].send(Message::EndOfInput)?;
-        assert!(matches!(g.next(None, no_idle)?, Event::End));
+        assert!(matches!(
+            g.next(None, no_idle)?,
+            Event::Ended { channel: 1 }
+        ));
+        assert!(g.all_ended());
+        Ok(())
+    }
+
+    #[test]
+    fn a_blocked_channel_is_not_read_until_unblocked() -> Result<(), Box<dyn std::error::Error>> {
+        let (mut g, tx, _c) = gate(2);
+        tx[0].send(Message::Batch(vec![Record::new("held")]))?;
+        g.set_blocked([0]);
+        assert!(matches!(
+            g.next(Some(Instant::now()), no_idle)?,
+            Event::Deadline
+        ));
+        tx[1].send(Message::Barrier(barrier(1)))?;
+        assert!(matches!(
+            g.next(None, no_idle)?,
+            Event::Barrier { channel: 1, .. }
+        ));
+        g.set_blocked([]);
+        assert!(matches!(g.next(None, no_idle)?, Event::Batch(b) if b[0].value == b"held"));
+        Ok(())
+    }
+
+    #[test]
+    fn barriers_still_arrive_after_the_data_ended() -> Result<(), Box<dyn std::error::Error>> {
+        let (mut g, tx, _c) = gate(1);
+        tx[0].send(Message::EndOfInput)?;
+        tx[0].send(Message::Barrier(barrier(9)))?;
+        assert!(matches!(g.next(None, no_idle)?, Event::Ended { .. }));
+        assert!(
+            matches!(g.next(None, no_idle)?, Event::Barrier { barrier, .. } if barrier.checkpoint == CheckpointId(9))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn control_messages_arrive_beside_the_data() -> Result<(), Box<dyn std::error::Error>> {
+        let (mut g, _tx, control) = gate(1);
+        control.send(Control::Complete(CheckpointId(3)))?;
+        assert!(matches!(
+            g.next(None, no_idle)?,
+            Event::Control(Control::Complete(CheckpointId(3)))
+        ));
         Ok(())
     }
 
     #[test]
     fn an_empty_gate_calls_idle_once_and_reports_the_deadline()
     -> Result<(), Box<dyn std::error::Error>> {
-        let (mut g, _tx) = gate(2);
+        let (mut g, _tx, _c) = gate(2);
         let mut idles = 0;
         let event = g.next(Some(Instant::now()), || {
             idles += 1;
@@ -227,12 +338,26 @@ mod tests {
     }
 
     #[test]
-    fn a_vanished_upstream_is_reported_as_disconnected() {
-        let (mut g, tx) = gate(1);
+    fn an_upstream_that_vanishes_before_its_end_is_reported_as_disconnected() {
+        let (mut g, tx, _c) = gate(1);
         drop(tx);
         assert!(matches!(
             g.next(None, no_idle),
             Err(TaskError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn an_upstream_that_leaves_after_its_end_is_not_an_error()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (mut g, tx, _c) = gate(1);
+        tx[0].send(Message::EndOfInput)?;
+        drop(tx);
+        assert!(matches!(g.next(None, no_idle)?, Event::Ended { .. }));
+        assert!(matches!(
+            g.next(Some(Instant::now()), no_idle)?,
+            Event::Deadline
+        ));
+        Ok(())
     }
 }

@@ -22,12 +22,16 @@ mod input;
 pub mod keygroup;
 mod output;
 pub mod record;
-mod task;
+pub mod task;
 
-pub use executor::{CancelToken, Executor, Graph, GraphNode, NodeBody, NodeEdge, RunError};
+pub use executor::{
+    CancelToken, Executor, Graph, GraphNode, NodeBody, NodeEdge, RunError, RunOptions,
+};
 pub use ids::{CheckpointId, KeyGroup, SubtaskIndex};
-pub use record::{Message, Record};
+pub use record::{Barrier, Control, Message, Record};
+pub use task::Restore;
 
+use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use std::time::Instant;
 
 /// Who is to blame for a failure, so that the user knows where to look and the restart
@@ -100,11 +104,25 @@ impl TaskInfo {
     }
 }
 
+/// The asynchronous half of a subtask's snapshot: serialises what the synchronous phase
+/// captured. It runs on the I/O runtime while the subtask goes on processing.
+pub type SnapshotWriter = Box<dyn FnOnce() -> Result<Vec<u8>, TaskError> + Send>;
+
+/// What a subtask hands over in the synchronous phase of a checkpoint.
+pub enum Snapshot {
+    /// The subtask's input ended and its logic has closed: on restore it is not run
+    /// again (so it never emits its final results twice), only passed through.
+    Finished,
+    /// State to serialise and store.
+    State(SnapshotWriter),
+}
+
 /// A consuming node's logic for one subtask: an operator or a sink. Implemented by the
 /// WASM operator, by the native sinks, and by native baselines in the benchmarks.
 pub trait Operator: Send {
-    /// Prepares the subtask before the first record.
-    fn open(&mut self) -> Result<(), TaskError>;
+    /// Prepares the subtask before the first record; `restored` is the state its
+    /// [`Operator::snapshot`] wrote into the checkpoint the job restores from.
+    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError>;
     /// Processes a batch, appending what it emits to `out`.
     fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError>;
     /// Event time advanced to `watermark` (the minimum over all inputs).
@@ -121,8 +139,42 @@ pub trait Operator: Send {
         let _ = (now, out);
         Ok(())
     }
-    /// The input ended (or the job stops): release resources, emit what is left.
+    /// The synchronous phase of checkpoint `checkpoint`: capture a consistent view of
+    /// the state, quickly, and return how to serialise it.
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError>;
+    /// `checkpoint` is complete and durable: commit its side effects.
+    fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
+        let _ = checkpoint;
+        Ok(())
+    }
+    /// `checkpoint` was aborted: its side effects must not be committed.
+    fn notify_checkpoint_aborted(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
+        let _ = checkpoint;
+        Ok(())
+    }
+    /// The input ended: release resources, emit what is left. With checkpointing on,
+    /// [`Operator::snapshot`] and the notifications may still follow (the final
+    /// checkpoint); nothing else does.
     fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError>;
+}
+
+/// Where a subtask sends its part of a checkpoint; the checkpoint driver implements it.
+/// Calls never block the subtask: the asynchronous phase runs elsewhere.
+pub trait CheckpointSink: Send + Sync {
+    /// Hands over the snapshot of `task` for `checkpoint`, with the statistics of its
+    /// synchronous phase; the sink runs the asynchronous phase and acknowledges.
+    fn submit(
+        &self,
+        task: TaskRef,
+        checkpoint: CheckpointId,
+        snapshot: Snapshot,
+        stats: SubtaskStats,
+    );
+    /// `task` will not take part in `checkpoint`.
+    fn decline(&self, task: TaskRef, checkpoint: CheckpointId, reason: DeclineReason);
+    /// Source `task` reached the end of its input; once every source has, the
+    /// coordinator triggers the final checkpoint.
+    fn source_exhausted(&self, task: TaskRef);
 }
 
 /// What a source did when polled.
@@ -138,8 +190,12 @@ pub enum SourcePoll {
 
 /// A source's logic for one subtask.
 pub trait Source: Send {
-    /// Prepares the subtask before the first poll.
-    fn open(&mut self) -> Result<(), TaskError>;
+    /// Prepares the subtask before the first poll; `restored` is the state its
+    /// [`Source::snapshot`] wrote into the checkpoint the job restores from (its offsets).
+    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError>;
     /// Appends up to `max` records to `out`.
     fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Result<SourcePoll, TaskError>;
+    /// Records where the source stands (its offsets) for checkpoint `checkpoint`. Called
+    /// between polls, right before the source emits the checkpoint's barrier.
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<SnapshotWriter, TaskError>;
 }

@@ -36,6 +36,22 @@ impl Record {
 pub struct Barrier {
     /// The checkpoint the barrier belongs to.
     pub checkpoint: CheckpointId,
+    /// When the coordinator triggered the checkpoint, in milliseconds since the Unix
+    /// epoch (as Flink's barrier timestamp); subtasks measure their start delay from it.
+    pub triggered_at_ms: i64,
+}
+
+/// What the checkpoint coordinator tells a subtask, outside the data channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Sources only: record your offsets and emit the barrier of this checkpoint.
+    Trigger(Barrier),
+    /// The checkpoint is complete and durable: commit its side effects.
+    Complete(CheckpointId),
+    /// The checkpoint was aborted.
+    Abort(CheckpointId),
+    /// The job's final checkpoint (taken after every source ended) is complete: stop.
+    Finish,
 }
 
 /// Everything a channel carries, in order. Data, barriers, watermarks and the end of the
@@ -48,6 +64,7 @@ pub enum Message {
     Barrier(Barrier),
     /// Event time advanced to this many milliseconds.
     Watermark(i64),
-    /// The upstream subtask has no more input; nothing follows on this channel.
+    /// The upstream subtask has no more records. With checkpointing on, barriers may
+    /// still follow (the final checkpoint); nothing else does.
     EndOfInput,
 }

@@ -1,67 +1,208 @@
 //! The loops that drive one subtask, one per kind of node. Each loop is a single thread
 //! that owns its operator instance: no locks on the data path.
+//!
+//! With checkpointing on, a subtask outlives the end of its input: it forwards the end
+//! of input, then keeps handling barriers until the coordinator says the job's final
+//! checkpoint — taken after every source ended — is complete ([`Control::Finish`]), so
+//! that sinks commit their last records only once they are durable, and every subtask
+//! can acknowledge every checkpoint until then.
 
+use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
+use crate::checkpoint::{AlignMode, Aligner, BarrierAction};
 use crate::runtime::executor::NodeMetrics;
 use crate::runtime::input::{Event, InputGate};
 use crate::runtime::output::Output;
-use crate::runtime::record::Message;
-use crate::runtime::{Operator, Source, SourcePoll, TaskError};
+use crate::runtime::record::{Barrier, Control, Message};
+use crate::runtime::{
+    CheckpointId, CheckpointSink, Operator, Snapshot, Source, SourcePoll, TaskError,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How long an idle source sleeps at most before it looks at the cancel flag again.
+/// How long an idle source waits at most before it looks at the cancel flag again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// Records a source produces per poll; its output edges re-batch them for each consumer.
 const SOURCE_BATCH: usize = 1024;
 
-/// Runs a source subtask until its input is exhausted or the job is cancelled.
+/// What a subtask restores from.
+#[derive(Clone, Debug, Default)]
+pub enum Restore {
+    /// Nothing: a fresh start.
+    #[default]
+    Nothing,
+    /// The state its snapshot wrote.
+    State(Vec<u8>),
+    /// It had finished: pass the end of input through, never run it again.
+    Finished,
+}
+
+/// What every subtask loop needs besides its operator and channels.
+pub struct TaskContext {
+    /// Which subtask this is, for the coordinator.
+    pub task: TaskRef,
+    /// Where snapshots go; `None` when checkpointing is off.
+    pub checkpoints: Option<Arc<dyn CheckpointSink>>,
+    /// Aligned (exactly-once) or not (at-least-once).
+    pub mode: AlignMode,
+    /// Record counters of the node.
+    pub metrics: Arc<NodeMetrics>,
+    /// Set when the job is cancelled.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Milliseconds since the Unix epoch, the clock of barrier timestamps.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn since_ms(triggered_at_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now_ms() - triggered_at_ms).unwrap_or(0))
+}
+
+/// Runs a source subtask until its input is exhausted (and, with checkpointing on, its
+/// final checkpoint is complete) or the job is cancelled.
 pub fn run_source(
     source: &mut dyn Source,
     output: &mut Output,
-    metrics: &NodeMetrics,
-    cancel: &Arc<AtomicBool>,
+    control: &Receiver<Control>,
+    ctx: &TaskContext,
+    restore: Restore,
 ) -> Result<(), TaskError> {
-    source.open()?;
+    match restore {
+        Restore::State(bytes) => source.open(Some(bytes))?,
+        Restore::Nothing | Restore::Finished => source.open(None)?,
+    }
     let mut buffer = Vec::with_capacity(SOURCE_BATCH);
+    let mut exhausted = false;
+    let mut idle_until: Option<Instant> = None;
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if ctx.cancel.load(Ordering::Relaxed) {
             return Err(TaskError::Cancelled);
         }
+        let wait = if exhausted {
+            Some(IDLE_POLL)
+        } else {
+            idle_until.map(|until| {
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(IDLE_POLL)
+            })
+        };
+        let control_message = match wait {
+            None => control.try_recv().ok(),
+            Some(wait) => match control.recv_timeout(wait) {
+                Ok(message) => Some(message),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Cancelled),
+            },
+        };
+        match control_message {
+            Some(Control::Trigger(barrier)) => {
+                let start_delay = since_ms(barrier.triggered_at_ms);
+                let started = Instant::now();
+                let writer = source.snapshot(barrier.checkpoint)?;
+                let sync_duration = started.elapsed();
+                output.broadcast(&Message::Barrier(barrier))?;
+                if let Some(sink) = &ctx.checkpoints {
+                    let stats = SubtaskStats {
+                        start_delay,
+                        sync_duration,
+                        ..SubtaskStats::default()
+                    };
+                    sink.submit(ctx.task, barrier.checkpoint, Snapshot::State(writer), stats);
+                }
+            }
+            Some(Control::Finish) => return Ok(()),
+            Some(Control::Complete(_) | Control::Abort(_)) | None => {}
+        }
+        if exhausted {
+            continue;
+        }
+        if idle_until.is_some_and(|until| until > Instant::now()) {
+            continue;
+        }
+        idle_until = None;
         let poll = source.poll(&mut buffer, SOURCE_BATCH)?;
-        metrics.add_out(buffer.len());
+        ctx.metrics.add_out(buffer.len());
         output.emit(&mut buffer)?;
         match poll {
             SourcePoll::Ready => {}
             SourcePoll::Idle(until) => {
                 output.flush()?;
-                let now = Instant::now();
-                if until > now {
-                    std::thread::sleep((until - now).min(IDLE_POLL));
-                }
+                idle_until = Some(until);
             }
             SourcePoll::Finished => {
                 // As Flink, a bounded source ends with the maximal watermark so that every
                 // event-time timer downstream fires.
                 output.broadcast(&Message::Watermark(i64::MAX))?;
                 output.broadcast(&Message::EndOfInput)?;
-                return Ok(());
+                let Some(sink) = &ctx.checkpoints else {
+                    return Ok(());
+                };
+                exhausted = true;
+                sink.source_exhausted(ctx.task);
             }
         }
     }
 }
 
-/// Runs an operator (or sink) subtask until all its inputs have ended.
+/// The alignment in progress: since when, and how many bytes were processed meanwhile.
+struct Alignment {
+    checkpoint: CheckpointId,
+    first_barrier: Instant,
+    start_delay: Duration,
+    processed_bytes: u64,
+}
+
+/// An operator subtask: its operator, unless it was restored as finished.
+struct OperatorTask<'a> {
+    operator: Option<&'a mut dyn Operator>,
+    output: &'a mut Output,
+    ctx: &'a TaskContext,
+    aligner: Aligner,
+    alignment: Option<Alignment>,
+    /// The operator's logic has closed (or was restored as finished).
+    closed: bool,
+    /// The end of input went downstream.
+    ended: bool,
+    out: Vec<crate::runtime::Record>,
+}
+
+/// Runs an operator (or sink) subtask until all its inputs have ended (and, with
+/// checkpointing on, its final checkpoint is complete).
 pub fn run_operator(
     operator: &mut dyn Operator,
     gate: &mut InputGate,
     output: &mut Output,
-    metrics: &NodeMetrics,
+    ctx: &TaskContext,
+    restore: Restore,
 ) -> Result<(), TaskError> {
-    operator.open()?;
-    let result = operator_loop(operator, gate, output, metrics);
-    if matches!(result, Err(TaskError::Cancelled)) {
+    let finished = matches!(restore, Restore::Finished);
+    match restore {
+        Restore::State(bytes) => operator.open(Some(bytes))?,
+        Restore::Nothing => operator.open(None)?,
+        Restore::Finished => {}
+    }
+    let mut task = OperatorTask {
+        operator: (!finished).then_some(operator),
+        output,
+        ctx,
+        aligner: Aligner::new(gate.len(), ctx.mode),
+        alignment: None,
+        closed: finished,
+        ended: false,
+        out: Vec::new(),
+    };
+    let result = task.run(gate);
+    if matches!(result, Err(TaskError::Cancelled))
+        && !task.closed
+        && let Some(operator) = task.operator.as_mut()
+    {
         // A cancelled operator still gets to release what it holds; what it would emit
         // has nowhere to go.
         let _ = operator.close(&mut Vec::new());
@@ -69,39 +210,163 @@ pub fn run_operator(
     result
 }
 
-fn operator_loop(
-    operator: &mut dyn Operator,
-    gate: &mut InputGate,
-    output: &mut Output,
-    metrics: &NodeMetrics,
-) -> Result<(), TaskError> {
-    let mut out = Vec::new();
-    loop {
-        let deadline = operator.next_processing_timer();
-        match gate.next(deadline, || output.flush())? {
-            Event::Batch(batch) => {
-                metrics.add_in(batch.len());
-                operator.process(batch, &mut out)?;
+impl OperatorTask<'_> {
+    fn run(&mut self, gate: &mut InputGate) -> Result<(), TaskError> {
+        loop {
+            let deadline = self
+                .operator
+                .as_ref()
+                .and_then(|op| op.next_processing_timer());
+            let output = &mut *self.output;
+            let event = gate.next(deadline, || output.flush())?;
+            match event {
+                Event::Batch(batch) => {
+                    self.ctx.metrics.add_in(batch.len());
+                    if let Some(alignment) = &mut self.alignment {
+                        alignment.processed_bytes += batch
+                            .iter()
+                            .map(|r| u64::try_from(r.value.len()).unwrap_or(0))
+                            .sum::<u64>();
+                    }
+                    if let Some(op) = self.operator.as_mut() {
+                        op.process(batch, &mut self.out)?;
+                    }
+                }
+                Event::Watermark(watermark) => self.on_watermark(watermark)?,
+                Event::Barrier { channel, barrier } => {
+                    let actions = self.aligner.on_barrier(channel, barrier.checkpoint);
+                    self.on_actions(actions, barrier.triggered_at_ms)?;
+                }
+                Event::Ended { .. } => {
+                    // Not an end for the aligner: an upstream subtask outlives its end of
+                    // input and still sends the barriers of later checkpoints (the final
+                    // checkpoint among them) on this channel.
+                    if gate.all_ended() && !self.ended {
+                        self.end_input()?;
+                        if self.ctx.checkpoints.is_none() {
+                            return Ok(());
+                        }
+                    } else if let Some(Event::Watermark(w)) = gate.advance_watermark() {
+                        self.on_watermark(w)?;
+                    }
+                }
+                Event::Control(Control::Complete(id)) => {
+                    if let Some(op) = self.operator.as_mut() {
+                        op.notify_checkpoint_complete(id)?;
+                    }
+                }
+                Event::Control(Control::Finish) => return Ok(()),
+                Event::Control(Control::Abort(id)) => {
+                    if let Some(op) = self.operator.as_mut() {
+                        op.notify_checkpoint_aborted(id)?;
+                    }
+                }
+                Event::Control(Control::Trigger(_)) => {}
+                Event::Deadline => {
+                    if let Some(op) = self.operator.as_mut() {
+                        op.on_processing_time(Instant::now(), &mut self.out)?;
+                    }
+                }
             }
-            Event::Watermark(watermark) => {
-                operator.on_watermark(watermark, &mut out)?;
-                metrics.add_out(out.len());
-                output.emit(&mut out)?;
-                output.broadcast(&Message::Watermark(watermark))?;
-            }
-            Event::Barrier { barrier, .. } => {
-                output.broadcast(&Message::Barrier(barrier))?;
-            }
-            Event::Deadline => operator.on_processing_time(Instant::now(), &mut out)?,
-            Event::End => {
-                operator.close(&mut out)?;
-                metrics.add_out(out.len());
-                output.emit(&mut out)?;
-                output.broadcast(&Message::EndOfInput)?;
-                return Ok(());
+            self.emit()?;
+            gate.set_blocked(self.aligner.blocked_channels());
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64) -> Result<(), TaskError> {
+        if let Some(op) = self.operator.as_mut() {
+            op.on_watermark(watermark, &mut self.out)?;
+        }
+        self.emit()?;
+        self.output.broadcast(&Message::Watermark(watermark))
+    }
+
+    fn emit(&mut self) -> Result<(), TaskError> {
+        self.ctx.metrics.add_out(self.out.len());
+        self.output.emit(&mut self.out)
+    }
+
+    /// All inputs ended: the operator emits what it has left and closes (unless it was
+    /// restored as finished and closed long ago); the end of input goes downstream.
+    fn end_input(&mut self) -> Result<(), TaskError> {
+        if !self.closed
+            && let Some(op) = self.operator.as_mut()
+        {
+            op.close(&mut self.out)?;
+        }
+        self.closed = true;
+        self.emit()?;
+        self.output.broadcast(&Message::EndOfInput)?;
+        self.ended = true;
+        Ok(())
+    }
+
+    fn on_actions(
+        &mut self,
+        actions: Vec<BarrierAction>,
+        triggered_at_ms: i64,
+    ) -> Result<(), TaskError> {
+        for action in actions {
+            match action {
+                BarrierAction::Started(checkpoint) => {
+                    self.alignment = Some(Alignment {
+                        checkpoint,
+                        first_barrier: Instant::now(),
+                        start_delay: since_ms(triggered_at_ms),
+                        processed_bytes: 0,
+                    });
+                }
+                BarrierAction::Snapshot(checkpoint) => {
+                    self.snapshot(checkpoint, triggered_at_ms)?
+                }
+                BarrierAction::Abort { checkpoint, .. } => {
+                    if self
+                        .alignment
+                        .as_ref()
+                        .is_some_and(|a| a.checkpoint == checkpoint)
+                    {
+                        self.alignment = None;
+                    }
+                    if let Some(sink) = &self.ctx.checkpoints {
+                        sink.decline(self.ctx.task, checkpoint, DeclineReason::Subsumed);
+                    }
+                }
             }
         }
-        metrics.add_out(out.len());
-        output.emit(&mut out)?;
+        Ok(())
+    }
+
+    /// The synchronous phase: forward the barrier, snapshot, hand the rest off.
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        triggered_at_ms: i64,
+    ) -> Result<(), TaskError> {
+        let alignment = self.alignment.take().filter(|a| a.checkpoint == checkpoint);
+        let (start_delay, alignment_duration, processed_in_flight) = match &alignment {
+            Some(a) => (a.start_delay, a.first_barrier.elapsed(), a.processed_bytes),
+            None => (since_ms(triggered_at_ms), Duration::ZERO, 0),
+        };
+        // Downstream can start aligning while this subtask snapshots.
+        self.output.broadcast(&Message::Barrier(Barrier {
+            checkpoint,
+            triggered_at_ms,
+        }))?;
+        let started = Instant::now();
+        let snapshot = match self.operator.as_mut() {
+            Some(op) => op.snapshot(checkpoint)?,
+            None => Snapshot::Finished,
+        };
+        let stats = SubtaskStats {
+            start_delay,
+            alignment_duration,
+            sync_duration: started.elapsed(),
+            processed_in_flight,
+            ..SubtaskStats::default()
+        };
+        if let Some(sink) = &self.ctx.checkpoints {
+            sink.submit(self.ctx.task, checkpoint, snapshot, stats);
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! timer service: registering the same key and time twice sets one timer, and timers
 //! fire in time order.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 /// The clock a timer is set on.
@@ -14,7 +15,7 @@ pub enum Domain {
 }
 
 /// The registered timers of one subtask.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timers {
     event: BTreeSet<(i64, Vec<u8>)>,
     processing: BTreeSet<(i64, Vec<u8>)>,

@@ -35,6 +35,9 @@ pub struct GuestState {
     pub(crate) watermark: Option<i64>,
     /// States may only be opened while the guest is in `open`.
     pub(crate) opening: bool,
+    /// Records may only be emitted from `process`, `on-timer`, `on-watermark` and
+    /// `close`: a record emitted while snapshotting would belong to no checkpoint.
+    pub(crate) emitting: bool,
 }
 
 impl WasiView for GuestState {
@@ -267,6 +270,11 @@ impl types::Host for GuestState {}
 
 impl output::Host for GuestState {
     fn emit(&mut self, records: Vec<bindings::Record>) -> wasmtime::Result<()> {
+        if !self.emitting {
+            wasmtime::bail!(
+                "the operator emitted records outside `process`, `on-timer`, `on-watermark` and `close`; records emitted elsewhere would belong to no checkpoint"
+            );
+        }
         if self.out.is_empty() {
             // Same layout on both sides: this collects in place, without a new allocation.
             self.out = records.into_iter().map(Record::from).collect();

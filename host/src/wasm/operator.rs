@@ -5,12 +5,13 @@
 //! guest's backtrace and never called again.
 
 use crate::runtime::keygroup::KeyGroupRange;
-use crate::runtime::{Fault, Operator, Record, TaskError, TaskInfo};
+use crate::runtime::{CheckpointId, Fault, Operator, Record, Snapshot, TaskError, TaskInfo};
 use crate::state::{Domain, KeyedStateBackend, Timers};
 use crate::wasm::OperatorComponent;
 use crate::wasm::bindings::{self, Context, GuestError, TimeDomain, Timer};
 use crate::wasm::host::{GuestState, now_millis};
 use crate::wasm::stdio::{LogStream, Stream};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::Store;
@@ -24,6 +25,19 @@ pub struct WasmOperator {
     context: Context,
     /// Set once the instance trapped: it must not be entered again.
     trapped: bool,
+    /// Set once `close` returned: the operator is finished.
+    closed: bool,
+}
+
+/// What a WASM operator subtask puts into a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct GuestSnapshot {
+    /// What the guest's `snapshot-state` returned.
+    operator: Vec<u8>,
+    /// The keyed state, as the backend encoded it.
+    keyed: Vec<u8>,
+    /// The registered timers.
+    timers: Timers,
 }
 
 impl WasmOperator {
@@ -52,6 +66,7 @@ impl WasmOperator {
             timers: Timers::default(),
             watermark: None,
             opening: false,
+            emitting: false,
         };
         let mut store = Store::new(&component.engine, state);
         let guest = component.pre.instantiate(&mut store).map_err(|e| {
@@ -73,6 +88,7 @@ impl WasmOperator {
             guest,
             context,
             trapped: false,
+            closed: false,
         })
     }
 
@@ -136,6 +152,17 @@ impl WasmOperator {
         self.check("on-timer", result)
     }
 
+    /// Runs a guest call during which it may emit records.
+    fn emitting<T>(
+        &mut self,
+        call: impl FnOnce(&mut Self) -> Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
+        self.store.data_mut().emitting = true;
+        let result = call(self);
+        self.store.data_mut().emitting = false;
+        result
+    }
+
     fn take_output(&mut self, out: &mut Vec<Record>) {
         let emitted = &mut self.store.data_mut().out;
         if out.is_empty() {
@@ -146,40 +173,73 @@ impl WasmOperator {
     }
 }
 
+fn corrupt(what: &str, e: impl std::fmt::Display) -> TaskError {
+    TaskError::failed(
+        Fault::External,
+        format!("the checkpointed {what} cannot be restored: {e}"),
+    )
+}
+
 impl Operator for WasmOperator {
-    fn open(&mut self) -> Result<(), TaskError> {
+    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
         self.entered()?;
+        let operator_state = match restored {
+            Some(bytes) => {
+                let snapshot: GuestSnapshot =
+                    postcard::from_bytes(&bytes).map_err(|e| corrupt("operator state", e))?;
+                let data = self.store.data_mut();
+                data.backend
+                    .restore(&snapshot.keyed)
+                    .map_err(|e| corrupt("keyed state", e))?;
+                data.timers = snapshot.timers;
+                self.context.restored = true;
+                Some(snapshot.operator)
+            }
+            None => None,
+        };
         self.store.data_mut().opening = true;
         let result = self
             .guest
             .weir_operator_handler()
             .call_open(&mut self.store, &self.context);
         self.store.data_mut().opening = false;
-        self.check("open", result)
+        self.check("open", result)?;
+        if let Some(state) = operator_state {
+            let result = self
+                .guest
+                .weir_operator_handler()
+                .call_restore_state(&mut self.store, &state);
+            self.check("restore-state", result)?;
+        }
+        Ok(())
     }
 
     fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError> {
         self.entered()?;
         // Same layout on both sides: this collects in place, without a new allocation.
         let batch: Vec<bindings::Record> = batch.into_iter().map(Into::into).collect();
-        let result = self
-            .guest
-            .weir_operator_handler()
-            .call_process(&mut self.store, &batch);
-        self.check("process", result)?;
+        self.emitting(|op| {
+            let result = op
+                .guest
+                .weir_operator_handler()
+                .call_process(&mut op.store, &batch);
+            op.check("process", result)
+        })?;
         self.take_output(out);
         Ok(())
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Record>) -> Result<(), TaskError> {
         self.entered()?;
-        self.fire(Domain::EventTime, watermark)?;
-        self.store.data_mut().watermark = Some(watermark);
-        let result = self
-            .guest
-            .weir_operator_handler()
-            .call_on_watermark(&mut self.store, watermark);
-        self.check("on-watermark", result)?;
+        self.emitting(|op| {
+            op.fire(Domain::EventTime, watermark)?;
+            op.store.data_mut().watermark = Some(watermark);
+            let result = op
+                .guest
+                .weir_operator_handler()
+                .call_on_watermark(&mut op.store, watermark);
+            op.check("on-watermark", result)
+        })?;
         self.take_output(out);
         Ok(())
     }
@@ -196,18 +256,73 @@ impl Operator for WasmOperator {
         out: &mut Vec<Record>,
     ) -> Result<(), TaskError> {
         self.entered()?;
-        self.fire(Domain::ProcessingTime, now_millis())?;
+        self.emitting(|op| op.fire(Domain::ProcessingTime, now_millis()))?;
         self.take_output(out);
         Ok(())
     }
 
-    fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+        if self.closed {
+            return Ok(Snapshot::Finished);
+        }
         self.entered()?;
         let result = self
             .guest
             .weir_operator_handler()
-            .call_close(&mut self.store);
-        self.check("close", result)?;
+            .call_snapshot_state(&mut self.store, checkpoint.0);
+        let operator = self.check("snapshot-state", result)?;
+        let data = self.store.data();
+        let keyed = data.backend.snapshot();
+        let timers = data.timers.clone();
+        Ok(Snapshot::State(Box::new(move || {
+            let keyed = keyed().map_err(|e| {
+                TaskError::failed(Fault::Host, format!("cannot encode the keyed state: {e}"))
+            })?;
+            postcard::to_allocvec(&GuestSnapshot {
+                operator,
+                keyed,
+                timers,
+            })
+            .map_err(|e| {
+                TaskError::failed(
+                    Fault::Host,
+                    format!("cannot encode the operator's snapshot: {e}"),
+                )
+            })
+        })))
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.entered()?;
+        let result = self
+            .guest
+            .weir_operator_handler()
+            .call_notify_checkpoint_complete(&mut self.store, checkpoint.0);
+        self.check("notify-checkpoint-complete", result)
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.entered()?;
+        let result = self
+            .guest
+            .weir_operator_handler()
+            .call_notify_checkpoint_aborted(&mut self.store, checkpoint.0);
+        self.check("notify-checkpoint-aborted", result)
+    }
+
+    fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError> {
+        self.entered()?;
+        self.emitting(|op| {
+            let result = op.guest.weir_operator_handler().call_close(&mut op.store);
+            op.check("close", result)
+        })?;
+        self.closed = true;
         self.take_output(out);
         Ok(())
     }

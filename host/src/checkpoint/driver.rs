@@ -1,0 +1,443 @@
+//! The edge of the checkpoint protocol: carries out what the pure
+//! [`CoordinatorState`] decides with real channels, clocks and storage.
+//!
+//! Subtasks hand their snapshots to a [`SnapshotUploader`], which runs the asynchronous
+//! phase (encode, write) on the I/O runtime and reports back on a channel. The
+//! [`CheckpointDriver`] lives on the executor's thread: it triggers checkpoints at the
+//! sources, collects acknowledgements, writes `_metadata` (the commit point), tells
+//! every subtask the outcome, and applies retention.
+
+use crate::checkpoint::coordinator::{
+    AckOutcome, CoordinatorConfig, CoordinatorState, Decision, DeclineReason, SubtaskStats, TaskRef,
+};
+use crate::checkpoint::metadata::{CheckpointMetadata, FORMAT_VERSION, TaskEntry, TaskState};
+use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
+use crate::runtime::record::{Barrier, Control};
+use crate::runtime::task::now_ms;
+use crate::runtime::{CheckpointId, CheckpointSink, Snapshot};
+use crate::storage::CheckpointStorage;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::runtime::Handle;
+
+/// What subtasks and their asynchronous phases tell the driver.
+#[derive(Debug)]
+pub enum CoordinatorMessage {
+    /// A subtask's part of a checkpoint is stored.
+    Ack {
+        /// The subtask.
+        task: TaskRef,
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// Where its state is.
+        state: TaskState,
+        /// How it went.
+        stats: SubtaskStats,
+    },
+    /// A subtask will not take part in a checkpoint.
+    Decline {
+        /// The subtask.
+        task: TaskRef,
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// Why.
+        reason: DeclineReason,
+    },
+    /// A source reached the end of its input.
+    SourceExhausted(TaskRef),
+}
+
+/// Runs the asynchronous phase of subtasks' snapshots on the I/O runtime.
+pub struct SnapshotUploader {
+    messages: Sender<CoordinatorMessage>,
+    storage: Arc<dyn CheckpointStorage>,
+    io: Handle,
+    node_ids: Arc<[String]>,
+}
+
+impl CheckpointSink for SnapshotUploader {
+    fn submit(
+        &self,
+        task: TaskRef,
+        checkpoint: CheckpointId,
+        snapshot: Snapshot,
+        mut stats: SubtaskStats,
+    ) {
+        let writer = match snapshot {
+            Snapshot::Finished => {
+                let _ = self.messages.send(CoordinatorMessage::Ack {
+                    task,
+                    checkpoint,
+                    state: TaskState::Finished,
+                    stats,
+                });
+                return;
+            }
+            Snapshot::State(writer) => writer,
+        };
+        let name = format!(
+            "{}-{}",
+            self.node_ids.get(task.node).map_or("task", String::as_str),
+            task.subtask.0
+        );
+        let (messages, storage) = (self.messages.clone(), self.storage.clone());
+        self.io.spawn(async move {
+            let started = Instant::now();
+            let written = match tokio::task::spawn_blocking(writer).await {
+                Ok(Ok(bytes)) => {
+                    let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                    storage
+                        .write(checkpoint, &name, Bytes::from(bytes))
+                        .await
+                        .map(|handle| (handle, size))
+                        .map_err(|e| e.to_string())
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the snapshot encoder stopped: {e}")),
+            };
+            let message = match written {
+                Ok((handle, size)) => {
+                    stats.async_duration = started.elapsed();
+                    stats.state_size = size;
+                    stats.checkpointed_size = size;
+                    CoordinatorMessage::Ack {
+                        task,
+                        checkpoint,
+                        state: TaskState::File(handle),
+                        stats,
+                    }
+                }
+                Err(reason) => CoordinatorMessage::Decline {
+                    task,
+                    checkpoint,
+                    reason: DeclineReason::Failed(format!(
+                        "writing the state of subtask {name} failed: {reason}"
+                    )),
+                },
+            };
+            let _ = messages.send(message);
+        });
+    }
+
+    fn decline(&self, task: TaskRef, checkpoint: CheckpointId, reason: DeclineReason) {
+        let _ = self.messages.send(CoordinatorMessage::Decline {
+            task,
+            checkpoint,
+            reason,
+        });
+    }
+
+    fn source_exhausted(&self, task: TaskRef) {
+        let _ = self
+            .messages
+            .send(CoordinatorMessage::SourceExhausted(task));
+    }
+}
+
+/// What the driver needs to know about the job.
+pub struct DriverSetup {
+    /// The job's name, recorded in `_metadata`.
+    pub job: String,
+    /// The state backend's name, recorded in `_metadata`.
+    pub backend: String,
+    /// Exactly-once or at-least-once, recorded in `_metadata`.
+    pub exactly_once: bool,
+    /// The coordinator's knobs.
+    pub config: CoordinatorConfig,
+    /// How many completed checkpoints to keep.
+    pub num_retained: u32,
+    /// Where checkpoints go.
+    pub storage: Arc<dyn CheckpointStorage>,
+    /// The I/O runtime.
+    pub io: Handle,
+    /// The first checkpoint id to use (monotonic across restarts).
+    pub next_id: CheckpointId,
+    /// Completed checkpoints already in storage, oldest first, for retention.
+    pub completed: Vec<CheckpointId>,
+}
+
+/// Every subtask as the driver addresses it.
+pub struct DriverTask {
+    /// The subtask.
+    pub task: TaskRef,
+    /// Its control channel.
+    pub control: Sender<Control>,
+    /// Whether it is a source (sources get the triggers).
+    pub is_source: bool,
+    /// Its node's parallelism.
+    pub parallelism: u32,
+}
+
+/// Why the driver fails the job.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckpointFailure(pub String);
+
+/// The checkpoint coordinator of one run of a job.
+pub struct CheckpointDriver {
+    setup: DriverSetup,
+    coordinator: CoordinatorState,
+    messages: Receiver<CoordinatorMessage>,
+    tasks: Vec<DriverTask>,
+    node_ids: Arc<[String]>,
+    exhausted: BTreeSet<TaskRef>,
+    /// The first checkpoint triggered after every source was exhausted: its commit ends
+    /// the job.
+    final_checkpoint: Option<CheckpointId>,
+    /// Per pending checkpoint: its trigger time and what each subtask stored.
+    acks: BTreeMap<CheckpointId, (i64, BTreeMap<TaskRef, (TaskState, SubtaskStats)>)>,
+    completed: Vec<CheckpointId>,
+}
+
+impl CheckpointDriver {
+    /// A driver for `tasks`, and the sink its subtasks hand snapshots to.
+    pub fn new(
+        setup: DriverSetup,
+        tasks: Vec<DriverTask>,
+        node_ids: Arc<[String]>,
+        now: Instant,
+    ) -> (Self, Arc<dyn CheckpointSink>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let uploader = SnapshotUploader {
+            messages: tx,
+            storage: setup.storage.clone(),
+            io: setup.io.clone(),
+            node_ids: node_ids.clone(),
+        };
+        let coordinator = CoordinatorState::new(
+            setup.config.clone(),
+            setup.next_id,
+            tasks.iter().map(|t| t.task),
+            now,
+        );
+        let completed = setup.completed.clone();
+        let driver = Self {
+            setup,
+            coordinator,
+            messages: rx,
+            tasks,
+            node_ids,
+            exhausted: BTreeSet::new(),
+            final_checkpoint: None,
+            acks: BTreeMap::new(),
+            completed,
+        };
+        (driver, Arc::new(uploader))
+    }
+
+    /// The channel the driver's messages arrive on.
+    pub fn messages(&self) -> &Receiver<CoordinatorMessage> {
+        &self.messages
+    }
+
+    fn all_sources_exhausted(&self) -> bool {
+        self.tasks
+            .iter()
+            .filter(|t| t.is_source)
+            .all(|t| self.exhausted.contains(&t.task))
+    }
+
+    /// When the driver next has something to do without a message: a trigger or an
+    /// expiry.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.next_trigger(), self.coordinator.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Triggers and expires what is due at `now`.
+    pub fn on_tick(&mut self, now: Instant) -> Result<(), CheckpointFailure> {
+        let decisions = self.coordinator.expire(now);
+        self.apply(decisions)?;
+        if self.next_trigger().is_some_and(|due| due <= now)
+            && let Ok(id) = self.coordinator.trigger(now)
+        {
+            let barrier = Barrier {
+                checkpoint: id,
+                triggered_at_ms: now_ms(),
+            };
+            tracing::debug!(checkpoint = id.0, "triggering checkpoint");
+            if self.final_checkpoint.is_none() && self.all_sources_exhausted() {
+                self.final_checkpoint = Some(id);
+            }
+            self.acks
+                .insert(id, (barrier.triggered_at_ms, BTreeMap::new()));
+            for task in self.tasks.iter().filter(|t| t.is_source) {
+                let _ = task.control.send(Control::Trigger(barrier));
+            }
+        }
+        Ok(())
+    }
+
+    /// When the next checkpoint is due; once every source is exhausted, the final
+    /// checkpoint is due at once (as far as `max-concurrent` and `min-pause` allow).
+    fn next_trigger(&self) -> Option<Instant> {
+        let due = self.coordinator.next_trigger_time()?;
+        Some(if self.all_sources_exhausted() {
+            Instant::now().min(due)
+        } else {
+            due
+        })
+    }
+
+    /// Handles one message from a subtask or an asynchronous phase.
+    pub fn on_message(
+        &mut self,
+        message: CoordinatorMessage,
+        now: Instant,
+    ) -> Result<(), CheckpointFailure> {
+        match message {
+            CoordinatorMessage::SourceExhausted(task) => {
+                self.exhausted.insert(task);
+                Ok(())
+            }
+            CoordinatorMessage::Decline {
+                task,
+                checkpoint,
+                reason,
+            } => {
+                if let DeclineReason::Failed(why) = &reason {
+                    tracing::warn!(checkpoint = checkpoint.0, "checkpoint declined: {why}");
+                }
+                let decisions = self.coordinator.decline(checkpoint, task, reason);
+                self.apply(decisions)
+            }
+            CoordinatorMessage::Ack {
+                task,
+                checkpoint,
+                state,
+                stats,
+            } => {
+                if let Some((_, acks)) = self.acks.get_mut(&checkpoint) {
+                    acks.insert(task, (state, stats.clone()));
+                }
+                match self.coordinator.acknowledge(checkpoint, task, stats, now) {
+                    AckOutcome::Complete(_) => self.commit(checkpoint, now),
+                    AckOutcome::Pending { .. } | AckOutcome::Ignored(_) => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// A subtask failed: every checkpoint in progress is aborted (not counted).
+    pub fn on_task_failure(&mut self) {
+        for id in self.coordinator.on_task_failure() {
+            self.acks.remove(&id);
+        }
+    }
+
+    fn commit(&mut self, id: CheckpointId, now: Instant) -> Result<(), CheckpointFailure> {
+        let Some((triggered_at_ms, acks)) = self.acks.remove(&id) else {
+            return Ok(());
+        };
+        let tasks = acks
+            .into_iter()
+            .map(|(task, (state, stats))| TaskEntry {
+                node: self.node_ids.get(task.node).cloned().unwrap_or_default(),
+                subtask: task.subtask.0,
+                parallelism: self
+                    .tasks
+                    .iter()
+                    .find(|t| t.task == task)
+                    .map_or(0, |t| t.parallelism),
+                state,
+                stats,
+            })
+            .collect();
+        let metadata = CheckpointMetadata {
+            version: FORMAT_VERSION,
+            job: self.setup.job.clone(),
+            checkpoint: id.0,
+            backend: self.setup.backend.clone(),
+            mode: if self.setup.exactly_once {
+                "exactly-once"
+            } else {
+                "at-least-once"
+            }
+            .to_owned(),
+            triggered_at_ms,
+            completed_at_ms: now_ms(),
+            tasks,
+        };
+        let storage = self.setup.storage.clone();
+        let bytes = Bytes::from(metadata.to_bytes());
+        let committed = self
+            .setup
+            .io
+            .block_on(async move { storage.commit(id, bytes).await });
+        let decisions = match committed {
+            Ok(()) => {
+                tracing::info!(
+                    checkpoint = id.0,
+                    end_to_end_ms = metadata.end_to_end_ms(),
+                    state_bytes = metadata.state_size(),
+                    "checkpoint completed"
+                );
+                self.completed.push(id);
+                let last = self.final_checkpoint.is_some_and(|f| id >= f);
+                for task in &self.tasks {
+                    let _ = task.control.send(Control::Complete(id));
+                    if last {
+                        let _ = task.control.send(Control::Finish);
+                    }
+                }
+                self.retain();
+                self.coordinator.committed(id, now)
+            }
+            Err(e) => {
+                tracing::warn!(checkpoint = id.0, "writing _metadata failed: {e}");
+                self.coordinator.commit_failed(id, e.to_string())
+            }
+        };
+        self.apply(decisions.map_err(|e| CheckpointFailure(e.to_string()))?)
+    }
+
+    fn apply(&mut self, decisions: Vec<Decision>) -> Result<(), CheckpointFailure> {
+        for decision in decisions {
+            match decision {
+                Decision::Abort { checkpoint, reason } => {
+                    tracing::info!(checkpoint = checkpoint.0, "checkpoint aborted: {reason:?}");
+                    self.acks.remove(&checkpoint);
+                    if self.final_checkpoint == Some(checkpoint) {
+                        // The next trigger takes its place.
+                        self.final_checkpoint = None;
+                    }
+                    for task in &self.tasks {
+                        let _ = task.control.send(Control::Abort(checkpoint));
+                    }
+                }
+                Decision::FailJob(why) => return Err(CheckpointFailure(why.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the completed checkpoints beyond `num-retained`, in the background.
+    fn retain(&mut self) {
+        let files: Vec<CheckpointFiles> = self
+            .completed
+            .iter()
+            .map(|&id| CheckpointFiles {
+                id,
+                shared: BTreeSet::new(),
+            })
+            .collect();
+        let plan = plan_retention(&files, self.setup.num_retained, &BTreeSet::new());
+        self.completed.retain(|id| plan.retain.contains(id));
+        let storage = self.setup.storage.clone();
+        self.setup.io.spawn(async move {
+            for id in plan.delete {
+                if let Err(e) = storage.delete_checkpoint(id).await {
+                    tracing::warn!(
+                        checkpoint = id.0,
+                        "could not delete a checkpoint beyond num-retained: {e}"
+                    );
+                }
+            }
+        });
+    }
+}

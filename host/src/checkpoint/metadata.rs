@@ -1,0 +1,142 @@
+//! The contents of a checkpoint's `_metadata`: which checkpoint, of which job, and for
+//! every subtask where its state is and how its checkpoint went. Storage frames and
+//! checksums the bytes; this file only says what they mean.
+//!
+//! JSON, so that a person (and `weir checkpoints show`) can read it; it is small, since
+//! the state itself lives in the data files it points to.
+
+use crate::checkpoint::coordinator::SubtaskStats;
+use crate::storage::FileHandle;
+use serde::{Deserialize, Serialize};
+
+/// The version of this format; a reader refuses versions it does not know.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What `_metadata` records about one completed checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CheckpointMetadata {
+    /// [`FORMAT_VERSION`] when written.
+    pub version: u32,
+    /// The job's name.
+    pub job: String,
+    /// The checkpoint's id.
+    pub checkpoint: u64,
+    /// The state backend that wrote the keyed state ("heap" or "rocksdb").
+    pub backend: String,
+    /// "exactly-once" or "at-least-once".
+    pub mode: String,
+    /// When the coordinator triggered it, in milliseconds since the Unix epoch.
+    pub triggered_at_ms: i64,
+    /// When the last subtask acknowledged it, in milliseconds since the Unix epoch.
+    pub completed_at_ms: i64,
+    /// Every subtask of every node.
+    pub tasks: Vec<TaskEntry>,
+}
+
+/// One subtask in a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TaskEntry {
+    /// The node's id in the job file.
+    pub node: String,
+    /// Which subtask.
+    pub subtask: u32,
+    /// The node's parallelism when the checkpoint was taken.
+    pub parallelism: u32,
+    /// Where the subtask's state is.
+    pub state: TaskState,
+    /// How the subtask's part of the checkpoint went.
+    pub stats: SubtaskStats,
+}
+
+/// Where a subtask's state is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskState {
+    /// The subtask had finished: on restore it is passed through, not run again.
+    Finished,
+    /// The state is in this data file.
+    File(FileHandle),
+}
+
+impl CheckpointMetadata {
+    /// The metadata as stored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain data into a vector cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses stored metadata.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let metadata: Self = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the metadata does not parse: {e}"))?;
+        if metadata.version != FORMAT_VERSION {
+            return Err(format!(
+                "the metadata has format version {}, this weir reads version {FORMAT_VERSION}",
+                metadata.version
+            ));
+        }
+        Ok(metadata)
+    }
+
+    /// End-to-end duration in milliseconds: trigger to the last acknowledgement.
+    pub fn end_to_end_ms(&self) -> i64 {
+        self.completed_at_ms - self.triggered_at_ms
+    }
+
+    /// Bytes of state over all subtasks.
+    pub fn state_size(&self) -> u64 {
+        self.tasks.iter().map(|t| t.stats.state_size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CheckpointMetadata {
+        CheckpointMetadata {
+            version: FORMAT_VERSION,
+            job: "wc".into(),
+            checkpoint: 7,
+            backend: "heap".into(),
+            mode: "exactly-once".into(),
+            triggered_at_ms: 1_000,
+            completed_at_ms: 1_250,
+            tasks: vec![TaskEntry {
+                node: "count".into(),
+                subtask: 0,
+                parallelism: 1,
+                state: TaskState::File(FileHandle {
+                    path: "chk-7/count-0".into(),
+                    size: 10,
+                    checksum: 42,
+                }),
+                stats: SubtaskStats {
+                    state_size: 10,
+                    ..SubtaskStats::default()
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn metadata_survives_a_round_trip() -> Result<(), String> {
+        let m = sample();
+        assert_eq!(CheckpointMetadata::from_bytes(&m.to_bytes())?, m);
+        assert_eq!(m.end_to_end_ms(), 250);
+        assert_eq!(m.state_size(), 10);
+        Ok(())
+    }
+
+    #[test]
+    fn metadata_of_an_unknown_version_is_refused() {
+        let mut m = sample();
+        m.version = 99;
+        let err = CheckpointMetadata::from_bytes(&m.to_bytes())
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("version 99"), "{err}");
+    }
+}

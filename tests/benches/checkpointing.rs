@@ -1,0 +1,251 @@
+//! The cost of checkpoints, measured with the real stack (WASM counter, heap backend,
+//! file checkpoint storage), printed with their baselines from the same run.
+//!
+//! `cargo bench -p weir-tests --bench checkpointing` (after `scripts/build-guests.sh`).
+//!
+//! 1. The synchronous phase of the heap backend alone, at three state sizes: it must not
+//!    grow with the state.
+//! 2. A keyed counter over 1M keys checkpointing every second: the sync phase (p50/p99)
+//!    and end-to-end time of its checkpoints, from their `_metadata`.
+//! 3. Word count with checkpoints every second against the same job without.
+
+use std::time::{Duration, Instant};
+use weir::checkpoint::metadata::CheckpointMetadata;
+use weir::job;
+use weir::launch::{JobOutcome, job_id, run_job};
+use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
+use weir::runtime::{CancelToken, CheckpointId, SubtaskIndex};
+use weir::state::{HeapBackend, KeyedStateBackend, StateKind};
+use weir::storage::{CheckpointStorage, FsStorage};
+use weir::wasm::{CompileCache, WasmRuntime};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Sync-phase cost of the heap backend holding `keys` keys, with 10k writes between
+/// snapshots (so copy-on-write is exercised).
+fn backend_sync(keys: u64) -> (Duration, Duration) {
+    let range = KeyGroupRange::for_subtask(SubtaskIndex(0), 1, 128);
+    let mut backend = HeapBackend::new(range);
+    let state = backend
+        .open_state("count", StateKind::Value)
+        .expect("a state");
+    let put = |backend: &mut HeapBackend, k: u64| {
+        let key = format!("key-{k}").into_bytes();
+        let group = key_group_of(&key, 128);
+        backend
+            .value_set(state, group, key, k.to_le_bytes().to_vec())
+            .expect("a write");
+    };
+    for k in 0..keys {
+        put(&mut backend, k);
+    }
+    let mut samples = Vec::new();
+    let mut writers = Vec::new();
+    for round in 0..200u64 {
+        for k in 0..10_000 {
+            put(&mut backend, (round * 7919 + k * 104_729) % keys);
+        }
+        let started = Instant::now();
+        let writer = backend.snapshot();
+        samples.push(started.elapsed());
+        // Keep the last few snapshots alive, as the asynchronous phase would.
+        writers.push(writer);
+        if writers.len() > 2 {
+            writers.remove(0);
+        }
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+fn run(
+    text: &str,
+    dir: &std::path::Path,
+    wasm: &WasmRuntime,
+    io: &tokio::runtime::Runtime,
+) -> (Duration, job::JobSpec) {
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).expect("the job file");
+    let spec = job::load(&path, &[]).expect("a valid job");
+    let started = Instant::now();
+    match run_job(&spec, wasm, io.handle(), &CancelToken::default(), None).expect("the job runs") {
+        JobOutcome::Finished(_) => {}
+        JobOutcome::Cancelled => panic!("the benchmark job was cancelled"),
+    }
+    (started.elapsed(), spec)
+}
+
+fn checkpoints(
+    spec: &job::JobSpec,
+    dir: &std::path::Path,
+    io: &tokio::runtime::Runtime,
+) -> Vec<CheckpointMetadata> {
+    let storage = FsStorage::new(dir.join("checkpoints"), &job_id(spec)).expect("storage");
+    io.block_on(async {
+        let mut all = Vec::new();
+        for listed in storage.list().await.expect("a listing") {
+            if let Ok(bytes) = storage
+                .read_metadata(CheckpointId(listed.checkpoint.0))
+                .await
+            {
+                all.push(CheckpointMetadata::from_bytes(&bytes).expect("metadata"));
+            }
+        }
+        all
+    })
+}
+
+fn main() {
+    let guests = weir_tests::repo().join("target/guests");
+    let counter = guests.join("word_count_counter.wasm");
+    let tokenizer = guests.join("word_count_tokenizer.wasm");
+    assert!(
+        counter.exists(),
+        "build the guests first: scripts/build-guests.sh"
+    );
+    let wasm = WasmRuntime::new(CompileCache::default_location()).expect("the engine starts");
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+
+    println!("1. heap backend, synchronous phase alone (200 snapshots, 10k writes between)");
+    for keys in [10_000u64, 100_000, 1_000_000] {
+        let (p50, p99) = backend_sync(keys);
+        println!("   {keys:>9} keys   sync p50 {p50:>10.1?}   p99 {p99:>10.1?}");
+    }
+
+    println!("2. keyed counter (WASM) over 1M keys, heap state, checkpoint every 1s, file storage");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let job = format!(
+        r#"[job]
+name = "sync-bench"
+[checkpointing]
+interval = "1s"
+dir = "checkpoints"
+num-retained = 100
+retention = "retain-on-cancellation"
+[[source]]
+id = "gen"
+kind = "generator"
+count = 8000000
+keys = 1000000
+[[operator]]
+id = "count"
+wasm = "{}"
+inputs = ["gen"]
+partition = "key-by"
+[[sink]]
+id = "out"
+kind = "blackhole"
+inputs = ["count"]
+"#,
+        counter.display()
+    );
+    let (elapsed, spec) = run(&job, dir.path(), &wasm, &io);
+    let all = checkpoints(&spec, dir.path(), &io);
+    let mut sync: Vec<Duration> = all
+        .iter()
+        .flat_map(|c| {
+            c.tasks
+                .iter()
+                .filter(|t| t.node == "count")
+                .map(|t| t.stats.sync_duration)
+        })
+        .collect();
+    sync.sort();
+    let mut e2e: Vec<Duration> = all
+        .iter()
+        .map(|c| Duration::from_millis(u64::try_from(c.end_to_end_ms()).unwrap_or(0)))
+        .collect();
+    e2e.sort();
+    let biggest = all
+        .iter()
+        .map(CheckpointMetadata::state_size)
+        .max()
+        .unwrap_or(0);
+    println!(
+        "   {} checkpoints in {elapsed:.1?}; largest state {:.1} MiB",
+        all.len(),
+        biggest as f64 / (1 << 20) as f64
+    );
+    println!(
+        "   counter sync phase p50 {:.2?}  p99 {:.2?}   (target p99 ≤ 1 ms)",
+        percentile(&sync, 0.5),
+        percentile(&sync, 0.99)
+    );
+    println!(
+        "   end-to-end p50 {:.0?}  p99 {:.0?}",
+        percentile(&e2e, 0.5),
+        percentile(&e2e, 0.99)
+    );
+
+    println!(
+        "3. word count (file → tokenizer → key-by → counter → blackhole), checkpoints every 1s vs none"
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut text = String::new();
+    let mut x: u64 = 7;
+    for _ in 0..400_000 {
+        for i in 0..8 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.push_str(if i == 0 { "" } else { " " });
+            text.push_str(&format!("w{}", x % 20_000));
+        }
+        text.push('\n');
+    }
+    std::fs::write(dir.path().join("in.txt"), text).expect("the input");
+    let job = |checkpointing: &str| {
+        format!(
+            r#"[job]
+name = "wc-bench"
+{checkpointing}
+[[source]]
+id = "lines"
+kind = "file"
+path = "in.txt"
+[[operator]]
+id = "tokenize"
+wasm = "{}"
+inputs = ["lines"]
+[[operator]]
+id = "count"
+wasm = "{}"
+inputs = ["tokenize"]
+partition = "key-by"
+[[sink]]
+id = "out"
+kind = "blackhole"
+inputs = ["count"]
+"#,
+            tokenizer.display(),
+            counter.display()
+        )
+    };
+    let with = "[checkpointing]\ninterval = \"1s\"\ndir = \"checkpoints\"";
+    let records = 400_000.0 * 8.0;
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let (plain, _) = run(&job(""), dir.path(), &wasm, &io);
+        let (checkpointed, _) = run(&job(with), dir.path(), &wasm, &io);
+        best = (
+            best.0.min(plain.as_secs_f64()),
+            best.1.min(checkpointed.as_secs_f64()),
+        );
+    }
+    println!(
+        "   no checkpoints {:.2} M words/s   checkpoints every 1s {:.2} M words/s   ratio {:.3}   (target ≥ 0.95; best of 3)",
+        records / best.0 / 1e6,
+        records / best.1 / 1e6,
+        best.0 / best.1
+    );
+}

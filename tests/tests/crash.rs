@@ -1,0 +1,219 @@
+//! Exactly-once under SIGKILL: word count over a large input with an exactly-once file
+//! sink, the `weir` process killed at random moments and resumed each time with
+//! `--from-checkpoint latest`. The committed output must equal the failure-free output
+//! exactly; in at-least-once mode nothing may be lost.
+//!
+//! `WEIR_CRASH_KILLS` sets the number of kills (default 20); `WEIR_CRASH_SEED` replays a
+//! run (the seed is printed).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+use weir_tests::{Scratch, describe, guest, toml_path};
+
+/// A small, seedable generator: the test's randomness (kill moments, input text).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn input_text(rng: &mut XorShift, lines: usize) -> String {
+    let mut text = String::new();
+    for _ in 0..lines {
+        for i in 0..8 {
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(&format!("w{}", rng.below(500)));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// The failure-free output of the counter, computed here: for every word, the lines
+/// `word<TAB>1` … `word<TAB>n`, sorted.
+fn expected_lines(texts: &[String]) -> Vec<String> {
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for word in texts.iter().flat_map(|t| t.split_whitespace()) {
+        *counts.entry(word).or_insert(0) += 1;
+    }
+    let mut lines: Vec<String> = counts
+        .iter()
+        .flat_map(|(word, &n)| (1..=n).map(move |k| format!("{word}\t{k}")))
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn job(mode: &str) -> String {
+    format!(
+        r#"[job]
+name = "crash"
+parallelism = 2
+
+[checkpointing]
+interval = "100ms"
+mode = "{mode}"
+dir = "checkpoints"
+num-retained = 2
+retention = "retain-on-cancellation"
+
+[[source]]
+id = "lines"
+kind = "file"
+path = ["a.txt", "b.txt"]
+
+[[operator]]
+id = "tokenize"
+wasm = "{tokenizer}"
+inputs = ["lines"]
+partition = "rebalance"
+
+[[operator]]
+id = "count"
+wasm = "{counter}"
+inputs = ["tokenize"]
+partition = "key-by"
+
+[[sink]]
+id = "out"
+kind = "file"
+path = "out"
+inputs = ["count"]
+# Slow enough that a run takes a few seconds and the kills land mid-stream.
+rate = 150000
+"#,
+        tokenizer = toml_path(&guest("word_count_tokenizer")),
+        counter = toml_path(&guest("word_count_counter")),
+    )
+}
+
+/// Runs the job, killing it `kills` times at random moments; returns the committed
+/// output lines (sorted) and how many kills landed before the job finished.
+fn run_with_kills(mode: &str, kills: u32, seed: u64) -> (Vec<String>, Vec<String>, u32) {
+    let scratch = Scratch::new();
+    let mut rng = XorShift(seed);
+    let texts = [input_text(&mut rng, 60_000), input_text(&mut rng, 40_000)];
+    scratch.write("a.txt", &texts[0]);
+    scratch.write("b.txt", &texts[1]);
+    let job = scratch.write("job.toml", job(mode));
+    let job = job.to_str().unwrap_or_default().to_owned();
+
+    let mut landed = 0;
+    let mut first = true;
+    for _ in 0..kills {
+        let mut args = vec!["run", job.as_str()];
+        if !first {
+            args.extend(["--from-checkpoint", "latest"]);
+        }
+        first = false;
+        let mut child = scratch
+            .weir(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weir starts");
+        // A random moment: this is the point of the test, not an ordering of events.
+        std::thread::sleep(Duration::from_millis(150 + rng.below(450)));
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        landed += 1;
+    }
+    let output = scratch.run(&["run", &job, "--from-checkpoint", "latest"]);
+    assert!(
+        output.status.success(),
+        "the final run failed (seed {seed}):\n{}",
+        describe(&output)
+    );
+
+    let mut lines: Vec<String> = scratch
+        .parts("out")
+        .into_iter()
+        .flat_map(|(_, l)| l)
+        .collect();
+    lines.sort();
+    let leftovers: Vec<String> = std::fs::read_dir(scratch.path().join("out"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "uncommitted files left behind (seed {seed}): {leftovers:?}"
+    );
+    (lines, expected_lines(&texts), landed)
+}
+
+fn kills() -> u32 {
+    std::env::var("WEIR_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("WEIR_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 | 1)
+        });
+    println!("WEIR_CRASH_SEED={seed}");
+    seed
+}
+
+#[test]
+fn exactly_once_output_survives_repeated_sigkill() {
+    let seed = seed();
+    let (lines, expected, landed) = run_with_kills("exactly-once", kills(), seed);
+    println!("{landed} kills landed before the job finished");
+    assert!(
+        landed >= 5,
+        "too few kills landed mid-run to test anything (seed {seed})"
+    );
+    if lines != expected {
+        let missing = expected
+            .iter()
+            .filter(|l| lines.binary_search(l).is_err())
+            .count();
+        let extra = lines.len() + missing - expected.len();
+        panic!(
+            "committed output differs from the failure-free output (seed {seed}): {missing} lines missing, {extra} extra"
+        );
+    }
+}
+
+#[test]
+fn at_least_once_output_loses_nothing_under_sigkill() {
+    let seed = seed();
+    let (lines, expected, landed) = run_with_kills("at-least-once", kills().min(10), seed);
+    println!("{landed} kills landed before the job finished");
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|l| lines.binary_search(l).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines lost (seed {seed}), e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
