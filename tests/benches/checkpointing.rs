@@ -57,7 +57,7 @@ fn backend_sync(keys: u64) -> (Duration, Duration) {
         // Keep the last few snapshots alive, as the asynchronous phase would.
         writers.push(writer);
         if writers.len() > 2 {
-            writers.remove(0);
+            drop(writers.remove(0));
         }
     }
     samples.sort();
@@ -100,6 +100,10 @@ fn checkpoints(
         all
     })
 }
+
+/// The allocator of the `weir` binary, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let guests = weir_tests::repo().join("target/guests");

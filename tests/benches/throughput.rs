@@ -232,6 +232,10 @@ fn report(name: &str, wasm: &Figures, native: &Figures, target: &str) {
     }
 }
 
+/// The allocator of the `weir` binary, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let records: u64 = std::env::var("WEIR_BENCH_RECORDS")
         .ok()

@@ -104,6 +104,10 @@ pub struct SubtaskStats {
     pub persisted_in_flight: u64,
     /// Fuel the guest spent in the synchronous phase, when fuel metering is on.
     pub sync_fuel: Option<u64>,
+    /// From the trigger to the coordinator's receipt of this subtask's acknowledgement
+    /// (Flink's per-subtask end-to-end duration).
+    #[serde(default)]
+    pub end_to_end: Duration,
 }
 
 /// One acknowledgement as the completed checkpoint keeps it.

@@ -176,6 +176,14 @@ pub struct DriverTask {
 #[error("{0}")]
 pub struct CheckpointFailure(pub String);
 
+/// What the subtasks stored for one pending checkpoint.
+struct Collected {
+    /// When the checkpoint was triggered, in milliseconds since the Unix epoch.
+    triggered_at_ms: i64,
+    /// Each subtask's state and statistics.
+    tasks: BTreeMap<TaskRef, (TaskState, SubtaskStats)>,
+}
+
 /// The checkpoint coordinator of one run of a job.
 pub struct CheckpointDriver {
     setup: DriverSetup,
@@ -188,8 +196,10 @@ pub struct CheckpointDriver {
     /// the job.
     final_checkpoint: Option<CheckpointId>,
     /// Per pending checkpoint: its trigger time and what each subtask stored.
-    acks: BTreeMap<CheckpointId, (i64, BTreeMap<TaskRef, (TaskState, SubtaskStats)>)>,
+    acks: BTreeMap<CheckpointId, Collected>,
     completed: Vec<CheckpointId>,
+    /// When the run started: a moment that is always past, for "due at once".
+    started: Instant,
 }
 
 impl CheckpointDriver {
@@ -224,6 +234,7 @@ impl CheckpointDriver {
             final_checkpoint: None,
             acks: BTreeMap::new(),
             completed,
+            started: now,
         };
         (driver, Arc::new(uploader))
     }
@@ -264,8 +275,13 @@ impl CheckpointDriver {
             if self.final_checkpoint.is_none() && self.all_sources_exhausted() {
                 self.final_checkpoint = Some(id);
             }
-            self.acks
-                .insert(id, (barrier.triggered_at_ms, BTreeMap::new()));
+            self.acks.insert(
+                id,
+                Collected {
+                    triggered_at_ms: barrier.triggered_at_ms,
+                    tasks: BTreeMap::new(),
+                },
+            );
             for task in self.tasks.iter().filter(|t| t.is_source) {
                 let _ = task.control.send(Control::Trigger(barrier));
             }
@@ -278,7 +294,7 @@ impl CheckpointDriver {
     fn next_trigger(&self) -> Option<Instant> {
         let due = self.coordinator.next_trigger_time()?;
         Some(if self.all_sources_exhausted() {
-            Instant::now().min(due)
+            self.started.min(due)
         } else {
             due
         })
@@ -312,8 +328,12 @@ impl CheckpointDriver {
                 state,
                 stats,
             } => {
-                if let Some((_, acks)) = self.acks.get_mut(&checkpoint) {
-                    acks.insert(task, (state, stats.clone()));
+                let mut stats = stats;
+                if let Some(collected) = self.acks.get_mut(&checkpoint) {
+                    let since = now_ms().saturating_sub(collected.triggered_at_ms);
+                    stats.end_to_end =
+                        std::time::Duration::from_millis(u64::try_from(since).unwrap_or(0));
+                    collected.tasks.insert(task, (state, stats.clone()));
                 }
                 match self.coordinator.acknowledge(checkpoint, task, stats, now) {
                     AckOutcome::Complete(_) => self.commit(checkpoint, now),
@@ -331,10 +351,14 @@ impl CheckpointDriver {
     }
 
     fn commit(&mut self, id: CheckpointId, now: Instant) -> Result<(), CheckpointFailure> {
-        let Some((triggered_at_ms, acks)) = self.acks.remove(&id) else {
+        let Some(Collected {
+            triggered_at_ms,
+            tasks,
+        }) = self.acks.remove(&id)
+        else {
             return Ok(());
         };
-        let tasks = acks
+        let tasks = tasks
             .into_iter()
             .map(|(task, (state, stats))| TaskEntry {
                 node: self.node_ids.get(task.node).cloned().unwrap_or_default(),

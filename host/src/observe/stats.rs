@@ -370,11 +370,12 @@ fn subtask_count(subtasks: usize, finished: usize) -> String {
 type Stage = fn(&SubtaskStats) -> Duration;
 
 /// The stages of a subtask's checkpoint, in order, as `show_table` heads them.
-const STAGES: [(&str, Stage); 4] = [
+const STAGES: [(&str, Stage); 5] = [
     ("START DELAY", |s| s.start_delay),
     ("ALIGNMENT", |s| s.alignment_duration),
     ("SYNC", |s| s.sync_duration),
     ("ASYNC", |s| s.async_duration),
+    ("END-TO-END", |s| s.end_to_end),
 ];
 
 /// What follows a stage's value in its slowest subtask's row.
@@ -386,8 +387,8 @@ const SLOWEST_MARK: &str = " *";
 /// none when the stage took no time anywhere), and a legend says so.
 ///
 /// ```text
-/// SUBTASK        START DELAY  ALIGNMENT  SYNC      ASYNC    STATE SIZE  PROCESSED IN-FLIGHT  SYNC FUEL
-/// count (1/2)    350µs        0s         12.3ms *  1.20s *  12.3 MiB    0 B                  -
+/// SUBTASK        START DELAY  ALIGNMENT  SYNC      ASYNC    END-TO-END  STATE SIZE  PROCESSED IN-FLIGHT  SYNC FUEL
+/// count (1/2)    350µs        0s         12.3ms *  1.20s *  1.21s *     12.3 MiB    0 B                  -
 /// count (2/2)    finished
 /// ```
 pub fn show_table(metadata: &CheckpointMetadata) -> String {
