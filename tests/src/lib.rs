@@ -134,6 +134,19 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// Every committed output line of the file sink in `dir`, whatever subtask wrote it,
+    /// sorted: the multiset a run's output is compared by.
+    ///
+    /// # Panics
+    /// When the directory cannot be read.
+    pub fn committed_lines(&self, dir: &str) -> Vec<String> {
+        let mut lines: Vec<String> = self.parts(dir).into_iter().flat_map(|(_, l)| l).collect();
+        lines.sort();
+        lines
+    }
+}
+
 impl Default for Scratch {
     fn default() -> Self {
         Self::new()

@@ -139,12 +139,7 @@ fn run_with_kills(mode: &str, kills: u32, seed: u64) -> (Vec<String>, Vec<String
         describe(&output)
     );
 
-    let mut lines: Vec<String> = scratch
-        .parts("out")
-        .into_iter()
-        .flat_map(|(_, l)| l)
-        .collect();
-    lines.sort();
+    let lines = scratch.committed_lines("out");
     let leftovers: Vec<String> = std::fs::read_dir(scratch.path().join("out"))
         .map(|d| {
             d.filter_map(Result::ok)

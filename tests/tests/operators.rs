@@ -29,17 +29,6 @@ inputs = ["op"]
     )
 }
 
-/// Every output line, whatever part file it is in, sorted.
-fn all_lines(scratch: &Scratch) -> Vec<String> {
-    let mut lines: Vec<String> = scratch
-        .parts("out")
-        .into_iter()
-        .flat_map(|(_, l)| l)
-        .collect();
-    lines.sort();
-    lines
-}
-
 #[test]
 fn map_filter_drops_short_values_and_prefixes_the_rest() {
     let scratch = Scratch::new();
@@ -53,7 +42,7 @@ fn map_filter_drops_short_values_and_prefixes_the_rest() {
     // The generator's values are the decimal sequence numbers 0..500.
     let mut expected: Vec<String> = (10..500).map(|n| format!("> {n}")).collect();
     expected.sort();
-    assert_eq!(all_lines(&scratch), expected);
+    assert_eq!(scratch.committed_lines("out"), expected);
 }
 
 #[test]
@@ -68,7 +57,7 @@ fn the_python_operator_runs_in_a_job_and_logs_through_the_host() {
     assert!(output.status.success(), "{}", describe(&output));
     let mut expected: Vec<String> = (100..300).map(|n| n.to_string()).collect();
     expected.sort();
-    assert_eq!(all_lines(&scratch), expected);
+    assert_eq!(scratch.committed_lines("out"), expected);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr

@@ -152,6 +152,22 @@ impl WasmOperator {
         self.check("on-timer", result)
     }
 
+    /// Tells an open guest how `checkpoint` ended; a closed one has nothing to commit.
+    fn notify(&mut self, checkpoint: CheckpointId, complete: bool) -> Result<(), TaskError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.entered()?;
+        let handler = self.guest.weir_operator_handler();
+        if complete {
+            let result = handler.call_notify_checkpoint_complete(&mut self.store, checkpoint.0);
+            self.check("notify-checkpoint-complete", result)
+        } else {
+            let result = handler.call_notify_checkpoint_aborted(&mut self.store, checkpoint.0);
+            self.check("notify-checkpoint-aborted", result)
+        }
+    }
+
     /// Runs a guest call during which it may emit records.
     fn emitting<T>(
         &mut self,
@@ -293,27 +309,11 @@ impl Operator for WasmOperator {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
-        if self.closed {
-            return Ok(());
-        }
-        self.entered()?;
-        let result = self
-            .guest
-            .weir_operator_handler()
-            .call_notify_checkpoint_complete(&mut self.store, checkpoint.0);
-        self.check("notify-checkpoint-complete", result)
+        self.notify(checkpoint, true)
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
-        if self.closed {
-            return Ok(());
-        }
-        self.entered()?;
-        let result = self
-            .guest
-            .weir_operator_handler()
-            .call_notify_checkpoint_aborted(&mut self.store, checkpoint.0);
-        self.check("notify-checkpoint-aborted", result)
+        self.notify(checkpoint, false)
     }
 
     fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError> {
