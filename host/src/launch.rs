@@ -239,10 +239,7 @@ pub fn run_job(
             let listing = block_on_storage(io, storage, |s| async move { s.list().await })?;
             let newest = listing.iter().map(|l| l.checkpoint).chain(restored).max();
             discard_incomplete(storage, &listing, io);
-            options.mode = Some(match config.mode {
-                CheckpointMode::ExactlyOnce => AlignMode::ExactlyOnce,
-                CheckpointMode::AtLeastOnce => AlignMode::AtLeastOnce,
-            });
+            options.mode = Some(AlignMode::from(config.mode));
             options.checkpointing = Some(DriverSetup {
                 job: spec.name.clone(),
                 backend: BACKEND.to_owned(),
