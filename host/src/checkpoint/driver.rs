@@ -13,8 +13,7 @@ use crate::checkpoint::coordinator::{
 use crate::checkpoint::metadata::{CheckpointMetadata, FORMAT_VERSION, TaskEntry, TaskState};
 use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
 use crate::runtime::record::{Barrier, Control};
-use crate::runtime::task::now_ms;
-use crate::runtime::{CheckpointId, CheckpointSink, Snapshot};
+use crate::runtime::{CheckpointId, CheckpointSink, Snapshot, now_ms};
 use crate::storage::CheckpointStorage;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};

@@ -8,7 +8,7 @@ use crate::runtime::input::InputGate;
 use crate::runtime::output::{Output, OutputEdge};
 use crate::runtime::record::Message;
 use crate::runtime::task::{Restore, TaskContext, run_operator, run_source};
-use crate::runtime::{Operator, Source, SubtaskIndex, TaskError, TaskInfo};
+use crate::runtime::{CANCEL_POLL, Operator, Source, SubtaskIndex, TaskError, TaskInfo};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,9 +24,6 @@ const CHANNEL_CAPACITY: usize = 4;
 
 /// How often the executor logs the progress of a running job.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
-
-/// How often the executor looks at the user's cancel token: Ctrl-C feels immediate.
-const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 /// Creates the source instance of one subtask.
 pub type SourceFactory = Arc<dyn Fn(&TaskInfo) -> Result<Box<dyn Source>, TaskError> + Send + Sync>;

@@ -7,12 +7,12 @@
 //! read at all: their records wait in the bounded channel, which back-pressures the
 //! upstream subtask — exactly what an aligned checkpoint needs.
 
-use crate::runtime::TaskError;
 use crate::runtime::record::{Barrier, Control, Message, Record};
+use crate::runtime::{CANCEL_POLL, TaskError};
 use crossbeam_channel::{Receiver, Select};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What the gate hands the subtask loop.
 #[derive(Debug)]
@@ -38,9 +38,6 @@ pub enum Event {
     /// The deadline passed with nothing to read.
     Deadline,
 }
-
-/// How often a waiting subtask looks at the cancel flag.
-const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Default)]
 struct ChannelState {

@@ -32,7 +32,19 @@ pub use record::{Barrier, Control, Message, Record};
 pub use task::Restore;
 
 use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often a subtask or the executor, while waiting, looks at the cancel flag: short
+/// enough that Ctrl-C feels immediate, long enough to cost nothing.
+pub(crate) const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// The wall clock in milliseconds since the Unix epoch: the clock of barrier timestamps
+/// and of processing-time timers.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Who is to blame for a failure, so that the user knows where to look and the restart
 /// strategy knows whether a retry can help.

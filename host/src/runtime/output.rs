@@ -8,11 +8,10 @@
 
 use crate::runtime::keygroup::{key_group_of, subtask_for};
 use crate::runtime::record::{Message, Record};
-use crate::runtime::{Fault, TaskError};
+use crate::runtime::{CANCEL_POLL, Fault, TaskError};
 use crossbeam_channel::{SendTimeoutError, Sender};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 /// How records are spread over the channels of an edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,10 +65,6 @@ pub struct Output {
     edges: Vec<OutputEdge>,
     cancel: Arc<AtomicBool>,
 }
-
-/// How often a subtask blocked on a full channel looks at the cancel flag. Short enough
-/// that Ctrl-C feels immediate, long enough to cost nothing.
-const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 impl Output {
     /// Outputs over `edges`.

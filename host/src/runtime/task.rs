@@ -14,12 +14,12 @@ use crate::runtime::input::{Event, InputGate};
 use crate::runtime::output::Output;
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{
-    CheckpointId, CheckpointSink, Operator, Snapshot, Source, SourcePoll, TaskError,
+    CheckpointId, CheckpointSink, Operator, Snapshot, Source, SourcePoll, TaskError, now_ms,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long an idle source waits at most before it looks at the cancel flag again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -51,13 +51,6 @@ pub struct TaskContext {
     pub metrics: Arc<NodeMetrics>,
     /// Set when the job is cancelled.
     pub cancel: Arc<AtomicBool>,
-}
-
-/// Milliseconds since the Unix epoch, the clock of barrier timestamps.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn since_ms(triggered_at_ms: i64) -> Duration {

@@ -2,11 +2,10 @@
 //! do. All of it works on [`GuestState`], the data of one subtask's store.
 
 use crate::runtime::keygroup::{KeyGroupRange, key_group_of};
-use crate::runtime::{KeyGroup, Record};
+use crate::runtime::{KeyGroup, Record, now_ms};
 use crate::state::{self, Domain, KeyedStateBackend, StateId, StateKind, Timers};
 use crate::wasm::bindings::weir::operator::{log, output, state as wit_state, timers, types};
 use crate::wasm::bindings::{self, TimeDomain};
-use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -292,13 +291,6 @@ fn domain(d: TimeDomain) -> Domain {
     }
 }
 
-/// The wall clock in milliseconds since the Unix epoch.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl timers::Host for GuestState {
     fn register(&mut self, d: TimeDomain, key: Vec<u8>, timestamp: i64) -> wasmtime::Result<()> {
         if let Err(StateError::ForeignKey(group)) = self.owned_group(&key) {
@@ -320,7 +312,7 @@ impl timers::Host for GuestState {
     }
 
     fn current_processing_time(&mut self) -> wasmtime::Result<i64> {
-        Ok(now_millis())
+        Ok(now_ms())
     }
 }
 

@@ -5,11 +5,13 @@
 //! guest's backtrace and never called again.
 
 use crate::runtime::keygroup::KeyGroupRange;
-use crate::runtime::{CheckpointId, Fault, Operator, Record, Snapshot, TaskError, TaskInfo};
+use crate::runtime::{
+    CheckpointId, Fault, Operator, Record, Snapshot, TaskError, TaskInfo, now_ms,
+};
 use crate::state::{Domain, KeyedStateBackend, Timers};
 use crate::wasm::OperatorComponent;
 use crate::wasm::bindings::{self, Context, GuestError, TimeDomain, Timer};
-use crate::wasm::host::{GuestState, now_millis};
+use crate::wasm::host::GuestState;
 use crate::wasm::stdio::{LogStream, Stream};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -262,7 +264,7 @@ impl Operator for WasmOperator {
 
     fn next_processing_timer(&self) -> Option<Instant> {
         let at = self.store.data().timers.next_processing_time()?;
-        let wait = u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0);
+        let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
         Some(Instant::now() + Duration::from_millis(wait))
     }
 
@@ -272,7 +274,7 @@ impl Operator for WasmOperator {
         out: &mut Vec<Record>,
     ) -> Result<(), TaskError> {
         self.entered()?;
-        self.emitting(|op| op.fire(Domain::ProcessingTime, now_millis()))?;
+        self.emitting(|op| op.fire(Domain::ProcessingTime, now_ms()))?;
         self.take_output(out);
         Ok(())
     }
