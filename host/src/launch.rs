@@ -8,25 +8,29 @@ use crate::checkpoint::coordinator::CoordinatorConfig;
 use crate::checkpoint::driver::DriverSetup;
 use crate::checkpoint::metadata::{CheckpointMetadata, TaskState};
 use crate::checkpoint::retention::{
-    EndAction, JobEnd, ListedCheckpoint, on_job_end, restore_candidates,
+    CheckpointFiles, EndAction, JobEnd, ListedCheckpoint, on_job_end, restore_candidates,
 };
 use crate::checkpoint::{AlignMode, RestartDecision, RestartTracker};
 use crate::connectors::{
     BlackholeSink, FileSink, FileSource, Generator, GeneratorSettings, StdoutSink,
 };
-use crate::job::{CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind};
+use crate::job::{
+    CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind, StateBackendKind,
+};
 use crate::runtime::executor::{OperatorFactory, Partitioner, RunReport};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::{
     CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator, Restore,
     RunError, RunOptions, Source,
 };
-use crate::state::HeapBackend;
-use crate::storage::{CheckpointStorage, FsStorage, StorageError};
+use crate::runtime::{Fault, TaskError, TaskInfo};
+use crate::state::{HeapBackend, KeyedStateBackend, RestoredFiles, RocksDbBackend, RocksDbOptions};
+use crate::storage::{CheckpointStorage, FileHandle, FsStorage, StorageError};
 use crate::wasm::{WasmError, WasmRuntime};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::runtime::Handle;
 
@@ -42,16 +46,32 @@ pub fn build_graph(spec: &JobSpec, wasm: &WasmRuntime) -> Result<Graph, WasmErro
         let (body, batch_size) = match &node.kind {
             NodeKind::Source(source) => (source_body(source), SINK_BATCH),
             NodeKind::Operator(op) => {
-                let component = Arc::new(wasm.load(&op.wasm)?);
-                let config = op.config.clone();
-                let factory: OperatorFactory = Arc::new(move |info| {
-                    let groups = KeyGroupRange::for_subtask(
-                        info.subtask,
-                        info.parallelism,
-                        info.max_parallelism,
+                let metering = crate::wasm::Metering::of(&op.sandbox);
+                let component = Arc::new(wasm.load(&op.wasm, metering)?);
+                // Dead-lettering rebuilds an instance from its last snapshot in memory,
+                // which only the heap backend's encoded snapshots allow.
+                let local_restore = spec.state.backend == StateBackendKind::Heap;
+                if !local_restore
+                    && matches!(
+                        op.sandbox.on_runaway,
+                        crate::job::RunawayPolicy::DeadLetter { .. }
+                    )
+                {
+                    tracing::warn!(
+                        operator = %node.id,
+                        "on-runaway = \"dead-letter\" needs the heap state backend; with {} a runaway record fails the subtask instead",
+                        backend_name(spec.state.backend)
                     );
-                    let backend = Box::new(HeapBackend::new(groups));
-                    let operator = component.instantiate(info, &config, backend)?;
+                }
+                let settings = Arc::new(crate::wasm::GuestSettings {
+                    config: op.config.clone(),
+                    sandbox: op.sandbox.clone(),
+                    local_restore,
+                });
+                let state = state_settings(spec);
+                let factory: OperatorFactory = Arc::new(move |info| {
+                    let backend = state.backend_for(info)?;
+                    let operator = component.instantiate(info, &settings, backend)?;
                     Ok(Box::new(operator) as Box<dyn Operator>)
                 });
                 (NodeBody::Operator(factory), op.batch_size)
@@ -133,8 +153,95 @@ fn partitioner(partition: Partition, max_parallelism: u32) -> Partitioner {
     }
 }
 
-/// The name of the state backend, as recorded in checkpoints.
-const BACKEND: &str = "heap";
+/// Where and how the operators of a job keep their keyed state.
+#[derive(Clone, Debug)]
+struct StateSettings {
+    kind: StateBackendKind,
+    /// The job's local working directory for backend files: `<state.dir>/<job-id>`,
+    /// where `state.dir` defaults to `<temp>/weir` (as Flink's `io.tmp.dirs`).
+    dir: PathBuf,
+    incremental: bool,
+}
+
+fn state_settings(spec: &JobSpec) -> StateSettings {
+    StateSettings {
+        kind: spec.state.backend,
+        dir: spec
+            .state
+            .dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("weir"))
+            .join(job_id(spec)),
+        incremental: spec.state.incremental,
+    }
+}
+
+impl StateSettings {
+    /// A fresh backend for one subtask.
+    fn backend_for(&self, info: &TaskInfo) -> Result<Box<dyn KeyedStateBackend>, TaskError> {
+        let groups =
+            KeyGroupRange::for_subtask(info.subtask, info.parallelism, info.max_parallelism);
+        match self.kind {
+            StateBackendKind::Heap => Ok(Box::new(HeapBackend::new(groups))),
+            StateBackendKind::RocksDb => {
+                // Unique per instance: shared file names start with it, so a restarted
+                // subtask never reuses a name for other content.
+                let instance = format!("{}-{}-{}", info.node, info.subtask.0, unique_suffix());
+                let mut options = RocksDbOptions::new(self.dir.join(&instance), instance);
+                options.incremental = self.incremental;
+                let backend = RocksDbBackend::open(groups, options).map_err(|e| {
+                    TaskError::failed(
+                        Fault::External,
+                        format!(
+                            "{}: cannot open RocksDB under {}: {e}",
+                            info.name(),
+                            self.dir.display()
+                        ),
+                    )
+                })?;
+                Ok(Box::new(backend))
+            }
+        }
+    }
+}
+
+/// Removes what earlier runs of the job left in its state working directory (a killed
+/// process leaves its RocksDB instances behind): only this run uses it, and everything
+/// in it is restored from checkpoints.
+fn clear_working_dir(spec: &JobSpec) {
+    let dir = state_settings(spec).dir;
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(
+            "could not clear the state working directory {}: {e}",
+            dir.display()
+        );
+    }
+}
+
+/// A string no other backend instance of this machine uses: the clock, the process
+/// and a counter, hashed.
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!(
+        "{nanos}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(seed.as_bytes()))
+}
+
+/// The name a checkpoint records for the job's state backend.
+fn backend_name(kind: StateBackendKind) -> &'static str {
+    match kind {
+        StateBackendKind::Heap => "heap",
+        StateBackendKind::RocksDb => "rocksdb",
+    }
+}
 
 /// Where a run restores from.
 #[derive(Clone, Debug)]
@@ -213,9 +320,10 @@ pub fn run_job(
     from: Option<FromCheckpoint>,
 ) -> Result<JobOutcome, LaunchError> {
     let graph = build_graph(spec, wasm)?;
+    clear_working_dir(spec);
     let storage = match &spec.checkpointing {
         Some(config) => {
-            let storage = crate::storage::open(&config.dir, &job_id(spec))?;
+            let storage = crate::storage::open(&config.dir, &job_id(spec), &config.s3)?;
             let checked = storage.clone();
             io.block_on(async move { checked.check().await })?;
             tracing::info!(storage = %storage.describe(), interval = ?config.interval, "checkpointing on");
@@ -242,18 +350,14 @@ pub fn run_job(
             options.mode = Some(AlignMode::from(config.mode));
             options.checkpointing = Some(DriverSetup {
                 job: spec.name.clone(),
-                backend: BACKEND.to_owned(),
+                backend: backend_name(spec.state.backend).to_owned(),
                 exactly_once: config.mode == CheckpointMode::ExactlyOnce,
                 config: CoordinatorConfig::from(config),
                 num_retained: config.num_retained,
                 storage: storage.clone(),
                 io: io.clone(),
                 next_id: CheckpointId(newest.map_or(1, |n| n.0 + 1)),
-                completed: listing
-                    .iter()
-                    .filter(|l| l.has_metadata)
-                    .map(|l| l.checkpoint)
-                    .collect(),
+                completed: completed_files(storage, &listing, io),
             });
         }
         if let Some(id) = restored {
@@ -336,6 +440,33 @@ where
     F: std::future::Future<Output = Result<T, StorageError>>,
 {
     io.block_on(call(storage.clone()))
+}
+
+/// The completed checkpoints in `listing`, with the shared files each references, for
+/// retention. One whose metadata cannot be read keeps its shared files forever rather
+/// than risk deleting a file that another checkpoint needs.
+fn completed_files(
+    storage: &Arc<dyn CheckpointStorage>,
+    listing: &[crate::storage::CheckpointListing],
+    io: &Handle,
+) -> Vec<CheckpointFiles> {
+    listing
+        .iter()
+        .filter(|l| l.has_metadata)
+        .map(|l| {
+            let id = l.checkpoint;
+            block_on_storage(io, storage, |s| async move { s.read_metadata(id).await })
+                .ok()
+                .and_then(|bytes| CheckpointMetadata::from_bytes(&bytes).ok())
+                .map_or(
+                    CheckpointFiles {
+                        id,
+                        shared: BTreeSet::new(),
+                    },
+                    |m| m.files(),
+                )
+        })
+        .collect()
 }
 
 /// Deletes the checkpoints of earlier runs that never got their `_metadata`: they can
@@ -436,8 +567,7 @@ fn choose_restore(
             Ok((HashMap::new(), None))
         }
         FromCheckpoint::Path(path) => {
-            let (base, job, id) = parse_checkpoint_path(path).map_err(LaunchError::Restore)?;
-            let storage: Arc<dyn CheckpointStorage> = Arc::new(FsStorage::new(base, &job)?);
+            let (storage, id) = checkpoint_at(spec, path)?;
             let checked = storage.clone();
             io.block_on(async move { checked.check().await })?;
             match load_checkpoint(spec, &storage, id, io) {
@@ -471,15 +601,33 @@ fn load_checkpoint(
         .map_err(|e| Skip::Unusable(e.to_string()))?;
     let metadata = CheckpointMetadata::from_bytes(&bytes).map_err(Skip::Unusable)?;
     check_compatible(spec, &metadata).map_err(Skip::Incompatible)?;
+    let read = |handle: &FileHandle| {
+        let handle = handle.clone();
+        block_on_storage(io, storage, |s| async move { s.read(&handle).await })
+            .map(|bytes| bytes.to_vec())
+            .map_err(|e| Skip::Unusable(e.to_string()))
+    };
     let mut plan = HashMap::new();
     for task in &metadata.tasks {
         let restore = match &task.state {
             TaskState::Finished => Restore::Finished,
-            TaskState::File(handle) => {
-                let handle = handle.clone();
-                let bytes = block_on_storage(io, storage, |s| async move { s.read(&handle).await })
-                    .map_err(|e| Skip::Unusable(e.to_string()))?;
-                Restore::State(bytes.to_vec())
+            TaskState::File(handle) => Restore::State(read(handle)?),
+            TaskState::WithFiles { state, files } => {
+                let dir = state_settings(spec).dir.join(format!(
+                    "restore-{}-{}-{}",
+                    task.node,
+                    task.subtask,
+                    unique_suffix()
+                ));
+                let files = RestoredFiles {
+                    dir,
+                    files: files.clone(),
+                };
+                let stored = storage.clone();
+                let download = files.clone();
+                io.block_on(async move { download_files(stored, &download).await })
+                    .map_err(Skip::Unusable)?;
+                Restore::StateAndFiles(read(state)?, files)
             }
         };
         plan.insert((task.node.clone(), task.subtask), restore);
@@ -487,13 +635,59 @@ fn load_checkpoint(
     Ok(plan)
 }
 
+/// Backend files downloaded at once: as many as are uploaded at once.
+const PARALLEL_DOWNLOADS: usize = 4;
+
+/// Downloads and verifies a subtask's backend files into `files.dir`, a few at a time.
+async fn download_files(
+    storage: Arc<dyn CheckpointStorage>,
+    files: &RestoredFiles,
+) -> Result<(), String> {
+    let dir = files.dir.clone();
+    let downloaded = download_into(storage, files).await;
+    if downloaded.is_err() {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+    downloaded
+}
+
+async fn download_into(
+    storage: Arc<dyn CheckpointStorage>,
+    files: &RestoredFiles,
+) -> Result<(), String> {
+    let dir = &files.dir;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for chunk in files.files.chunks(PARALLEL_DOWNLOADS) {
+        let mut downloads = tokio::task::JoinSet::new();
+        for file in chunk {
+            let (storage, file, path) = (storage.clone(), file.clone(), dir.join(&file.name));
+            downloads.spawn(async move {
+                let bytes = storage
+                    .read(&file.handle)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::fs::write(&path, &bytes)
+                    .await
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            });
+        }
+        while let Some(done) = downloads.join_next().await {
+            done.map_err(|e| format!("a download stopped: {e}"))??;
+        }
+    }
+    Ok(())
+}
+
 /// A checkpoint fits the job when it has the same nodes with the same parallelism and
 /// was written by the same state backend.
 fn check_compatible(spec: &JobSpec, metadata: &CheckpointMetadata) -> Result<(), String> {
-    if metadata.backend != BACKEND {
+    let backend = backend_name(spec.state.backend);
+    if metadata.backend != backend {
         return Err(format!(
-            "checkpoint {} was written by the {} state backend and this job uses {BACKEND}; switching backends needs a savepoint, which Weir does not support yet",
-            metadata.checkpoint, metadata.backend
+            "checkpoint {} was written by the {} state backend and this job uses {backend}; switching backends needs a canonical savepoint, which Weir does not support yet. Set [state] backend = \"{}\" to restore it",
+            metadata.checkpoint, metadata.backend, metadata.backend
         ));
     }
     for node in &spec.nodes {
@@ -520,6 +714,29 @@ fn check_compatible(spec: &JobSpec, metadata: &CheckpointMetadata) -> Result<(),
 }
 
 /// Splits `<base>/<job-id>/chk-<n>[/_metadata]` into its parts.
+/// The storage holding the checkpoint at `path` (a local `<dir>/<job-id>/chk-<n>` or
+/// `s3://<bucket>/<prefix>/<job-id>/chk-<n>`, reached with the job's S3 settings), and
+/// the checkpoint's id.
+fn checkpoint_at(
+    spec: &JobSpec,
+    path: &Path,
+) -> Result<(Arc<dyn CheckpointStorage>, CheckpointId), LaunchError> {
+    let (base, job, id) = parse_checkpoint_path(path).map_err(LaunchError::Restore)?;
+    let text = base.to_string_lossy();
+    let Some(bucket_and_prefix) = text.strip_prefix("s3:") else {
+        return Ok((Arc::new(FsStorage::new(base, &job)?), id));
+    };
+    let url = format!("s3://{}", bucket_and_prefix.trim_start_matches('/'));
+    let url = crate::job::storage_url(&url, Path::new("."))
+        .map_err(|e| LaunchError::Restore(format!("{}: {e}", path.display())))?;
+    let s3 = spec
+        .checkpointing
+        .as_ref()
+        .map(|c| c.s3.clone())
+        .unwrap_or_default();
+    Ok((crate::storage::open(&url, &job, &s3)?, id))
+}
+
 fn parse_checkpoint_path(path: &Path) -> Result<(PathBuf, String, CheckpointId), String> {
     let dir = if path.file_name().is_some_and(|n| n == "_metadata") {
         path.parent().unwrap_or(path)

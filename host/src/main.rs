@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use weir::job::{self, Override};
 use weir::launch::{FromCheckpoint, JobOutcome, LaunchError, build_graph, run_job};
@@ -62,17 +62,34 @@ enum CheckpointsCommand {
     /// List the checkpoints in a directory, newest first.
     List {
         /// The job's checkpoint directory (`<dir>/<job>`), or the `dir` of the job file
-        /// when it holds one job.
-        dir: PathBuf,
+        /// when it holds one job. On S3: `s3://<bucket>/<prefix>/<job>`.
+        dir: String,
+        #[command(flatten)]
+        s3: S3Args,
     },
     /// Show one checkpoint's statistics per subtask; the slowest subtask of each stage
     /// is marked.
     Show {
         /// The job's checkpoint directory, as for `list`.
-        dir: PathBuf,
+        dir: String,
         /// The checkpoint's id.
         id: u64,
+        #[command(flatten)]
+        s3: S3Args,
     },
+}
+
+/// How to reach an `s3://` directory; credentials come from the AWS chain
+/// (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, ...).
+#[derive(clap::Args)]
+struct S3Args {
+    /// The endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000 (path-style
+    /// addressing); the AWS chain's (`AWS_ENDPOINT_URL`) or AWS's own by default.
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// The region, instead of the AWS chain's.
+    #[arg(long)]
+    region: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -142,27 +159,63 @@ fn load(args: &JobArgs) -> Result<(job::JobSpec, weir::runtime::Graph), ExitCode
 }
 
 fn checkpoints(command: CheckpointsCommand) -> anyhow::Result<()> {
-    let (CheckpointsCommand::List { dir } | CheckpointsCommand::Show { dir, .. }) = &command;
-    let (base, job) = weir::observe::open_dir(dir).map_err(anyhow::Error::msg)?;
+    let (CheckpointsCommand::List { dir, s3 } | CheckpointsCommand::Show { dir, s3, .. }) =
+        &command;
     // Reading only: `check()` would create directories, so it is not called.
-    let storage = weir::storage::FsStorage::new(base, &job)?;
+    let storage = checkpoint_storage(dir, s3)?;
     let io = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     match command {
         CheckpointsCommand::List { .. } => {
-            let rows = io.block_on(weir::observe::load(&storage))?;
+            let rows = io.block_on(weir::observe::load(storage.as_ref()))?;
             print!("{}", weir::observe::list_table(&rows));
         }
         CheckpointsCommand::Show { id, .. } => {
             let metadata = io.block_on(weir::observe::load_one(
-                &storage,
+                storage.as_ref(),
                 weir::runtime::CheckpointId(id),
             ))?;
             print!("{}", weir::observe::show_table(&metadata));
         }
     }
     Ok(())
+}
+
+/// The storage of the job checkpoint directory `dir`: a local path, or
+/// `s3://<bucket>/<prefix>/<job>`.
+fn checkpoint_storage(
+    dir: &str,
+    s3: &S3Args,
+) -> anyhow::Result<std::sync::Arc<dyn weir::storage::CheckpointStorage>> {
+    if !dir.starts_with("s3://") {
+        let (base, job) = weir::observe::open_dir(Path::new(dir)).map_err(anyhow::Error::msg)?;
+        return Ok(std::sync::Arc::new(weir::storage::FsStorage::new(
+            base, &job,
+        )?));
+    }
+    let url = job::storage_url(dir, Path::new(".")).map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
+    let job::StorageUrl::S3 { bucket, prefix } = url else {
+        anyhow::bail!("{dir} is not an s3:// URL");
+    };
+    let (prefix, job) = prefix.rsplit_once('/').unwrap_or(("", prefix.as_str()));
+    if job.is_empty() {
+        anyhow::bail!("{dir} names no job: write s3://<bucket>/<prefix>/<job>");
+    }
+    let settings = job::S3Settings {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        force_path_style: s3.endpoint.is_some(),
+        ..job::S3Settings::default()
+    };
+    Ok(weir::storage::open(
+        &job::StorageUrl::S3 {
+            bucket,
+            prefix: prefix.to_owned(),
+        },
+        job,
+        &settings,
+    )?)
 }
 
 fn validate(args: &JobArgs) -> ExitCode {

@@ -52,7 +52,7 @@ fn backend_sync(keys: u64) -> (Duration, Duration) {
             put(&mut backend, (round * 7919 + k * 104_729) % keys);
         }
         let started = Instant::now();
-        let writer = backend.snapshot();
+        let writer = backend.snapshot(CheckpointId(round)).expect("a snapshot");
         samples.push(started.elapsed());
         // Keep the last few snapshots alive, as the asynchronous phase would.
         writers.push(writer);

@@ -4,126 +4,16 @@
 //! `cargo bench -p weir-tests --bench throughput` (after `scripts/build-guests.sh`).
 //! Set `WEIR_BENCH_RECORDS` to change the number of records per run.
 
+mod harness;
+
+use harness::{BATCH, Figures, MAX_PARALLELISM, measure};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-use weir::connectors::{BlackholeSink, Generator, GeneratorSettings};
+use weir::job::SandboxSpec;
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
-use weir::runtime::{
-    CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator, Record,
-    RunOptions, Snapshot, Source, TaskError,
-};
-use weir::state::{HeapBackend, KeyedStateBackend, StateId, StateKind};
-use weir::wasm::WasmRuntime;
-
-const BATCH: usize = 1024;
-const MAX_PARALLELISM: u32 = 128;
-
-fn graph(records: u64, keys: u64, operator: OperatorFactory, partitioner: Partitioner) -> Graph {
-    let settings = GeneratorSettings {
-        count: Some(records),
-        keys,
-        seed: 1,
-        rate: 0,
-        value_size: 0,
-    };
-    let source = NodeBody::Source(Arc::new(move |info| {
-        Ok(Box::new(Generator::new(settings.clone(), info)) as Box<dyn Source>)
-    }));
-    let sink = NodeBody::Operator(Arc::new(|_| {
-        Ok(Box::new(BlackholeSink::new(0)) as Box<dyn Operator>)
-    }));
-    let node = |id: &str, body, inputs: Vec<NodeEdge>| GraphNode {
-        id: id.to_owned(),
-        parallelism: 1,
-        inputs,
-        body,
-        batch_size: BATCH,
-    };
-    Graph {
-        nodes: vec![
-            node("gen", source, vec![]),
-            node(
-                "op",
-                NodeBody::Operator(operator),
-                vec![NodeEdge {
-                    from: 0,
-                    partitioner,
-                }],
-            ),
-            node(
-                "sink",
-                sink,
-                vec![NodeEdge {
-                    from: 1,
-                    partitioner: Partitioner::Forward,
-                }],
-            ),
-        ],
-        max_parallelism: MAX_PARALLELISM,
-    }
-}
-
-/// Throughput of one run: of the whole pipeline (three threads sharing the cores), and
-/// of the operator alone (records over the time spent inside its `process` calls: what
-/// one core running only the operator would do).
-struct Figures {
-    pipeline: f64,
-    operator: f64,
-}
-
-/// Wraps an operator to add up the time spent in `process`.
-struct Timed {
-    inner: Box<dyn Operator>,
-    nanos: Arc<AtomicU64>,
-}
-
-impl Operator for Timed {
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
-        self.inner.open(restored)
-    }
-    fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError> {
-        let started = Instant::now();
-        let result = self.inner.process(batch, out);
-        let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.fetch_add(spent, Ordering::Relaxed);
-        result
-    }
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
-        self.inner.snapshot(checkpoint)
-    }
-    fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError> {
-        self.inner.close(out)
-    }
-}
-
-/// Runs the graph built around `operator` and measures it.
-fn measure(
-    records: u64,
-    keys: u64,
-    operator: OperatorFactory,
-    partitioner: Partitioner,
-) -> Figures {
-    let nanos = Arc::new(AtomicU64::new(0));
-    let counted = nanos.clone();
-    let timed: OperatorFactory = Arc::new(move |info| {
-        Ok(Box::new(Timed {
-            inner: operator(info)?,
-            nanos: counted.clone(),
-        }) as Box<dyn Operator>)
-    });
-    let graph = graph(records, keys, timed, partitioner);
-    let report = Executor::new(CancelToken::default())
-        .run(&graph, RunOptions::default())
-        .expect("the benchmark job runs");
-    let through = report.nodes[1].1.records_in();
-    assert_eq!(through, records, "every record reached the operator");
-    Figures {
-        pipeline: records as f64 / report.elapsed.as_secs_f64(),
-        operator: records as f64 / (nanos.load(Ordering::Relaxed) as f64 / 1e9),
-    }
-}
+use weir::runtime::{CheckpointId, Operator, Record, Snapshot, TaskError};
+use weir::state::{BackendSnapshot, HeapBackend, KeyedStateBackend, StateId, StateKind};
+use weir::wasm::{GuestSettings, Metering, WasmRuntime};
 
 /// The map-filter example's logic, called natively.
 struct NativeMap(map_filter::MapFilter);
@@ -158,12 +48,19 @@ impl Operator for NativeCounter {
     fn open(&mut self, _restored: Option<Vec<u8>>) -> Result<(), TaskError> {
         Ok(())
     }
-    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
-        let writer = self.backend.snapshot();
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
         let fail = |e: weir::state::StateError| {
             TaskError::failed(weir::runtime::Fault::Host, e.to_string())
         };
-        Ok(Snapshot::State(Box::new(move || writer().map_err(fail))))
+        match self.backend.snapshot(checkpoint).map_err(fail)? {
+            BackendSnapshot::Encoded(writer) => {
+                Ok(Snapshot::State(Box::new(move || writer().map_err(fail))))
+            }
+            BackendSnapshot::Files(_) => Err(TaskError::failed(
+                weir::runtime::Fault::Host,
+                "the heap backend keeps no files",
+            )),
+        }
     }
     fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError> {
         let failed = |e: weir::state::StateError| {
@@ -245,15 +142,24 @@ fn main() {
     let runtime = WasmRuntime::new(None).expect("the engine starts");
     let map = Arc::new(
         runtime
-            .load(&guests.join("map_filter.wasm"))
+            .load(&guests.join("map_filter.wasm"), Metering::FULL)
             .expect("map_filter.wasm loads (run scripts/build-guests.sh)"),
     );
     let counter = Arc::new(
         runtime
-            .load(&guests.join("word_count_counter.wasm"))
+            .load(&guests.join("word_count_counter.wasm"), Metering::FULL)
             .expect("word_count_counter.wasm loads"),
     );
     let config = r#"{"uppercase": true}"#;
+    // The job file's defaults: fuel and a deadline on every call.
+    let settings = |config: &str| {
+        Arc::new(GuestSettings {
+            config: config.to_owned(),
+            sandbox: SandboxSpec::default(),
+            local_restore: true,
+        })
+    };
+    let (map_settings, counter_settings) = (settings(config), settings(""));
     let heap = |info: &weir::runtime::TaskInfo| {
         Box::new(HeapBackend::new(KeyGroupRange::for_subtask(
             info.subtask,
@@ -280,7 +186,7 @@ fn main() {
     let wasm_map: OperatorFactory = {
         let map = map.clone();
         Arc::new(move |info| {
-            Ok(Box::new(map.instantiate(info, config, heap(info))?) as Box<dyn Operator>)
+            Ok(Box::new(map.instantiate(info, &map_settings, heap(info))?) as Box<dyn Operator>)
         })
     };
     let native = measure(records, 1000, native_map, Partitioner::Forward);
@@ -304,7 +210,10 @@ fn main() {
         Ok(Box::new(NativeCounter { backend, state }) as Box<dyn Operator>)
     });
     let wasm_counter: OperatorFactory = Arc::new(move |info| {
-        Ok(Box::new(counter.instantiate(info, "", heap(info))?) as Box<dyn Operator>)
+        Ok(
+            Box::new(counter.instantiate(info, &counter_settings, heap(info))?)
+                as Box<dyn Operator>,
+        )
     });
     let native = measure(records, keys, native_counter, keyed);
     let wasm = measure(records, keys, wasm_counter, keyed);

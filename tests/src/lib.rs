@@ -1,8 +1,11 @@
 //! Shared helpers for the end-to-end tests: where the `weir` binary and the built guests
-//! are, and a scratch directory to write job files and inputs into.
+//! are, a scratch directory to write job files and inputs into, and (in `s3`) an
+//! S3-compatible server on loopback with a fault-injecting proxy in front of it.
 //!
 //! The tests drive the real binary with real components; `scripts/test.sh` builds both
 //! before running them.
+
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -48,6 +51,13 @@ pub fn weir_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Peak resident memory of a running process, from /proc, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A scratch directory for one test, with its own compile cache.

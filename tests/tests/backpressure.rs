@@ -3,14 +3,7 @@
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use weir_tests::{Scratch, guest, toml_path};
-
-/// Peak resident memory of a process, from /proc, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+use weir_tests::{Scratch, guest, peak_rss_kib, toml_path};
 
 #[test]
 fn a_slow_sink_keeps_memory_bounded_and_ctrl_c_stops_the_job() {

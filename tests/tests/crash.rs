@@ -3,6 +3,9 @@
 //! `--from-checkpoint latest`. The committed output must equal the failure-free output
 //! exactly; in at-least-once mode nothing may be lost.
 //!
+//! The same harness runs with the heap and the RocksDB state backend (incremental and
+//! full), and with checkpoints on a local directory and on an S3-compatible server.
+//!
 //! `WEIR_CRASH_KILLS` sets the number of kills (default 20); `WEIR_CRASH_SEED` replays a
 //! run (the seed is printed).
 
@@ -55,7 +58,54 @@ fn expected_lines(texts: &[String]) -> Vec<String> {
     lines
 }
 
-fn job(mode: &str) -> String {
+/// What varies between the runs of the harness.
+struct Setup {
+    /// `exactly-once` or `at-least-once`.
+    mode: &'static str,
+    /// The `[state]` table.
+    state: &'static str,
+    /// The checkpoint directory, and the environment `weir` needs to reach it.
+    storage: Storage,
+}
+
+enum Storage {
+    Local,
+    S3(weir_tests::s3::S3Server),
+}
+
+const HEAP: &str = "[state]\nbackend = \"heap\"\n";
+const ROCKSDB: &str = "[state]\nbackend = \"rocksdb\"\ndir = \"state\"\n";
+const ROCKSDB_FULL: &str = "[state]\nbackend = \"rocksdb\"\nincremental = false\ndir = \"state\"\n";
+
+impl Setup {
+    fn local(mode: &'static str, state: &'static str) -> Self {
+        Self {
+            mode,
+            state,
+            storage: Storage::Local,
+        }
+    }
+
+    fn checkpointing(&self) -> String {
+        match &self.storage {
+            Storage::Local => "dir = \"checkpoints\"\n".to_owned(),
+            Storage::S3(server) => format!("dir = \"s3://{}/checkpoints\"\n", server.bucket()),
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        match &self.storage {
+            Storage::Local => Vec::new(),
+            Storage::S3(server) => server
+                .env_with_endpoint(&server.endpoint())
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }
+    }
+}
+
+fn job(setup: &Setup) -> String {
     format!(
         r#"[job]
 name = "crash"
@@ -64,9 +114,10 @@ parallelism = 2
 [checkpointing]
 interval = "100ms"
 mode = "{mode}"
-dir = "checkpoints"
 num-retained = 2
 retention = "retain-on-cancellation"
+{checkpointing}
+{state}
 
 [[source]]
 id = "lines"
@@ -93,6 +144,9 @@ inputs = ["count"]
 # Slow enough that a run takes a few seconds and the kills land mid-stream.
 rate = 150000
 "#,
+        mode = setup.mode,
+        checkpointing = setup.checkpointing(),
+        state = setup.state,
         tokenizer = toml_path(&guest("word_count_tokenizer")),
         counter = toml_path(&guest("word_count_counter")),
     )
@@ -100,13 +154,14 @@ rate = 150000
 
 /// Runs the job, killing it `kills` times at random moments; returns the committed
 /// output lines (sorted) and how many kills landed before the job finished.
-fn run_with_kills(mode: &str, kills: u32, seed: u64) -> (Vec<String>, Vec<String>, u32) {
+fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> (Vec<String>, Vec<String>, u32) {
     let scratch = Scratch::new();
+    let env = setup.env();
     let mut rng = XorShift(seed);
     let texts = [input_text(&mut rng, 60_000), input_text(&mut rng, 40_000)];
     scratch.write("a.txt", &texts[0]);
     scratch.write("b.txt", &texts[1]);
-    let job = scratch.write("job.toml", job(mode));
+    let job = scratch.write("job.toml", job(setup));
     let job = job.to_str().unwrap_or_default().to_owned();
 
     let mut landed = 0;
@@ -119,6 +174,7 @@ fn run_with_kills(mode: &str, kills: u32, seed: u64) -> (Vec<String>, Vec<String
         first = false;
         let mut child = scratch
             .weir(&args)
+            .envs(env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -132,7 +188,11 @@ fn run_with_kills(mode: &str, kills: u32, seed: u64) -> (Vec<String>, Vec<String
         let _ = child.wait();
         landed += 1;
     }
-    let output = scratch.run(&["run", &job, "--from-checkpoint", "latest"]);
+    let output = scratch
+        .weir(&["run", &job, "--from-checkpoint", "latest"])
+        .envs(env.iter().cloned())
+        .output()
+        .expect("weir runs");
     assert!(
         output.status.success(),
         "the final run failed (seed {seed}):\n{}",
@@ -175,10 +235,11 @@ fn seed() -> u64 {
     seed
 }
 
-#[test]
-fn exactly_once_output_survives_repeated_sigkill() {
+/// Runs the harness in exactly-once mode and checks the committed output is exactly the
+/// failure-free output.
+fn assert_exactly_once(setup: &Setup) {
     let seed = seed();
-    let (lines, expected, landed) = run_with_kills("exactly-once", kills(), seed);
+    let (lines, expected, landed) = run_with_kills(setup, kills(), seed);
     println!("{landed} kills landed before the job finished");
     assert!(
         landed >= 5,
@@ -197,9 +258,35 @@ fn exactly_once_output_survives_repeated_sigkill() {
 }
 
 #[test]
+fn exactly_once_output_survives_repeated_sigkill() {
+    assert_exactly_once(&Setup::local("exactly-once", HEAP));
+}
+
+#[test]
+fn exactly_once_output_survives_repeated_sigkill_with_incremental_rocksdb() {
+    assert_exactly_once(&Setup::local("exactly-once", ROCKSDB));
+}
+
+#[test]
+fn exactly_once_output_survives_repeated_sigkill_with_full_rocksdb_checkpoints() {
+    assert_exactly_once(&Setup::local("exactly-once", ROCKSDB_FULL));
+}
+
+#[test]
+fn exactly_once_output_survives_repeated_sigkill_with_checkpoints_on_s3() {
+    let server = weir_tests::s3::S3Server::start();
+    assert_exactly_once(&Setup {
+        mode: "exactly-once",
+        state: ROCKSDB,
+        storage: Storage::S3(server),
+    });
+}
+
+#[test]
 fn at_least_once_output_loses_nothing_under_sigkill() {
     let seed = seed();
-    let (lines, expected, landed) = run_with_kills("at-least-once", kills().min(10), seed);
+    let setup = Setup::local("at-least-once", HEAP);
+    let (lines, expected, landed) = run_with_kills(&setup, kills().min(10), seed);
     println!("{landed} kills landed before the job finished");
     let missing: Vec<&String> = expected
         .iter()

@@ -1298,6 +1298,7 @@ mod tests {
             retention: crate::job::Retention::RetainOnCancellation,
             num_retained: 3,
             dir: crate::job::StorageUrl::File("/tmp".into()),
+            s3: crate::job::S3Settings::default(),
         };
         let cfg = CoordinatorConfig::from(&job);
         assert_eq!(cfg.interval, 2 * SECOND);

@@ -13,7 +13,8 @@ use crate::checkpoint::coordinator::{
 use crate::checkpoint::metadata::{CheckpointMetadata, FORMAT_VERSION, TaskEntry, TaskState};
 use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
 use crate::runtime::record::{Barrier, Control};
-use crate::runtime::{CheckpointId, CheckpointSink, Snapshot, now_ms};
+use crate::runtime::{CheckpointId, CheckpointSink, Snapshot, SnapshotWriter, now_ms};
+use crate::state::{LocalFile, LocalSnapshot, StoredFile, Upload};
 use crate::storage::CheckpointStorage;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -65,7 +66,7 @@ impl CheckpointSink for SnapshotUploader {
         snapshot: Snapshot,
         mut stats: SubtaskStats,
     ) {
-        let writer = match snapshot {
+        let (writer, files) = match snapshot {
             Snapshot::Finished => {
                 let _ = self.messages.send(CoordinatorMessage::Ack {
                     task,
@@ -75,7 +76,12 @@ impl CheckpointSink for SnapshotUploader {
                 });
                 return;
             }
-            Snapshot::State(writer) => writer,
+            Snapshot::State(writer) => (writer, None),
+            Snapshot::StateAndFiles(writer, files) => (writer, Some(files)),
+            Snapshot::Declined(why) => {
+                self.decline(task, checkpoint, DeclineReason::Failed(why));
+                return;
+            }
         };
         let name = format!(
             "{}-{}",
@@ -85,27 +91,20 @@ impl CheckpointSink for SnapshotUploader {
         let (messages, storage) = (self.messages.clone(), self.storage.clone());
         self.io.spawn(async move {
             let started = Instant::now();
-            let written = match tokio::task::spawn_blocking(writer).await {
-                Ok(Ok(bytes)) => {
-                    let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-                    storage
-                        .write(checkpoint, &name, Bytes::from(bytes))
-                        .await
-                        .map(|handle| (handle, size))
-                        .map_err(|e| e.to_string())
-                }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(format!("the snapshot encoder stopped: {e}")),
-            };
-            let message = match written {
-                Ok((handle, size)) => {
+            let stored = store_snapshot(storage, checkpoint, &name, writer, files).await;
+            let message = match stored {
+                Ok(Stored {
+                    state,
+                    full_size,
+                    uploaded,
+                }) => {
                     stats.async_duration = started.elapsed();
-                    stats.state_size = size;
-                    stats.checkpointed_size = size;
+                    stats.state_size = full_size;
+                    stats.checkpointed_size = uploaded;
                     CoordinatorMessage::Ack {
                         task,
                         checkpoint,
-                        state: TaskState::File(handle),
+                        state,
                         stats,
                     }
                 }
@@ -136,6 +135,135 @@ impl CheckpointSink for SnapshotUploader {
     }
 }
 
+/// What the asynchronous phase stored for one subtask.
+#[derive(Debug)]
+pub struct Stored {
+    /// Where the state is, as `_metadata` records it.
+    pub state: TaskState,
+    /// Bytes of the subtask's whole state.
+    pub full_size: u64,
+    /// Bytes this checkpoint wrote (less than `full_size` when files were reused).
+    pub uploaded: u64,
+}
+
+/// Backend files uploaded at once per subtask: enough to keep a remote store busy,
+/// few enough that a large state does not hold many files in memory together.
+const PARALLEL_UPLOADS: usize = 4;
+
+/// The asynchronous phase of one subtask's snapshot: encodes its state and stores it as
+/// `name`, with its state backend's files when there are any. A backend's local
+/// snapshot directory is removed afterwards, whether storing worked or not.
+pub async fn store_snapshot(
+    storage: Arc<dyn CheckpointStorage>,
+    checkpoint: CheckpointId,
+    name: &str,
+    writer: SnapshotWriter,
+    files: Option<LocalSnapshot>,
+) -> Result<Stored, String> {
+    let state = async {
+        let bytes = tokio::task::spawn_blocking(writer)
+            .await
+            .map_err(|e| format!("the snapshot encoder stopped: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        storage
+            .write(checkpoint, name, Bytes::from(bytes))
+            .await
+            .map(|handle| (handle, size))
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let Some(LocalSnapshot {
+        dir,
+        files,
+        uploaded,
+    }) = files
+    else {
+        let (handle, size) = state?;
+        return Ok(Stored {
+            state: TaskState::File(handle),
+            full_size: size,
+            uploaded: size,
+        });
+    };
+    let result = async {
+        let (handle, size) = state?;
+        let (stored, written) = upload_files(&storage, checkpoint, name, &files).await?;
+        Ok(Stored {
+            full_size: size + stored.iter().map(|f| f.handle.size).sum::<u64>(),
+            uploaded: size + written,
+            state: TaskState::WithFiles {
+                state: handle,
+                files: stored,
+            },
+        })
+    }
+    .await;
+    if let Ok(Stored {
+        state: TaskState::WithFiles { files, .. },
+        ..
+    }) = &result
+    {
+        uploaded(files);
+    }
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    result
+}
+
+/// Stores a backend's files, [`PARALLEL_UPLOADS`] at a time: shared ones under
+/// `shared/`, private ones with the checkpoint, reused ones not at all. Returns where
+/// each went, in the order given, and the bytes written.
+async fn upload_files(
+    storage: &Arc<dyn CheckpointStorage>,
+    checkpoint: CheckpointId,
+    task: &str,
+    files: &[LocalFile],
+) -> Result<(Vec<StoredFile>, u64), String> {
+    let mut stored = Vec::with_capacity(files.len());
+    let mut uploaded = 0;
+    for chunk in files.chunks(PARALLEL_UPLOADS) {
+        let mut uploads = tokio::task::JoinSet::new();
+        for (i, file) in chunk.iter().enumerate() {
+            let (storage, file, task) = (storage.clone(), file.clone(), task.to_owned());
+            uploads.spawn(async move {
+                let handle = match &file.upload {
+                    Upload::Reuse(handle) => return Ok((i, file.name, handle.clone(), 0)),
+                    Upload::Shared(shared) => {
+                        let bytes = read_local(&file).await?;
+                        storage.write_shared(shared, bytes).await
+                    }
+                    Upload::Private => {
+                        let bytes = read_local(&file).await?;
+                        storage
+                            .write(checkpoint, &format!("{task}-{}", file.name), bytes)
+                            .await
+                    }
+                }
+                .map_err(|e| e.to_string())?;
+                let size = handle.size;
+                Ok::<_, String>((i, file.name, handle, size))
+            });
+        }
+        let mut done = Vec::with_capacity(chunk.len());
+        while let Some(joined) = uploads.join_next().await {
+            done.push(joined.map_err(|e| format!("an upload stopped: {e}"))??);
+        }
+        done.sort_by_key(|(i, ..)| *i);
+        for (_, name, handle, size) in done {
+            uploaded += size;
+            stored.push(StoredFile { name, handle });
+        }
+    }
+    Ok((stored, uploaded))
+}
+
+async fn read_local(file: &LocalFile) -> Result<Bytes, String> {
+    tokio::fs::read(&file.path)
+        .await
+        .map(Bytes::from)
+        .map_err(|e| format!("cannot read {}: {e}", file.path.display()))
+}
+
 /// What the driver needs to know about the job.
 pub struct DriverSetup {
     /// The job's name, recorded in `_metadata`.
@@ -154,8 +282,9 @@ pub struct DriverSetup {
     pub io: Handle,
     /// The first checkpoint id to use (monotonic across restarts).
     pub next_id: CheckpointId,
-    /// Completed checkpoints already in storage, oldest first, for retention.
-    pub completed: Vec<CheckpointId>,
+    /// Completed checkpoints already in storage with the shared files they reference,
+    /// oldest first, for retention.
+    pub completed: Vec<CheckpointFiles>,
 }
 
 /// Every subtask as the driver addresses it.
@@ -196,7 +325,8 @@ pub struct CheckpointDriver {
     final_checkpoint: Option<CheckpointId>,
     /// Per pending checkpoint: its trigger time and what each subtask stored.
     acks: BTreeMap<CheckpointId, Collected>,
-    completed: Vec<CheckpointId>,
+    /// The retained completed checkpoints and the shared files they reference.
+    completed: Vec<CheckpointFiles>,
     /// When the run started: a moment that is always past, for "due at once".
     started: Instant,
 }
@@ -400,7 +530,7 @@ impl CheckpointDriver {
                     state_bytes = metadata.state_size(),
                     "checkpoint completed"
                 );
-                self.completed.push(id);
+                self.completed.push(metadata.files());
                 let last = self.final_checkpoint.is_some_and(|f| id >= f);
                 for task in &self.tasks {
                     let _ = task.control.send(Control::Complete(id));
@@ -439,18 +569,23 @@ impl CheckpointDriver {
         Ok(())
     }
 
-    /// Deletes the completed checkpoints beyond `num-retained`, in the background.
+    /// Deletes the completed checkpoints beyond `num-retained`, and the shared files
+    /// that only they referenced, in the background.
+    ///
+    /// A shared file's name is fixed by the backend instance and its local file, so a
+    /// snapshot still being taken that holds a file of a deleted checkpoint also shares
+    /// it with every checkpoint in between, the retained latest one among them: no
+    /// checkpoint in flight loses a file. Those already acknowledged are kept out of
+    /// the deletion all the same.
     fn retain(&mut self) {
-        let files: Vec<CheckpointFiles> = self
-            .completed
-            .iter()
-            .map(|&id| CheckpointFiles {
-                id,
-                shared: BTreeSet::new(),
-            })
+        let in_flight = self
+            .acks
+            .values()
+            .flat_map(|c| c.tasks.values())
+            .flat_map(|(state, _)| state.shared_files())
             .collect();
-        let plan = plan_retention(&files, self.setup.num_retained, &BTreeSet::new());
-        self.completed.retain(|id| plan.retain.contains(id));
+        let plan = plan_retention(&self.completed, self.setup.num_retained, &in_flight);
+        self.completed.retain(|c| plan.retain.contains(&c.id));
         let storage = self.setup.storage.clone();
         self.setup.io.spawn(async move {
             for id in plan.delete {
@@ -459,7 +594,15 @@ impl CheckpointDriver {
                         checkpoint = id.0,
                         "could not delete a checkpoint beyond num-retained: {e}"
                     );
+                    // Its shared files stay too: its metadata may still be there.
+                    return;
                 }
+            }
+            let shared: Vec<String> = plan.delete_shared.into_iter().map(|f| f.0).collect();
+            if !shared.is_empty()
+                && let Err(e) = storage.delete_shared(&shared).await
+            {
+                tracing::warn!("could not delete shared files no checkpoint references: {e}");
             }
         });
     }

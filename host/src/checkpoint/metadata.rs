@@ -6,6 +6,9 @@
 //! the state itself lives in the data files it points to.
 
 use crate::checkpoint::coordinator::SubtaskStats;
+use crate::checkpoint::retention::{CheckpointFiles, SharedFile};
+use crate::runtime::CheckpointId;
+use crate::state::StoredFile;
 use crate::storage::FileHandle;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +61,28 @@ pub enum TaskState {
     Finished,
     /// The state is in this data file.
     File(FileHandle),
+    /// The state is in this data file, and the state backend's native checkpoint
+    /// (RocksDB) in these files, some of them shared with other checkpoints.
+    WithFiles {
+        /// The operator's own state and its timers.
+        state: FileHandle,
+        /// The backend's files, under their names in its directory.
+        files: Vec<StoredFile>,
+    },
+}
+
+impl TaskState {
+    /// The files under `shared/` this state references.
+    pub fn shared_files(&self) -> impl Iterator<Item = SharedFile> + '_ {
+        let files = match self {
+            TaskState::WithFiles { files, .. } => files.as_slice(),
+            TaskState::Finished | TaskState::File(_) => &[],
+        };
+        files
+            .iter()
+            .filter_map(|f| f.handle.path.strip_prefix("shared/"))
+            .map(|name| SharedFile(name.to_owned()))
+    }
 }
 
 impl CheckpointMetadata {
@@ -88,6 +113,24 @@ impl CheckpointMetadata {
     /// Bytes of state over all subtasks.
     pub fn state_size(&self) -> u64 {
         self.tasks.iter().map(|t| t.stats.state_size).sum()
+    }
+
+    /// Bytes this checkpoint uploaded over all subtasks: less than
+    /// [`state_size`](Self::state_size) when it is incremental.
+    pub fn checkpointed_size(&self) -> u64 {
+        self.tasks.iter().map(|t| t.stats.checkpointed_size).sum()
+    }
+
+    /// This checkpoint with the shared files it references, for retention.
+    pub fn files(&self) -> CheckpointFiles {
+        CheckpointFiles {
+            id: CheckpointId(self.checkpoint),
+            shared: self
+                .tasks
+                .iter()
+                .flat_map(|t| t.state.shared_files())
+                .collect(),
+        }
     }
 }
 
@@ -127,6 +170,35 @@ mod tests {
         assert_eq!(CheckpointMetadata::from_bytes(&m.to_bytes())?, m);
         assert_eq!(m.end_to_end_ms(), 250);
         assert_eq!(m.state_size(), 10);
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_references_the_shared_files_of_its_backend_files() -> Result<(), String> {
+        let mut m = sample();
+        let handle = |path: &str| FileHandle {
+            path: path.into(),
+            size: 1,
+            checksum: 1,
+        };
+        m.tasks[0].state = TaskState::WithFiles {
+            state: handle("chk-7/count-0"),
+            files: vec![
+                StoredFile {
+                    name: "000009.sst".into(),
+                    handle: handle("shared/count-0-ab-000009.sst"),
+                },
+                StoredFile {
+                    name: "MANIFEST-000004".into(),
+                    handle: handle("chk-7/count-0-MANIFEST-000004"),
+                },
+            ],
+        };
+        let m = CheckpointMetadata::from_bytes(&m.to_bytes())?;
+        assert_eq!(
+            m.files().shared.into_iter().collect::<Vec<_>>(),
+            [SharedFile("count-0-ab-000009.sst".into())]
+        );
         Ok(())
     }
 

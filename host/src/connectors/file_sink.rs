@@ -474,7 +474,7 @@ mod tests {
     fn snapshot(sink: &mut FileSink, checkpoint: u64) -> Result<Vec<u8>, TaskError> {
         match sink.snapshot(CheckpointId(checkpoint))? {
             Snapshot::State(writer) => writer(),
-            Snapshot::Finished => Err(TaskError::failed(Fault::Host, "no state")),
+            _ => Err(TaskError::failed(Fault::Host, "no state")),
         }
     }
 

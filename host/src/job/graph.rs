@@ -4,19 +4,22 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml_edit::Item;
 
 use super::doc::{Doc, Seg, node_items, str_at};
+use super::duration::{DurationText, parse_duration};
 use super::error::{FileRole, JobError, Location, MissingFile};
 use super::raw::{
-    NODE_SECTIONS, RawFileSink, RawFileSource, RawGenerator, RawOperator, RawPlainSink,
-    SinkKindName, SourceKindName, StringList, defaults, fields_of,
+    NODE_SECTIONS, RawDirGrant, RawFileSink, RawFileSource, RawGenerator, RawOperator,
+    RawPlainSink, SinkKindName, SourceKindName, StringList, defaults, fields_of,
 };
 use super::sections::JobSettings;
+use super::size::{SizeText, format_size, parse_size};
 use super::spec::{
-    FileSourceSpec, GeneratorSpec, Node, NodeKind, OperatorSpec, Partition, SinkKind, SinkSpec,
-    SourceKind,
+    DirGrant, FileSourceSpec, GeneratorSpec, Node, NodeKind, OperatorSpec, Partition,
+    RunawayPolicy, RunawayPolicyName, SandboxSpec, SinkKind, SinkSpec, SourceKind,
 };
 
 /// A node as read from its table, before the graph is checked.
@@ -269,9 +272,9 @@ impl NodeReader<'_, '_> {
     fn operator(&self) -> Result<Draft, JobError> {
         self.doc
             .check_keys(self.item, fields_of::<RawOperator>(), &self.context, &[])?;
-        let raw: RawOperator = self.doc.deserialize(self.item, &self.context)?;
-        let id = self.id(raw.id)?;
-        let Some(wasm) = raw.wasm else {
+        let mut raw: RawOperator = self.doc.deserialize(self.item, &self.context)?;
+        let id = self.id(raw.id.take())?;
+        let Some(wasm) = raw.wasm.take() else {
             return Err(JobError::Invalid {
                 at: self.at("wasm"),
                 message: format!(
@@ -292,6 +295,7 @@ impl NodeReader<'_, '_> {
                 ),
             });
         }
+        let sandbox = self.sandbox(&id, &raw)?;
         Ok(Draft {
             section: self.section,
             index: self.index,
@@ -303,8 +307,296 @@ impl NodeReader<'_, '_> {
                 wasm,
                 config: raw.config.map(|c| c.0).unwrap_or_default(),
                 batch_size,
+                sandbox,
             }),
         })
+    }
+
+    /// An error about `key` of the operator `id`.
+    fn invalid(&self, key: &str, id: &str, message: String) -> JobError {
+        JobError::Invalid {
+            at: self.at(key),
+            message: format!("{}: {message}", self.label(id)),
+        }
+    }
+
+    /// The duration at `key`, if set.
+    fn duration(
+        &self,
+        id: &str,
+        key: &str,
+        value: Option<&DurationText>,
+    ) -> Result<Option<Duration>, JobError> {
+        value
+            .map(|DurationText(text)| {
+                parse_duration(text).map_err(|reason| {
+                    self.invalid(
+                        key,
+                        id,
+                        format!("invalid duration \"{text}\" for `{key}`: {reason}."),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// The size at `key`, if set.
+    fn size(&self, id: &str, key: &str, value: Option<&SizeText>) -> Result<Option<u64>, JobError> {
+        value
+            .map(|SizeText(text)| {
+                parse_size(text).map_err(|reason| {
+                    self.invalid(
+                        key,
+                        id,
+                        format!("invalid size \"{text}\" for `{key}`: {reason}."),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// The operator's sandbox: limits, runaway policy and WASI grants.
+    fn sandbox(&self, id: &str, raw: &RawOperator) -> Result<SandboxSpec, JobError> {
+        let fuel_per_record = match raw.fuel_per_record.unwrap_or(defaults::FUEL_PER_RECORD) {
+            0 => None,
+            fuel => Some(fuel),
+        };
+        let memory_limit = self
+            .size(id, "memory-limit", raw.memory_limit.as_ref())?
+            .unwrap_or(defaults::MEMORY_LIMIT);
+        if memory_limit < defaults::MIN_MEMORY_LIMIT {
+            return Err(self.invalid(
+                "memory-limit",
+                id,
+                format!(
+                    "`memory-limit` is {}, but a guest needs at least {} to start. Set memory-limit = \"{}\" or more (default {}).",
+                    format_size(memory_limit),
+                    format_size(defaults::MIN_MEMORY_LIMIT),
+                    format_size(defaults::MIN_MEMORY_LIMIT).replace(' ', ""),
+                    format_size(defaults::MEMORY_LIMIT)
+                ),
+            ));
+        }
+        let call_timeout = self
+            .duration(id, "call-timeout", raw.call_timeout.as_ref())?
+            .unwrap_or(defaults::CALL_TIMEOUT);
+        if call_timeout < defaults::MIN_CALL_TIMEOUT {
+            return Err(self.invalid(
+                "call-timeout",
+                id,
+                format!(
+                    "`call-timeout` is {call_timeout:?}, shorter than the least the host can enforce ({:?}). Set call-timeout = \"100ms\" or more (default {:?}); no guest call can run without a deadline.",
+                    defaults::MIN_CALL_TIMEOUT,
+                    defaults::CALL_TIMEOUT
+                ),
+            ));
+        }
+        let sync_phase_timeout = self
+            .duration(id, "sync-phase-timeout", raw.sync_phase_timeout.as_ref())?
+            .or(defaults::SYNC_PHASE_TIMEOUT);
+        match sync_phase_timeout {
+            Some(limit) if limit.is_zero() => {
+                return Err(self.invalid(
+                    "sync-phase-timeout",
+                    id,
+                    "`sync-phase-timeout` is 0, which would decline every checkpoint. Set a positive duration, or remove the key for no limit.".to_owned(),
+                ));
+            }
+            Some(limit) if limit >= call_timeout => {
+                return Err(self.invalid(
+                    "sync-phase-timeout",
+                    id,
+                    format!(
+                        "`sync-phase-timeout` ({limit:?}) must be shorter than `call-timeout` ({call_timeout:?}): at the call timeout the guest is stopped for good, so the checkpoint could never be declined instead. Lower sync-phase-timeout or raise call-timeout."
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let sync_phase_fuel = raw.sync_phase_fuel.or(defaults::SYNC_PHASE_FUEL);
+        match sync_phase_fuel {
+            Some(0) => {
+                return Err(self.invalid(
+                    "sync-phase-fuel",
+                    id,
+                    "`sync-phase-fuel` is 0, which would decline every checkpoint. Set a positive amount, or remove the key for no limit.".to_owned(),
+                ));
+            }
+            Some(_) if fuel_per_record.is_none() => {
+                return Err(self.invalid(
+                    "sync-phase-fuel",
+                    id,
+                    "`sync-phase-fuel` needs fuel metering, which `fuel-per-record = 0` turns off. Set fuel-per-record to a budget, or remove sync-phase-fuel.".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        let on_runaway = self.runaway_policy(id, raw)?;
+        Ok(SandboxSpec {
+            fuel_per_record,
+            memory_limit,
+            call_timeout,
+            sync_phase_timeout,
+            sync_phase_fuel,
+            on_runaway,
+            dirs: self.dir_grants(id, raw.dirs.as_deref().unwrap_or_default())?,
+            env: self.env_grants(id, raw.env.as_deref().unwrap_or_default())?,
+        })
+    }
+
+    /// `on-runaway`, with `dead-letter-dir` and `replay-limit`, which only `dead-letter`
+    /// uses.
+    fn runaway_policy(&self, id: &str, raw: &RawOperator) -> Result<RunawayPolicy, JobError> {
+        match raw.on_runaway.unwrap_or(defaults::ON_RUNAWAY) {
+            RunawayPolicyName::Fail => {
+                for (key, set) in [
+                    ("dead-letter-dir", raw.dead_letter_dir.is_some()),
+                    ("replay-limit", raw.replay_limit.is_some()),
+                ] {
+                    if set {
+                        return Err(self.invalid(
+                            key,
+                            id,
+                            format!(
+                                "`{key}` is only used with on-runaway = \"dead-letter\", and this operator fails on a runaway record. Set on-runaway = \"dead-letter\", or remove `{key}`."
+                            ),
+                        ));
+                    }
+                }
+                Ok(RunawayPolicy::Fail)
+            }
+            RunawayPolicyName::DeadLetter => {
+                let dir = raw
+                    .dead_letter_dir
+                    .as_deref()
+                    .unwrap_or(defaults::DEAD_LETTER_DIR);
+                let resolved = self.doc.resolve(dir);
+                if resolved.exists() && !resolved.is_dir() {
+                    return Err(self.invalid(
+                        "dead-letter-dir",
+                        id,
+                        format!(
+                            "`dead-letter-dir` {dir} is a file (resolved to {}), but dead letters go into a directory. Point it at a directory; it is created if missing.",
+                            resolved.display()
+                        ),
+                    ));
+                }
+                let replay_limit = self
+                    .size(id, "replay-limit", raw.replay_limit.as_ref())?
+                    .unwrap_or(defaults::REPLAY_LIMIT);
+                if replay_limit == 0 {
+                    return Err(self.invalid(
+                        "replay-limit",
+                        id,
+                        format!(
+                            "`replay-limit` is 0, so no record could ever be dead-lettered. Set a size such as \"{}\" (the default).",
+                            format_size(defaults::REPLAY_LIMIT).replace(' ', "")
+                        ),
+                    ));
+                }
+                Ok(RunawayPolicy::DeadLetter {
+                    dir: resolved,
+                    replay_limit,
+                })
+            }
+        }
+    }
+
+    /// `dirs`: each host directory exists; guest paths are absolute and distinct.
+    fn dir_grants(&self, id: &str, grants: &[RawDirGrant]) -> Result<Vec<DirGrant>, JobError> {
+        let mut out: Vec<DirGrant> = Vec::with_capacity(grants.len());
+        for (i, grant) in grants.iter().enumerate() {
+            let at = self.doc.at(&[
+                Seg::Key(self.section),
+                Seg::Index(self.index),
+                Seg::Key("dirs"),
+                Seg::Index(i),
+            ]);
+            let invalid = |message: String| JobError::Invalid {
+                at: at.clone(),
+                message: format!("{}: {message}", self.label(id)),
+            };
+            let (Some(host), Some(guest)) = (&grant.host, &grant.guest) else {
+                return Err(invalid(format!(
+                    "entry {} of `dirs` needs both `host` and `guest`, e.g. dirs = [{{ host = \"data\", guest = \"/data\" }}].",
+                    i + 1
+                )));
+            };
+            let resolved = self.doc.resolve(host);
+            if !resolved.is_dir() {
+                return Err(invalid(format!(
+                    "the granted directory {host} (resolved to {}) {}. Create it, or fix `host`; it is relative to the job file.",
+                    resolved.display(),
+                    if resolved.exists() {
+                        "is not a directory"
+                    } else {
+                        "does not exist"
+                    }
+                )));
+            }
+            if !guest.starts_with('/') || guest.split('/').any(|part| part == "..") {
+                return Err(invalid(format!(
+                    "the guest path \"{guest}\" must be absolute and without `..`, e.g. guest = \"/data\"."
+                )));
+            }
+            if out.iter().any(|g| g.guest == *guest) {
+                return Err(invalid(format!(
+                    "the guest path \"{guest}\" is granted twice. Give each directory its own guest path."
+                )));
+            }
+            out.push(DirGrant {
+                host: std::fs::canonicalize(&resolved).unwrap_or(resolved),
+                guest: guest.clone(),
+                writable: grant.writable.unwrap_or(false),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `env`: `NAME=value`, or a bare `NAME` for the host's value.
+    fn env_grants(&self, id: &str, vars: &[String]) -> Result<Vec<(String, String)>, JobError> {
+        let mut out: Vec<(String, String)> = Vec::with_capacity(vars.len());
+        for (i, entry) in vars.iter().enumerate() {
+            let at = self.doc.at(&[
+                Seg::Key(self.section),
+                Seg::Index(self.index),
+                Seg::Key("env"),
+                Seg::Index(i),
+            ]);
+            let invalid = |message: String| JobError::Invalid {
+                at: at.clone(),
+                message: format!("{}: {message}", self.label(id)),
+            };
+            let (name, value) = match entry.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_owned())),
+                None => (entry.as_str(), None),
+            };
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(invalid(format!(
+                    "\"{entry}\" in `env` is not NAME=value or NAME: a name is letters, digits and `_`, not starting with a digit."
+                )));
+            }
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(invalid(format!(
+                    "`env` sets {name} twice. Keep one entry per variable."
+                )));
+            }
+            let value = match value {
+                Some(value) => value,
+                None => std::env::var(name).map_err(|_| {
+                    invalid(format!(
+                        "`env` passes {name} from the host, but the host has no such variable (or it is not UTF-8). Set it, or write {name}=value."
+                    ))
+                })?,
+            };
+            out.push((name.to_owned(), value));
+        }
+        Ok(out)
     }
 
     fn sink(&self) -> Result<Draft, JobError> {

@@ -26,6 +26,7 @@
 //! - `sections.rs`: `[job]`, `[checkpointing]`, `[restart]`, `[state]`.
 //! - `graph.rs`: `[[source]]`, `[[operator]]`, `[[sink]]` and the graph checks.
 //! - `duration.rs`: [`parse_duration`].
+//! - `size.rs`: [`parse_size`], sizes in bytes such as `"64MiB"`.
 //! - `error.rs`: [`JobError`] and [`Location`].
 
 mod doc;
@@ -35,6 +36,7 @@ mod graph;
 mod overrides;
 mod raw;
 mod sections;
+mod size;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -46,10 +48,12 @@ use toml_edit::Document;
 pub use duration::parse_duration;
 pub use error::{FileRole, JobError, Location, MissingFile, Place, UnknownKey};
 pub use overrides::{Override, OverrideSyntaxError};
+pub use sections::storage_url;
+pub use size::{format_size, parse_size};
 pub use spec::{
-    CheckpointMode, CheckpointingConfig, FileSourceSpec, GeneratorSpec, JobSpec, Node, NodeKind,
-    OperatorSpec, Partition, RestartStrategy, Retention, SinkKind, SinkSpec, SourceKind,
-    StateBackendKind, StateConfig, StorageUrl,
+    CheckpointMode, CheckpointingConfig, DirGrant, FileSourceSpec, GeneratorSpec, JobSpec, Node,
+    NodeKind, OperatorSpec, Partition, RestartStrategy, Retention, RunawayPolicy, S3Settings,
+    SandboxSpec, SinkKind, SinkSpec, SourceKind, StateBackendKind, StateConfig, StorageUrl,
 };
 
 use doc::{Doc, normalize};

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
 use super::duration::DurationText;
-use super::spec::{CheckpointMode, Partition, Retention, StateBackendKind};
+use super::size::SizeText;
+use super::spec::{CheckpointMode, Partition, Retention, RunawayPolicyName, StateBackendKind};
 
 /// The tables of a job file, in the order they are documented.
 pub(crate) const SECTIONS: [&str; 7] = [
@@ -29,7 +30,7 @@ pub(crate) const NODE_SECTIONS: [&str; 3] = ["source", "operator", "sink"];
 pub(crate) mod defaults {
     use std::time::Duration;
 
-    use crate::job::spec::{CheckpointMode, Retention, StateBackendKind};
+    use crate::job::spec::{CheckpointMode, Retention, RunawayPolicyName, StateBackendKind};
 
     /// `parallelism.default`.
     pub const PARALLELISM: u32 = 1;
@@ -63,8 +64,9 @@ pub(crate) mod defaults {
     pub const NUM_RETAINED: u32 = 1;
     /// `state.backend.type`.
     pub const STATE_BACKEND: StateBackendKind = StateBackendKind::Heap;
-    /// `state.backend.incremental`.
-    pub const INCREMENTAL: bool = false;
+    /// `state.backend.incremental` for RocksDB: on, so that a checkpoint uploads only
+    /// the files written since the last one. The heap backend has no incremental mode.
+    pub const INCREMENTAL_ROCKSDB: bool = true;
     /// `restart-strategy.fixed-delay.attempts`.
     pub const FIXED_DELAY_ATTEMPTS: u32 = 3;
     /// `restart-strategy.fixed-delay.delay`.
@@ -90,6 +92,44 @@ pub(crate) mod defaults {
     /// Records per guest call: large enough that the call overhead vanishes,
     /// small enough that a batch never holds a barrier back for long.
     pub const BATCH_SIZE: usize = 1024;
+    /// `fuel-per-record`: fuel is about one unit per WebAssembly instruction. A short
+    /// record costs the Rust map-filter guest under 3 000 and the Python guest (the
+    /// heaviest runtime shown) about 50 000, both measured one record per call; ten
+    /// million leaves room for real work per record (two hundred times Python's), yet
+    /// it is about a millisecond of tight guest code (the `sandbox` benchmark burns
+    /// 8–11 G fuel/s), so a runaway record holds its subtask for about a second even
+    /// with the slack of a full default batch (1024 records).
+    pub const FUEL_PER_RECORD: u64 = 10_000_000;
+    /// `memory-limit`, per instance, all its linear memories together: a Rust guest
+    /// starts in under 2 MiB and the componentize-py guest runs in under 16 MiB, so
+    /// 256 MiB leaves room for real working sets while a few dozen subtasks stay within
+    /// a small host.
+    pub const MEMORY_LIMIT: u64 = 256 << 20;
+    /// The least `memory-limit`: a Rust guest's stack alone is 1 MiB, so less can never
+    /// start one.
+    pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+    /// `call-timeout`: long enough for a Python guest's `open` on a loaded machine and
+    /// for a full batch within its fuel budget, short enough that a hung call is
+    /// reported while someone is still watching.
+    pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The least `call-timeout`: ten epoch ticks, so that the tick's granularity is at
+    /// most a tenth of the deadline.
+    pub const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+    /// `sync-phase-timeout` and `sync-phase-fuel`: no limit (as Flink, which has none),
+    /// so that a slow snapshot never declines checkpoints unless the user asks for it;
+    /// `call-timeout` still stops a snapshot that never returns.
+    pub const SYNC_PHASE_TIMEOUT: Option<Duration> = None;
+    /// See [`SYNC_PHASE_TIMEOUT`].
+    pub const SYNC_PHASE_FUEL: Option<u64> = None;
+    /// `on-runaway`: restart from the latest checkpoint, as every other failure does;
+    /// dropping records is the user's decision.
+    pub const ON_RUNAWAY: RunawayPolicyName = RunawayPolicyName::Fail;
+    /// `dead-letter-dir`, under the job file's directory.
+    pub const DEAD_LETTER_DIR: &str = "dead-letter";
+    /// `replay-limit`: the input since the last snapshot that `dead-letter` keeps to
+    /// replay; a checkpoint interval of input for a typical operator, and a bound on
+    /// the host memory it costs.
+    pub const REPLAY_LIMIT: u64 = 64 << 20;
 }
 
 /// `[job]`.
@@ -116,6 +156,18 @@ pub(crate) struct RawCheckpointing {
     pub retention: Option<Retention>,
     pub num_retained: Option<u32>,
     pub dir: Option<String>,
+    pub s3: Option<RawS3>,
+}
+
+/// `[checkpointing.s3]`: how to reach an `s3://` checkpoint directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawS3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub part_size: Option<SizeText>,
+    pub upload_concurrency: Option<u32>,
 }
 
 /// `restart.strategy`.
@@ -272,6 +324,25 @@ pub(crate) struct RawOperator {
     pub parallelism: Option<u32>,
     pub config: Option<RawConfig>,
     pub batch_size: Option<usize>,
+    pub fuel_per_record: Option<u64>,
+    pub memory_limit: Option<SizeText>,
+    pub call_timeout: Option<DurationText>,
+    pub sync_phase_timeout: Option<DurationText>,
+    pub sync_phase_fuel: Option<u64>,
+    pub on_runaway: Option<RunawayPolicyName>,
+    pub dead_letter_dir: Option<String>,
+    pub replay_limit: Option<SizeText>,
+    pub dirs: Option<Vec<RawDirGrant>>,
+    pub env: Option<Vec<String>>,
+}
+
+/// One entry of an operator's `dirs`: a host directory granted to the guest.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawDirGrant {
+    pub host: Option<String>,
+    pub guest: Option<String>,
+    pub writable: Option<bool>,
 }
 
 /// `kind` of a `[[sink]]`.
@@ -463,7 +534,17 @@ mod tests {
                 "partition",
                 "parallelism",
                 "config",
-                "batch-size"
+                "batch-size",
+                "fuel-per-record",
+                "memory-limit",
+                "call-timeout",
+                "sync-phase-timeout",
+                "sync-phase-fuel",
+                "on-runaway",
+                "dead-letter-dir",
+                "replay-limit",
+                "dirs",
+                "env"
             ]
         );
     }
@@ -487,5 +568,6 @@ mod tests {
             ["forward", "rebalance", "broadcast", "key-by"]
         );
         assert_eq!(fields_of::<StateBackendKind>(), ["heap", "rocksdb"]);
+        assert_eq!(fields_of::<RunawayPolicyName>(), ["fail", "dead-letter"]);
     }
 }

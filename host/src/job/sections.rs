@@ -11,9 +11,13 @@ use super::duration::{DurationText, parse_duration};
 use super::error::JobError;
 use super::raw::{
     RawCheckpointing, RawExponentialDelay, RawFailureRate, RawFixedDelay, RawJob, RawNoRestart,
-    RawState, StrategyName, defaults, fields_of,
+    RawS3, RawState, StrategyName, defaults, fields_of,
 };
-use super::spec::{CheckpointMode, CheckpointingConfig, RestartStrategy, StateConfig, StorageUrl};
+use super::size::{SizeText, parse_size};
+use super::spec::{
+    CheckpointMode, CheckpointingConfig, RestartStrategy, S3Settings, StateBackendKind,
+    StateConfig, StorageUrl,
+};
 
 /// `[job]`, validated.
 pub(crate) struct JobSettings {
@@ -115,6 +119,10 @@ pub(crate) fn job(doc: &Doc<'_>, file_stem: &str) -> Result<JobSettings, JobErro
 
 pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>, JobError> {
     const S: &str = "checkpointing";
+    // The nested table's keys first, for the same message as a table's own.
+    if let Some(item) = doc.root.get(S).and_then(|c| c.get("s3")) {
+        doc.check_keys(item, fields_of::<RawS3>(), "[checkpointing.s3]", &[])?;
+    }
     let raw: RawCheckpointing = section(doc, S)?;
     let interval = duration(doc, S, "interval", raw.interval.as_ref(), Duration::ZERO)?;
     let timeout = duration(
@@ -208,6 +216,7 @@ pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>
         })?,
         None => StorageUrl::File(doc.resolve(defaults::CHECKPOINT_DIR)),
     };
+    let s3 = s3_settings(doc, raw.s3)?;
     if raw.interval.is_none() {
         return Ok(None);
     }
@@ -223,12 +232,52 @@ pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>
         retention: raw.retention.unwrap_or(defaults::RETENTION),
         num_retained,
         dir,
+        s3,
     }))
+}
+
+/// `[checkpointing.s3]`.
+fn s3_settings(doc: &Doc<'_>, raw: Option<RawS3>) -> Result<S3Settings, JobError> {
+    let Some(raw) = raw else {
+        return Ok(S3Settings::default());
+    };
+    let at = |key: &str| doc.at(&[Seg::Key("checkpointing"), Seg::Key("s3"), Seg::Key(key)]);
+    if raw.upload_concurrency == Some(0) {
+        return Err(JobError::Invalid {
+            at: at("upload-concurrency"),
+            message: "`upload-concurrency` is 0, so nothing would be uploaded. Set it to 1 or more, e.g. upload-concurrency = 4.".to_owned(),
+        });
+    }
+    // S3 refuses parts below 5 MiB (but the last).
+    const MIN_PART: u64 = 5 << 20;
+    let part_size = match &raw.part_size {
+        None => None,
+        Some(SizeText(text)) => {
+            let size = parse_size(text).map_err(|reason| JobError::Invalid {
+                at: at("part-size"),
+                message: format!("invalid `part-size` \"{text}\": {reason}."),
+            })?;
+            if size < MIN_PART {
+                return Err(JobError::Invalid {
+                    at: at("part-size"),
+                    message: "`part-size` is below S3's minimum part of 5 MiB. Set it to at least 5MiB, e.g. part-size = \"8MiB\".".to_owned(),
+                });
+            }
+            Some(size)
+        }
+    };
+    Ok(S3Settings {
+        endpoint: raw.endpoint,
+        region: raw.region,
+        force_path_style: raw.force_path_style.unwrap_or(false),
+        part_size,
+        upload_concurrency: raw.upload_concurrency,
+    })
 }
 
 /// Reads a checkpoint directory: `file:///abs`, `s3://bucket/prefix`, or a plain
 /// path relative to the job file's directory `dir`.
-pub(crate) fn storage_url(text: &str, dir: &Path) -> Result<StorageUrl, String> {
+pub fn storage_url(text: &str, dir: &Path) -> Result<StorageUrl, String> {
     if text.trim().is_empty() {
         return Err("it is empty. Write a path, a file:// URL or an s3:// URL".to_owned());
     }
@@ -440,9 +489,22 @@ fn exponential_delay(
 
 pub(crate) fn state(doc: &Doc<'_>) -> Result<StateConfig, JobError> {
     let raw: RawState = section(doc, "state")?;
+    let backend = raw.backend.unwrap_or(defaults::STATE_BACKEND);
+    let incremental = match (backend, raw.incremental) {
+        (StateBackendKind::Heap, Some(true)) => {
+            return Err(invalid(
+                doc,
+                "state",
+                "incremental",
+                "incremental checkpoints need backend = \"rocksdb\"; the heap backend always writes its whole state. Remove `incremental` or set backend = \"rocksdb\".".to_owned(),
+            ));
+        }
+        (StateBackendKind::Heap, _) => false,
+        (StateBackendKind::RocksDb, set) => set.unwrap_or(defaults::INCREMENTAL_ROCKSDB),
+    };
     Ok(StateConfig {
-        backend: raw.backend.unwrap_or(defaults::STATE_BACKEND),
-        incremental: raw.incremental.unwrap_or(defaults::INCREMENTAL),
+        backend,
+        incremental,
         dir: raw.dir.as_deref().map(|dir| doc.resolve(dir)),
     })
 }

@@ -115,6 +115,93 @@ pub struct OperatorSpec {
     pub config: String,
     /// Records per guest call.
     pub batch_size: usize,
+    /// What the guest may use and how it is metered.
+    pub sandbox: SandboxSpec,
+}
+
+/// An operator's sandbox: the limits the host meters its guest by and the WASI
+/// capabilities it grants. By default the guest has no filesystem, no network and no
+/// environment variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// `fuel-per-record`: fuel (about one unit per WebAssembly instruction) a record may
+    /// use; a batch gets this times its length. `None` (`fuel-per-record = 0`) turns
+    /// fuel metering off; the call timeout still applies.
+    pub fuel_per_record: Option<u64>,
+    /// `memory-limit`: bytes of linear memory the instance may have, all memories
+    /// together; also the most a single guest call may emit.
+    pub memory_limit: u64,
+    /// `call-timeout`: wall-clock deadline of any one guest call.
+    pub call_timeout: Duration,
+    /// `sync-phase-timeout`: a synchronous phase (the guest's `snapshot-state` and the
+    /// backend's snapshot) that takes longer declines the checkpoint.
+    pub sync_phase_timeout: Option<Duration>,
+    /// `sync-phase-fuel`: a `snapshot-state` that uses more fuel declines the checkpoint.
+    pub sync_phase_fuel: Option<u64>,
+    /// `on-runaway`: what a record that overruns a limit does.
+    pub on_runaway: RunawayPolicy,
+    /// `dirs`: host directories the guest may open.
+    pub dirs: Vec<DirGrant>,
+    /// `env`: the guest's environment variables, resolved (a bare name took the host's
+    /// value when the job file was loaded).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for SandboxSpec {
+    /// The defaults of the job file, with nothing granted.
+    fn default() -> Self {
+        use super::raw::defaults;
+        Self {
+            fuel_per_record: Some(defaults::FUEL_PER_RECORD),
+            memory_limit: defaults::MEMORY_LIMIT,
+            call_timeout: defaults::CALL_TIMEOUT,
+            sync_phase_timeout: defaults::SYNC_PHASE_TIMEOUT,
+            sync_phase_fuel: defaults::SYNC_PHASE_FUEL,
+            on_runaway: RunawayPolicy::Fail,
+            dirs: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// What happens to a record that overruns its fuel, the call timeout or the memory
+/// limit in `process`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunawayPolicy {
+    /// The subtask fails; the restart strategy restarts the job from its latest
+    /// checkpoint.
+    Fail,
+    /// The record is appended to a dead-letter file and skipped; the instance is
+    /// re-created from its last snapshot and the input since then is replayed.
+    DeadLetter {
+        /// Where the dead-letter files go (absolute): `<dir>/<operator>.jsonl`.
+        dir: PathBuf,
+        /// The most input (bytes of keys and values) kept for the replay; beyond it a
+        /// runaway record fails the subtask as `Fail` does.
+        replay_limit: u64,
+    },
+}
+
+/// `on-runaway` as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunawayPolicyName {
+    /// `"fail"`.
+    Fail,
+    /// `"dead-letter"`.
+    DeadLetter,
+}
+
+/// A host directory granted to a guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host, absolute and canonical; it existed when the job
+    /// file was loaded.
+    pub host: PathBuf,
+    /// Where the guest sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it.
+    pub writable: bool,
 }
 
 /// A sink's settings.
@@ -193,6 +280,24 @@ pub struct CheckpointingConfig {
     pub num_retained: u32,
     /// Where checkpoints are written.
     pub dir: StorageUrl,
+    /// How to reach S3, for an `s3://` `dir`.
+    pub s3: S3Settings,
+}
+
+/// `[checkpointing.s3]`. Credentials are not here: they come from the standard AWS
+/// chain (environment, profile files). What is unset takes the storage's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct S3Settings {
+    /// The endpoint of an S3-compatible store, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// The region, instead of the chain's.
+    pub region: Option<String>,
+    /// Path-style URLs (`<endpoint>/<bucket>/<key>`), as most S3-compatible stores need.
+    pub force_path_style: bool,
+    /// The part size of multipart uploads, in bytes.
+    pub part_size: Option<u64>,
+    /// Parts of one upload in flight at once.
+    pub upload_concurrency: Option<u32>,
 }
 
 /// `checkpointing.mode`.

@@ -221,6 +221,7 @@ fn the_word_count_job_is_read_completely() {
     );
     assert_eq!(op.config, "");
     assert_eq!(op.batch_size, 1024);
+    assert_eq!(op.sandbox, SandboxSpec::default());
     assert_eq!(node(&spec, "count").partition, Partition::KeyBy);
     assert_eq!(
         node(&spec, "out").kind,
@@ -694,7 +695,7 @@ fn an_unknown_key_names_the_key_and_its_line() {
     assert_eq!(err.location().line(), Some(line_of(&text, "paralelism")));
     assert_eq!(
         err.message(),
-        "unknown key `paralelism` in [[operator]] \"count\". Known keys: id, wasm, inputs, partition, parallelism, config, batch-size. Did you mean `parallelism`?"
+        "unknown key `paralelism` in [[operator]] \"count\". Known keys: id, wasm, inputs, partition, parallelism, config, batch-size, fuel-per-record, memory-limit, call-timeout, sync-phase-timeout, sync-phase-fuel, on-runaway, dead-letter-dir, replay-limit, dirs, env. Did you mean `parallelism`?"
     );
 }
 
@@ -1293,8 +1294,50 @@ fn a_full_checkpointing_table_is_read() {
             retention: Retention::RetainOnCancellation,
             num_retained: 3,
             dir: StorageUrl::File(PathBuf::from("/var/lib/weir/checkpoints")),
+            s3: S3Settings::default(),
         })
     );
+}
+
+#[test]
+fn an_s3_table_sets_the_endpoint_and_upload_settings() {
+    let f = Fixture::new();
+    let spec = f.ok(&format!(
+        "[checkpointing]\ninterval = \"1s\"\ndir = \"s3://bucket/jobs\"\n[checkpointing.s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nforce-path-style = true\npart-size = \"16MiB\"\nupload-concurrency = 8\n{MINIMAL}"
+    ));
+    let s3 = spec.checkpointing.map(|c| c.s3).unwrap_or_default();
+    assert_eq!(
+        s3,
+        S3Settings {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: Some("eu-west-1".into()),
+            force_path_style: true,
+            part_size: Some(16 << 20),
+            upload_concurrency: Some(8),
+        }
+    );
+}
+
+#[test]
+fn an_unknown_key_in_the_s3_table_is_named_with_its_table() {
+    let f = Fixture::new();
+    let err = f.err(&format!(
+        "[checkpointing]\ninterval = \"1s\"\n[checkpointing.s3]\nendpoint-url = \"x\"\n{MINIMAL}"
+    ));
+    let err = err.to_string();
+    assert!(
+        err.contains("endpoint-url") && err.contains("[checkpointing.s3]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_s3_part_below_five_mebibytes_is_refused() {
+    let f = Fixture::new();
+    let err = f.err(&format!(
+        "[checkpointing]\ninterval = \"1s\"\n[checkpointing.s3]\npart-size = \"1MiB\"\n{MINIMAL}"
+    ));
+    assert!(err.to_string().contains("5 MiB"), "{err}");
 }
 
 #[test]
@@ -1972,4 +2015,286 @@ fn every_error_starts_with_the_file_and_line() {
         "{err}"
     );
     assert!(err.to_string().ends_with('.'), "{err}");
+}
+
+// ----- the sandbox -----
+
+/// The word-count job with `keys` added to the `tokenize` operator.
+fn with_sandbox(keys: &str) -> String {
+    replace(
+        WORD_COUNT,
+        "wasm = \"tok.wasm\"",
+        &format!("wasm = \"tok.wasm\"\n{keys}"),
+    )
+}
+
+#[test]
+fn an_operator_gets_a_metered_sandbox_with_nothing_granted_by_default() {
+    let sandbox = SandboxSpec::default();
+    assert_eq!(sandbox.fuel_per_record, Some(10_000_000));
+    assert_eq!(sandbox.memory_limit, 256 << 20);
+    assert_eq!(sandbox.call_timeout, Duration::from_secs(10));
+    assert_eq!(sandbox.sync_phase_timeout, None);
+    assert_eq!(sandbox.sync_phase_fuel, None);
+    assert_eq!(sandbox.on_runaway, RunawayPolicy::Fail);
+    assert!(sandbox.dirs.is_empty() && sandbox.env.is_empty());
+}
+
+#[test]
+fn every_sandbox_key_is_read() {
+    let f = Fixture::new();
+    std::fs::create_dir(f.dir.path().join("data")).expect("a data dir");
+    let text = with_sandbox(
+        r#"fuel-per-record = 5000
+memory-limit = "64MiB"
+call-timeout = "2s"
+sync-phase-timeout = "500ms"
+sync-phase-fuel = 1000000
+on-runaway = "dead-letter"
+dead-letter-dir = "letters"
+replay-limit = "8MiB"
+dirs = [{ host = "data", guest = "/data" }, { host = ".", guest = "/job", writable = true }]
+env = ["GREETING=hello=world", "EMPTY="]"#,
+    );
+    let sandbox = operator_spec(&f.ok(&text), "tokenize").sandbox;
+    let dir = std::fs::canonicalize(f.dir.path()).expect("exists");
+    assert_eq!(
+        sandbox,
+        SandboxSpec {
+            fuel_per_record: Some(5000),
+            memory_limit: 64 << 20,
+            call_timeout: Duration::from_secs(2),
+            sync_phase_timeout: Some(Duration::from_millis(500)),
+            sync_phase_fuel: Some(1_000_000),
+            on_runaway: RunawayPolicy::DeadLetter {
+                dir: f.dir.path().join("letters"),
+                replay_limit: 8 << 20,
+            },
+            dirs: vec![
+                DirGrant {
+                    host: dir.join("data"),
+                    guest: "/data".into(),
+                    writable: false
+                },
+                DirGrant {
+                    host: dir,
+                    guest: "/job".into(),
+                    writable: true
+                },
+            ],
+            env: vec![
+                ("GREETING".into(), "hello=world".into()),
+                ("EMPTY".into(), String::new())
+            ],
+        }
+    );
+}
+
+#[test]
+fn fuel_per_record_zero_turns_fuel_metering_off() {
+    let f = Fixture::new();
+    let text = with_sandbox("fuel-per-record = 0");
+    let sandbox = operator_spec(&f.ok(&text), "tokenize").sandbox;
+    assert_eq!(sandbox.fuel_per_record, None);
+    let text = with_sandbox("fuel-per-record = 0\nsync-phase-fuel = 100");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "sync-phase-fuel = 100",
+        &[
+            "`sync-phase-fuel` needs fuel metering",
+            "fuel-per-record = 0",
+        ],
+    );
+}
+
+#[test]
+fn a_memory_limit_is_a_binary_size_of_at_least_one_mebibyte() {
+    let f = Fixture::new();
+    let text = with_sandbox("memory-limit = 1048576");
+    assert_eq!(
+        operator_spec(&f.ok(&text), "tokenize").sandbox.memory_limit,
+        1 << 20
+    );
+    let text = with_sandbox("memory-limit = \"512KiB\"");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "memory-limit",
+        &[
+            "operator \"tokenize\": `memory-limit` is 512 KiB",
+            "at least 1 MiB",
+            "default 256 MiB",
+        ],
+    );
+    let text = with_sandbox("memory-limit = \"64MB\"");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "memory-limit",
+        &[
+            "invalid size \"64MB\" for `memory-limit`",
+            "write 64MiB instead",
+        ],
+    );
+}
+
+#[test]
+fn a_call_timeout_below_the_enforceable_least_is_rejected() {
+    let f = Fixture::new();
+    let text = with_sandbox("call-timeout = \"50ms\"");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "call-timeout",
+        &[
+            "`call-timeout` is 50ms",
+            "least the host can enforce (100ms)",
+        ],
+    );
+    let text = with_sandbox("call-timeout = \"0\"");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "call-timeout",
+        &["no guest call can run without a deadline"],
+    );
+    let text = with_sandbox("call-timeout = \"soon\"");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "call-timeout",
+        &["invalid duration \"soon\" for `call-timeout`"],
+    );
+}
+
+#[test]
+fn a_sync_phase_limit_must_be_positive_and_below_the_call_timeout() {
+    let f = Fixture::new();
+    let text = with_sandbox("sync-phase-timeout = \"0s\"");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "sync-phase-timeout",
+        &["would decline every checkpoint"],
+    );
+    let text = with_sandbox("sync-phase-timeout = \"10s\"");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "sync-phase-timeout",
+        &["must be shorter than `call-timeout` (10s)"],
+    );
+    let text = with_sandbox("sync-phase-fuel = 0");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "sync-phase-fuel",
+        &["would decline every checkpoint"],
+    );
+}
+
+#[test]
+fn dead_letter_settings_without_the_dead_letter_policy_are_rejected() {
+    let f = Fixture::new();
+    let text = with_sandbox("dead-letter-dir = \"letters\"");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "dead-letter-dir",
+        &["only used with on-runaway = \"dead-letter\""],
+    );
+    let text = with_sandbox("on-runaway = \"dead-letter\"\nreplay-limit = 0");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "replay-limit",
+        &["`replay-limit` is 0"],
+    );
+    let text = with_sandbox("on-runaway = \"skip\"");
+    assert_error(&f.err(&text), &text, "on-runaway", &["fail", "dead-letter"]);
+}
+
+#[test]
+fn the_dead_letter_dir_defaults_to_one_beside_the_job_file() {
+    let f = Fixture::new();
+    let text = with_sandbox("on-runaway = \"dead-letter\"");
+    let sandbox = operator_spec(&f.ok(&text), "tokenize").sandbox;
+    assert_eq!(
+        sandbox.on_runaway,
+        RunawayPolicy::DeadLetter {
+            dir: f.dir.path().join("dead-letter"),
+            replay_limit: 64 << 20
+        }
+    );
+}
+
+#[test]
+fn a_granted_directory_must_exist_and_have_an_absolute_guest_path() {
+    let f = Fixture::new();
+    let text = with_sandbox(r#"dirs = [{ host = "nowhere", guest = "/data" }]"#);
+    assert_error(
+        &f.err(&text),
+        &text,
+        "dirs",
+        &["the granted directory nowhere", "does not exist"],
+    );
+    let text = with_sandbox(r#"dirs = [{ host = "in.txt", guest = "/data" }]"#);
+    assert_error(&f.err(&text), &text, "dirs", &["is not a directory"]);
+    let text = with_sandbox(r#"dirs = [{ host = ".", guest = "data" }]"#);
+    assert_error(&f.err(&text), &text, "dirs", &["must be absolute"]);
+    let text = with_sandbox(r#"dirs = [{ host = ".", guest = "/a/../b" }]"#);
+    assert_error(&f.err(&text), &text, "dirs", &["without `..`"]);
+    let text =
+        with_sandbox(r#"dirs = [{ host = ".", guest = "/a" }, { host = ".", guest = "/a" }]"#);
+    assert_error(&f.err(&text), &text, "dirs", &["granted twice"]);
+    let text = with_sandbox(r#"dirs = [{ guest = "/a" }]"#);
+    assert_error(
+        &f.err(&text),
+        &text,
+        "dirs",
+        &["needs both `host` and `guest`"],
+    );
+    let text = with_sandbox(r#"dirs = [{ host = ".", guest = "/a", mode = "rw" }]"#);
+    assert_error(&f.err(&text), &text, "dirs", &["mode"]);
+}
+
+#[test]
+fn environment_grants_are_checked_and_a_bare_name_takes_the_hosts_value() {
+    let f = Fixture::new();
+    // PATH is set wherever the tests run.
+    let path = std::env::var("PATH").expect("PATH is set");
+    let text = with_sandbox(r#"env = ["PATH"]"#);
+    assert_eq!(
+        operator_spec(&f.ok(&text), "tokenize").sandbox.env,
+        [("PATH".to_owned(), path)]
+    );
+    let text = with_sandbox(r#"env = ["WEIR_SURELY_NOT_SET_ANYWHERE"]"#);
+    assert_error(
+        &f.err(&text),
+        &text,
+        "env",
+        &["the host has no such variable"],
+    );
+    let text = with_sandbox(r#"env = ["1BAD=x"]"#);
+    assert_error(&f.err(&text), &text, "env", &["is not NAME=value or NAME"]);
+    let text = with_sandbox(r#"env = ["A=1", "A=2"]"#);
+    assert_error(&f.err(&text), &text, "env", &["sets A twice"]);
+}
+
+#[test]
+fn sandbox_keys_can_be_overridden_from_the_command_line() {
+    let f = Fixture::new();
+    let spec = f
+        .parse_with(
+            WORD_COUNT,
+            &[
+                "operator.tokenize.fuel-per-record=7",
+                "operator.tokenize.call-timeout=3s",
+            ],
+        )
+        .expect("valid");
+    let sandbox = operator_spec(&spec, "tokenize").sandbox;
+    assert_eq!(sandbox.fuel_per_record, Some(7));
+    assert_eq!(sandbox.call_timeout, Duration::from_secs(3));
 }

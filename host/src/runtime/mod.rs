@@ -32,6 +32,7 @@ pub use record::{Barrier, Control, Message, Record};
 pub use task::Restore;
 
 use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
+use crate::state::{LocalSnapshot, RestoredFiles};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often a subtask or the executor, while waiting, looks at the cancel flag: short
@@ -127,6 +128,12 @@ pub enum Snapshot {
     Finished,
     /// State to serialise and store.
     State(SnapshotWriter),
+    /// State to serialise and store, and the files of a state backend's native
+    /// checkpoint to upload (RocksDB).
+    StateAndFiles(SnapshotWriter, LocalSnapshot),
+    /// The synchronous phase overran a limit (`sync-phase-timeout`, `sync-phase-fuel`):
+    /// the subtask declines the checkpoint, for this reason, and goes on.
+    Declined(String),
 }
 
 /// A consuming node's logic for one subtask: an operator or a sink. Implemented by the
@@ -135,6 +142,18 @@ pub trait Operator: Send {
     /// Prepares the subtask before the first record; `restored` is the state its
     /// [`Operator::snapshot`] wrote into the checkpoint the job restores from.
     fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError>;
+    /// Before [`Operator::open`]: the files of the state backend's snapshot in the
+    /// checkpoint the job restores from, downloaded and verified. Only operators whose
+    /// [`Operator::snapshot`] returned [`Snapshot::StateAndFiles`] get them.
+    fn restore_files(&mut self, files: RestoredFiles) -> Result<(), TaskError> {
+        Err(TaskError::failed(
+            Fault::Host,
+            format!(
+                "this operator keeps no state backend files, but the checkpoint has {} for it",
+                files.files.len()
+            ),
+        ))
+    }
     /// Processes a batch, appending what it emits to `out`.
     fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError>;
     /// Event time advanced to `watermark` (the minimum over all inputs).
@@ -154,6 +173,10 @@ pub trait Operator: Send {
     /// The synchronous phase of checkpoint `checkpoint`: capture a consistent view of
     /// the state, quickly, and return how to serialise it.
     fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError>;
+    /// Fuel the last [`Operator::snapshot`] spent, when the operator meters fuel.
+    fn sync_fuel(&self) -> Option<u64> {
+        None
+    }
     /// `checkpoint` is complete and durable: commit its side effects.
     fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
         let _ = checkpoint;

@@ -14,8 +14,9 @@ use crate::runtime::input::{Event, InputGate};
 use crate::runtime::output::Output;
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{
-    CheckpointId, CheckpointSink, Operator, Snapshot, Source, SourcePoll, TaskError, now_ms,
+    CheckpointId, CheckpointSink, Fault, Operator, Snapshot, Source, SourcePoll, TaskError, now_ms,
 };
+use crate::state::RestoredFiles;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,8 @@ pub enum Restore {
     Nothing,
     /// The state its snapshot wrote.
     State(Vec<u8>),
+    /// The state its snapshot wrote, and its state backend's files.
+    StateAndFiles(Vec<u8>, RestoredFiles),
     /// It had finished: pass the end of input through, never run it again.
     Finished,
 }
@@ -69,6 +72,12 @@ pub fn run_source(
     match restore {
         Restore::State(bytes) => source.open(Some(bytes))?,
         Restore::Nothing | Restore::Finished => source.open(None)?,
+        Restore::StateAndFiles(..) => {
+            return Err(TaskError::failed(
+                Fault::Host,
+                "a source was given state backend files to restore",
+            ));
+        }
     }
     let mut buffer = Vec::with_capacity(SOURCE_BATCH);
     let mut exhausted = false;
@@ -178,6 +187,10 @@ pub fn run_operator(
     let finished = matches!(restore, Restore::Finished);
     match restore {
         Restore::State(bytes) => operator.open(Some(bytes))?,
+        Restore::StateAndFiles(bytes, files) => {
+            operator.restore_files(files)?;
+            operator.open(Some(bytes))?;
+        }
         Restore::Nothing => operator.open(None)?,
         Restore::Finished => {}
     }
@@ -346,19 +359,26 @@ impl OperatorTask<'_> {
             triggered_at_ms,
         }))?;
         let started = Instant::now();
-        let snapshot = match self.operator.as_mut() {
-            Some(op) => op.snapshot(checkpoint)?,
-            None => Snapshot::Finished,
+        let (snapshot, sync_fuel) = match self.operator.as_mut() {
+            Some(op) => (op.snapshot(checkpoint)?, op.sync_fuel()),
+            None => (Snapshot::Finished, None),
         };
         let stats = SubtaskStats {
             start_delay,
             alignment_duration,
             sync_duration: started.elapsed(),
+            sync_fuel,
             processed_in_flight,
             ..SubtaskStats::default()
         };
         if let Some(sink) = &self.ctx.checkpoints {
-            sink.submit(self.ctx.task, checkpoint, snapshot, stats);
+            match snapshot {
+                Snapshot::Declined(why) => {
+                    tracing::warn!(checkpoint = checkpoint.0, "declining the checkpoint: {why}");
+                    sink.decline(self.ctx.task, checkpoint, DeclineReason::Failed(why));
+                }
+                snapshot => sink.submit(self.ctx.task, checkpoint, snapshot, stats),
+            }
         }
         Ok(())
     }

@@ -7,9 +7,13 @@
 //! (`Arc::make_mut`), so the copying is spread over the processing that follows instead
 //! of stalling the synchronous phase: copy-on-write at key-group granularity.
 
+use crate::runtime::ids::CheckpointId;
 use crate::runtime::ids::KeyGroup;
 use crate::runtime::keygroup::KeyGroupRange;
-use crate::state::{KeyedStateBackend, MapEntries, StateError, StateId, StateKind, StateWriter};
+use crate::state::{
+    BackendSnapshot, KeyedStateBackend, MapEntries, RestoredState, StateError, StateId, StateKind,
+    StateWriter,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -362,7 +366,23 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
-    fn snapshot(&self) -> StateWriter {
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<BackendSnapshot, StateError> {
+        Ok(BackendSnapshot::Encoded(self.encoder()))
+    }
+
+    fn restore(&mut self, restored: RestoredState<'_>) -> Result<(), StateError> {
+        match restored {
+            RestoredState::Encoded(bytes) => self.decode(bytes),
+            RestoredState::Files(_) => Err(StateError::Corrupt(
+                "the checkpoint holds RocksDB files, which the heap backend cannot read".to_owned(),
+            )),
+        }
+    }
+}
+
+impl HeapBackend {
+    /// Captures every state (one `Arc` clone per key group) and returns its encoder.
+    fn encoder(&self) -> StateWriter {
         // Cloning the tables clones one `Arc` per key group and state: the whole
         // synchronous cost, independent of how many keys there are.
         let frozen = self.states.clone();
@@ -384,7 +404,8 @@ impl KeyedStateBackend for HeapBackend {
         })
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+    /// Replaces every state with what [`HeapBackend::encoder`] wrote.
+    fn decode(&mut self, bytes: &[u8]) -> Result<(), StateError> {
         let data: SnapshotOwned = postcard::from_bytes(bytes)
             .map_err(|e| StateError::Corrupt(format!("the heap snapshot does not decode: {e}")))?;
         let range = self.groups;
@@ -527,13 +548,13 @@ mod tests {
         b.value_set(v, KeyGroup(1), b"k".to_vec(), b"before".to_vec())?;
         b.list_add(l, KeyGroup(2), b"k".to_vec(), b"x".to_vec())?;
         b.map_put(m, KeyGroup(3), b"k".to_vec(), b"u".to_vec(), b"1".to_vec())?;
-        let writer = b.snapshot();
+        let writer = b.encoder();
         b.value_set(v, KeyGroup(1), b"k".to_vec(), b"after".to_vec())?;
         b.value_set(v, KeyGroup(4), b"new".to_vec(), b"after".to_vec())?;
         let bytes = writer()?;
 
         let mut restored = backend();
-        restored.restore(&bytes)?;
+        restored.decode(&bytes)?;
         let v = restored.open_state("v", StateKind::Value)?;
         let l = restored.open_state("l", StateKind::List)?;
         let m = restored.open_state("m", StateKind::Map)?;
@@ -565,14 +586,14 @@ mod tests {
                 b"x".to_vec(),
             )?;
         }
-        let bytes = all.snapshot()()?;
+        let bytes = all.encoder()()?;
         let mut half = HeapBackend::new(KeyGroupRange::for_subtask(SubtaskIndex(1), 2, 8));
-        half.restore(&bytes)?;
+        half.decode(&bytes)?;
         let v = half.open_state("v", StateKind::Value)?;
         assert_eq!(half.value_get(v, KeyGroup(5), &[5])?, Some(b"x".to_vec()));
         // Snapshot the half again and look at it from a backend that owns everything.
         let mut back = backend();
-        back.restore(&half.snapshot()()?)?;
+        back.decode(&half.encoder()()?)?;
         let v = back.open_state("v", StateKind::Value)?;
         for g in 0..8u8 {
             let expected = (g >= 4).then(|| b"x".to_vec());
@@ -589,7 +610,7 @@ mod tests {
     fn garbage_is_refused_as_corrupt() {
         let mut b = backend();
         assert!(matches!(
-            b.restore(b"\xff\xff\xff"),
+            b.decode(b"\xff\xff\xff"),
             Err(StateError::Corrupt(_))
         ));
     }

@@ -8,15 +8,24 @@
 //!
 //! # Layout
 //! - `heap`: states in hash maps on the heap, one copy-on-write map per key group.
+//! - `rocksdb`: states in an embedded RocksDB instance, one column family per state;
+//!   snapshots are RocksDB's native checkpoints, uploaded incrementally.
 //! - `timers`: keyed event-time and processing-time timers.
 
 mod heap;
+mod rocksdb;
 mod timers;
 
 pub use heap::HeapBackend;
+pub use rocksdb::{RocksDbBackend, RocksDbOptions};
 pub use timers::{Domain, Timers};
 
-use crate::runtime::ids::KeyGroup;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::ids::{CheckpointId, KeyGroup};
+use crate::storage::FileHandle;
 
 /// The kind of a state, fixed when it is first opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,11 +159,96 @@ pub trait KeyedStateBackend: Send {
     /// Removes everything `key` has in `state`, whatever its kind.
     fn clear(&mut self, state: StateId, group: KeyGroup, key: &[u8]) -> Result<(), StateError>;
 
-    /// The synchronous phase of a snapshot: captures a consistent view of every state
-    /// without copying it, and returns how to encode it.
-    fn snapshot(&self) -> StateWriter;
+    /// The synchronous phase of a snapshot for `checkpoint`: captures a consistent view
+    /// of every state, as cheaply as the backend can, and returns what the asynchronous
+    /// phase stores.
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<BackendSnapshot, StateError>;
 
-    /// Replaces all state with what a [`KeyedStateBackend::snapshot`] encoded, keeping
-    /// the key groups this backend owns.
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), StateError>;
+    /// Replaces all state with what a snapshot stored, keeping the key groups this
+    /// backend owns.
+    fn restore(&mut self, restored: RestoredState<'_>) -> Result<(), StateError>;
+
+    /// `checkpoint` completed: files it uploaded may be referenced by later snapshots.
+    fn checkpoint_complete(&mut self, _checkpoint: CheckpointId) {}
+
+    /// `checkpoint` was aborted: what it uploaded must not be referenced.
+    fn checkpoint_aborted(&mut self, _checkpoint: CheckpointId) {}
+}
+
+/// What a backend's synchronous snapshot phase captured.
+pub enum BackendSnapshot {
+    /// State to encode off the subtask's thread; the bytes are stored together with the
+    /// operator's own snapshot (the heap backend).
+    Encoded(StateWriter),
+    /// A native checkpoint in a local directory, whose files are uploaded (RocksDB).
+    Files(LocalSnapshot),
+}
+
+/// A backend's checkpoint on local disk, waiting for the asynchronous phase to store it.
+pub struct LocalSnapshot {
+    /// The directory holding the files. The asynchronous phase removes it once the
+    /// files are stored (or storing them failed).
+    pub dir: PathBuf,
+    /// Every file the restore needs.
+    pub files: Vec<LocalFile>,
+    /// Called with where every file went, once all are stored, so that later
+    /// incremental snapshots can refer to them once the checkpoint completes.
+    pub uploaded: UploadedCallback,
+}
+
+/// What a [`LocalSnapshot`] calls with where its files went.
+pub type UploadedCallback = Box<dyn FnOnce(&[StoredFile]) + Send>;
+
+/// One file of a [`LocalSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalFile {
+    /// Its name in the backend's directory (`000012.sst`, `MANIFEST-000005`); a
+    /// restore puts it back under this name.
+    pub name: String,
+    /// Where it is now.
+    pub path: PathBuf,
+    /// How to store it.
+    pub upload: Upload,
+}
+
+/// How the asynchronous phase stores a [`LocalFile`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upload {
+    /// It is already stored, by a completed checkpoint: refer to it, upload nothing.
+    Reuse(FileHandle),
+    /// Store it as `shared/<name>`, where later checkpoints can refer to it. The name
+    /// is unique to the content.
+    Shared(String),
+    /// Store it with this checkpoint only.
+    Private,
+}
+
+/// Where one file of a backend's snapshot is stored: recorded in `_metadata`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StoredFile {
+    /// Its name in the backend's directory.
+    pub name: String,
+    /// Where it is stored.
+    pub handle: FileHandle,
+}
+
+/// What a backend restores from.
+#[derive(Debug)]
+pub enum RestoredState<'a> {
+    /// The bytes a [`BackendSnapshot::Encoded`] writer produced.
+    Encoded(&'a [u8]),
+    /// The files of a [`BackendSnapshot::Files`], downloaded and verified.
+    Files(RestoredFiles),
+}
+
+/// The files of a backend's snapshot, downloaded and verified into `dir` under their
+/// names. The backend takes the directory over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredFiles {
+    /// Where the files are.
+    pub dir: PathBuf,
+    /// Where each was stored, so that an incremental backend can refer to the shared
+    /// ones again instead of uploading them anew.
+    pub files: Vec<StoredFile>,
 }

@@ -101,6 +101,22 @@ pub enum StorageError {
         transient: bool,
     },
 
+    /// An object store (S3) refused or failed a request: a missing bucket, refused
+    /// credentials, an unreachable endpoint, or a server error that outlasted the
+    /// retries. `detail` says what to check. The store's or the user's configuration;
+    /// `transient` says whether a retry can help.
+    #[error("{action} {location} failed: {detail}")]
+    ObjectStore {
+        /// The object or bucket, as an `s3://` URL.
+        location: String,
+        /// What was being done, e.g. "writing".
+        action: &'static str,
+        /// What went wrong and what to check.
+        detail: String,
+        /// Whether retrying the call can help.
+        transient: bool,
+    },
+
     /// The configured storage is not available in this build. The user's configuration;
     /// a retry does not help.
     #[error("{url}: {reason}")]
@@ -130,7 +146,9 @@ impl StorageError {
     /// known to pass (timeouts, interruptions, a busy resource).
     pub fn is_transient(&self) -> bool {
         match self {
-            StorageError::Io { transient, .. } => *transient,
+            StorageError::Io { transient, .. } | StorageError::ObjectStore { transient, .. } => {
+                *transient
+            }
             StorageError::NotFound { .. }
             | StorageError::Corrupt { .. }
             | StorageError::AlreadyCommitted { .. }

@@ -150,6 +150,9 @@ macro_rules! contract_suite {
 contract_suite!(fs_contract, Fs);
 contract_suite!(memory_contract, Memory);
 
+#[path = "s3_tests.rs"]
+mod s3_tests;
+
 /// The fixture's storage, checked.
 async fn checked<F: Fixture>(f: &F) -> &F::Storage {
     f.storage().check().await.expect("check");
@@ -779,7 +782,7 @@ fn a_job_id_that_is_not_one_path_component_is_refused() {
 #[test]
 fn open_gives_file_storage_for_a_file_url() {
     let url = StorageUrl::File(PathBuf::from("/var/lib/weir/checkpoints"));
-    let storage = open(&url, "word-count").expect("file storage");
+    let storage = open(&url, "word-count", &S3Settings::default()).expect("file storage");
     assert_eq!(
         storage.describe(),
         "file:///var/lib/weir/checkpoints/word-count"
@@ -787,19 +790,13 @@ fn open_gives_file_storage_for_a_file_url() {
 }
 
 #[test]
-fn open_refuses_s3_until_issue_5() {
+fn open_gives_s3_storage_for_an_s3_url() {
     let url = StorageUrl::S3 {
         bucket: "bucket".into(),
         prefix: "prefix".into(),
     };
-    let err = open(&url, "word-count").expect_err("not built yet");
-    assert!(matches!(err, StorageError::Unsupported { .. }), "{err}");
-    let message = err.to_string();
-    assert!(message.starts_with("s3://bucket/prefix: "), "{message}");
-    assert!(
-        message.contains("S3 checkpoint storage is not built yet (issue 5)"),
-        "{message}"
-    );
+    let storage = open(&url, "word-count", &S3Settings::default()).expect("s3 storage");
+    assert_eq!(storage.describe(), "s3://bucket/prefix/word-count");
 }
 
 // Only the double.

@@ -6,6 +6,8 @@ use crate::runtime::{KeyGroup, Record, now_ms};
 use crate::state::{self, Domain, KeyedStateBackend, StateId, StateKind, Timers};
 use crate::wasm::bindings::weir::operator::{log, output, state as wit_state, timers, types};
 use crate::wasm::bindings::{self, TimeDomain};
+use crate::wasm::sandbox::{CallDeadline, GuestClock, MemoryLimiter, OutputCapExceeded};
+use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -37,6 +39,26 @@ pub struct GuestState {
     /// Records may only be emitted from `process`, `on-timer`, `on-watermark` and
     /// `close`: a record emitted while snapshotting would belong to no checkpoint.
     pub(crate) emitting: bool,
+    /// Caps the instance's linear memory at `memory-limit`.
+    pub(crate) limiter: MemoryLimiter,
+    /// The deadline of the call in progress, for waits the host does on its behalf.
+    pub(crate) deadline: CallDeadline,
+    /// The guest's monotonic clock, to turn its instants into deadlines.
+    pub(crate) clock: Arc<GuestClock>,
+    /// Bytes emitted during the current call, and the most one call may emit (the
+    /// memory limit: what the guest could hold itself).
+    pub(crate) out_bytes: u64,
+    pub(crate) out_limit: u64,
+}
+
+/// What a record costs the host besides its key and value: the `Record` and the two
+/// `Vec` headers, as an estimate.
+const RECORD_OVERHEAD: u64 = 64;
+
+/// The bytes a record occupies on the host, for the output cap.
+fn footprint(record: &bindings::Record) -> u64 {
+    let key = record.key.as_ref().map_or(0, Vec::len);
+    u64::try_from(key + record.value.len()).unwrap_or(u64::MAX) + RECORD_OVERHEAD
 }
 
 impl WasiView for GuestState {
@@ -273,6 +295,18 @@ impl output::Host for GuestState {
             wasmtime::bail!(
                 "the operator emitted records outside `process`, `on-timer`, `on-watermark` and `close`; records emitted elsewhere would belong to no checkpoint"
             );
+        }
+        self.out_bytes = records
+            .iter()
+            .map(footprint)
+            .fold(self.out_bytes, u64::saturating_add);
+        if self.out_bytes > self.out_limit {
+            // Freed at once: the call fails and nothing of it is kept.
+            self.out = Vec::new();
+            return Err(OutputCapExceeded {
+                limit: self.out_limit,
+            }
+            .into());
         }
         if self.out.is_empty() {
             // Same layout on both sides: this collects in place, without a new allocation.

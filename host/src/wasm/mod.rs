@@ -2,7 +2,8 @@
 //! the WIT contract, and the adapter that makes a guest instance a runtime
 //! [`Operator`](crate::runtime::Operator).
 //!
-//! One [`Engine`] per process, one compiled [`Component`] per `.wasm` file (cached on
+//! One [`Engine`] per kind of [`Metering`] (in practice one: fuel and epochs, unless an
+//! operator turns fuel off), one compiled [`Component`] per `.wasm` file (cached on
 //! disk, so a second start skips Cranelift), one store and instance per subtask. This
 //! part owns everything that touches wasmtime; the rest of the host sees only
 //! [`WasmRuntime`], [`OperatorComponent`] and [`WasmOperator`].
@@ -10,25 +11,32 @@
 //! # Layout
 //! - `bindings`: the one `bindgen!` site.
 //! - `host`: the host implementations of the imports (`state`, `output`, `timers`, `log`).
+//! - `sandbox`: metering (fuel, epoch deadlines, memory and output caps), the capped
+//!   clock for host-side waits, the WASI capabilities a guest is granted.
+//! - `dead_letter`: the restore point, replay log and dead-letter file of
+//!   `on-runaway = "dead-letter"`.
 //! - `cache`: compiled components on disk.
 //! - `stdio`: the guest's stdout and stderr, into the log.
 //! - `operator`: [`WasmOperator`], one guest instance driven by a subtask.
 
 mod bindings;
 mod cache;
+mod dead_letter;
 mod host;
 mod operator;
+mod sandbox;
 mod stdio;
 
 pub use cache::CompileCache;
-pub use operator::WasmOperator;
+pub use operator::{GuestSettings, WasmOperator};
+pub use sandbox::{EPOCH_TICK, Metering};
 
 use crate::runtime::TaskInfo;
 use crate::state::KeyedStateBackend;
 use bindings::{HANDLER_EXPORT, OperatorPre};
 use host::GuestState;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
@@ -76,11 +84,18 @@ pub enum WasmError {
     Engine(String),
 }
 
-/// The process-wide engine and linker, and the compile cache.
+/// The engines (one per kind of metering, made when first needed), their linkers,
+/// and the compile cache.
 pub struct WasmRuntime {
+    engines: Mutex<Vec<Arc<Flavor>>>,
+    cache: Option<CompileCache>,
+}
+
+/// One engine with its linker.
+struct Flavor {
+    metering: Metering,
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
-    cache: Option<CompileCache>,
 }
 
 /// A loaded, checked operator component, ready to be instantiated per subtask.
@@ -89,30 +104,82 @@ pub struct OperatorComponent {
     path: PathBuf,
     pre: OperatorPre<GuestState>,
     engine: Engine,
+    metering: Metering,
 }
 
-impl WasmRuntime {
-    /// An engine with Weir's settings; compiled components are cached in `cache`.
-    pub fn new(cache: Option<CompileCache>) -> Result<Self, WasmError> {
+impl Flavor {
+    fn new(metering: Metering) -> Result<Self, WasmError> {
+        let engine_error = |e: wasmtime::Error| WasmError::Engine(format!("{e:#}"));
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        config.consume_fuel(metering.fuel);
+        config.epoch_interruption(metering.epoch);
+        let engine = Engine::new(&config).map_err(engine_error)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+        sandbox::add_capped_clock(&mut linker).map_err(engine_error)?;
         bindings::Operator::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
-            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+            .map_err(engine_error)?;
+        if metering.epoch {
+            start_ticker(&engine)?;
+        }
         Ok(Self {
+            metering,
             engine,
             linker: Arc::new(linker),
+        })
+    }
+}
+
+/// Starts the thread that advances `engine`'s epoch every [`EPOCH_TICK`]. It holds the
+/// engine weakly and ends once the engine (every component compiled by it) is dropped.
+fn start_ticker(engine: &Engine) -> Result<(), WasmError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("weir-epoch".to_owned())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(drop)
+        .map_err(|e| WasmError::Engine(format!("cannot start the epoch ticker: {e}")))
+}
+
+impl WasmRuntime {
+    /// The runtime with Weir's settings; compiled components are cached in `cache`.
+    /// The fully metered engine (fuel and epochs, what the job file's defaults use) is
+    /// made at once, so that a broken setup shows before a job is read.
+    pub fn new(cache: Option<CompileCache>) -> Result<Self, WasmError> {
+        let metered = Flavor::new(Metering::FULL)?;
+        Ok(Self {
+            engines: Mutex::new(vec![Arc::new(metered)]),
             cache,
         })
     }
 
+    /// The engine for `metering`, made when first asked for.
+    fn flavor(&self, metering: Metering) -> Result<Arc<Flavor>, WasmError> {
+        let mut engines = self
+            .engines
+            .lock()
+            .map_err(|_| WasmError::Engine("the engine list was poisoned".to_owned()))?;
+        if let Some(flavor) = engines.iter().find(|f| f.metering == metering) {
+            return Ok(flavor.clone());
+        }
+        let flavor = Arc::new(Flavor::new(metering)?);
+        engines.push(flavor.clone());
+        Ok(flavor)
+    }
+
     /// Loads the component at `path` (from the compile cache when it holds it) and
-    /// checks that it implements the operator world.
-    pub fn load(&self, path: &Path) -> Result<OperatorComponent, WasmError> {
+    /// checks that it implements the operator world. `metering` picks the engine: what the operator's sandbox needs
+    /// ([`Metering::of`]).
+    pub fn load(&self, path: &Path, metering: Metering) -> Result<OperatorComponent, WasmError> {
+        let flavor = self.flavor(metering)?;
         let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
             path: path.to_owned(),
             source,
@@ -122,7 +189,7 @@ impl WasmRuntime {
         let cached = self
             .cache
             .as_ref()
-            .and_then(|c| c.load(&self.engine, &bytes));
+            .and_then(|c| c.load(&flavor.engine, &bytes));
         let component = match cached {
             Some(component) => {
                 tracing::debug!(path = %path.display(), elapsed = ?started.elapsed(), "loaded compiled component from the cache");
@@ -131,19 +198,19 @@ impl WasmRuntime {
             None => {
                 tracing::info!(path = %path.display(), "compiling component (done once; the result is cached)");
                 let component =
-                    Component::new(&self.engine, &bytes).map_err(|e| WasmError::Compile {
+                    Component::new(&flavor.engine, &bytes).map_err(|e| WasmError::Compile {
                         path: path.to_owned(),
                         message: format!("{e:#}"),
                     })?;
                 tracing::info!(path = %path.display(), elapsed = ?started.elapsed(), "compiled component");
                 if let Some(cache) = &self.cache {
-                    cache.store(&self.engine, &bytes, &component);
+                    cache.store(&flavor.engine, &bytes, &component);
                 }
                 component
             }
         };
-        self.check_world(path, &component)?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        check_world(&flavor.engine, path, &component)?;
+        let instance_pre = flavor.linker.instantiate_pre(&component).map_err(|e| {
             WasmError::NotAnOperator {
                 path: path.to_owned(),
                 problem: format!(
@@ -158,29 +225,30 @@ impl WasmRuntime {
         Ok(OperatorComponent {
             path: path.to_owned(),
             pre,
-            engine: self.engine.clone(),
+            engine: flavor.engine.clone(),
+            metering,
         })
     }
+}
 
-    fn check_world(&self, path: &Path, component: &Component) -> Result<(), WasmError> {
-        let ty = component.component_type();
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_owned())
-            .collect();
-        if exports.iter().any(|e| e == HANDLER_EXPORT) {
-            return Ok(());
-        }
-        let found = if exports.is_empty() {
-            "it exports nothing".to_owned()
-        } else {
-            format!("it exports only {}", exports.join(", "))
-        };
-        Err(WasmError::NotAnOperator {
-            path: path.to_owned(),
-            problem: format!("the export `{HANDLER_EXPORT}` is missing ({found})"),
-        })
+fn check_world(engine: &Engine, path: &Path, component: &Component) -> Result<(), WasmError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    if exports.iter().any(|e| e == HANDLER_EXPORT) {
+        return Ok(());
     }
+    let found = if exports.is_empty() {
+        "it exports nothing".to_owned()
+    } else {
+        format!("it exports only {}", exports.join(", "))
+    };
+    Err(WasmError::NotAnOperator {
+        path: path.to_owned(),
+        problem: format!("the export `{HANDLER_EXPORT}` is missing ({found})"),
+    })
 }
 
 fn check_header(path: &Path, bytes: &[u8]) -> Result<(), WasmError> {
@@ -205,13 +273,18 @@ impl OperatorComponent {
         &self.path
     }
 
+    /// The metering its engine compiled in.
+    pub fn metering(&self) -> Metering {
+        self.metering
+    }
+
     /// Instantiates the component for one subtask, with its keyed state in `backend`.
     pub fn instantiate(
         &self,
         info: &TaskInfo,
-        config: &str,
+        settings: &Arc<GuestSettings>,
         backend: Box<dyn KeyedStateBackend>,
     ) -> Result<WasmOperator, crate::runtime::TaskError> {
-        WasmOperator::new(self, info, config, backend)
+        WasmOperator::new(self, info, settings.clone(), backend)
     }
 }

@@ -1,34 +1,161 @@
 //! [`WasmOperator`]: one guest instance, driven by one subtask.
 //!
 //! Each call hands the guest a whole batch and collects what it emitted from the store
-//! afterwards; the subtask routes it. A trap ends the instance: it is reported with the
-//! guest's backtrace and never called again.
+//! afterwards; the subtask routes it. Every call is metered (see `sandbox`): fuel for
+//! the batch, a wall-clock deadline, memory and output caps. A trap ends the instance:
+//! it is reported with the guest's backtrace and never called again, unless the
+//! operator dead-letters runaway records, in which case a new instance takes its place
+//! (see `dead_letter`).
 
+use crate::job::{RunawayPolicy, SandboxSpec};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::{
-    CheckpointId, Fault, Operator, Record, Snapshot, TaskError, TaskInfo, now_ms,
+    CheckpointId, Fault, Operator, Record, Snapshot, SnapshotWriter, TaskError, TaskInfo, now_ms,
 };
-use crate::state::{Domain, KeyedStateBackend, Timers};
+use crate::state::{
+    BackendSnapshot, Domain, HeapBackend, KeyedStateBackend, RestoredFiles, RestoredState, Timers,
+};
 use crate::wasm::OperatorComponent;
 use crate::wasm::bindings::{self, Context, GuestError, TimeDomain, Timer};
+use crate::wasm::dead_letter::{DeadLetter, DeadLetterFile, ReplayLog, Replayed, RestorePoint};
 use crate::wasm::host::GuestState;
+use crate::wasm::sandbox::{
+    CallLimits, GuestClock, MemoryLimiter, Runaway, UNLIMITED_FUEL, batch_fuel, deadline_after,
+    epoch_ticks, wasi_ctx,
+};
 use crate::wasm::stdio::{LogStream, Stream};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::WasiCtx;
+use wasmtime::{Store, WasmBacktrace};
+
+/// What an operator's subtasks are instantiated with.
+#[derive(Clone, Debug)]
+pub struct GuestSettings {
+    /// The config string handed to the guest's `open`.
+    pub config: String,
+    /// Limits and grants.
+    pub sandbox: SandboxSpec,
+    /// Whether the keyed state backend restores from its encoded snapshot in memory
+    /// (the heap backend does; RocksDB keeps files): `dead-letter` needs it.
+    pub local_restore: bool,
+}
+
+/// The most backtrace frames a message shows: a stack overflow has thousands, and the
+/// innermost are the ones that tell.
+const MAX_FRAMES: usize = 40;
+
+/// The most distinct keys an error names for a batch.
+const MAX_KEYS: usize = 3;
+
+/// A guest instance and its store.
+struct Instance {
+    store: Store<GuestState>,
+    guest: bindings::Operator,
+}
+
+/// A guest call that did not succeed.
+#[derive(Debug)]
+enum CallFailure {
+    /// The guest returned an error; the instance is usable.
+    Returned(String),
+    /// The instance trapped (or overran its deadline in a host wait) and is gone.
+    Trapped {
+        /// The limit it hit, if that was the cause.
+        runaway: Option<Runaway>,
+        /// What happened, a sentence.
+        message: String,
+        /// The guest's backtrace with function names, when there is one.
+        backtrace: String,
+    },
+}
+
+impl CallFailure {
+    fn runaway(&self) -> Option<Runaway> {
+        match self {
+            CallFailure::Trapped { runaway, .. } => *runaway,
+            CallFailure::Returned(_) => None,
+        }
+    }
+}
+
+/// The records a failed call was given: where they are in the subtask's input.
+struct Span<'a> {
+    first: u64,
+    records: &'a [bindings::Record],
+}
+
+impl Span<'_> {
+    /// "record 41 of this subtask's input (key "poison")", or a range with some keys.
+    fn describe(&self) -> String {
+        let show = |key: &Option<Vec<u8>>| match key {
+            Some(key) => {
+                let text = String::from_utf8_lossy(key);
+                let short: String = text.chars().take(40).collect();
+                format!("\"{short}\"")
+            }
+            None => "none".to_owned(),
+        };
+        match self.records {
+            [one] => format!(
+                "record {} of this subtask's input (key {})",
+                self.first,
+                show(&one.key)
+            ),
+            records => {
+                let mut keys: Vec<&Option<Vec<u8>>> = Vec::new();
+                for record in records {
+                    if !keys.contains(&&record.key) {
+                        keys.push(&record.key);
+                    }
+                }
+                let shown: Vec<String> = keys.iter().take(MAX_KEYS).map(|k| show(k)).collect();
+                let more = match keys.len().saturating_sub(MAX_KEYS) {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                let last = self.first + u64::try_from(records.len()).unwrap_or(1) - 1;
+                format!(
+                    "records {}..={last} of this subtask's input (keys {}{more}; with batch-size = 1 the error names the one record)",
+                    self.first,
+                    shown.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// What `dead-letter` keeps: where letters go, the restore point and the log since.
+struct Recovery {
+    file: DeadLetterFile,
+    log: ReplayLog,
+    point: Option<RestorePoint>,
+    /// Why there is no restore point, when there is none.
+    unavailable: String,
+}
 
 /// A guest operator instance of one subtask.
 pub struct WasmOperator {
-    store: Store<GuestState>,
-    guest: bindings::Operator,
+    component: OperatorComponent,
+    info: TaskInfo,
+    settings: Arc<GuestSettings>,
+    instance: Instance,
     context: Context,
     /// Set once the instance trapped: it must not be entered again.
     trapped: bool,
     /// Set once `close` returned: the operator is finished.
     closed: bool,
+    /// Set when the keyed state came back from a backend's files, not from the
+    /// operator's snapshot.
+    restored_files: bool,
+    /// Records this subtask has taken in, counted across restores: the position of the
+    /// next record.
+    position: u64,
+    /// Fuel the guest used in the last synchronous phase.
+    sync_fuel: Option<u64>,
+    /// With `on-runaway = "dead-letter"`.
+    recovery: Option<Recovery>,
 }
 
 /// What a WASM operator subtask puts into a checkpoint.
@@ -36,87 +163,268 @@ pub struct WasmOperator {
 struct GuestSnapshot {
     /// What the guest's `snapshot-state` returned.
     operator: Vec<u8>,
-    /// The keyed state, as the backend encoded it.
+    /// The keyed state, as the backend encoded it; empty when the backend keeps its
+    /// state in files of its own (RocksDB).
     keyed: Vec<u8>,
     /// The registered timers.
     timers: Timers,
+    /// Records the subtask had taken in.
+    position: u64,
+}
+
+/// A new instance of `component` for subtask `info`, with its keyed state in `backend`.
+fn instantiate(
+    component: &OperatorComponent,
+    info: &TaskInfo,
+    sandbox: &SandboxSpec,
+    backend: Box<dyn KeyedStateBackend>,
+    timers: Timers,
+    watermark: Option<i64>,
+) -> Result<Instance, TaskError> {
+    let task: Arc<str> = Arc::from(info.name());
+    let clock = Arc::new(GuestClock::new());
+    let wasi = wasi_ctx(
+        sandbox,
+        LogStream::new(task.clone(), Stream::Stdout),
+        LogStream::new(task, Stream::Stderr),
+        clock.clone(),
+    )
+    .map_err(|message| TaskError::failed(Fault::External, message))?;
+    let state = GuestState {
+        wasi,
+        table: ResourceTable::new(),
+        backend,
+        groups: KeyGroupRange::for_subtask(info.subtask, info.parallelism, info.max_parallelism),
+        max_parallelism: info.max_parallelism,
+        out: Vec::new(),
+        timers,
+        watermark,
+        opening: false,
+        emitting: false,
+        limiter: MemoryLimiter::new(sandbox.memory_limit),
+        deadline: Default::default(),
+        clock,
+        out_bytes: 0,
+        out_limit: sandbox.memory_limit,
+    };
+    let mut store = Store::new(&component.engine, state);
+    store.limiter(|state| &mut state.limiter);
+    arm(&mut store, component, sandbox, UNLIMITED_FUEL);
+    let guest = component.pre.instantiate(&mut store).map_err(|e| {
+        let path = component.path.display();
+        match Runaway::of(&e, false) {
+            Some(Runaway::Memory) => TaskError::failed(
+                Fault::User,
+                format!(
+                    "could not instantiate {path}: {e}. The guest needs more memory just to start; raise memory-limit."
+                ),
+            ),
+            _ => TaskError::failed(Fault::Guest, format!("could not instantiate {path}: {e:?}")),
+        }
+    })?;
+    Ok(Instance { store, guest })
+}
+
+/// Arms the metering for the next guest call: its fuel, its epoch deadline, and fresh
+/// output and wait accounting.
+fn arm(
+    store: &mut Store<GuestState>,
+    component: &OperatorComponent,
+    sandbox: &SandboxSpec,
+    fuel: u64,
+) {
+    let metering = component.metering;
+    if metering.fuel {
+        // Cannot fail: the engine meters fuel.
+        let _ = store.set_fuel(fuel);
+    }
+    let deadline = if metering.epoch {
+        let ticks = epoch_ticks(sandbox.call_timeout);
+        store.set_epoch_deadline(ticks);
+        Some(deadline_after(Instant::now(), ticks))
+    } else {
+        None
+    };
+    let data = store.data_mut();
+    data.deadline.arm(deadline);
+    data.out_bytes = 0;
+}
+
+/// The guest's backtrace in `error`, at most [`MAX_FRAMES`] frames.
+fn backtrace(error: &wasmtime::Error) -> String {
+    let Some(trace) = error.downcast_ref::<WasmBacktrace>() else {
+        return String::new();
+    };
+    let text = trace.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= MAX_FRAMES + 1 {
+        return text;
+    }
+    let mut shown = lines[..=MAX_FRAMES].join("\n");
+    shown.push_str(&format!(
+        "\n  … {} more lines (outer frames)",
+        lines.len() - MAX_FRAMES - 1
+    ));
+    shown
+}
+
+/// The trap's own words: the root cause, without the backtrace wasmtime wraps it in.
+fn root_cause(error: &wasmtime::Error) -> String {
+    error.root_cause().to_string()
 }
 
 impl WasmOperator {
     pub(crate) fn new(
         component: &OperatorComponent,
         info: &TaskInfo,
-        config: &str,
+        settings: Arc<GuestSettings>,
         backend: Box<dyn KeyedStateBackend>,
     ) -> Result<Self, TaskError> {
-        let task: Arc<str> = Arc::from(info.name());
-        let wasi = WasiCtx::builder()
-            .stdout(LogStream::new(task.clone(), Stream::Stdout))
-            .stderr(LogStream::new(task, Stream::Stderr))
-            .build();
-        let state = GuestState {
-            wasi,
-            table: ResourceTable::new(),
-            backend,
-            groups: KeyGroupRange::for_subtask(
-                info.subtask,
-                info.parallelism,
-                info.max_parallelism,
-            ),
-            max_parallelism: info.max_parallelism,
-            out: Vec::new(),
-            timers: Timers::default(),
-            watermark: None,
-            opening: false,
-            emitting: false,
-        };
-        let mut store = Store::new(&component.engine, state);
-        let guest = component.pre.instantiate(&mut store).map_err(|e| {
-            TaskError::failed(
-                Fault::Guest,
-                format!("could not instantiate {}: {e:?}", component.path.display()),
-            )
-        })?;
+        let sandbox = &settings.sandbox;
+        let instance = instantiate(component, info, sandbox, backend, Timers::default(), None)?;
         let context = Context {
             operator_id: info.node.clone(),
-            config: config.to_owned(),
+            config: settings.config.clone(),
             subtask_index: info.subtask.0,
             parallelism: info.parallelism,
             max_parallelism: info.max_parallelism,
             restored: false,
         };
+        let recovery = match &sandbox.on_runaway {
+            RunawayPolicy::Fail => None,
+            RunawayPolicy::DeadLetter { dir, replay_limit } => Some(Recovery {
+                file: DeadLetterFile::new(dir, &info.node),
+                log: ReplayLog::new(*replay_limit),
+                point: None,
+                unavailable: if settings.local_restore {
+                    "the operator has not started yet".to_owned()
+                } else {
+                    "it needs a state backend that restores in memory (heap); this job's backend keeps its state in files".to_owned()
+                },
+            }),
+        };
         Ok(Self {
-            store,
-            guest,
+            component: component.clone(),
+            info: info.clone(),
+            settings,
+            instance,
             context,
             trapped: false,
             closed: false,
+            restored_files: false,
+            position: 0,
+            sync_fuel: None,
+            recovery,
         })
     }
 
-    /// Turns the outcome of a guest call into the runtime's terms.
-    fn check<T>(
+    fn sandbox(&self) -> &SandboxSpec {
+        &self.settings.sandbox
+    }
+
+    /// Arms the metering for a call with `fuel`; returns its limits for messages.
+    fn arm(&mut self, fuel: u64, records: usize) -> CallLimits {
+        arm(
+            &mut self.instance.store,
+            &self.component,
+            &self.settings.sandbox,
+            fuel,
+        );
+        let sandbox = self.sandbox();
+        CallLimits {
+            fuel: self.component.metering.fuel.then_some(fuel),
+            records,
+            timeout: sandbox.call_timeout,
+            memory: sandbox.memory_limit,
+        }
+    }
+
+    /// Arms a call that processes `records` records: their fuel budget.
+    fn arm_records(&mut self, records: usize) -> CallLimits {
+        let fuel = match self.sandbox().fuel_per_record {
+            Some(per_record) => batch_fuel(per_record, records),
+            None => UNLIMITED_FUEL,
+        };
+        self.arm(fuel, records)
+    }
+
+    /// Turns the outcome of a guest call into a value or a [`CallFailure`].
+    fn outcome<T>(
         &mut self,
         function: &str,
+        limits: &CallLimits,
         result: wasmtime::Result<Result<T, GuestError>>,
-    ) -> Result<T, TaskError> {
+    ) -> Result<T, CallFailure> {
+        let cut = self.instance.store.data().deadline.was_cut();
         match result {
+            Ok(Ok(_)) if cut => {
+                self.trapped = true;
+                Err(CallFailure::Trapped {
+                    runaway: Some(Runaway::Deadline),
+                    message: format!(
+                        "`{function}` {}: it was still waiting for the host when the deadline came",
+                        Runaway::Deadline.describe(limits)
+                    ),
+                    backtrace: String::new(),
+                })
+            }
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(TaskError::failed(
-                Fault::Guest,
-                format!(
-                    "the operator returned an error from `{function}`: {}",
-                    error.message
-                ),
-            )),
+            Ok(Err(error)) => Err(CallFailure::Returned(format!(
+                "the operator returned an error from `{function}`: {}",
+                error.message
+            ))),
             Err(trap) => {
                 self.trapped = true;
-                Err(TaskError::failed(
-                    Fault::Guest,
-                    format!("the operator trapped in `{function}`: {trap:?}"),
-                ))
+                let runaway = Runaway::of(&trap, cut);
+                let message = match runaway {
+                    Some(runaway) => format!(
+                        "`{function}` {} ({})",
+                        runaway.describe(limits),
+                        root_cause(&trap)
+                    ),
+                    None => format!(
+                        "the operator trapped in `{function}`: {}",
+                        root_cause(&trap)
+                    ),
+                };
+                Err(CallFailure::Trapped {
+                    runaway,
+                    message,
+                    backtrace: backtrace(&trap),
+                })
             }
         }
+    }
+
+    /// The subtask's error for a failed call, naming the records it had, if any.
+    fn task_error(failure: CallFailure, span: Option<&Span<'_>>, extra: &str) -> TaskError {
+        let (message, backtrace) = match failure {
+            CallFailure::Returned(message) => (message, String::new()),
+            CallFailure::Trapped {
+                message, backtrace, ..
+            } => (message, backtrace),
+        };
+        let mut text = message;
+        if let Some(span) = span {
+            text.push_str(&format!(", on {}", span.describe()));
+        }
+        text.push_str(extra);
+        if !backtrace.is_empty() {
+            text.push_str(&format!(".\n{backtrace}"));
+        }
+        TaskError::failed(Fault::Guest, text)
+    }
+
+    /// Runs a guest call that is not about records and fails the subtask if it fails.
+    fn call<T>(
+        &mut self,
+        function: &str,
+        call: impl FnOnce(&mut Instance) -> wasmtime::Result<Result<T, GuestError>>,
+    ) -> Result<T, TaskError> {
+        let limits = self.arm(UNLIMITED_FUEL, 1);
+        let result = call(&mut self.instance);
+        self.outcome(function, &limits, result)
+            .map_err(|f| Self::task_error(f, None, ""))
     }
 
     fn entered(&self) -> Result<(), TaskError> {
@@ -129,11 +437,45 @@ impl WasmOperator {
         Ok(())
     }
 
-    /// Fires the timers of `domain` due at `time`, in one guest call.
-    fn fire(&mut self, domain: Domain, time: i64) -> Result<(), TaskError> {
-        let due = self.store.data_mut().timers.take_due(domain, time);
+    /// The guest's `open`, then `restore-state` with `operator_state` if there is one.
+    fn open_guest(&mut self, operator_state: Option<&[u8]>) -> Result<(), TaskError> {
+        self.instance.store.data_mut().opening = true;
+        let context = self.context.clone();
+        let result = self.call("open", |i| {
+            i.guest
+                .weir_operator_handler()
+                .call_open(&mut i.store, &context)
+        });
+        self.instance.store.data_mut().opening = false;
+        result?;
+        if let Some(state) = operator_state {
+            self.call("restore-state", |i| {
+                i.guest
+                    .weir_operator_handler()
+                    .call_restore_state(&mut i.store, state)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One `process` call with `batch`, output left in the store.
+    fn process_batch(&mut self, batch: &[bindings::Record]) -> Result<(), CallFailure> {
+        let limits = self.arm_records(batch.len());
+        let instance = &mut self.instance;
+        instance.store.data_mut().emitting = true;
+        let result = instance
+            .guest
+            .weir_operator_handler()
+            .call_process(&mut instance.store, batch);
+        instance.store.data_mut().emitting = false;
+        self.outcome("process", &limits, result)
+    }
+
+    /// Fires the timers of `domain` due at `time`, in one guest call; whether any were.
+    fn fire(&mut self, domain: Domain, time: i64) -> Result<bool, TaskError> {
+        let due = self.instance.store.data_mut().timers.take_due(domain, time);
         if due.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let wit_domain = match domain {
             Domain::EventTime => TimeDomain::EventTime,
@@ -147,47 +489,307 @@ impl WasmOperator {
                 domain: wit_domain,
             })
             .collect();
-        let result = self
+        let limits = self.arm_records(timers.len());
+        let instance = &mut self.instance;
+        instance.store.data_mut().emitting = true;
+        let result = instance
             .guest
             .weir_operator_handler()
-            .call_on_timer(&mut self.store, &timers);
-        self.check("on-timer", result)
+            .call_on_timer(&mut instance.store, &timers);
+        instance.store.data_mut().emitting = false;
+        self.outcome("on-timer", &limits, result)
+            .map_err(|f| Self::task_error(f, None, ""))?;
+        Ok(true)
     }
 
-    /// Tells an open guest how `checkpoint` ended; a closed one has nothing to commit.
+    /// The watermark advanced: due event-time timers, then `on-watermark`.
+    fn advance_watermark(&mut self, watermark: i64) -> Result<(), TaskError> {
+        self.fire(Domain::EventTime, watermark)?;
+        self.instance.store.data_mut().watermark = Some(watermark);
+        let limits = self.arm_records(1);
+        let instance = &mut self.instance;
+        instance.store.data_mut().emitting = true;
+        let result = instance
+            .guest
+            .weir_operator_handler()
+            .call_on_watermark(&mut instance.store, watermark);
+        instance.store.data_mut().emitting = false;
+        self.outcome("on-watermark", &limits, result)
+            .map_err(|f| Self::task_error(f, None, ""))
+    }
+
+    /// Tells the guest how `checkpoint` ended.
+    fn notify_guest(&mut self, checkpoint: CheckpointId, complete: bool) -> Result<(), TaskError> {
+        if complete {
+            self.call("notify-checkpoint-complete", |i| {
+                i.guest
+                    .weir_operator_handler()
+                    .call_notify_checkpoint_complete(&mut i.store, checkpoint.0)
+            })
+        } else {
+            self.call("notify-checkpoint-aborted", |i| {
+                i.guest
+                    .weir_operator_handler()
+                    .call_notify_checkpoint_aborted(&mut i.store, checkpoint.0)
+            })
+        }
+    }
+
+    /// Tells the state backend and an open guest how `checkpoint` ended; a closed guest
+    /// has nothing to commit.
     fn notify(&mut self, checkpoint: CheckpointId, complete: bool) -> Result<(), TaskError> {
+        let backend = &mut self.instance.store.data_mut().backend;
+        if complete {
+            backend.checkpoint_complete(checkpoint);
+        } else {
+            backend.checkpoint_aborted(checkpoint);
+        }
         if self.closed {
             return Ok(());
         }
         self.entered()?;
-        let handler = self.guest.weir_operator_handler();
-        if complete {
-            let result = handler.call_notify_checkpoint_complete(&mut self.store, checkpoint.0);
-            self.check("notify-checkpoint-complete", result)
-        } else {
-            let result = handler.call_notify_checkpoint_aborted(&mut self.store, checkpoint.0);
-            self.check("notify-checkpoint-aborted", result)
+        self.notify_guest(checkpoint, complete)?;
+        self.log(Replayed::Notified {
+            checkpoint,
+            complete,
+        });
+        Ok(())
+    }
+
+    /// Appends a successful guest call to the replay log of `dead-letter`.
+    fn log(&mut self, event: Replayed) {
+        if let Some(recovery) = &mut self.recovery {
+            recovery.log.push(event);
         }
     }
 
-    /// Runs a guest call during which it may emit records.
-    fn emitting<T>(
-        &mut self,
-        call: impl FnOnce(&mut Self) -> Result<T, TaskError>,
-    ) -> Result<T, TaskError> {
-        self.store.data_mut().emitting = true;
-        let result = call(self);
-        self.store.data_mut().emitting = false;
-        result
-    }
-
     fn take_output(&mut self, out: &mut Vec<Record>) {
-        let emitted = &mut self.store.data_mut().out;
+        let emitted = &mut self.instance.store.data_mut().out;
         if out.is_empty() {
             std::mem::swap(out, emitted);
         } else {
             out.append(emitted);
         }
+    }
+
+    /// The synchronous phase's overrun of `sync-phase-timeout` or `sync-phase-fuel`.
+    fn sync_overrun(
+        &self,
+        checkpoint: CheckpointId,
+        elapsed: Duration,
+        fuel: Option<u64>,
+    ) -> Option<String> {
+        let sandbox = self.sandbox();
+        let what = match (sandbox.sync_phase_timeout, sandbox.sync_phase_fuel, fuel) {
+            (Some(limit), _, _) if elapsed > limit => {
+                format!("took {elapsed:?}, over its sync-phase-timeout of {limit:?}")
+            }
+            (_, Some(limit), Some(used)) if used > limit => {
+                format!("used {used} fuel in `snapshot-state`, over its sync-phase-fuel of {limit}")
+            }
+            _ => return None,
+        };
+        Some(format!(
+            "operator `{}`, subtask {}/{}: the synchronous phase of checkpoint {} {what}; the checkpoint is declined and the operator's snapshot discarded",
+            self.info.node,
+            self.info.subtask.0 + 1,
+            self.info.parallelism,
+            checkpoint.0
+        ))
+    }
+
+    /// Makes the state at this moment the restore point of `dead-letter`: the operator
+    /// state the guest returned, a second copy-on-write capture of the keyed state, the
+    /// timers and the watermark. The replay log starts again.
+    fn set_restore_point(&mut self, checkpoint: CheckpointId, operator: Option<Vec<u8>>) {
+        let local_restore = self.settings.local_restore;
+        let Some(recovery) = &mut self.recovery else {
+            return;
+        };
+        recovery.log.reset();
+        if !local_restore {
+            return;
+        }
+        let data = self.instance.store.data_mut();
+        match data.backend.snapshot(checkpoint) {
+            Ok(BackendSnapshot::Encoded(capture)) => {
+                recovery.point = Some(RestorePoint::new(
+                    capture,
+                    operator,
+                    data.timers.clone(),
+                    data.watermark,
+                ));
+            }
+            Ok(BackendSnapshot::Files(files)) => {
+                let _ = std::fs::remove_dir_all(&files.dir);
+                recovery.point = None;
+                recovery.unavailable =
+                    "its state backend keeps its snapshots in files, which cannot be restored in memory".to_owned();
+            }
+            Err(e) => {
+                recovery.point = None;
+                recovery.unavailable = format!("capturing the keyed state failed: {e}");
+            }
+        }
+    }
+
+    /// Builds a new instance from the restore point and replays the log into it, with
+    /// the output thrown away.
+    fn rebuild(&mut self) -> Result<(), String> {
+        let recovery = self.recovery.as_mut().ok_or("no dead-letter recovery")?;
+        let Some(events) = recovery.log.events() else {
+            return Err(format!(
+                "the input since the last snapshot exceeded replay-limit ({})",
+                crate::job::format_size(recovery.log.limit())
+            ));
+        };
+        let events = events.to_vec();
+        let Some(point) = recovery.point.as_mut() else {
+            return Err(recovery.unavailable.clone());
+        };
+        let keyed = point.keyed().map_err(|e| e.to_string())?.to_vec();
+        let (operator, timers, watermark) = (
+            point.operator.clone(),
+            point.timers.clone(),
+            point.watermark,
+        );
+        let groups = self.instance.store.data().groups;
+        let mut backend = std::mem::replace(
+            &mut self.instance.store.data_mut().backend,
+            Box::new(HeapBackend::new(groups)),
+        );
+        backend
+            .restore(RestoredState::Encoded(&keyed))
+            .map_err(|e| format!("restoring the keyed state failed: {e}"))?;
+        self.instance = instantiate(
+            &self.component,
+            &self.info,
+            &self.settings.sandbox,
+            backend,
+            timers,
+            watermark,
+        )
+        .map_err(|e| e.to_string())?;
+        self.trapped = false;
+        self.context.restored = operator.is_some();
+        self.open_guest(operator.as_deref())
+            .map_err(|e| e.to_string())?;
+        for event in events {
+            self.replay(event).map_err(|e| {
+                format!("replaying the input since the last snapshot failed ({e}); dead-letter needs a deterministic guest")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Replays one logged call, throwing its output away.
+    fn replay(&mut self, event: Replayed) -> Result<(), TaskError> {
+        match event {
+            Replayed::Batch(records) => {
+                let batch: Vec<bindings::Record> = records.into_iter().map(Into::into).collect();
+                self.process_batch(&batch)
+                    .map_err(|f| Self::task_error(f, None, ""))?;
+            }
+            Replayed::Watermark(watermark) => self.advance_watermark(watermark)?,
+            Replayed::ProcessingTime(time) => {
+                self.fire(Domain::ProcessingTime, time)?;
+            }
+            Replayed::Notified {
+                checkpoint,
+                complete,
+            } => self.notify_guest(checkpoint, complete)?,
+        }
+        self.instance.store.data_mut().out.clear();
+        Ok(())
+    }
+
+    /// A record of `batch` (at `first` in the input) overran its limits: rebuild the
+    /// instance, then process the batch one record at a time, dead-lettering those that
+    /// overrun again.
+    fn isolate(
+        &mut self,
+        batch: Vec<bindings::Record>,
+        first: u64,
+        failure: CallFailure,
+        out: &mut Vec<Record>,
+    ) -> Result<(), TaskError> {
+        let span = Span {
+            first,
+            records: &batch,
+        };
+        if let Err(why) = self.rebuild() {
+            let extra = format!(" (on-runaway = \"dead-letter\" could not apply: {why})");
+            return Err(Self::task_error(failure, Some(&span), &extra));
+        }
+        for (offset, record) in batch.iter().enumerate() {
+            let position = first + u64::try_from(offset).unwrap_or(u64::MAX);
+            let single = std::slice::from_ref(record);
+            match self.process_batch(single) {
+                Ok(()) => {
+                    self.take_output(out);
+                    self.log(Replayed::Batch(vec![record.clone().into()]));
+                }
+                Err(CallFailure::Trapped {
+                    runaway: Some(_),
+                    message,
+                    backtrace,
+                }) => {
+                    let record = Record::from(record.clone());
+                    self.dead_letter(&record, position, &message, &backtrace)?;
+                    if let Err(why) = self.rebuild() {
+                        return Err(TaskError::failed(
+                            Fault::Guest,
+                            format!(
+                                "after dead-lettering record {position}, the operator could not be rebuilt: {why}"
+                            ),
+                        ));
+                    }
+                }
+                Err(failure) => {
+                    let span = Span {
+                        first: position,
+                        records: single,
+                    };
+                    return Err(Self::task_error(failure, Some(&span), ""));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `record` to the dead-letter file.
+    fn dead_letter(
+        &mut self,
+        record: &Record,
+        position: u64,
+        error: &str,
+        backtrace: &str,
+    ) -> Result<(), TaskError> {
+        let Some(recovery) = &self.recovery else {
+            return Ok(());
+        };
+        let letter = DeadLetter {
+            record,
+            position,
+            function: "process",
+            error,
+            backtrace,
+        };
+        recovery.file.append(&self.info, &letter).map_err(|e| {
+            TaskError::failed(
+                Fault::External,
+                format!(
+                    "cannot write the dead-letter file {}: {e}",
+                    recovery.file.path().display()
+                ),
+            )
+        })?;
+        tracing::warn!(
+            position,
+            file = %recovery.file.path().display(),
+            "dead-lettered a record: {error}"
+        );
+        Ok(())
     }
 }
 
@@ -199,71 +801,79 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> TaskError {
 }
 
 impl Operator for WasmOperator {
+    fn restore_files(&mut self, files: RestoredFiles) -> Result<(), TaskError> {
+        self.instance
+            .store
+            .data_mut()
+            .backend
+            .restore(RestoredState::Files(files))
+            .map_err(|e| corrupt("keyed state", e))?;
+        self.restored_files = true;
+        Ok(())
+    }
+
     fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
         self.entered()?;
         let operator_state = match restored {
             Some(bytes) => {
                 let snapshot: GuestSnapshot =
                     postcard::from_bytes(&bytes).map_err(|e| corrupt("operator state", e))?;
-                let data = self.store.data_mut();
-                data.backend
-                    .restore(&snapshot.keyed)
-                    .map_err(|e| corrupt("keyed state", e))?;
+                let data = self.instance.store.data_mut();
+                if !self.restored_files {
+                    data.backend
+                        .restore(RestoredState::Encoded(&snapshot.keyed))
+                        .map_err(|e| corrupt("keyed state", e))?;
+                }
                 data.timers = snapshot.timers;
                 self.context.restored = true;
+                self.position = snapshot.position;
                 Some(snapshot.operator)
             }
             None => None,
         };
-        self.store.data_mut().opening = true;
-        let result = self
-            .guest
-            .weir_operator_handler()
-            .call_open(&mut self.store, &self.context);
-        self.store.data_mut().opening = false;
-        self.check("open", result)?;
-        if let Some(state) = operator_state {
-            let result = self
-                .guest
-                .weir_operator_handler()
-                .call_restore_state(&mut self.store, &state);
-            self.check("restore-state", result)?;
-        }
-        Ok(())
+        // Before `open`: a rebuilt instance is opened on this state again.
+        self.set_restore_point(CheckpointId(0), operator_state.clone());
+        self.open_guest(operator_state.as_deref())
     }
 
     fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError> {
         self.entered()?;
+        let first = self.position;
+        self.position += u64::try_from(batch.len()).unwrap_or(u64::MAX);
         // Same layout on both sides: this collects in place, without a new allocation.
         let batch: Vec<bindings::Record> = batch.into_iter().map(Into::into).collect();
-        self.emitting(|op| {
-            let result = op
-                .guest
-                .weir_operator_handler()
-                .call_process(&mut op.store, &batch);
-            op.check("process", result)
-        })?;
-        self.take_output(out);
-        Ok(())
+        match self.process_batch(&batch) {
+            Ok(()) => {
+                self.take_output(out);
+                if self.recovery.is_some() {
+                    self.log(Replayed::Batch(batch.into_iter().map(Into::into).collect()));
+                }
+                Ok(())
+            }
+            Err(failure) if failure.runaway().is_some() && self.recovery.is_some() => {
+                self.instance.store.data_mut().out.clear();
+                self.isolate(batch, first, failure, out)
+            }
+            Err(failure) => {
+                let span = Span {
+                    first,
+                    records: &batch,
+                };
+                Err(Self::task_error(failure, Some(&span), ""))
+            }
+        }
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Record>) -> Result<(), TaskError> {
         self.entered()?;
-        self.emitting(|op| {
-            op.fire(Domain::EventTime, watermark)?;
-            op.store.data_mut().watermark = Some(watermark);
-            let result = op
-                .guest
-                .weir_operator_handler()
-                .call_on_watermark(&mut op.store, watermark);
-            op.check("on-watermark", result)
-        })?;
+        self.advance_watermark(watermark)?;
+        self.log(Replayed::Watermark(watermark));
         self.take_output(out);
         Ok(())
     }
 
     fn next_processing_timer(&self) -> Option<Instant> {
-        let at = self.store.data().timers.next_processing_time()?;
+        let at = self.instance.store.data().timers.next_processing_time()?;
         let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
         Some(Instant::now() + Duration::from_millis(wait))
     }
@@ -274,32 +884,69 @@ impl Operator for WasmOperator {
         out: &mut Vec<Record>,
     ) -> Result<(), TaskError> {
         self.entered()?;
-        self.emitting(|op| op.fire(Domain::ProcessingTime, now_ms()))?;
+        let time = now_ms();
+        if self.fire(Domain::ProcessingTime, time)? {
+            self.log(Replayed::ProcessingTime(time));
+        }
         self.take_output(out);
         Ok(())
     }
 
     fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+        self.sync_fuel = None;
         if self.closed {
             return Ok(Snapshot::Finished);
         }
         self.entered()?;
-        let result = self
-            .guest
-            .weir_operator_handler()
-            .call_snapshot_state(&mut self.store, checkpoint.0);
-        let operator = self.check("snapshot-state", result)?;
-        let data = self.store.data();
-        let keyed = data.backend.snapshot();
+        // Measure, then decline: the guest may finish its snapshot (up to the call
+        // timeout, which stops it for good), and an overrun only discards it. Stopping
+        // it at the limit instead would lose the instance and fail the job.
+        let started = Instant::now();
+        let operator = self.call("snapshot-state", |i| {
+            i.guest
+                .weir_operator_handler()
+                .call_snapshot_state(&mut i.store, checkpoint.0)
+        });
+        if self.component.metering.fuel {
+            let left = self.instance.store.get_fuel().unwrap_or(0);
+            self.sync_fuel = Some(UNLIMITED_FUEL - left);
+        }
+        let operator = operator?;
+        if let Some(why) = self.sync_overrun(checkpoint, started.elapsed(), self.sync_fuel) {
+            return Ok(Snapshot::Declined(why));
+        }
+        let data = self.instance.store.data_mut();
+        let keyed = data.backend.snapshot(checkpoint).map_err(|e| {
+            TaskError::failed(
+                Fault::External,
+                format!("the state backend could not take its snapshot: {e}"),
+            )
+        })?;
         let timers = data.timers.clone();
-        Ok(Snapshot::State(Box::new(move || {
-            let keyed = keyed().map_err(|e| {
-                TaskError::failed(Fault::Host, format!("cannot encode the keyed state: {e}"))
-            })?;
+        if let Some(why) = self.sync_overrun(checkpoint, started.elapsed(), self.sync_fuel) {
+            if let BackendSnapshot::Files(files) = keyed {
+                let _ = std::fs::remove_dir_all(&files.dir);
+            }
+            return Ok(Snapshot::Declined(why));
+        }
+        self.set_restore_point(checkpoint, Some(operator.clone()));
+        let position = self.position;
+        let (encode_keyed, files) = match keyed {
+            BackendSnapshot::Encoded(writer) => (Some(writer), None),
+            BackendSnapshot::Files(files) => (None, Some(files)),
+        };
+        let writer: SnapshotWriter = Box::new(move || {
+            let keyed = match encode_keyed {
+                Some(encode) => encode().map_err(|e| {
+                    TaskError::failed(Fault::Host, format!("cannot encode the keyed state: {e}"))
+                })?,
+                None => Vec::new(),
+            };
             postcard::to_allocvec(&GuestSnapshot {
                 operator,
                 keyed,
                 timers,
+                position,
             })
             .map_err(|e| {
                 TaskError::failed(
@@ -307,7 +954,15 @@ impl Operator for WasmOperator {
                     format!("cannot encode the operator's snapshot: {e}"),
                 )
             })
-        })))
+        });
+        Ok(match files {
+            Some(files) => Snapshot::StateAndFiles(writer, files),
+            None => Snapshot::State(writer),
+        })
+    }
+
+    fn sync_fuel(&self) -> Option<u64> {
+        self.sync_fuel
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
@@ -320,12 +975,59 @@ impl Operator for WasmOperator {
 
     fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError> {
         self.entered()?;
-        self.emitting(|op| {
-            let result = op.guest.weir_operator_handler().call_close(&mut op.store);
-            op.check("close", result)
-        })?;
+        self.instance.store.data_mut().emitting = true;
+        let result = self.call("close", |i| {
+            i.guest.weir_operator_handler().call_close(&mut i.store)
+        });
+        self.instance.store.data_mut().emitting = false;
+        result?;
         self.closed = true;
         self.take_output(out);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str) -> bindings::Record {
+        bindings::Record {
+            key: Some(key.as_bytes().to_vec()),
+            value: b"v".to_vec(),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn a_single_record_is_named_by_its_position_and_key() {
+        let records = [record("poison")];
+        let span = Span {
+            first: 41,
+            records: &records,
+        };
+        assert_eq!(
+            span.describe(),
+            "record 41 of this subtask's input (key \"poison\")"
+        );
+    }
+
+    #[test]
+    fn a_batch_is_named_by_its_range_and_first_distinct_keys() {
+        let records: Vec<bindings::Record> = ["a", "b", "a", "c", "d", "e"]
+            .into_iter()
+            .map(record)
+            .collect();
+        let span = Span {
+            first: 100,
+            records: &records,
+        };
+        let text = span.describe();
+        assert!(
+            text.starts_with(
+                "records 100..=105 of this subtask's input (keys \"a\", \"b\", \"c\" and 2 more"
+            ),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,287 @@
+//! The RocksDB state backend end to end: incremental checkpoints upload only what
+//! changed, retention keeps every shared file a retained checkpoint needs, state larger
+//! than the process's memory works, and a checkpoint of the other backend is refused.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use weir::checkpoint::metadata::CheckpointMetadata;
+use weir::storage::{CheckpointStorage, FsStorage};
+use weir_tests::{Scratch, describe, guest, peak_rss_kib, toml_path};
+
+/// Every completed checkpoint of job `job` under `<scratch>/checkpoints`, oldest first.
+fn checkpoints(scratch: &Scratch, job: &str) -> Vec<CheckpointMetadata> {
+    let storage =
+        FsStorage::new(scratch.path().join("checkpoints"), job).expect("a valid job directory");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut out = Vec::new();
+        for listed in storage.list().await.expect("the checkpoints list") {
+            if listed.has_metadata {
+                let bytes = storage
+                    .read_metadata(listed.checkpoint)
+                    .await
+                    .expect("committed metadata reads back");
+                out.push(CheckpointMetadata::from_bytes(&bytes).expect("metadata parses"));
+            }
+        }
+        out
+    })
+}
+
+/// A keyed-state job: a fast bounded `fill` of `keys` keys, then a slow `trickle` that
+/// changes a few keys per checkpoint, into the `latest` guest.
+fn fill_and_trickle(state: &str, keys: u64) -> String {
+    format!(
+        r#"[job]
+name = "incremental"
+
+[checkpointing]
+interval = "200ms"
+dir = "checkpoints"
+num-retained = 4
+retention = "retain-on-cancellation"
+
+{state}
+
+[[source]]
+id = "fill"
+kind = "generator"
+count = {keys}
+keys = {keys}
+value-size = 100
+
+[[source]]
+id = "trickle"
+kind = "generator"
+seed = 7
+count = 400
+keys = {keys}
+rate = 200
+
+[[operator]]
+id = "latest"
+wasm = "{latest}"
+inputs = ["fill", "trickle"]
+partition = "key-by"
+
+[[sink]]
+id = "out"
+kind = "blackhole"
+inputs = ["latest"]
+"#,
+        latest = toml_path(&guest("latest")),
+    )
+}
+
+/// Runs `job` to its end and returns its retained checkpoints.
+fn run_to_end(scratch: &Scratch, job: &str) -> Vec<CheckpointMetadata> {
+    let path = scratch.write("job.toml", job);
+    let output = scratch.run(&["run", path.to_str().unwrap_or_default()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    checkpoints(scratch, "incremental")
+}
+
+fn sizes(m: &CheckpointMetadata) -> (u64, u64) {
+    (m.state_size(), m.checkpointed_size())
+}
+
+#[test]
+fn an_incremental_checkpoint_of_a_small_change_uploads_far_less_than_the_state() {
+    let scratch = Scratch::new();
+    let retained = run_to_end(
+        &scratch,
+        &fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 50_000),
+    );
+    assert!(retained.len() >= 2, "too few checkpoints retained");
+    for m in &retained {
+        let (state, written) = sizes(m);
+        println!(
+            "checkpoint {}: state {state} B, uploaded {written} B",
+            m.checkpoint
+        );
+    }
+    // Every retained checkpoint comes after the fill; compactions may rewrite files in
+    // one of them, but the smallest is a handful of keys.
+    let smallest = retained.iter().map(|m| m.checkpointed_size()).min();
+    let state = retained.iter().map(|m| m.state_size()).max().unwrap_or(0);
+    assert!(state > 1_000_000, "the state is only {state} bytes");
+    assert!(
+        smallest.is_some_and(|s| s * 10 < state),
+        "the smallest incremental checkpoint uploaded {smallest:?} of {state} bytes"
+    );
+}
+
+#[test]
+fn a_full_rocksdb_checkpoint_uploads_the_whole_state_every_time() {
+    let scratch = Scratch::new();
+    let retained = run_to_end(
+        &scratch,
+        &fill_and_trickle(
+            "[state]\nbackend = \"rocksdb\"\nincremental = false\ndir = \"state\"",
+            20_000,
+        ),
+    );
+    assert!(!retained.is_empty());
+    for m in &retained {
+        let (state, written) = sizes(m);
+        assert_eq!(state, written, "checkpoint {} is not full", m.checkpoint);
+        assert!(
+            m.tasks.iter().all(|t| !matches!(
+                &t.state,
+                weir::checkpoint::metadata::TaskState::WithFiles { files, .. }
+                    if files.iter().any(|f| f.handle.path.starts_with("shared/"))
+            )),
+            "a full checkpoint references shared files"
+        );
+    }
+}
+
+#[test]
+fn retention_keeps_exactly_the_shared_files_that_retained_checkpoints_reference() {
+    let scratch = Scratch::new();
+    let retained = run_to_end(
+        &scratch,
+        &fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 20_000),
+    );
+    let referenced: BTreeSet<String> = retained
+        .iter()
+        .flat_map(|m| m.files().shared)
+        .map(|f| f.0)
+        .collect();
+    assert!(!referenced.is_empty(), "no shared files referenced");
+    let shared_dir = scratch.path().join("checkpoints/incremental/shared");
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&shared_dir)
+        .expect("the shared directory exists")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let missing: Vec<_> = referenced.difference(&on_disk).collect();
+    assert!(
+        missing.is_empty(),
+        "retention deleted needed files: {missing:?}"
+    );
+    let leaked: Vec<_> = on_disk.difference(&referenced).collect();
+    assert!(
+        leaked.is_empty(),
+        "shared files no retained checkpoint references were left: {leaked:?}"
+    );
+}
+
+#[test]
+fn state_larger_than_the_processs_memory_lives_in_rocksdb() {
+    let scratch = Scratch::new();
+    // About 780k distinct keys of 500-byte values: nearly 400 MB of state. The backend's
+    // memory is bounded far below that: a 64 MiB block cache and 32 MiB of memtables.
+    let job = scratch.write(
+        "job.toml",
+        format!(
+            r#"[job]
+name = "large"
+
+[checkpointing]
+interval = "2s"
+dir = "checkpoints"
+num-retained = 10
+retention = "retain-on-cancellation"
+
+[state]
+backend = "rocksdb"
+dir = "state"
+
+[[source]]
+id = "gen"
+kind = "generator"
+count = 1500000
+keys = 1000000
+value-size = 500
+
+[[operator]]
+id = "latest"
+wasm = "{latest}"
+inputs = ["gen"]
+partition = "key-by"
+
+[[sink]]
+id = "out"
+kind = "blackhole"
+inputs = ["latest"]
+"#,
+            latest = toml_path(&guest("latest")),
+        ),
+    );
+    let mut child = scratch
+        .weir(&["run", job.to_str().unwrap_or_default()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir starts");
+    let pid = child.id();
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        if let Some(status) = child.try_wait().expect("weir is waited for") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "weir failed: {status}");
+    // The final checkpoint comes after the operator closed, with no state of its own:
+    // the largest is the one before it.
+    let state = checkpoints(&scratch, "large")
+        .iter()
+        .map(CheckpointMetadata::state_size)
+        .max()
+        .unwrap_or(0);
+    println!("peak RSS {peak} KiB, state {} KiB", state / 1024);
+    assert!(state > 300 << 20, "the state is only {state} bytes");
+    assert!(
+        peak * 1024 < state,
+        "peak RSS {peak} KiB is not below the state's {} KiB",
+        state / 1024
+    );
+}
+
+#[test]
+fn a_heap_checkpoint_is_refused_by_a_rocksdb_job_with_the_reason() {
+    let scratch = Scratch::new();
+    let heap = fill_and_trickle("[state]\nbackend = \"heap\"", 1_000);
+    run_to_end(&scratch, &heap);
+    let rocks = fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 1_000);
+    let path = scratch.write("job.toml", rocks);
+    let output = scratch.run(&[
+        "run",
+        path.to_str().unwrap_or_default(),
+        "--from-checkpoint",
+        "latest",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        stderr.contains("written by the heap state backend") && stderr.contains("rocksdb"),
+        "{stderr}"
+    );
+}
+
+/// The working directory is left clean when the job ends.
+#[test]
+fn the_backend_leaves_no_working_files_behind() {
+    let scratch = Scratch::new();
+    run_to_end(
+        &scratch,
+        &fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 1_000),
+    );
+    let state = scratch.path().join("state/incremental");
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "left in {}: {left:?}",
+        Path::display(&state)
+    );
+}

@@ -1,0 +1,272 @@
+//! Checkpoints on S3 end to end: the real `weir` binary against a real S3-compatible
+//! server (s3s-fs) on 127.0.0.1, with a fault-injecting proxy in front of it. Server
+//! errors and stalls are retried, a checkpoint whose upload still fails is aborted while
+//! the job goes on, a server that dies and comes back costs checkpoints but never data,
+//! and a wrong endpoint or bucket fails the job at start with a message that says where.
+//!
+//! The crash test with S3 storage is in `crash.rs`.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use weir_tests::s3::{BUCKET, Fault, FaultProxy, S3Server};
+use weir_tests::{Scratch, describe, guest, toml_path};
+
+/// Records the job's generator produces.
+const RECORDS: u64 = 24_000;
+
+/// A keyed counter over a paced generator into an exactly-once file sink, checkpointing
+/// to S3 every 200 ms. Failed checkpoints are tolerated, so that storage faults abort
+/// checkpoints without failing the job.
+fn job() -> String {
+    format!(
+        r#"[job]
+name = "s3-job"
+
+[checkpointing]
+interval = "200ms"
+dir = "s3://{BUCKET}/checkpoints"
+tolerable-failed = 1000
+num-retained = 2
+retention = "retain-on-cancellation"
+
+[state]
+backend = "rocksdb"
+dir = "state"
+
+[[source]]
+id = "gen"
+kind = "generator"
+count = {RECORDS}
+keys = 50
+rate = 6000
+
+[[operator]]
+id = "count"
+wasm = "{counter}"
+inputs = ["gen"]
+partition = "key-by"
+
+[[sink]]
+id = "out"
+kind = "file"
+path = "out"
+inputs = ["count"]
+"#,
+        counter = toml_path(&guest("word_count_counter")),
+    )
+}
+
+/// Checks the committed output of the counter is exactly-once: for every key, the
+/// counts 1..n each exactly once, and the counts add up to every record.
+fn assert_exactly_once(scratch: &Scratch) {
+    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in scratch.committed_lines("out") {
+        let (key, count) = line.split_once('\t').expect("a `key<TAB>count` line");
+        counts
+            .entry(key.to_owned())
+            .or_default()
+            .push(count.parse().expect("a count"));
+    }
+    let mut total = 0;
+    for (key, mut seen) in counts {
+        seen.sort_unstable();
+        let n = seen.len() as u64;
+        assert!(
+            seen.iter().copied().eq(1..=n),
+            "key {key}: counts are not 1..={n} exactly once: {:?}",
+            &seen[..seen.len().min(20)]
+        );
+        total += n;
+    }
+    assert_eq!(total, RECORDS, "records lost or duplicated");
+}
+
+fn start(scratch: &Scratch, endpoint: &str, server: &S3Server, args: &[&str]) -> Child {
+    scratch
+        .weir(args)
+        .envs(server.env_with_endpoint(endpoint))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir starts")
+}
+
+fn finish(child: Child) -> (bool, String) {
+    let output = child.wait_with_output().expect("weir is waited for");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// How many checkpoints completed, from the log.
+fn completed(stderr: &str) -> usize {
+    stderr.matches("checkpoint completed").count()
+}
+
+#[test]
+fn server_errors_and_stalls_are_retried_then_abort_a_checkpoint_and_the_job_goes_on() {
+    let server = S3Server::start();
+    let proxy = FaultProxy::start(server.addr());
+    let scratch = Scratch::new();
+    let job = scratch.write("job.toml", job());
+    let child = start(
+        &scratch,
+        &proxy.endpoint(),
+        &server,
+        &["run", job.to_str().unwrap_or_default()],
+    );
+    // Wait for the first checkpoint's commit, then fault: a few 500s (retried away),
+    // then a long run of throttling and stalls that outlasts the retries.
+    assert!(
+        proxy.wait_until(Duration::from_secs(30), |log| log
+            .iter()
+            .any(|l| l.request_line.contains("_metadata"))),
+        "no checkpoint reached the store"
+    );
+    proxy.fail_next(2, Fault::InternalError);
+    std::thread::sleep(Duration::from_millis(600));
+    proxy.fail_next(40, Fault::SlowDown);
+    std::thread::sleep(Duration::from_millis(800));
+    proxy.fail_next(3, Fault::Stall);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.pass_through();
+    let (ok, stderr) = finish(child);
+    assert!(ok, "the job failed:\n{stderr}");
+    let counts = proxy.counts();
+    println!("{counts:?}");
+    assert!(counts.failed > 0, "no faults were injected");
+    assert!(
+        stderr.contains("checkpoint aborted") || stderr.contains("checkpoint declined"),
+        "no checkpoint was aborted by the faults:\n{stderr}"
+    );
+    assert!(
+        completed(&stderr) >= 2,
+        "checkpoints did not recover:\n{stderr}"
+    );
+    assert_exactly_once(&scratch);
+    assert!(
+        server.pending_uploads().is_empty(),
+        "multipart uploads were left behind: {:?}",
+        server.pending_uploads()
+    );
+}
+
+#[test]
+fn a_server_killed_mid_run_costs_checkpoints_not_data_and_restore_works() {
+    let mut server = S3Server::start();
+    let scratch = Scratch::new();
+    let job = scratch.write("job.toml", job());
+    let job = job.to_str().unwrap_or_default().to_owned();
+    let endpoint = server.endpoint();
+    let mut child = start(&scratch, &endpoint, &server, &["run", &job]);
+    std::thread::sleep(Duration::from_millis(1200));
+    server.kill();
+    // The job keeps processing; its checkpoints fail while the server is down.
+    std::thread::sleep(Duration::from_millis(1000));
+    server.restart();
+    // Let checkpoints complete again, then kill weir and resume from the latest.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        child.try_wait().ok().flatten().is_none(),
+        "the job ended while the server was down"
+    );
+    let _ = child.kill();
+    let (_, stderr) = finish(child);
+    assert!(
+        stderr.contains("checkpoint aborted") || stderr.contains("checkpoint declined"),
+        "no checkpoint failed while the server was down:\n{stderr}"
+    );
+    let resumed = start(
+        &scratch,
+        &endpoint,
+        &server,
+        &["run", &job, "--from-checkpoint", "latest"],
+    );
+    let (ok, stderr) = finish(resumed);
+    assert!(ok, "the resumed job failed:\n{stderr}");
+    assert!(
+        stderr.contains("restoring from checkpoint"),
+        "it did not restore:\n{stderr}"
+    );
+    assert_exactly_once(&scratch);
+}
+
+#[test]
+fn a_missing_bucket_fails_at_start_naming_the_bucket_and_endpoint() {
+    let server = S3Server::start();
+    let scratch = Scratch::new();
+    let job = scratch.write(
+        "job.toml",
+        job().replace(&format!("s3://{BUCKET}/"), "s3://no-such-bucket/"),
+    );
+    let started = Instant::now();
+    let output = scratch
+        .weir(&["run", job.to_str().unwrap_or_default()])
+        .envs(server.env_with_endpoint(&server.endpoint()))
+        .output()
+        .expect("weir runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Exit code 2, as for every job that cannot start as configured.
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        stderr.contains("no-such-bucket") && stderr.contains(&server.endpoint()),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_at_start_naming_it() {
+    let server = S3Server::start();
+    let scratch = Scratch::new();
+    let job = scratch.write("job.toml", job());
+    // A port nothing listens on.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        format!("http://{}", listener.local_addr().expect("an address"))
+    };
+    let output = scratch
+        .weir(&["run", job.to_str().unwrap_or_default()])
+        .envs(server.env_with_endpoint(&dead))
+        .output()
+        .expect("weir runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(stderr.contains(&dead), "{stderr}");
+}
+
+#[test]
+fn checkpoints_on_s3_are_listed_and_shown_by_the_cli() {
+    let server = S3Server::start();
+    let scratch = Scratch::new();
+    let job = scratch.write("job.toml", job().replace("rate = 6000", "rate = 20000"));
+    let output = scratch
+        .weir(&["run", job.to_str().unwrap_or_default()])
+        .envs(server.env_with_endpoint(&server.endpoint()))
+        .output()
+        .expect("weir runs");
+    assert!(output.status.success(), "{}", describe(&output));
+    let location = format!("s3://{BUCKET}/checkpoints/s3-job");
+    let list = scratch
+        .weir(&["checkpoints", "list", &location])
+        .envs(server.env_with_endpoint(&server.endpoint()))
+        .output()
+        .expect("weir runs");
+    let table = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{}", describe(&list));
+    let newest: u64 = table
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no checkpoint listed:\n{table}"));
+    let show = scratch
+        .weir(&["checkpoints", "show", &location, &newest.to_string()])
+        .envs(server.env_with_endpoint(&server.endpoint()))
+        .output()
+        .expect("weir runs");
+    assert!(show.status.success(), "{}", describe(&show));
+    assert!(String::from_utf8_lossy(&show.stdout).contains("count"));
+}
