@@ -9,23 +9,15 @@
 //!    and end-to-end time of its checkpoints, from their `_metadata`.
 //! 3. Word count with checkpoints every second against the same job without.
 
+mod jobs;
+
+use jobs::{checkpoints, percentile, run};
 use std::time::{Duration, Instant};
 use weir::checkpoint::metadata::CheckpointMetadata;
-use weir::job;
-use weir::launch::{JobOutcome, job_id, run_job};
 use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
-use weir::runtime::{CancelToken, CheckpointId, SubtaskIndex};
+use weir::runtime::{CheckpointId, SubtaskIndex};
 use weir::state::{HeapBackend, KeyedStateBackend, StateKind};
-use weir::storage::{CheckpointStorage, FsStorage};
 use weir::wasm::{CompileCache, WasmRuntime};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 /// Sync-phase cost of the heap backend holding `keys` keys, with 10k writes between
 /// snapshots (so copy-on-write is exercised).
@@ -62,43 +54,6 @@ fn backend_sync(keys: u64) -> (Duration, Duration) {
     }
     samples.sort();
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
-}
-
-fn run(
-    text: &str,
-    dir: &std::path::Path,
-    wasm: &WasmRuntime,
-    io: &tokio::runtime::Runtime,
-) -> (Duration, job::JobSpec) {
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).expect("the job file");
-    let spec = job::load(&path, &[]).expect("a valid job");
-    let started = Instant::now();
-    match run_job(&spec, wasm, io.handle(), &CancelToken::default(), None).expect("the job runs") {
-        JobOutcome::Finished(_) => {}
-        JobOutcome::Cancelled => panic!("the benchmark job was cancelled"),
-    }
-    (started.elapsed(), spec)
-}
-
-fn checkpoints(
-    spec: &job::JobSpec,
-    dir: &std::path::Path,
-    io: &tokio::runtime::Runtime,
-) -> Vec<CheckpointMetadata> {
-    let storage = FsStorage::new(dir.join("checkpoints"), &job_id(spec)).expect("storage");
-    io.block_on(async {
-        let mut all = Vec::new();
-        for listed in storage.list().await.expect("a listing") {
-            if let Ok(bytes) = storage
-                .read_metadata(CheckpointId(listed.checkpoint.0))
-                .await
-            {
-                all.push(CheckpointMetadata::from_bytes(&bytes).expect("metadata"));
-            }
-        }
-        all
-    })
 }
 
 /// The allocator of the `weir` binary, so that the figures are the binary's.

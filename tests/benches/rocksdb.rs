@@ -12,13 +12,13 @@
 //!    storage).
 
 use std::sync::Arc;
+mod jobs;
+
+use jobs::{checkpoints, percentile, run};
 use std::time::{Duration, Instant};
 use weir::checkpoint::driver::store_snapshot;
-use weir::checkpoint::metadata::CheckpointMetadata;
-use weir::job;
-use weir::launch::{JobOutcome, job_id, run_job};
 use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
-use weir::runtime::{CancelToken, CheckpointId, SubtaskIndex};
+use weir::runtime::{CheckpointId, SubtaskIndex};
 use weir::state::{
     BackendSnapshot, HeapBackend, KeyedStateBackend, RocksDbBackend, RocksDbOptions, StateKind,
 };
@@ -30,14 +30,6 @@ use weir::wasm::{CompileCache, WasmRuntime};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const MAX_PARALLELISM: u32 = 128;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 fn key(k: u64) -> Vec<u8> {
     format!("key-{k}").into_bytes()
@@ -72,40 +64,6 @@ fn rocksdb(dir: &std::path::Path, incremental: bool) -> RocksDbBackend {
     options.incremental = incremental;
     let range = KeyGroupRange::for_subtask(SubtaskIndex(0), 1, MAX_PARALLELISM);
     RocksDbBackend::open(range, options).expect("RocksDB opens")
-}
-
-fn run(
-    text: &str,
-    dir: &std::path::Path,
-    wasm: &WasmRuntime,
-    io: &tokio::runtime::Runtime,
-) -> (Duration, job::JobSpec) {
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).expect("the job file");
-    let spec = job::load(&path, &[]).expect("a valid job");
-    let started = Instant::now();
-    match run_job(&spec, wasm, io.handle(), &CancelToken::default(), None).expect("the job runs") {
-        JobOutcome::Finished(_) => {}
-        JobOutcome::Cancelled => panic!("the benchmark job was cancelled"),
-    }
-    (started.elapsed(), spec)
-}
-
-fn checkpoints(
-    spec: &job::JobSpec,
-    dir: &std::path::Path,
-    io: &tokio::runtime::Runtime,
-) -> Vec<CheckpointMetadata> {
-    let storage = FsStorage::new(dir.join("checkpoints"), &job_id(spec)).expect("storage");
-    io.block_on(async {
-        let mut all = Vec::new();
-        for listed in storage.list().await.expect("a listing") {
-            if let Ok(bytes) = storage.read_metadata(listed.checkpoint).await {
-                all.push(CheckpointMetadata::from_bytes(&bytes).expect("metadata"));
-            }
-        }
-        all
-    })
 }
 
 /// One checkpoint of `backend` stored in `storage`: (sync time, async time, bytes

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use weir_tests::s3::{BUCKET, Fault, FaultProxy, S3Server};
+use weir_tests::s3::{BUCKET, Fault, FaultProxy, Logged, Outcome, S3Server};
 use weir_tests::{Scratch, describe, guest, toml_path};
 
 /// Records the job's generator produces.
@@ -100,6 +100,38 @@ fn finish(child: Child) -> (bool, String) {
     )
 }
 
+/// How long a test waits for something the job does at once.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Requests the proxy answered with a fault.
+fn faulted(log: &[Logged]) -> usize {
+    log.iter()
+        .filter(|l| matches!(l.outcome, Outcome::Faulted(_)))
+        .count()
+}
+
+/// The newest checkpoint of the job committed in the server's store.
+fn newest_committed(server: &S3Server) -> Option<u64> {
+    std::fs::read_dir(server.object_path("checkpoints/s3-job"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("_metadata").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+        .max()
+}
+
+/// Polls `done` until it holds; false after [`WAIT`].
+fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// How many checkpoints completed, from the log.
 fn completed(stderr: &str) -> usize {
     stderr.matches("checkpoint completed").count()
@@ -117,20 +149,27 @@ fn server_errors_and_stalls_are_retried_then_abort_a_checkpoint_and_the_job_goes
         &server,
         &["run", job.to_str().unwrap_or_default()],
     );
-    // Wait for the first checkpoint's commit, then fault: a few 500s (retried away),
-    // then a long run of throttling and stalls that outlasts the retries.
+    // Once the first checkpoint is committed, fault in turn: a few 500s (retried away),
+    // then a run of throttling that outlasts the retries, then stalls. Each phase ends
+    // when the proxy has answered that many requests with it.
     assert!(
-        proxy.wait_until(Duration::from_secs(30), |log| log
+        proxy.wait_until(WAIT, |log| log
             .iter()
             .any(|l| l.request_line.contains("_metadata"))),
         "no checkpoint reached the store"
     );
-    proxy.fail_next(2, Fault::InternalError);
-    std::thread::sleep(Duration::from_millis(600));
-    proxy.fail_next(40, Fault::SlowDown);
-    std::thread::sleep(Duration::from_millis(800));
-    proxy.fail_next(3, Fault::Stall);
-    std::thread::sleep(Duration::from_millis(300));
+    for (n, fault) in [
+        (2, Fault::InternalError),
+        (12, Fault::SlowDown),
+        (3, Fault::Stall),
+    ] {
+        let before = faulted(&proxy.log());
+        proxy.fail_next(n, fault);
+        assert!(
+            proxy.wait_until(WAIT, |log| faulted(log) >= before + n),
+            "the job stopped sending requests before {n} {fault:?} faults"
+        );
+    }
     proxy.pass_through();
     let (ok, stderr) = finish(child);
     assert!(ok, "the job failed:\n{stderr}");
@@ -161,13 +200,20 @@ fn a_server_killed_mid_run_costs_checkpoints_not_data_and_restore_works() {
     let job = job.to_str().unwrap_or_default().to_owned();
     let endpoint = server.endpoint();
     let mut child = start(&scratch, &endpoint, &server, &["run", &job]);
-    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        eventually(|| newest_committed(&server).is_some()),
+        "no checkpoint completed"
+    );
     server.kill();
-    // The job keeps processing; its checkpoints fail while the server is down.
+    // The outage: checkpoints triggered in it fail, and the job keeps processing.
     std::thread::sleep(Duration::from_millis(1000));
     server.restart();
-    // Let checkpoints complete again, then kill weir and resume from the latest.
-    std::thread::sleep(Duration::from_millis(1200));
+    // A checkpoint completes again after the outage; then weir is killed and resumed.
+    let before = newest_committed(&server);
+    assert!(
+        eventually(|| newest_committed(&server) > before),
+        "no checkpoint completed after the server came back"
+    );
     assert!(
         child.try_wait().ok().flatten().is_none(),
         "the job ended while the server was down"

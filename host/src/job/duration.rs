@@ -1,9 +1,10 @@
 //! Durations as written in job files: `"500ms"`, `"2s"`, `"10 min"`, `"1h"`, `"1d"`, `"0"`.
 
-use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserialize, Deserializer, Visitor};
+use serde::de::{Deserialize, Deserializer};
+
+use super::raw::text_or_integer;
 
 /// What every duration error says after its own words.
 const EXPECTED: &str = "expected a number followed by ms, s, min, h or d, e.g. \"500ms\"";
@@ -54,29 +55,7 @@ pub(crate) struct DurationText(pub(crate) String);
 
 impl<'de> Deserialize<'de> for DurationText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-
-        impl Visitor<'_> for TextVisitor {
-            type Value = DurationText;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string such as \"500ms\"")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
-                Ok(DurationText(v.to_owned()))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationText, E> {
-                Ok(DurationText(v.to_string()))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationText, E> {
-                Ok(DurationText(v.to_string()))
-            }
-        }
-
-        deserializer.deserialize_any(TextVisitor)
+        text_or_integer(deserializer, "a duration string such as \"500ms\"").map(DurationText)
     }
 }
 

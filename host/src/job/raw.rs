@@ -12,6 +12,38 @@ use super::duration::DurationText;
 use super::size::SizeText;
 use super::spec::{CheckpointMode, Partition, Retention, RunawayPolicyName, StateBackendKind};
 
+/// A string, or an integer kept as its decimal text: how durations and sizes are
+/// written (`-D checkpointing.min-pause=0` arrives as the TOML integer 0). The text is
+/// parsed later, where the key's name is known for the error.
+pub(crate) fn text_or_integer<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    expecting: &'static str,
+) -> Result<String, D::Error> {
+    struct TextVisitor(&'static str);
+
+    impl Visitor<'_> for TextVisitor {
+        type Value = String;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+
+    deserializer.deserialize_any(TextVisitor(expecting))
+}
+
 /// The tables of a job file, in the order they are documented.
 pub(crate) const SECTIONS: [&str; 7] = [
     "job",

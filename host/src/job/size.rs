@@ -1,9 +1,9 @@
 //! Sizes in bytes as written in job files: `"64MiB"`, `"512 KiB"`, `"1GiB"`, `"4096B"`,
 //! or a bare integer number of bytes.
 
-use std::fmt;
+use serde::de::{Deserialize, Deserializer};
 
-use serde::de::{self, Deserialize, Deserializer, Visitor};
+use super::raw::text_or_integer;
 
 /// What every size error says after its own words.
 const EXPECTED: &str =
@@ -59,29 +59,11 @@ pub(crate) struct SizeText(pub(crate) String);
 
 impl<'de> Deserialize<'de> for SizeText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-
-        impl Visitor<'_> for TextVisitor {
-            type Value = SizeText;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size such as \"64MiB\" or a number of bytes")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeText, E> {
-                Ok(SizeText(v.to_owned()))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeText, E> {
-                Ok(SizeText(v.to_string()))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeText, E> {
-                Ok(SizeText(v.to_string()))
-            }
-        }
-
-        deserializer.deserialize_any(TextVisitor)
+        text_or_integer(
+            deserializer,
+            "a size such as \"64MiB\" or a number of bytes",
+        )
+        .map(SizeText)
     }
 }
 

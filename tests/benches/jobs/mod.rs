@@ -1,0 +1,56 @@
+//! What the checkpoint benchmarks share: running a job file to its end in-process, and
+//! reading back the statistics its checkpoints stored.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use weir::checkpoint::metadata::CheckpointMetadata;
+use weir::job;
+use weir::launch::{JobOutcome, job_id, run_job};
+use weir::runtime::CancelToken;
+use weir::storage::{CheckpointStorage, FsStorage};
+use weir::wasm::WasmRuntime;
+
+/// The `p` quantile (0..=1) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Writes `text` as `dir/job.toml` and runs it to its end: how long it took, and its spec.
+pub fn run(
+    text: &str,
+    dir: &Path,
+    wasm: &WasmRuntime,
+    io: &tokio::runtime::Runtime,
+) -> (Duration, job::JobSpec) {
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).expect("the job file");
+    let spec = job::load(&path, &[]).expect("a valid job");
+    let started = Instant::now();
+    match run_job(&spec, wasm, io.handle(), &CancelToken::default(), None).expect("the job runs") {
+        JobOutcome::Finished(_) => {}
+        JobOutcome::Cancelled => panic!("the benchmark job was cancelled"),
+    }
+    (started.elapsed(), spec)
+}
+
+/// The completed checkpoints the job left under `dir/checkpoints`, oldest first.
+pub fn checkpoints(
+    spec: &job::JobSpec,
+    dir: &Path,
+    io: &tokio::runtime::Runtime,
+) -> Vec<CheckpointMetadata> {
+    let storage = FsStorage::new(dir.join("checkpoints"), &job_id(spec)).expect("storage");
+    io.block_on(async {
+        let mut all = Vec::new();
+        for listed in storage.list().await.expect("a listing") {
+            if let Ok(bytes) = storage.read_metadata(listed.checkpoint).await {
+                all.push(CheckpointMetadata::from_bytes(&bytes).expect("metadata"));
+            }
+        }
+        all
+    })
+}
