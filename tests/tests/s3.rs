@@ -153,10 +153,10 @@ fn server_errors_and_stalls_are_retried_then_abort_a_checkpoint_and_the_job_goes
     // then a run of throttling that outlasts the retries, then stalls. Each phase ends
     // when the proxy has answered that many requests with it.
     assert!(
-        proxy.wait_until(WAIT, |log| log
-            .iter()
-            .any(|l| l.request_line.contains("_metadata"))),
-        "no checkpoint reached the store"
+        proxy.wait_until(WAIT, |log| log.iter().any(|l| {
+            l.request_line.starts_with("PUT ") && l.request_line.contains("/_metadata")
+        })),
+        "no checkpoint was committed"
     );
     for (n, fault) in [
         (2, Fault::InternalError),
