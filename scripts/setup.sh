@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Weir needs on a fresh machine: libclang (the
 # rocksdb crate generates its bindings with it), the WASM target for Rust guests,
-# componentize-py for the Python guest, and the S3-compatible server the tests start on
-# 127.0.0.1. Safe to run again.
+# componentize-py for the Python guests, Node.js and ComponentizeJS for the JavaScript
+# guest, and the S3-compatible server the tests start on 127.0.0.1. Safe to run again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 step "libclang (RocksDB bindings)"
@@ -20,6 +20,29 @@ if ! command -v componentize-py >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'componentize-py==0.25.1'
 fi
 componentize-py --version
+
+step "Node.js and ComponentizeJS (JavaScript guests)"
+# ComponentizeJS 0.23 needs Node.js 20 or newer (its oxc-parser says so); Debian 12's
+# own nodejs is 18, so a machine without a newer one fails here, saying why.
+NODE_MAJOR_MIN=20
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt "$NODE_MAJOR_MIN" ]; then
+  echo "setup: Node.js $(node --version) is too old for ComponentizeJS; need $NODE_MAJOR_MIN or newer" >&2
+  exit 1
+fi
+node --version
+# The versions are pinned by examples/js-counter/package-lock.json; the copy of the lock
+# left in node_modules tells a later run (and build.sh) what is installed.
+js_dir="$REPO/examples/js-counter"
+if ! cmp -s "$js_dir/package-lock.json" "$js_dir/node_modules/.weir-installed-lock"; then
+  (cd "$js_dir" && npm ci --no-audit --no-fund)
+  cp "$js_dir/package-lock.json" "$js_dir/node_modules/.weir-installed-lock"
+fi
 
 step "s3s-fs (the S3-compatible server the tests start on 127.0.0.1)"
 S3S_FS_VERSION=0.14.1

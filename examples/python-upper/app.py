@@ -5,6 +5,12 @@ Drops records whose value is shorter than `min-length` bytes (config JSON
 key and timestamp. Each batch goes downstream in one `output.emit` call. The operator-
 managed state is the number of records seen so far, as decimal ASCII.
 
+Batches are flat (`weir:operator@0.2.0`): the values arrive as one buffer, so the
+operator uppercases that buffer in one `bytes.upper()` call (ASCII only, length kept, so
+the item ends stay valid) and, when no record is dropped, sends the batch's own keys,
+timestamps and flags back with it. Only a batch that drops records is rebuilt, through
+`weir_batch`.
+
 Built into a component by `build.sh` with componentize-py, which generates the
 `wit_world` bindings from the repository's `wit/` on the fly.
 """
@@ -14,6 +20,8 @@ import json
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import log, output, types
+
+import weir_batch
 
 # The host makes one component instance per subtask and calls it from one thread, so
 # module-level state is the instance's state, however componentize-py creates `Handler`.
@@ -69,21 +77,47 @@ class Handler(exports.Handler):
         except ValueError:
             raise _fail(f"python-upper cannot read its snapshot {state[:32]!r}: not a count")
 
-    def process(self, batch: list[types.Record]) -> None:
+    def process(self, batch: types.Batch) -> None:
         global _seen
         if not _opened:
             raise _fail("`process` was called on python-upper before `open` succeeded")
-        _seen += len(batch)
-        min_length = _min_length
-        out = [
-            types.Record(key=r.key, value=r.value.upper(), timestamp=r.timestamp)
-            for r in batch
-            if len(r.value) >= min_length
-        ]
-        if out:
-            output.emit(out)
+        try:
+            n = weir_batch.check_batch(batch)
+        except weir_batch.MalformedBatch as e:
+            raise _fail(f"python-upper got a malformed batch: {e}")
+        _seen += n
+        values = batch.values
+        upper = values.bytes.upper()
+        ends = values.ends
+        if _min_length == 0:
+            kept = n
+        else:
+            starts = [0, *ends]
+            lengths = [e - s for s, e in zip(starts, ends)]
+            kept = sum(length >= _min_length for length in lengths)
+        if kept == 0:
+            return
+        if kept == n:
+            output.emit(
+                types.Batch(
+                    keys=batch.keys,
+                    values=types.Blobs(bytes=upper, ends=ends),
+                    timestamps=batch.timestamps,
+                    flags=batch.flags,
+                )
+            )
+            return
+        out = weir_batch.BatchBuilder()
+        keys = weir_batch.views(batch.keys)
+        upper_view = memoryview(upper)
+        timestamps = batch.timestamps
+        flags = batch.flags
+        for i, length in enumerate(lengths):
+            if length >= _min_length:
+                out.push_raw(keys[i], upper_view[starts[i] : ends[i]], timestamps[i], flags[i])
+        output.emit(out.build())
 
-    def on_timer(self, timers: list[types.Timer]) -> None:
+    def on_timer(self, timers: types.FiredTimers) -> None:
         pass
 
     def on_watermark(self, watermark: int) -> None:

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::thread::LocalKey;
 
 use crate::__bindings::exports::weir::operator::handler::{self as wit, Guest};
-use crate::{CheckpointId, Context, Error, Operator, Output, Record, Result};
+use crate::{Batch, CheckpointId, Context, Error, Operator, Output, Result, Timers};
 
 /// The state of the exported component: the operator once it is open, and the output
 /// buffer reused by every call.
@@ -80,13 +80,14 @@ impl<S: Slot> Guest for S {
         with::<S, _>(|i| i.call("restore-state", |op, _| op.restore_state(state)))
     }
 
-    fn process(batch: Vec<Record>) -> core::result::Result<(), wit::Error> {
-        with::<S, _>(|i| i.call("process", |op, out| op.process(batch, out)))
+    fn process(batch: wit::Batch) -> core::result::Result<(), wit::Error> {
+        let batch = Batch::from_raw(batch).map_err(Error::new)?;
+        with::<S, _>(|i| i.call("process", |op, out| op.process(&batch, out)))
     }
 
-    fn on_timer(timers: Vec<wit::Timer>) -> core::result::Result<(), wit::Error> {
-        let timers = timers.into_iter().map(Into::into).collect();
-        with::<S, _>(|i| i.call("on-timer", |op, out| op.on_timer(timers, out)))
+    fn on_timer(timers: wit::FiredTimers) -> core::result::Result<(), wit::Error> {
+        let timers = Timers::from_raw(timers).map_err(Error::new)?;
+        with::<S, _>(|i| i.call("on-timer", |op, out| op.on_timer(&timers, out)))
     }
 
     fn on_watermark(watermark: i64) -> core::result::Result<(), wit::Error> {
@@ -135,7 +136,7 @@ impl<S: Slot> Guest for S {
 /// the same crate still builds and links for unit tests and native benchmarks.
 ///
 /// ```
-/// use weir_sdk::{Context, Operator, Output, Record, Result};
+/// use weir_sdk::{Batch, Context, Operator, Output, Result};
 ///
 /// struct Identity;
 ///
@@ -144,8 +145,8 @@ impl<S: Slot> Guest for S {
 ///         Ok(Identity)
 ///     }
 ///
-///     fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
-///         out.extend(batch);
+///     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
+///         batch.iter().for_each(|record| out.emit(record));
 ///         Ok(())
 ///     }
 /// }
@@ -175,7 +176,7 @@ macro_rules! export_operator {
 
             // Only a wasm build exports the handler: a native build (unit tests, a
             // benchmark that links the crate) cannot link symbol names like
-            // `weir:operator/handler@0.1.0#process` into a shared library.
+            // `weir:operator/handler@0.2.0#process` into a shared library.
             #[cfg(target_arch = "wasm32")]
             $crate::__bindings::export!(__WeirExport with_types_in $crate::__bindings);
         };
@@ -188,13 +189,17 @@ mod tests {
 
     struct Failing;
 
+    fn empty() -> Batch {
+        std::iter::empty::<crate::RecordRef<'_>>().collect()
+    }
+
     impl Operator for Failing {
         fn open(_ctx: &Context) -> Result<Self> {
             Ok(Failing)
         }
 
-        fn process(&mut self, _batch: Vec<Record>, out: &mut Output) -> Result<()> {
-            out.emit(Record::new("half-done"));
+        fn process(&mut self, _batch: &Batch, out: &mut Output) -> Result<()> {
+            out.emit(crate::RecordRef::new(b"half-done"));
             Err(Error::new("broken"))
         }
     }
@@ -203,7 +208,7 @@ mod tests {
     fn a_call_before_open_is_an_error_that_names_the_method() {
         let mut instance = Instance::<Failing>::new();
         let error = instance
-            .call("process", |op, out| op.process(Vec::new(), out))
+            .call("process", |op, out| op.process(&empty(), out))
             .err();
         assert!(error.is_some_and(|e| e.message.starts_with("`process` was called")));
     }
@@ -215,9 +220,9 @@ mod tests {
             output: Output::new(),
         };
         let error = instance
-            .call("process", |op, out| op.process(Vec::new(), out))
+            .call("process", |op, out| op.process(&empty(), out))
             .err();
         assert_eq!(error.map(|e| e.message), Some("broken".to_owned()));
-        assert!(instance.output.records().is_empty());
+        assert!(instance.output.is_empty());
     }
 }

@@ -9,15 +9,17 @@
 //! [`Operator::restore_state`] when the job restores from a checkpoint, then any number of
 //! [`Operator::process`], [`Operator::on_timer`], [`Operator::on_watermark`],
 //! [`Operator::snapshot_state`] and checkpoint notifications, then [`Operator::close`].
-//! Records come in batches; records passed to [`Output::emit`] go downstream in one host
-//! call when the method returns.
+//! Records come in a [`Batch`] of flat buffers and are read as borrowed [`RecordRef`]
+//! views; records passed to [`Output::emit`] are appended to flat buffers that go
+//! downstream in one host call when the method returns. Nothing is allocated per record.
 //!
 //! Keyed state ([`ValueState`], [`ListState`], [`MapState`]) and [`timers`] are kept and
 //! checkpointed by the host; state an operator keeps in its own fields survives a restart
 //! only through [`Operator::snapshot_state`] and [`Operator::restore_state`].
 //!
 //! ```no_run
-//! use weir_sdk::{Context, Operator, Output, Record, Result, ValueState};
+//! use std::io::Write;
+//! use weir_sdk::{Batch, Context, Operator, Output, Result, ValueState};
 //!
 //! /// Counts the records of each key and emits the running count.
 //! struct CountPerKey {
@@ -29,14 +31,14 @@
 //!         Ok(Self { counts: ValueState::open("counts")? })
 //!     }
 //!
-//!     fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
-//!         for record in batch {
-//!             let key = record.key.ok_or("count-per-key needs keyed input")?;
-//!             let count = self.counts.get(&key)?.unwrap_or(0) + 1;
-//!             self.counts.set(&key, &count)?;
-//!             out.emit(Record::new(count.to_string()).with_key(key));
-//!         }
-//!         Ok(())
+//!     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
+//!         // One host call reads the counts of all the batch's keys, one writes them back.
+//!         self.counts.update_each(batch, |record, key, count| {
+//!             let n = count.unwrap_or(0) + 1;
+//!             *count = Some(n);
+//!             out.emit_with(Some(key), record.timestamp, |v| { let _ = write!(v, "{n}"); });
+//!             Ok(())
+//!         })
 //!     }
 //! }
 //!
@@ -45,15 +47,18 @@
 //!
 //! # Layout
 //!
-//! - `types`: the plain data the host and the operator exchange ([`Record`],
-//!   [`Context`], [`Timer`]) and [`Error`].
-//! - `operator`: the [`Operator`] trait and the [`Output`] buffer.
+//! - `batch`: records in flat buffers: [`Batch`], [`RecordRef`] and the [`Output`]
+//!   buffer.
+//! - `types`: the other data the host and the operator exchange ([`Record`],
+//!   [`Context`], [`Timers`]) and [`Error`].
+//! - `operator`: the [`Operator`] trait.
 //! - `state`: typed handles over the host's keyed state, encoded with postcard.
 //! - [`timers`], [`log`]: thin wrappers over the matching imports.
 //! - `export`: [`export_operator!`] and the hidden adapter it expands to.
 //! - `__bindings`: the code `wit-bindgen` generates; not part of the API.
 #![deny(missing_docs)]
 
+mod batch;
 mod export;
 pub mod log;
 mod operator;
@@ -61,9 +66,10 @@ mod state;
 pub mod timers;
 mod types;
 
-pub use operator::{Operator, Output};
+pub use batch::{Batch, Output, RecordRef};
+pub use operator::Operator;
 pub use state::{ListState, MapState, ValueState};
-pub use types::{CheckpointId, Context, Error, Record, Result, TimeDomain, Timer};
+pub use types::{CheckpointId, Context, Error, Record, Result, TimeDomain, Timer, Timers};
 
 /// What [`export_operator!`] expands to; not part of the API.
 #[doc(hidden)]
@@ -73,18 +79,16 @@ pub mod __private {
 
 /// Generated bindings of `wit/`; the only `generate!` site of the guest side.
 ///
-/// `record` maps to [`Record`] so that batches cross the boundary without a copy into
-/// a second type. `pub_export_macro` and `default_bindings_module` let the crate that
-/// invokes [`export_operator!`] export the handler through these bindings.
+/// The batch types stay the generated ones: the SDK's [`Batch`] and [`Output`] wrap them,
+/// so a batch the host lowered is read in place and an output is lowered as it was
+/// built. `pub_export_macro` and `default_bindings_module` let the crate that invokes
+/// [`export_operator!`] export the handler through these bindings.
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod __bindings {
     wit_bindgen::generate!({
         path: "../wit",
         world: "operator",
-        with: {
-            "weir:operator/types@0.1.0/record": crate::Record,
-        },
         pub_export_macro: true,
         export_macro_name: "export",
         default_bindings_module: "weir_sdk::__bindings",

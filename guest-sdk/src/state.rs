@@ -7,13 +7,21 @@
 
 use std::any::type_name;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::__bindings::weir::operator::state as wit;
-use crate::{Error, Result};
+use crate::__bindings::weir::operator::types::Blobs;
+use crate::batch::{empty_blobs, item, push};
+use crate::{Batch, Error, RecordRef, Result};
+
+/// The distinct keys of a batch, in first-seen order, hashed with fixed keys:
+/// `RandomState` would pull in `wasi:random` for protection against crafted keys that a
+/// per-batch map does not need.
+type KeyIndex<'a> = HashMap<&'a [u8], usize, foldhash::fast::FixedState>;
 
 /// A state's name and its encoding buffer, shared by the three kinds of handle.
 struct Named {
@@ -83,6 +91,32 @@ impl Named {
         self.scratch.set(buf);
         result.map_err(|e| self.failed(e))
     }
+}
+
+impl Named {
+    /// Appends the encoding of `value` to `blobs` as one item.
+    fn encode_item<T: Serialize + ?Sized>(&self, blobs: &mut Blobs, value: &T) -> Result<()> {
+        let bytes = std::mem::take(&mut blobs.bytes);
+        blobs.bytes = postcard::to_extend(value, bytes).map_err(|e| {
+            Error::new(format!(
+                "state `{}`: a value does not encode: {e}",
+                self.name
+            ))
+        })?;
+        blobs
+            .ends
+            .push(u32::try_from(blobs.bytes.len()).unwrap_or(u32::MAX));
+        Ok(())
+    }
+}
+
+/// `keys` as flat blobs.
+fn flat<'k>(keys: impl IntoIterator<Item = &'k [u8]>) -> Blobs {
+    let mut blobs = empty_blobs();
+    for key in keys {
+        push(&mut blobs, key);
+    }
+    blobs
 }
 
 /// Serialisation through a trait object, so that [`Named::encode`] takes values of
@@ -172,6 +206,128 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// ```
     pub fn clear(&self, key: &[u8]) -> Result<()> {
         self.handle.clear(key).map_err(|e| self.named.failed(e))
+    }
+
+    /// The values of `keys`, in order, in one host call.
+    ///
+    /// ```no_run
+    /// # let state: weir_sdk::ValueState<u64> = weir_sdk::ValueState::open("count")?;
+    /// let counts: Vec<Option<u64>> = state.get_many([&b"river"[..], b"weir"])?;
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<Vec<Option<T>>> {
+        let found = self
+            .handle
+            .get_many(&flat(keys))
+            .map_err(|e| self.named.failed(e))?;
+        (0..found.present.len())
+            .map(|i| match found.present[i] {
+                0 => Ok(None),
+                _ => self.named.decode(item(&found.items, i)).map(Some),
+            })
+            .collect()
+    }
+
+    /// Sets the value of each key, in one host call.
+    ///
+    /// ```no_run
+    /// # let state: weir_sdk::ValueState<u64> = weir_sdk::ValueState::open("count")?;
+    /// state.set_many([(&b"river"[..], &3), (b"weir", &1)])?;
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn set_many<'k, 'v>(
+        &self,
+        entries: impl IntoIterator<Item = (&'k [u8], &'v T)>,
+    ) -> Result<()>
+    where
+        T: 'v,
+    {
+        let (mut keys, mut values) = (empty_blobs(), empty_blobs());
+        for (key, value) in entries {
+            push(&mut keys, key);
+            self.named.encode_item(&mut values, value)?;
+        }
+        if keys.ends.is_empty() {
+            return Ok(());
+        }
+        self.handle
+            .set_many(&keys, &values)
+            .map_err(|e| self.named.failed(e))
+    }
+
+    /// Removes the values of `keys`, in one host call.
+    ///
+    /// ```no_run
+    /// # let state: weir_sdk::ValueState<u64> = weir_sdk::ValueState::open("count")?;
+    /// state.clear_many([&b"river"[..], b"weir"])?;
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn clear_many<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<()> {
+        let keys = flat(keys);
+        if keys.ends.is_empty() {
+            return Ok(());
+        }
+        self.handle
+            .clear_many(&keys)
+            .map_err(|e| self.named.failed(e))
+    }
+
+    /// The usual pattern of a keyed operator, in three host calls however long the batch
+    /// is: reads the values of the batch's distinct keys at once, calls `f` for every
+    /// record in order with the record, its key and the key's value (as the records
+    /// before it in the batch left it), then writes back the values of every key at
+    /// once — set where `f` left `Some`, cleared where it left `None` a value that
+    /// existed. A record without a key is an error that says to key the input.
+    ///
+    /// ```no_run
+    /// # use weir_sdk::{Batch, Output, ValueState};
+    /// # fn process(counts: &ValueState<u64>, batch: &Batch, out: &mut Output) -> weir_sdk::Result<()> {
+    /// counts.update_each(batch, |record, key, count| {
+    ///     let n = count.unwrap_or(0) + 1;
+    ///     *count = Some(n);
+    ///     out.emit_with(Some(key), record.timestamp, |v| v.extend_from_slice(&n.to_le_bytes()));
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    pub fn update_each(
+        &self,
+        batch: &Batch,
+        mut f: impl FnMut(RecordRef<'_>, &[u8], &mut Option<T>) -> Result<()>,
+    ) -> Result<()> {
+        let mut index = KeyIndex::default();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut slots = Vec::with_capacity(batch.len());
+        for record in batch.iter() {
+            let key = record.key.ok_or_else(|| {
+                Error::new(format!(
+                    "state `{}`: a record without a key; keyed state needs keyed input: set partition = \"key-by\" on this operator",
+                    self.named.name
+                ))
+            })?;
+            let next = keys.len();
+            let slot = *index.entry(key).or_insert(next);
+            if slot == next {
+                keys.push(key);
+            }
+            slots.push(slot);
+        }
+        let mut values = self.get_many(keys.iter().copied())?;
+        let existed: Vec<bool> = values.iter().map(Option::is_some).collect();
+        for (record, &slot) in batch.iter().zip(&slots) {
+            f(record, keys[slot], &mut values[slot])?;
+        }
+        let set = keys
+            .iter()
+            .zip(&values)
+            .filter_map(|(key, value)| value.as_ref().map(|v| (*key, v)));
+        self.set_many(set)?;
+        let cleared = keys
+            .iter()
+            .zip(values.iter().zip(existed))
+            .filter(|(_, (value, existed))| value.is_none() && *existed)
+            .map(|(key, _)| *key);
+        self.clear_many(cleared)
     }
 }
 
@@ -270,6 +426,59 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// ```
     pub fn clear(&self, key: &[u8]) -> Result<()> {
         self.handle.clear(key).map_err(|e| self.named.failed(e))
+    }
+
+    /// The lists of `keys`, in order, in one host call.
+    ///
+    /// ```no_run
+    /// # let state: weir_sdk::ListState<i64> = weir_sdk::ListState::open("events")?;
+    /// let lists: Vec<Vec<i64>> = state.get_many([&b"river"[..], b"weir"])?;
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<Vec<Vec<T>>> {
+        let lists = self
+            .handle
+            .get_many(&flat(keys))
+            .map_err(|e| self.named.failed(e))?;
+        let mut next = 0;
+        lists
+            .counts
+            .iter()
+            .map(|&count| {
+                let list = (next..next + count as usize)
+                    .map(|i| self.named.decode(item(&lists.items, i)))
+                    .collect();
+                next += count as usize;
+                list
+            })
+            .collect()
+    }
+
+    /// Appends each value to the list of its key, in order, in one host call.
+    ///
+    /// ```no_run
+    /// # let state: weir_sdk::ListState<i64> = weir_sdk::ListState::open("events")?;
+    /// state.add_many([(&b"river"[..], &1), (b"river", &2)])?;
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn add_many<'k, 'v>(
+        &self,
+        entries: impl IntoIterator<Item = (&'k [u8], &'v T)>,
+    ) -> Result<()>
+    where
+        T: 'v,
+    {
+        let (mut keys, mut values) = (empty_blobs(), empty_blobs());
+        for (key, value) in entries {
+            push(&mut keys, key);
+            self.named.encode_item(&mut values, value)?;
+        }
+        if keys.ends.is_empty() {
+            return Ok(());
+        }
+        self.handle
+            .add_many(&keys, &values)
+            .map_err(|e| self.named.failed(e))
     }
 }
 
@@ -382,6 +591,95 @@ where
     /// ```
     pub fn clear(&self, key: &[u8]) -> Result<()> {
         self.handle.clear(key).map_err(|e| self.named.failed(e))
+    }
+
+    /// For each pair, the value under the user key in the map of the key, in one host
+    /// call.
+    ///
+    /// ```no_run
+    /// # let m: weir_sdk::MapState<u32, u64> = weir_sdk::MapState::open("per-hour")?;
+    /// let found: Vec<Option<u64>> = m.get_many([(&b"river"[..], &13), (b"weir", &14)])?;
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn get_many<'k, 'u>(
+        &self,
+        entries: impl IntoIterator<Item = (&'k [u8], &'u K)>,
+    ) -> Result<Vec<Option<V>>>
+    where
+        K: 'u,
+    {
+        let (mut keys, mut user_keys) = (empty_blobs(), empty_blobs());
+        for (key, user_key) in entries {
+            push(&mut keys, key);
+            self.named.encode_item(&mut user_keys, user_key)?;
+        }
+        let found = self
+            .handle
+            .get_many(&keys, &user_keys)
+            .map_err(|e| self.named.failed(e))?;
+        (0..found.present.len())
+            .map(|i| match found.present[i] {
+                0 => Ok(None),
+                _ => self.named.decode(item(&found.items, i)).map(Some),
+            })
+            .collect()
+    }
+
+    /// For each triple, puts the value under the user key in the map of the key, in one
+    /// host call.
+    ///
+    /// ```no_run
+    /// # let m: weir_sdk::MapState<u32, u64> = weir_sdk::MapState::open("per-hour")?;
+    /// m.put_many([(&b"river"[..], &13, &2), (b"weir", &14, &1)])?;
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn put_many<'k, 'u, 'v>(
+        &self,
+        entries: impl IntoIterator<Item = (&'k [u8], &'u K, &'v V)>,
+    ) -> Result<()>
+    where
+        K: 'u,
+        V: 'v,
+    {
+        let (mut keys, mut user_keys, mut values) = (empty_blobs(), empty_blobs(), empty_blobs());
+        for (key, user_key, value) in entries {
+            push(&mut keys, key);
+            self.named.encode_item(&mut user_keys, user_key)?;
+            self.named.encode_item(&mut values, value)?;
+        }
+        if keys.ends.is_empty() {
+            return Ok(());
+        }
+        self.handle
+            .put_many(&keys, &user_keys, &values)
+            .map_err(|e| self.named.failed(e))
+    }
+
+    /// For each pair, removes the user key from the map of the key, in one host call.
+    ///
+    /// ```no_run
+    /// # let m: weir_sdk::MapState<u32, u64> = weir_sdk::MapState::open("per-hour")?;
+    /// m.remove_many([(&b"river"[..], &13)])?;
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn remove_many<'k, 'u>(
+        &self,
+        entries: impl IntoIterator<Item = (&'k [u8], &'u K)>,
+    ) -> Result<()>
+    where
+        K: 'u,
+    {
+        let (mut keys, mut user_keys) = (empty_blobs(), empty_blobs());
+        for (key, user_key) in entries {
+            push(&mut keys, key);
+            self.named.encode_item(&mut user_keys, user_key)?;
+        }
+        if keys.ends.is_empty() {
+            return Ok(());
+        }
+        self.handle
+            .remove_many(&keys, &user_keys)
+            .map_err(|e| self.named.failed(e))
     }
 }
 

@@ -29,6 +29,24 @@ pub fn register(domain: TimeDomain, key: &[u8], timestamp: i64) {
     wit::register(domain.into(), key, timestamp);
 }
 
+/// Registers one timer per `(key, timestamp)` pair, in one host call.
+///
+/// ```no_run
+/// use weir_sdk::{TimeDomain, timers};
+/// timers::register_many(TimeDomain::EventTime, [(&b"river"[..], 60_000), (b"weir", 60_000)]);
+/// ```
+pub fn register_many<'k>(domain: TimeDomain, timers: impl IntoIterator<Item = (&'k [u8], i64)>) {
+    let mut keys = crate::batch::empty_blobs();
+    let mut timestamps = Vec::new();
+    for (key, timestamp) in timers {
+        crate::batch::push(&mut keys, key);
+        timestamps.push(timestamp);
+    }
+    if !timestamps.is_empty() {
+        wit::register_many(domain.into(), &keys, &timestamps);
+    }
+}
+
 /// Deletes a timer registered before; does nothing if there is none.
 ///
 /// ```no_run

@@ -5,6 +5,8 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 use crate::__bindings::weir::operator::types as wit;
+use crate::RecordRef;
+use crate::batch::item;
 
 /// Identifies one checkpoint of a job. Ids grow monotonically, across restarts too.
 ///
@@ -36,8 +38,10 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 /// assert_eq!(record.key.as_deref(), Some(&b"greeting"[..]));
 /// assert_eq!(record.timestamp, Some(1_700_000_000_000));
 /// ```
-// The bindings lift and lower this type field by field in place of the generated
-// `record`, so its fields must stay exactly those of `record` in `wit/types.wit`.
+///
+/// An owned record is for building records at leisure and for tests; the data path
+/// reads [`crate::RecordRef`] views of a [`crate::Batch`] and emits with
+/// [`crate::Output::emit`], which takes `&Record` too.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Record {
     /// The partitioning key. Operators downstream of a `key-by` edge see every record of
@@ -88,6 +92,36 @@ impl Record {
     pub fn with_timestamp(mut self, timestamp: i64) -> Self {
         self.timestamp = Some(timestamp);
         self
+    }
+
+    /// The record as a view.
+    ///
+    /// ```
+    /// let record = weir_sdk::Record::new("x").with_key("k");
+    /// assert_eq!(record.as_ref().key, Some(&b"k"[..]));
+    /// ```
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            key: self.key.as_deref(),
+            value: &self.value,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+impl<'a> From<&'a Record> for RecordRef<'a> {
+    fn from(record: &'a Record) -> Self {
+        record.as_ref()
+    }
+}
+
+impl From<RecordRef<'_>> for Record {
+    fn from(record: RecordRef<'_>) -> Self {
+        Self {
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.to_vec(),
+            timestamp: record.timestamp,
+        }
     }
 }
 
@@ -201,30 +235,91 @@ impl From<TimeDomain> for wit::TimeDomain {
     }
 }
 
-/// A timer that fired. Timers are keyed: they belong to the key they were set for.
+/// Timers of one clock that fired, as [`crate::Operator::on_timer`] gets them, ordered
+/// by time. Timers are keyed: each belongs to the key it was set for.
 ///
 /// ```
-/// use weir_sdk::{TimeDomain, Timer};
-/// let timer = Timer { key: b"river".to_vec(), timestamp: 60_000, domain: TimeDomain::EventTime };
-/// assert_eq!(timer.domain, TimeDomain::EventTime);
+/// use weir_sdk::{TimeDomain, Timers};
+///
+/// let fired = Timers::new(TimeDomain::EventTime, [(&b"river"[..], 60_000)]);
+/// for timer in fired.iter() {
+///     assert_eq!((timer.key, timer.timestamp), (&b"river"[..], 60_000));
+/// }
+/// assert_eq!(fired.domain(), TimeDomain::EventTime);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Timer {
+#[derive(Debug)]
+pub struct Timers {
+    raw: wit::FiredTimers,
+}
+
+/// One timer that fired, borrowed from [`Timers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timer<'a> {
     /// The key the timer was registered for.
-    pub key: Vec<u8>,
+    pub key: &'a [u8],
     /// The time the timer was registered for, in milliseconds.
     pub timestamp: i64,
     /// The clock the timer was set on.
     pub domain: TimeDomain,
 }
 
-impl From<wit::Timer> for Timer {
-    fn from(timer: wit::Timer) -> Self {
-        Self {
-            key: timer.key,
-            timestamp: timer.timestamp,
-            domain: timer.domain.into(),
+impl Timers {
+    /// Timers of `domain` for these keys and times, for driving an operator in a native
+    /// unit test.
+    pub fn new<'a>(domain: TimeDomain, timers: impl IntoIterator<Item = (&'a [u8], i64)>) -> Self {
+        let mut keys = crate::batch::empty_blobs();
+        let mut timestamps = Vec::new();
+        for (key, timestamp) in timers {
+            crate::batch::push(&mut keys, key);
+            timestamps.push(timestamp);
         }
+        Self {
+            raw: wit::FiredTimers {
+                domain: domain.into(),
+                keys,
+                timestamps,
+            },
+        }
+    }
+
+    pub(crate) fn from_raw(raw: wit::FiredTimers) -> core::result::Result<Self, String> {
+        if raw.keys.ends.len() == raw.timestamps.len()
+            && raw
+                .keys
+                .ends
+                .last()
+                .is_none_or(|&e| e as usize <= raw.keys.bytes.len())
+            && raw.keys.ends.windows(2).all(|w| w[0] <= w[1])
+        {
+            Ok(Self { raw })
+        } else {
+            Err("the host passed malformed timers".to_owned())
+        }
+    }
+
+    /// The clock they were set on.
+    pub fn domain(&self) -> TimeDomain {
+        self.raw.domain.into()
+    }
+
+    /// How many fired.
+    pub fn len(&self) -> usize {
+        self.raw.timestamps.len()
+    }
+
+    /// Whether none did.
+    pub fn is_empty(&self) -> bool {
+        self.raw.timestamps.is_empty()
+    }
+
+    /// The timers in time order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Timer<'_>> + '_ {
+        let domain = self.domain();
+        (0..self.len()).map(move |i| Timer {
+            key: item(&self.raw.keys, i),
+            timestamp: self.raw.timestamps[i],
+            domain,
+        })
     }
 }
 

@@ -113,6 +113,7 @@ pub fn build_graph(spec: &JobSpec, wasm: &WasmRuntime) -> Result<Graph, WasmErro
             inputs,
             body,
             batch_size,
+            chaining: node.chaining,
         });
     }
     Ok(Graph {

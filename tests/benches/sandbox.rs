@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use weir::job::{RunawayPolicy, SandboxSpec};
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::keygroup::KeyGroupRange;
-use weir::runtime::{Operator, Record, SubtaskIndex, TaskInfo};
+use weir::runtime::{Batch, Operator, Record, SubtaskIndex, TaskInfo};
 use weir::state::HeapBackend;
 use weir::wasm::{GuestSettings, Metering, OperatorComponent, WasmRuntime};
 
@@ -89,16 +89,19 @@ fn poison_delay(
         .instantiate(&info, &settings, heap(&info))
         .expect("the hostile guest instantiates");
     operator.open(None).expect("open");
-    let mut out = Vec::new();
+    let mut out = Batch::new();
     for start in (0..before).step_by(1000) {
-        let chunk = (start..(start + 1000).min(before)).map(record).collect();
-        operator.process(chunk, &mut out).expect("normal records");
+        let chunk: Vec<Record> = (start..(start + 1000).min(before)).map(record).collect();
+        operator
+            .process(&chunk.iter().collect(), &mut out)
+            .expect("normal records");
         out.clear();
     }
     let mut poisoned: Vec<Record> = (0..batch).map(|n| record(before + n)).collect();
     poisoned[0].value = b"poison".to_vec();
+    let poisoned: Batch = poisoned.iter().collect();
     let started = Instant::now();
-    let result = operator.process(poisoned, &mut out);
+    let result = operator.process(&poisoned, &mut out);
     (started.elapsed(), result.is_ok())
 }
 

@@ -9,6 +9,16 @@ pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The `p` quantile (0..=1) of sorted samples, for the benchmarks' p50/p99.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
 
 /// The repository's root.
 pub fn repo() -> PathBuf {

@@ -108,8 +108,22 @@ fn a_component_without_the_handler_export_names_the_missing_export() {
     let empty = scratch.write("empty.wasm", b"\0asm\x0d\x00\x01\x00");
     let (code, err) = run(&scratch, &job_text(&toml_path(&empty)));
     assert_eq!(code, Some(2));
-    assert!(err.contains("weir:operator/handler@0.1.0"), "{err}");
+    assert!(err.contains("weir:operator/handler@0.2.0"), "{err}");
     assert!(err.contains("empty.wasm"), "{err}");
+}
+
+#[test]
+fn a_component_built_against_the_previous_contract_names_both_versions_and_how_to_rebuild() {
+    let scratch = Scratch::new();
+    let (code, err) = run(&scratch, &job_text(&toml_path(&guest("old_contract"))));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("old_contract.wasm"), "{err}");
+    assert!(
+        err.contains("built against weir:operator@0.1.0")
+            && err.contains("implements weir:operator@0.2.0"),
+        "{err}"
+    );
+    assert!(err.contains("Rebuild it"), "{err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! baseline.
 
 use serde::Deserialize;
-use weir_sdk::{Context, Operator, Output, Record, Result};
+use weir_sdk::{Batch, Context, Operator, Output, Result};
 
 /// The configuration, and the operator itself.
 ///
@@ -46,16 +46,32 @@ impl MapFilter {
     /// assert_eq!(op.apply(b"w"), None);
     /// ```
     pub fn apply(&self, value: &[u8]) -> Option<Vec<u8>> {
-        if value.len() < self.min_length {
-            return None;
-        }
-        let mut mapped = Vec::with_capacity(self.prefix.len() + value.len());
-        mapped.extend_from_slice(self.prefix.as_bytes());
-        mapped.extend_from_slice(value);
+        let mut mapped = Vec::new();
+        self.keeps(value).then(|| {
+            self.write(value, &mut mapped);
+            mapped
+        })
+    }
+
+    /// Whether `value` passes the filter.
+    pub fn keeps(&self, value: &[u8]) -> bool {
+        value.len() >= self.min_length
+    }
+
+    /// Appends the mapped `value` to `out`, which may hold other values before it.
+    ///
+    /// ```
+    /// let mut out = b"before|".to_vec();
+    /// map_filter::MapFilter::default().write(b"weir", &mut out);
+    /// assert_eq!(out, b"before|WEIR");
+    /// ```
+    pub fn write(&self, value: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(self.prefix.as_bytes());
+        let start = out.len();
+        out.extend_from_slice(value);
         if self.uppercase {
-            mapped[self.prefix.len()..].make_ascii_uppercase();
+            out[start..].make_ascii_uppercase();
         }
-        Some(mapped)
     }
 }
 
@@ -64,10 +80,12 @@ impl Operator for MapFilter {
         ctx.config_json()
     }
 
-    fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
-        for record in batch {
-            if let Some(value) = self.apply(&record.value) {
-                out.emit(Record { value, ..record });
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
+        for record in batch.iter() {
+            if self.keeps(record.value) {
+                out.emit_with(record.key, record.timestamp, |value| {
+                    self.write(record.value, value);
+                });
             }
         }
         Ok(())
@@ -79,6 +97,7 @@ weir_sdk::export_operator!(MapFilter);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_sdk::RecordRef;
 
     fn open(config: &str) -> Result<MapFilter> {
         MapFilter::open(&Context {
@@ -154,14 +173,16 @@ mod tests {
             ..MapFilter::default()
         };
         let mut out = Output::new();
-        let batch = vec![
-            Record::new("ab").with_key("k").with_timestamp(9),
-            Record::new("a"),
-        ];
-        assert!(op.process(batch, &mut out).is_ok());
+        let batch = [
+            RecordRef::new(b"ab").with_key(b"k").with_timestamp(9),
+            RecordRef::new(b"a"),
+        ]
+        .into_iter()
+        .collect();
+        assert!(op.process(&batch, &mut out).is_ok());
         assert_eq!(
-            out.records(),
-            [Record::new("AB").with_key("k").with_timestamp(9)]
+            out.iter().collect::<Vec<_>>(),
+            [RecordRef::new(b"AB").with_key(b"k").with_timestamp(9)]
         );
     }
 }

@@ -14,7 +14,7 @@ use crate::checkpoint::metadata::{CheckpointMetadata, FORMAT_VERSION, TaskEntry,
 use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
 use crate::runtime::record::{Barrier, Control};
 use crate::runtime::{CheckpointId, CheckpointSink, Snapshot, SnapshotWriter, now_ms};
-use crate::state::{LocalFile, LocalSnapshot, StoredFile, Upload};
+use crate::state::{LocalFile, LocalFiles, LocalSnapshot, StoredFile, Upload};
 use crate::storage::CheckpointStorage;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -151,8 +151,9 @@ pub struct Stored {
 const PARALLEL_UPLOADS: usize = 4;
 
 /// The asynchronous phase of one subtask's snapshot: encodes its state and stores it as
-/// `name`, with its state backend's files when there are any. A backend's local
-/// snapshot directory is removed afterwards, whether storing worked or not.
+/// `name`, with its state backend's files when there are any. The backend's files are
+/// made first, beside the encoding (the backend may be waiting for them), and their
+/// local directory is removed afterwards, whether storing worked or not.
 pub async fn store_snapshot(
     storage: Arc<dyn CheckpointStorage>,
     checkpoint: CheckpointId,
@@ -171,21 +172,23 @@ pub async fn store_snapshot(
             .await
             .map(|handle| (handle, size))
             .map_err(|e| e.to_string())
-    }
-    .await;
-    let Some(LocalSnapshot {
-        dir,
-        files,
-        uploaded,
-    }) = files
-    else {
-        let (handle, size) = state?;
+    };
+    let Some(LocalSnapshot { prepare, uploaded }) = files else {
+        let (handle, size) = state.await?;
         return Ok(Stored {
             state: TaskState::File(handle),
             full_size: size,
             uploaded: size,
         });
     };
+    let prepared = async {
+        tokio::task::spawn_blocking(prepare)
+            .await
+            .map_err(|e| format!("making the state backend's files stopped: {e}"))?
+            .map_err(|e| format!("making the state backend's files failed: {e}"))
+    };
+    let (state, prepared) = tokio::join!(state, prepared);
+    let LocalFiles { dir, files } = prepared?;
     let result = async {
         let (handle, size) = state?;
         let (stored, written) = upload_files(&storage, checkpoint, name, &files).await?;

@@ -11,7 +11,7 @@
 //! not change between the run and its restore (the offset is a byte offset).
 
 use crate::runtime::{
-    CheckpointId, Fault, Record, SnapshotWriter, Source, SourcePoll, TaskError, TaskInfo,
+    Batch, CheckpointId, Fault, RecordRef, SnapshotWriter, Source, SourcePoll, TaskError, TaskInfo,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -120,7 +120,7 @@ impl Source for FileSource {
         }))
     }
 
-    fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Result<SourcePoll, TaskError> {
+    fn poll(&mut self, out: &mut Batch, max: usize) -> Result<SourcePoll, TaskError> {
         for _ in 0..max {
             let file = self.position.file;
             if !self.open_current()? {
@@ -149,7 +149,10 @@ impl Source for FileSource {
             if let Some(rest) = line.strip_suffix(b"\n") {
                 line = rest.strip_suffix(b"\r").unwrap_or(rest);
             }
-            out.push(Record::new(line));
+            out.push(RecordRef {
+                value: line,
+                ..RecordRef::default()
+            });
         }
         Ok(SourcePoll::Ready)
     }
@@ -178,9 +181,9 @@ mod tests {
         std::fs::write(&a, "one\ntwo\r\n\nthree")?;
         std::fs::write(&b, "four\n")?;
         let mut source = FileSource::new(&[a, b], &info(0, 1));
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         while source.poll(&mut out, 2)? != SourcePoll::Finished {}
-        let lines: Vec<&[u8]> = out.iter().map(|r| r.value.as_slice()).collect();
+        let lines: Vec<&[u8]> = out.iter().map(|r| r.value).collect();
         assert_eq!(lines, vec![&b"one"[..], b"two", b"", b"three", b"four"]);
         Ok(())
     }
@@ -197,9 +200,9 @@ mod tests {
         let mut seen = Vec::new();
         for s in 0..2 {
             let mut source = FileSource::new(&paths, &info(s, 2));
-            let mut out = Vec::new();
+            let mut out = Batch::new();
             while source.poll(&mut out, 10)? != SourcePoll::Finished {}
-            seen.extend(out.into_iter().map(|r| r.value));
+            seen.extend(out.values.iter().map(<[u8]>::to_vec));
         }
         seen.sort();
         assert_eq!(seen, vec![b"0".to_vec(), b"1".to_vec(), b"2".to_vec()]);
@@ -207,9 +210,9 @@ mod tests {
     }
 
     fn drain(source: &mut FileSource, max: usize) -> Result<Vec<Vec<u8>>, TaskError> {
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         while source.poll(&mut out, max)? != SourcePoll::Finished {}
-        Ok(out.into_iter().map(|r| r.value).collect())
+        Ok(out.values.iter().map(<[u8]>::to_vec).collect())
     }
 
     /// Three files of `lines` lines each, named after their index.
@@ -235,15 +238,15 @@ mod tests {
         let uninterrupted = drain(&mut FileSource::new(&paths, &info(0, 1)), 4)?;
         let mut first = FileSource::new(&paths, &info(0, 1));
         first.open(None)?;
-        let mut before = Vec::new();
+        let mut before = Batch::new();
         first.poll(&mut before, 14)?;
         let state = first.snapshot(CheckpointId(1))?()?;
         assert_eq!(first.position().file, 1);
         assert!(first.position().offset > 0);
-        first.poll(&mut Vec::new(), 5)?;
+        first.poll(&mut Batch::new(), 5)?;
         let mut second = FileSource::new(&paths, &info(0, 1));
         second.open(Some(state))?;
-        let mut all: Vec<Vec<u8>> = before.into_iter().map(|r| r.value).collect();
+        let mut all: Vec<Vec<u8>> = before.values.iter().map(<[u8]>::to_vec).collect();
         all.extend(drain(&mut second, 4)?);
         assert_eq!(all.len(), 30);
         assert_eq!(all, uninterrupted);
@@ -256,7 +259,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let paths = three_files(dir.path(), 2)?;
         let mut first = FileSource::new(&paths, &info(0, 1));
-        let mut before = Vec::new();
+        let mut before = Batch::new();
         // Two lines, then the end of the first file moves the position to the second.
         first.poll(&mut before, 3)?;
         assert_eq!(first.position(), FilePosition { file: 1, offset: 0 });
@@ -285,7 +288,7 @@ mod tests {
         let state = first.snapshot(CheckpointId(3))?()?;
         let mut second = FileSource::new(&paths, &info(0, 1));
         second.open(Some(state))?;
-        assert_eq!(second.poll(&mut Vec::new(), 10)?, SourcePoll::Finished);
+        assert_eq!(second.poll(&mut Batch::new(), 10)?, SourcePoll::Finished);
         Ok(())
     }
 
@@ -305,7 +308,7 @@ mod tests {
         let a = dir.path().join("a.txt");
         std::fs::write(&a, "ab\ncd\n")?;
         let mut source = FileSource::new(&[a], &info(0, 1));
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         source.poll(&mut out, 1)?;
         assert_eq!(source.position(), FilePosition { file: 0, offset: 3 });
         Ok(())

@@ -23,7 +23,7 @@
 use crate::connectors::rate::Pacer;
 use crate::connectors::sinks::write_lines;
 use crate::runtime::{
-    CheckpointId, Fault, Operator, Record, Snapshot, SubtaskIndex, TaskError, TaskInfo,
+    Batch, CheckpointId, Fault, Operator, Snapshot, SubtaskIndex, TaskError, TaskInfo,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -350,13 +350,13 @@ impl Operator for FileSink {
         Ok(())
     }
 
-    fn process(&mut self, batch: Vec<Record>, _out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn process(&mut self, batch: &Batch, _out: &mut Batch) -> Result<(), TaskError> {
         if batch.is_empty() {
             return Ok(());
         }
         self.pacer.record(batch.len());
         let current = self.current()?;
-        write_lines(&mut current.writer, &batch)
+        write_lines(&mut current.writer, batch)
             .map_err(|e| external("write", &current.path, &e))?;
         self.pacer.wait();
         Ok(())
@@ -419,7 +419,7 @@ impl Operator for FileSink {
 
     /// Transactional: flushes the in-progress file, which the final checkpoint seals and
     /// commits. Otherwise: commits the in-progress file at once.
-    fn close(&mut self, _out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn close(&mut self, _out: &mut Batch) -> Result<(), TaskError> {
         if self.transactional {
             if let Some(current) = self.current.as_mut() {
                 current
@@ -466,8 +466,11 @@ mod tests {
     }
 
     fn write(sink: &mut FileSink, values: &[&str]) -> Result<(), TaskError> {
-        let batch = values.iter().map(|v| Record::new(*v)).collect();
-        sink.process(batch, &mut Vec::new())
+        let records: Vec<crate::runtime::Record> = values
+            .iter()
+            .map(|v| crate::runtime::Record::new(*v))
+            .collect();
+        sink.process(&records.iter().collect(), &mut Batch::new())
     }
 
     /// Takes the snapshot of `checkpoint` and runs its writer, as the runtime would.
@@ -761,7 +764,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let mut s = sink(dir.path(), 0);
         s.open(None)?;
-        s.process(Vec::new(), &mut Vec::new())?;
+        s.process(&Batch::new(), &mut Batch::new())?;
         snapshot(&mut s, 1)?;
         complete(&mut s, 1)?;
         assert!(names(dir.path())?.is_empty());
@@ -774,7 +777,7 @@ mod tests {
         let mut s = sink(dir.path(), 0);
         s.open(None)?;
         write(&mut s, &["a", "b"])?;
-        s.close(&mut Vec::new())?;
+        s.close(&mut Batch::new())?;
         assert_eq!(output(dir.path(), 0)?, "");
         snapshot(&mut s, 1)?;
         complete(&mut s, 1)?;
@@ -789,7 +792,7 @@ mod tests {
         let mut s = FileSink::new(&out, &info(2), 0, false);
         s.open(None)?;
         write(&mut s, &["a", "b"])?;
-        s.close(&mut Vec::new())?;
+        s.close(&mut Batch::new())?;
         assert_eq!(names(&out)?, vec!["part-2-0"]);
         assert_eq!(std::fs::read_to_string(out.join("part-2-0"))?, "a\nb\n");
         Ok(())

@@ -13,7 +13,7 @@
 
 use crate::connectors::rate::Pacer;
 use crate::runtime::{
-    CheckpointId, Fault, Record, SnapshotWriter, Source, SourcePoll, TaskError, TaskInfo,
+    Batch, CheckpointId, Fault, SnapshotWriter, Source, SourcePoll, TaskError, TaskInfo,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,9 +32,12 @@ pub struct GeneratorSettings {
     pub value_size: usize,
 }
 
-/// Up to this many keys are rendered once up front; a record then clones its key
+/// Up to this many keys are rendered once up front; a record then copies its key
 /// instead of formatting it (formatting dominated the generator's cost).
 const PRERENDERED_KEYS: u64 = 1 << 20;
+
+/// The most bytes `n`'s decimal digits take.
+const MAX_DIGITS: usize = 20;
 
 /// What a generator's snapshot holds.
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,9 +58,9 @@ pub struct Generator {
     keys: Vec<Vec<u8>>,
 }
 
-/// `prefix` followed by the decimal digits of `n`.
-fn decimal(prefix: &[u8], mut n: u64) -> Vec<u8> {
-    let mut digits = [0u8; 20];
+/// Appends the decimal digits of `n` to `out`.
+fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; MAX_DIGITS];
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -67,9 +70,14 @@ fn decimal(prefix: &[u8], mut n: u64) -> Vec<u8> {
             break;
         }
     }
-    let mut out = Vec::with_capacity(prefix.len() + digits.len() - at);
-    out.extend_from_slice(prefix);
     out.extend_from_slice(&digits[at..]);
+}
+
+/// `prefix` followed by the decimal digits of `n`.
+fn decimal(prefix: &[u8], n: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + MAX_DIGITS);
+    out.extend_from_slice(prefix);
+    write_decimal(&mut out, n);
     out
 }
 
@@ -141,7 +149,7 @@ impl Source for Generator {
         }))
     }
 
-    fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Result<SourcePoll, TaskError> {
+    fn poll(&mut self, out: &mut Batch, max: usize) -> Result<SourcePoll, TaskError> {
         let allowed = self.pacer.allowance(max);
         if allowed == 0 {
             return Ok(SourcePoll::Idle(self.pacer.next_due()));
@@ -155,22 +163,22 @@ impl Source for Generator {
             }
             let n = self.next;
             let k = mix(self.settings.seed, n) % keys;
-            let key = usize::try_from(k)
-                .ok()
-                .and_then(|i| self.keys.get(i))
-                .map_or_else(|| decimal(b"key-", k), Clone::clone);
-            let value = if self.settings.value_size == 0 {
-                decimal(b"", n)
-            } else {
-                let digits = n.to_le_bytes();
-                (0..self.settings.value_size)
-                    .map(|i| digits[i % 8] | b'@')
-                    .collect()
+            let rendered;
+            let key = match usize::try_from(k).ok().and_then(|i| self.keys.get(i)) {
+                Some(key) => key.as_slice(),
+                None => {
+                    rendered = decimal(b"key-", k);
+                    rendered.as_slice()
+                }
             };
-            out.push(Record {
-                key: Some(key),
-                value,
-                timestamp: None,
+            let value_size = self.settings.value_size;
+            out.push_with(Some(key), None, |value| {
+                if value_size == 0 {
+                    write_decimal(value, n);
+                } else {
+                    let digits = n.to_le_bytes();
+                    value.extend((0..value_size).map(|i| digits[i % 8] | b'@'));
+                }
             });
             self.next += self.step;
             produced += 1;
@@ -183,7 +191,7 @@ impl Source for Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::SubtaskIndex;
+    use crate::runtime::{Record, SubtaskIndex};
 
     fn info(subtask: u32, parallelism: u32) -> TaskInfo {
         TaskInfo {
@@ -205,9 +213,9 @@ mod tests {
     }
 
     fn drain(g: &mut Generator) -> Result<Vec<Record>, TaskError> {
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         while g.poll(&mut out, 64)? != SourcePoll::Finished {}
-        Ok(out)
+        Ok(out.to_records())
     }
 
     #[test]
@@ -239,10 +247,11 @@ mod tests {
         let uninterrupted = drain(&mut Generator::new(settings(1000), &info(1, 3)))?;
         let mut first = Generator::new(settings(1000), &info(1, 3));
         first.open(None)?;
-        let mut before = Vec::new();
-        first.poll(&mut before, 100)?;
+        let mut polled = Batch::new();
+        first.poll(&mut polled, 100)?;
+        let mut before = polled.to_records();
         let state = first.snapshot(CheckpointId(1))?()?;
-        first.poll(&mut Vec::new(), 50)?;
+        first.poll(&mut Batch::new(), 50)?;
         let mut second = Generator::new(settings(1000), &info(1, 3));
         second.open(Some(state))?;
         let after = drain(&mut second)?;
@@ -259,7 +268,7 @@ mod tests {
         let state = first.snapshot(CheckpointId(4))?()?;
         let mut second = Generator::new(settings(10), &info(0, 1));
         second.open(Some(state))?;
-        assert_eq!(second.poll(&mut Vec::new(), 64)?, SourcePoll::Finished);
+        assert_eq!(second.poll(&mut Batch::new(), 64)?, SourcePoll::Finished);
         Ok(())
     }
 

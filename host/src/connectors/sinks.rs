@@ -7,14 +7,14 @@
 //! checkpoint are printed again).
 
 use crate::connectors::rate::Pacer;
-use crate::runtime::{CheckpointId, Fault, Operator, Record, Snapshot, TaskError};
+use crate::runtime::{Batch, CheckpointId, Fault, Operator, Snapshot, TaskError};
 use std::io::{BufWriter, Write};
 
 /// Writes each record's value followed by a newline. Does not flush, so that the caller
 /// decides when a batch of writes reaches the file.
-pub(super) fn write_lines(writer: &mut impl Write, batch: &[Record]) -> std::io::Result<()> {
-    for record in batch {
-        writer.write_all(&record.value)?;
+pub(super) fn write_lines(writer: &mut impl Write, batch: &Batch) -> std::io::Result<()> {
+    for value in batch.values.iter() {
+        writer.write_all(value)?;
         writer.write_all(b"\n")?;
     }
     Ok(())
@@ -44,11 +44,11 @@ impl Operator for StdoutSink {
         Ok(())
     }
 
-    fn process(&mut self, batch: Vec<Record>, _out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn process(&mut self, batch: &Batch, _out: &mut Batch) -> Result<(), TaskError> {
         self.pacer.record(batch.len());
         let stdout = std::io::stdout();
         let mut writer = BufWriter::new(stdout.lock());
-        write_lines(&mut writer, &batch)
+        write_lines(&mut writer, batch)
             .and_then(|()| writer.flush())
             .map_err(|e| {
                 TaskError::failed(Fault::External, format!("cannot write to stdout: {e}"))
@@ -61,7 +61,7 @@ impl Operator for StdoutSink {
         Ok(empty_snapshot())
     }
 
-    fn close(&mut self, _out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn close(&mut self, _out: &mut Batch) -> Result<(), TaskError> {
         Ok(())
     }
 }
@@ -85,7 +85,7 @@ impl Operator for BlackholeSink {
         Ok(())
     }
 
-    fn process(&mut self, batch: Vec<Record>, _out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn process(&mut self, batch: &Batch, _out: &mut Batch) -> Result<(), TaskError> {
         self.pacer.record(batch.len());
         self.pacer.wait();
         Ok(())
@@ -95,7 +95,7 @@ impl Operator for BlackholeSink {
         Ok(empty_snapshot())
     }
 
-    fn close(&mut self, _out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn close(&mut self, _out: &mut Batch) -> Result<(), TaskError> {
         Ok(())
     }
 }
@@ -103,13 +103,16 @@ impl Operator for BlackholeSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::Record;
 
     #[test]
     fn write_lines_ends_every_value_with_a_newline() -> std::io::Result<()> {
         let mut out = Vec::new();
         write_lines(
             &mut out,
-            &[Record::new("a"), Record::new(""), Record::new("b")],
+            &[Record::new("a"), Record::new(""), Record::new("b")]
+                .iter()
+                .collect(),
         )?;
         assert_eq!(out, b"a\n\nb\n");
         Ok(())
@@ -125,7 +128,7 @@ mod tests {
         assert!(state.is_empty());
         let mut restored = BlackholeSink::new(0);
         restored.open(Some(state))?;
-        restored.process(vec![Record::new("a")], &mut Vec::new())?;
-        restored.close(&mut Vec::new())
+        restored.process(&[Record::new("a")].iter().collect(), &mut Batch::new())?;
+        restored.close(&mut Batch::new())
     }
 }

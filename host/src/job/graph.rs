@@ -29,6 +29,8 @@ struct Draft {
     index: usize,
     id: String,
     parallelism: Option<u32>,
+    /// `chaining` as written on the node.
+    chaining: Option<bool>,
     inputs: Vec<String>,
     partition: Option<Partition>,
     kind: NodeKind,
@@ -78,7 +80,7 @@ pub(crate) fn nodes(doc: &Doc<'_>, job: &JobSettings) -> Result<Vec<Node>, JobEr
             });
         }
     }
-    Graph::new(doc, job, drafts)?.into_nodes()
+    Graph::new(doc, job, drafts)?.into_nodes(job.chaining)
 }
 
 /// Reads one node's table.
@@ -170,7 +172,7 @@ impl NodeReader<'_, '_> {
         let kinds = SourceKindName::ALL.map(|k| (k.name(), k.keys()));
         self.check_keys(kind.name(), kind.keys(), &kinds)?;
         let table = format!("{} of kind \"{}\"", self.context, kind.name());
-        let (id, parallelism, source) = match kind {
+        let (id, parallelism, chaining, source) = match kind {
             SourceKindName::Generator => {
                 let raw: RawGenerator = self.doc.deserialize(self.item, &table)?;
                 let id = self.id(raw.id)?;
@@ -191,7 +193,12 @@ impl NodeReader<'_, '_> {
                     rate: raw.rate.unwrap_or(0),
                     value_size: raw.value_size.unwrap_or(0),
                 };
-                (id, raw.parallelism, SourceKind::Generator(spec))
+                (
+                    id,
+                    raw.parallelism,
+                    raw.chaining,
+                    SourceKind::Generator(spec),
+                )
             }
             SourceKindName::File => {
                 let raw: RawFileSource = self.doc.deserialize(self.item, &table)?;
@@ -200,6 +207,7 @@ impl NodeReader<'_, '_> {
                 (
                     id,
                     raw.parallelism,
+                    raw.chaining,
                     SourceKind::File(FileSourceSpec { paths }),
                 )
             }
@@ -209,6 +217,7 @@ impl NodeReader<'_, '_> {
             index: self.index,
             id,
             parallelism,
+            chaining,
             inputs: Vec::new(),
             partition: None,
             kind: NodeKind::Source(source),
@@ -301,6 +310,7 @@ impl NodeReader<'_, '_> {
             index: self.index,
             id,
             parallelism: raw.parallelism,
+            chaining: raw.chaining,
             inputs: raw.inputs.map(|l| l.0).unwrap_or_default(),
             partition: raw.partition,
             kind: NodeKind::Operator(OperatorSpec {
@@ -605,7 +615,7 @@ impl NodeReader<'_, '_> {
         let kinds = SinkKindName::ALL.map(|k| (k.name(), k.keys()));
         self.check_keys(kind.name(), kind.keys(), &kinds)?;
         let table = format!("{} of kind \"{}\"", self.context, kind.name());
-        let (id, inputs, partition, parallelism, rate, sink) = match kind {
+        let (id, inputs, partition, parallelism, chaining, rate, sink) = match kind {
             SinkKindName::Stdout | SinkKindName::Blackhole => {
                 let raw: RawPlainSink = self.doc.deserialize(self.item, &table)?;
                 let sink = if kind == SinkKindName::Stdout {
@@ -619,6 +629,7 @@ impl NodeReader<'_, '_> {
                     raw.inputs,
                     raw.partition,
                     raw.parallelism,
+                    raw.chaining,
                     raw.rate,
                     sink,
                 )
@@ -633,6 +644,7 @@ impl NodeReader<'_, '_> {
                     raw.inputs,
                     raw.partition,
                     raw.parallelism,
+                    raw.chaining,
                     raw.rate,
                     sink,
                 )
@@ -643,6 +655,7 @@ impl NodeReader<'_, '_> {
             index: self.index,
             id,
             parallelism,
+            chaining,
             inputs: inputs.map(|l| l.0).unwrap_or_default(),
             partition,
             kind: NodeKind::Sink(SinkSpec {
@@ -935,7 +948,8 @@ impl<'d, 'a> Graph<'d, 'a> {
         }
     }
 
-    fn into_nodes(self) -> Result<Vec<Node>, JobError> {
+    /// The nodes in topological order; `chaining` is `[job] chaining`.
+    fn into_nodes(self, chaining: bool) -> Result<Vec<Node>, JobError> {
         let order = self.topological_order()?;
         let mut partitions = Vec::with_capacity(self.drafts.len());
         for v in 0..self.drafts.len() {
@@ -973,6 +987,7 @@ impl<'d, 'a> Graph<'d, 'a> {
                     parallelism: parallelism[v],
                     inputs: inputs[v].iter().map(|&u| new_index[u]).collect(),
                     partition: partitions[v],
+                    chaining: chaining && d.chaining.unwrap_or(true),
                     kind: d.kind,
                 })
             })

@@ -171,6 +171,7 @@ pub(crate) struct RawJob {
     pub name: Option<String>,
     pub parallelism: Option<u32>,
     pub max_parallelism: Option<u32>,
+    pub chaining: Option<bool>,
 }
 
 /// `[checkpointing]`.
@@ -327,6 +328,7 @@ pub(crate) struct RawFileSource {
     #[serde(rename = "kind")]
     pub _kind: Option<IgnoredAny>,
     pub parallelism: Option<u32>,
+    pub chaining: Option<bool>,
     pub path: Option<StringList>,
 }
 
@@ -338,6 +340,7 @@ pub(crate) struct RawGenerator {
     #[serde(rename = "kind")]
     pub _kind: Option<IgnoredAny>,
     pub parallelism: Option<u32>,
+    pub chaining: Option<bool>,
     pub count: Option<u64>,
     pub keys: Option<u64>,
     pub seed: Option<u64>,
@@ -354,6 +357,7 @@ pub(crate) struct RawOperator {
     pub inputs: Option<StringList>,
     pub partition: Option<Partition>,
     pub parallelism: Option<u32>,
+    pub chaining: Option<bool>,
     pub config: Option<RawConfig>,
     pub batch_size: Option<usize>,
     pub fuel_per_record: Option<u64>,
@@ -419,6 +423,7 @@ pub(crate) struct RawPlainSink {
     pub inputs: Option<StringList>,
     pub partition: Option<Partition>,
     pub parallelism: Option<u32>,
+    pub chaining: Option<bool>,
     pub rate: Option<u64>,
 }
 
@@ -432,6 +437,7 @@ pub(crate) struct RawFileSink {
     pub inputs: Option<StringList>,
     pub partition: Option<Partition>,
     pub parallelism: Option<u32>,
+    pub chaining: Option<bool>,
     pub path: Option<String>,
     pub rate: Option<u64>,
 }
@@ -565,6 +571,7 @@ mod tests {
                 "inputs",
                 "partition",
                 "parallelism",
+                "chaining",
                 "config",
                 "batch-size",
                 "fuel-per-record",

@@ -24,6 +24,8 @@ pub(crate) struct JobSettings {
     pub name: String,
     pub parallelism: u32,
     pub max_parallelism: u32,
+    /// Whether nodes may be chained at all; each node can opt out on its own.
+    pub chaining: bool,
 }
 
 /// The table `name`, checked for unknown keys and deserialized; its default when
@@ -114,6 +116,7 @@ pub(crate) fn job(doc: &Doc<'_>, file_stem: &str) -> Result<JobSettings, JobErro
         name,
         parallelism,
         max_parallelism,
+        chaining: raw.chaining.unwrap_or(true),
     })
 }
 

@@ -59,6 +59,9 @@ pub struct Node {
     /// How records travel from every input to this node's subtasks. Sources have
     /// [`Partition::Forward`], which is meaningless for them.
     pub partition: Partition,
+    /// Whether the node may run in one thread with its input or output node (Flink's
+    /// operator chaining; `chaining = false` on the node or in `[job]` turns it off).
+    pub chaining: bool,
     /// What the node is.
     pub kind: NodeKind,
 }

@@ -695,7 +695,7 @@ fn an_unknown_key_names_the_key_and_its_line() {
     assert_eq!(err.location().line(), Some(line_of(&text, "paralelism")));
     assert_eq!(
         err.message(),
-        "unknown key `paralelism` in [[operator]] \"count\". Known keys: id, wasm, inputs, partition, parallelism, config, batch-size, fuel-per-record, memory-limit, call-timeout, sync-phase-timeout, sync-phase-fuel, on-runaway, dead-letter-dir, replay-limit, dirs, env. Did you mean `parallelism`?"
+        "unknown key `paralelism` in [[operator]] \"count\". Known keys: id, wasm, inputs, partition, parallelism, chaining, config, batch-size, fuel-per-record, memory-limit, call-timeout, sync-phase-timeout, sync-phase-fuel, on-runaway, dead-letter-dir, replay-limit, dirs, env. Did you mean `parallelism`?"
     );
 }
 
@@ -746,7 +746,7 @@ fn a_key_of_another_source_kind_is_an_unknown_key() {
         "path",
         &[
             "unknown key `path` in [[source]] \"gen\" of kind \"generator\"",
-            "Known keys: id, kind, parallelism, count, keys, seed, rate, value-size.",
+            "Known keys: id, kind, parallelism, chaining, count, keys, seed, rate, value-size.",
             "`path` belongs to kind \"file\".",
         ],
     );
@@ -2297,4 +2297,37 @@ fn sandbox_keys_can_be_overridden_from_the_command_line() {
     let sandbox = operator_spec(&spec, "tokenize").sandbox;
     assert_eq!(sandbox.fuel_per_record, Some(7));
     assert_eq!(sandbox.call_timeout, Duration::from_secs(3));
+}
+
+#[test]
+fn every_node_may_be_chained_unless_the_node_or_the_job_says_otherwise() {
+    let f = Fixture::new();
+    let spec = f.ok(WORD_COUNT);
+    assert!(spec.nodes.iter().all(|n| n.chaining));
+    let text = replace(
+        WORD_COUNT,
+        "wasm = \"count.wasm\"",
+        "wasm = \"count.wasm\"\nchaining = false",
+    );
+    let spec = f.ok(&text);
+    assert!(!node(&spec, "count").chaining);
+    assert!(node(&spec, "tokenize").chaining);
+    let text = replace(
+        WORD_COUNT,
+        "parallelism = 2",
+        "parallelism = 2\nchaining = false",
+    );
+    assert!(f.ok(&text).nodes.iter().all(|n| !n.chaining));
+}
+
+#[test]
+fn chaining_that_is_not_a_boolean_is_refused_on_its_line() {
+    let f = Fixture::new();
+    let text = replace(
+        WORD_COUNT,
+        "kind = \"stdout\"",
+        "kind = \"stdout\"\nchaining = \"no\"",
+    );
+    let err = f.err(&text);
+    assert_eq!(err.location().line(), Some(line_of(&text, "chaining")));
 }

@@ -4,8 +4,10 @@
 use crate::checkpoint::AlignMode;
 use crate::checkpoint::coordinator::TaskRef;
 use crate::checkpoint::driver::{CheckpointDriver, CheckpointFailure, DriverSetup, DriverTask};
+use crate::runtime::chain::{Chain, Member};
 use crate::runtime::input::InputGate;
 use crate::runtime::output::{Output, OutputEdge};
+use crate::runtime::record::Control;
 use crate::runtime::record::Message;
 use crate::runtime::task::{Restore, TaskContext, run_operator, run_source};
 use crate::runtime::{CANCEL_POLL, Operator, Source, SubtaskIndex, TaskError, TaskInfo};
@@ -63,6 +65,9 @@ pub struct GraphNode {
     /// How many records go into one batch on its input channels: for an operator, the
     /// records per guest call.
     pub batch_size: usize,
+    /// Whether it may share a thread with the node before or after it (Flink's
+    /// operator chaining): `chaining = false` on the node or in `[job]` turns it off.
+    pub chaining: bool,
 }
 
 /// A job's nodes, every node after its inputs.
@@ -184,6 +189,49 @@ pub struct Executor {
     cancel: CancelToken,
 }
 
+/// The nodes that run in one subtask thread, upstream first: a node joins the chain of
+/// its input when the edge is `forward` with equal parallelism, it is that input's only
+/// consumer and the input its only one, and both allow chaining (as Flink's
+/// `StreamingJobGraphGenerator.isChainable`, without its operator-level strategies).
+/// Every node is in exactly one chain, and chains come in graph order.
+pub fn chains(graph: &Graph) -> Vec<Vec<usize>> {
+    let consumers = |u: usize| {
+        graph
+            .nodes
+            .iter()
+            .map(|n| n.inputs.iter().filter(|e| e.from == u).count())
+            .sum::<usize>()
+    };
+    let mut chain_of: Vec<usize> = Vec::with_capacity(graph.nodes.len());
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    for (d, node) in graph.nodes.iter().enumerate() {
+        let joins = match node.inputs.as_slice() {
+            [edge] => {
+                let up = &graph.nodes[edge.from];
+                // With one consumer, the input is the last node of its chain so far.
+                (edge.partitioner == Partitioner::Forward
+                    && up.parallelism == node.parallelism
+                    && up.chaining
+                    && node.chaining
+                    && consumers(edge.from) == 1)
+                    .then_some(chain_of[edge.from])
+            }
+            _ => None,
+        };
+        match joins {
+            Some(c) => {
+                chains[c].push(d);
+                chain_of.push(c);
+            }
+            None => {
+                chain_of.push(chains.len());
+                chains.push(vec![d]);
+            }
+        }
+    }
+    chains
+}
+
 struct Wiring {
     /// Per node, per subtask: the receivers of its input channels.
     inputs: Vec<Vec<Vec<Receiver<Message>>>>,
@@ -200,7 +248,8 @@ impl Executor {
     /// Runs `graph` until every subtask has finished, or until the first failure.
     pub fn run(&self, graph: &Graph, mut options: RunOptions) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        let mut wiring = wire(graph);
+        let chains = chains(graph);
+        let mut wiring = wire(graph, &chains);
         let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         // This run's stop flag: set on the first failure, or when the user cancels. The
@@ -242,39 +291,54 @@ impl Executor {
         let mode = options.mode.unwrap_or(AlignMode::ExactlyOnce);
 
         let mut running = 0usize;
-        for (n, node) in graph.nodes.iter().enumerate() {
-            let inputs = std::mem::take(&mut wiring.inputs[n]);
-            let outputs = std::mem::take(&mut wiring.outputs[n]);
-            let node_controls = std::mem::take(&mut controls[n]);
+        for chain in &chains {
+            let (head, tail) = (chain[0], chain[chain.len() - 1]);
+            let inputs = std::mem::take(&mut wiring.inputs[head]);
+            let outputs = std::mem::take(&mut wiring.outputs[tail]);
+            let head_controls = std::mem::take(&mut controls[head]);
             for (s, ((receivers, edges), control)) in inputs
                 .into_iter()
                 .zip(outputs)
-                .zip(node_controls)
+                .zip(head_controls)
                 .enumerate()
             {
                 let index = u32::try_from(s).unwrap_or(u32::MAX);
-                let info = TaskInfo {
-                    node: node.id.clone(),
-                    subtask: SubtaskIndex(index),
-                    parallelism: node.parallelism,
-                    max_parallelism: graph.max_parallelism,
-                };
-                let name = info.name();
-                let restore = options
-                    .restore
-                    .remove(&(node.id.clone(), index))
-                    .unwrap_or_default();
+                let infos: Vec<TaskInfo> = chain
+                    .iter()
+                    .map(|&n| TaskInfo {
+                        node: graph.nodes[n].id.clone(),
+                        subtask: SubtaskIndex(index),
+                        parallelism: graph.nodes[n].parallelism,
+                        max_parallelism: graph.max_parallelism,
+                    })
+                    .collect();
+                let name = thread_name(&infos);
+                let head_name = infos[0].name();
+                let restores: Vec<Restore> = chain
+                    .iter()
+                    .map(|&n| {
+                        options
+                            .restore
+                            .remove(&(graph.nodes[n].id.clone(), index))
+                            .unwrap_or_default()
+                    })
+                    .collect();
                 let ctx = TaskContext {
                     task: TaskRef {
-                        node: n,
+                        node: head,
                         subtask: SubtaskIndex(index),
                     },
                     checkpoints: sink.clone(),
                     mode,
-                    metrics: metrics[n].clone(),
+                    metrics: metrics[head].clone(),
                     cancel: cancel.clone(),
                 };
-                let body = node.body.clone();
+                let bodies: Vec<(usize, NodeBody, usize)> = chain
+                    .iter()
+                    .map(|&n| (n, graph.nodes[n].body.clone(), graph.nodes[n].batch_size))
+                    .collect();
+                let member_metrics: Vec<Arc<NodeMetrics>> =
+                    chain.iter().map(|&n| metrics[n].clone()).collect();
                 let mut output = Output::new(edges, cancel.clone());
                 let mut gate = InputGate::new(receivers, control.clone(), cancel.clone());
                 let done = done_tx.clone();
@@ -282,33 +346,33 @@ impl Executor {
                 let spawned = std::thread::Builder::new()
                     .name(name.clone())
                     .spawn(move || {
-                        let span = tracing::info_span!("task", task = %task_name);
+                        // The head's name; every chained member enters its own span.
+                        let span = tracing::info_span!("task", task = %head_name);
                         let _entered = span.enter();
-                        let result = match body {
-                            NodeBody::Source(factory) => factory(&info).and_then(|mut source| {
-                                run_source(source.as_mut(), &mut output, &control, &ctx, restore)
-                            }),
-                            NodeBody::Operator(factory) => {
-                                factory(&info).and_then(|mut operator| {
-                                    run_operator(
-                                        operator.as_mut(),
-                                        &mut gate,
-                                        &mut output,
-                                        &ctx,
-                                        restore,
-                                    )
-                                })
-                            }
-                        };
+                        let (failed, result) = run_chain(
+                            bodies,
+                            &infos,
+                            member_metrics,
+                            restores,
+                            &mut gate,
+                            &mut output,
+                            &control,
+                            &ctx,
+                        );
                         // Channels close here, so neighbours blocked on this subtask wake up.
                         drop((output, gate));
-                        let _ = done.send((task_name, result));
+                        let _ = done.send((failed.unwrap_or(task_name), result));
                     });
                 if let Err(source) = spawned {
                     stop.store(true, Ordering::Relaxed);
                     return Err(RunError::Spawn { task: name, source });
                 }
                 running += 1;
+            }
+            // The chained members' own control channels: the coordinator tells every
+            // subtask the same, so the head's channel serves the whole chain.
+            for &n in &chain[1..] {
+                drop(std::mem::take(&mut controls[n]));
             }
         }
         drop(done_tx);
@@ -387,6 +451,103 @@ impl Executor {
     }
 }
 
+/// The thread's name: Flink's name of its subtask, `count (2/4)`, or of a chain's,
+/// `source → tokenize (2/4)`.
+fn thread_name(infos: &[TaskInfo]) -> String {
+    match infos {
+        [one] => one.name(),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|i| i.node.as_str()).collect();
+            let head = &many[0];
+            format!(
+                "{} ({}/{})",
+                ids.join(" → "),
+                head.subtask.0 + 1,
+                head.parallelism
+            )
+        }
+    }
+}
+
+/// Runs one subtask of a chain on the current thread: makes every member's logic from
+/// its factory, then drives the chain from its head. A failure comes with the name of
+/// the chained member that failed, when it was one.
+#[allow(clippy::too_many_arguments)]
+fn run_chain(
+    bodies: Vec<(usize, NodeBody, usize)>,
+    infos: &[TaskInfo],
+    metrics: Vec<Arc<NodeMetrics>>,
+    mut restores: Vec<Restore>,
+    gate: &mut InputGate,
+    output: &mut Output,
+    control: &Receiver<Control>,
+    ctx: &TaskContext,
+) -> (Option<String>, Result<(), TaskError>) {
+    let mut chain = match chain_members(bodies, infos, metrics) {
+        Ok((source, chain)) => (source, chain),
+        Err(e) => return (None, Err(e)),
+    };
+    let result = match chain.0.as_mut() {
+        Some(source) => {
+            let restore = restores.remove(0);
+            run_source(
+                source.as_mut(),
+                &mut chain.1,
+                output,
+                control,
+                ctx,
+                restore,
+                restores,
+            )
+        }
+        None => run_operator(&mut chain.1, gate, output, ctx, restores),
+    };
+    (chain.1.failed_member().map(str::to_owned), result)
+}
+
+/// The source (when the chain starts with one) and the chain of operators of one
+/// subtask, made from their factories.
+fn chain_members(
+    bodies: Vec<(usize, NodeBody, usize)>,
+    infos: &[TaskInfo],
+    metrics: Vec<Arc<NodeMetrics>>,
+) -> Result<(Option<Box<dyn Source>>, Chain), TaskError> {
+    let shared = bodies.len() > 1;
+    let mut bodies = bodies;
+    let source = match bodies.first() {
+        Some((_, NodeBody::Source(factory), _)) => {
+            let source = factory(&infos[0])?;
+            bodies.remove(0);
+            Some(source)
+        }
+        _ => None,
+    };
+    let skip = usize::from(source.is_some());
+    let mut members = Vec::new();
+    for (((n, body, batch_size), info), metrics) in
+        bodies.into_iter().zip(&infos[skip..]).zip(&metrics[skip..])
+    {
+        let NodeBody::Operator(factory) = body else {
+            return Err(TaskError::failed(
+                crate::runtime::Fault::Host,
+                format!("source `{}` was chained after another node", info.node),
+            ));
+        };
+        let task = TaskRef {
+            node: n,
+            subtask: info.subtask,
+        };
+        members.push(Member::new(
+            factory(info)?,
+            task,
+            metrics.clone(),
+            info.name(),
+            batch_size,
+        ));
+    }
+    Ok((source, Chain::new(members, shared)))
+}
+
 fn log_progress(graph: &Graph, metrics: &[Arc<NodeMetrics>], started: Instant) {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     for (node, m) in graph.nodes.iter().zip(metrics) {
@@ -402,8 +563,13 @@ fn log_progress(graph: &Graph, metrics: &[Arc<NodeMetrics>], started: Instant) {
     }
 }
 
-/// Creates every channel of the graph.
-fn wire(graph: &Graph) -> Wiring {
+/// Creates every channel of the graph but those inside a chain.
+fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
+    let chained = |from: usize, to: usize| {
+        chains
+            .iter()
+            .any(|c| c.windows(2).any(|w| w[0] == from && w[1] == to))
+    };
     let mut inputs: Vec<Vec<Vec<Receiver<Message>>>> = graph
         .nodes
         .iter()
@@ -416,6 +582,9 @@ fn wire(graph: &Graph) -> Wiring {
         .collect();
     for (d, node) in graph.nodes.iter().enumerate() {
         for edge in &node.inputs {
+            if chained(edge.from, d) {
+                continue;
+            }
             let upstream = &graph.nodes[edge.from];
             for u in 0..upstream.parallelism as usize {
                 let batch_size = node.batch_size;
@@ -442,4 +611,90 @@ fn wire(graph: &Graph) -> Wiring {
         }
     }
     Wiring { inputs, outputs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, parallelism: u32, inputs: &[(usize, Partitioner)]) -> GraphNode {
+        let body = NodeBody::Operator(Arc::new(|_| {
+            Err(TaskError::failed(crate::runtime::Fault::Host, "not run"))
+        }));
+        GraphNode {
+            id: id.to_owned(),
+            parallelism,
+            inputs: inputs
+                .iter()
+                .map(|&(from, partitioner)| NodeEdge { from, partitioner })
+                .collect(),
+            body,
+            batch_size: 1,
+            chaining: true,
+        }
+    }
+
+    fn graph(nodes: Vec<GraphNode>) -> Graph {
+        Graph {
+            nodes,
+            max_parallelism: 128,
+        }
+    }
+
+    const FORWARD: Partitioner = Partitioner::Forward;
+    const KEY_BY: Partitioner = Partitioner::KeyBy {
+        max_parallelism: 128,
+    };
+
+    #[test]
+    fn forward_edges_of_equal_parallelism_chain_and_key_by_edges_do_not() {
+        let g = graph(vec![
+            node("source", 2, &[]),
+            node("tokenize", 2, &[(0, FORWARD)]),
+            node("count", 2, &[(1, KEY_BY)]),
+            node("sink", 2, &[(2, FORWARD)]),
+        ]);
+        assert_eq!(chains(&g), [vec![0, 1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn a_node_that_turns_chaining_off_runs_alone_on_both_sides() {
+        let mut nodes = vec![
+            node("source", 1, &[]),
+            node("map", 1, &[(0, FORWARD)]),
+            node("sink", 1, &[(1, FORWARD)]),
+        ];
+        nodes[1].chaining = false;
+        assert_eq!(chains(&graph(nodes)), [vec![0], vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn a_node_with_two_consumers_ends_its_chain() {
+        let g = graph(vec![
+            node("source", 1, &[]),
+            node("a", 1, &[(0, FORWARD)]),
+            node("b", 1, &[(0, FORWARD)]),
+        ]);
+        assert_eq!(chains(&g), [vec![0], vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn a_node_with_two_inputs_starts_a_chain() {
+        let g = graph(vec![
+            node("left", 1, &[]),
+            node("right", 1, &[]),
+            node("join", 1, &[(0, FORWARD), (1, FORWARD)]),
+            node("sink", 1, &[(2, FORWARD)]),
+        ]);
+        assert_eq!(chains(&g), [vec![0], vec![1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn a_change_of_parallelism_breaks_the_chain() {
+        let g = graph(vec![
+            node("source", 2, &[]),
+            node("sink", 1, &[(0, Partitioner::Rebalance)]),
+        ]);
+        assert_eq!(chains(&g), [vec![0], vec![1]]);
+    }
 }

@@ -7,7 +7,8 @@
 //! read at all: their records wait in the bounded channel, which back-pressures the
 //! upstream subtask — exactly what an aligned checkpoint needs.
 
-use crate::runtime::record::{Barrier, Control, Message, Record};
+use crate::runtime::batch::Batch;
+use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{CANCEL_POLL, TaskError};
 use crossbeam_channel::{Receiver, Select};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::Instant;
 #[derive(Debug)]
 pub enum Event {
     /// Records to process.
-    Batch(Vec<Record>),
+    Batch(Batch),
     /// The subtask's watermark advanced to this value.
     Watermark(i64),
     /// A barrier arrived on `channel`.
@@ -281,7 +282,9 @@ mod tests {
     #[test]
     fn a_blocked_channel_is_not_read_until_unblocked() -> Result<(), Box<dyn std::error::Error>> {
         let (mut g, tx, _c) = gate(2);
-        tx[0].send(Message::Batch(vec![Record::new("held")]))?;
+        tx[0].send(Message::Batch(
+            [crate::runtime::Record::new("held")].iter().collect(),
+        ))?;
         g.set_blocked([0]);
         assert!(matches!(
             g.next(Some(Instant::now()), no_idle)?,
@@ -293,7 +296,7 @@ mod tests {
             Event::Barrier { channel: 1, .. }
         ));
         g.set_blocked([]);
-        assert!(matches!(g.next(None, no_idle)?, Event::Batch(b) if b[0].value == b"held"));
+        assert!(matches!(g.next(None, no_idle)?, Event::Batch(b) if b.get(0).value == b"held"));
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! The runtime: subtasks, the channels between them, partitioning and the mailbox loops.
 //!
 //! Every subtask runs on its own OS thread, so that a guest busy with a batch never
-//! stalls another subtask or the async I/O runtime. Subtasks talk only through bounded
+//! stalls another subtask or the async I/O runtime; nodes joined by a `forward` edge of
+//! equal parallelism share one (Flink's operator chaining). Subtasks talk only through bounded
 //! channels of [`Message`]s — data batches, barriers, watermarks and end-of-input in
 //! one stream — so a slow consumer back-pressures its producers all the way to the
 //! sources. The runtime knows nothing of WASM or of the job file's syntax: nodes come
@@ -9,13 +10,18 @@
 //!
 //! # Layout
 //! - `ids`: newtypes for checkpoint ids, subtask indices, key groups.
+//! - `batch`: [`Batch`], records in contiguous buffers: the unit of the data plane.
 //! - `record`: [`Record`] and the one [`Message`] type.
 //! - `keygroup`: key → key group → subtask, as Flink.
 //! - `output`: partitioners and per-channel batch buffers of a producing subtask.
 //! - `input`: the input gate of a consuming subtask (select over its channels).
+//! - `chain`: operator chaining: the nodes of one subtask thread, output to input in
+//!   memory.
 //! - `task`: the loops of source subtasks and operator subtasks.
 //! - `executor`: expands a job into subtasks and channels, runs them, collects the result.
 
+pub mod batch;
+mod chain;
 pub mod executor;
 pub mod ids;
 mod input;
@@ -24,6 +30,7 @@ mod output;
 pub mod record;
 pub mod task;
 
+pub use batch::{Batch, Blobs, RecordRef};
 pub use executor::{
     CancelToken, Executor, Graph, GraphNode, NodeBody, NodeEdge, RunError, RunOptions,
 };
@@ -155,9 +162,9 @@ pub trait Operator: Send {
         ))
     }
     /// Processes a batch, appending what it emits to `out`.
-    fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError>;
+    fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError>;
     /// Event time advanced to `watermark` (the minimum over all inputs).
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn on_watermark(&mut self, watermark: i64, out: &mut Batch) -> Result<(), TaskError> {
         let _ = (watermark, out);
         Ok(())
     }
@@ -166,7 +173,7 @@ pub trait Operator: Send {
         None
     }
     /// The wall clock reached `now`: fire due processing-time timers.
-    fn on_processing_time(&mut self, now: Instant, out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn on_processing_time(&mut self, now: Instant, out: &mut Batch) -> Result<(), TaskError> {
         let _ = (now, out);
         Ok(())
     }
@@ -190,7 +197,7 @@ pub trait Operator: Send {
     /// The input ended: release resources, emit what is left. With checkpointing on,
     /// [`Operator::snapshot`] and the notifications may still follow (the final
     /// checkpoint); nothing else does.
-    fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError>;
+    fn close(&mut self, out: &mut Batch) -> Result<(), TaskError>;
 }
 
 /// Where a subtask sends its part of a checkpoint; the checkpoint driver implements it.
@@ -229,7 +236,7 @@ pub trait Source: Send {
     /// [`Source::snapshot`] wrote into the checkpoint the job restores from (its offsets).
     fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError>;
     /// Appends up to `max` records to `out`.
-    fn poll(&mut self, out: &mut Vec<Record>, max: usize) -> Result<SourcePoll, TaskError>;
+    fn poll(&mut self, out: &mut Batch, max: usize) -> Result<SourcePoll, TaskError>;
     /// Records where the source stands (its offsets) for checkpoint `checkpoint`. Called
     /// between polls, right before the source emits the checkpoint's barrier.
     fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<SnapshotWriter, TaskError>;

@@ -3,11 +3,14 @@
 //!
 //! Records are buffered per channel and sent as a batch when the buffer is full, and
 //! whenever the subtask is about to wait (so a trickle of records is not held back).
-//! Barriers, watermarks and the end of input flush every buffer first, then go to every
-//! channel: they never overtake the records emitted before them.
+//! Partitioners copy runs of consecutive records bound for the same channel as one range
+//! of each buffer; a forward edge whose buffer is empty takes the emitted batch's buffers
+//! as they are. Barriers, watermarks and the end of input flush every buffer first, then
+//! go to every channel: they never overtake the records emitted before them.
 
+use crate::runtime::batch::Batch;
 use crate::runtime::keygroup::{key_group_of, subtask_for};
-use crate::runtime::record::{Message, Record};
+use crate::runtime::record::Message;
 use crate::runtime::{CANCEL_POLL, Fault, TaskError};
 use crossbeam_channel::{SendTimeoutError, Sender};
 use std::sync::Arc;
@@ -34,9 +37,11 @@ pub struct OutputEdge {
     target: String,
     partitioner: Partitioner,
     channels: Vec<Sender<Message>>,
-    buffers: Vec<Vec<Record>>,
+    buffers: Vec<Batch>,
     batch_size: usize,
     next: usize,
+    /// The channel of each record of the batch being routed, reused between batches.
+    targets: Vec<u32>,
 }
 
 impl OutputEdge {
@@ -48,7 +53,7 @@ impl OutputEdge {
         channels: Vec<Sender<Message>>,
         batch_size: usize,
     ) -> Self {
-        let buffers = channels.iter().map(|_| Vec::new()).collect();
+        let buffers = channels.iter().map(|_| Batch::new()).collect();
         Self {
             target,
             partitioner,
@@ -56,6 +61,7 @@ impl OutputEdge {
             buffers,
             batch_size: batch_size.max(1),
             next: 0,
+            targets: Vec::new(),
         }
     }
 }
@@ -72,20 +78,22 @@ impl Output {
         Self { edges, cancel }
     }
 
-    /// Routes `records` (draining the vector) into the channel buffers and sends the
-    /// buffers that filled up.
-    pub fn emit(&mut self, records: &mut Vec<Record>) -> Result<(), TaskError> {
-        if records.is_empty() {
+    /// Routes the records of `batch` into the channel buffers, sends the buffers that
+    /// filled up, and leaves `batch` empty.
+    pub fn emit(&mut self, batch: &mut Batch) -> Result<(), TaskError> {
+        if batch.is_empty() {
             return Ok(());
         }
         let Some((last, rest)) = self.edges.split_last_mut() else {
-            records.clear();
+            batch.clear();
             return Ok(());
         };
         for edge in rest {
-            route(edge, records.iter().cloned(), &self.cancel)?;
+            route(edge, batch, false, &self.cancel)?;
         }
-        route(last, records.drain(..), &self.cancel)
+        route(last, batch, true, &self.cancel)?;
+        batch.clear();
+        Ok(())
     }
 
     /// Sends every non-empty buffer.
@@ -114,21 +122,43 @@ impl Output {
     }
 }
 
+/// Routes `batch` over `edge`. With `owned`, the batch's buffers may be taken over (the
+/// caller clears it afterwards anyway).
 fn route(
     edge: &mut OutputEdge,
-    records: impl Iterator<Item = Record>,
+    batch: &mut Batch,
+    owned: bool,
     cancel: &AtomicBool,
 ) -> Result<(), TaskError> {
     let channels = edge.channels.len();
-    for record in records {
-        let target = match edge.partitioner {
-            Partitioner::Forward => 0,
-            Partitioner::Rebalance => {
-                edge.next = (edge.next + 1) % channels;
-                edge.next
+    match edge.partitioner {
+        Partitioner::Forward => {
+            if owned {
+                edge.buffers[0].take_from(batch);
+            } else {
+                edge.buffers[0].append(batch);
             }
-            Partitioner::KeyBy { max_parallelism } => {
-                let Some(key) = record.key.as_deref() else {
+            return ship_if_full(edge, 0, cancel);
+        }
+        Partitioner::Broadcast => {
+            for channel in 0..channels {
+                edge.buffers[channel].append(batch);
+                ship_if_full(edge, channel, cancel)?;
+            }
+            return Ok(());
+        }
+        Partitioner::Rebalance => {
+            edge.targets.clear();
+            for _ in 0..batch.len() {
+                edge.next = (edge.next + 1) % channels;
+                edge.targets.push(u32::try_from(edge.next).unwrap_or(0));
+            }
+        }
+        Partitioner::KeyBy { max_parallelism } => {
+            edge.targets.clear();
+            let parallelism = u32::try_from(channels).unwrap_or(u32::MAX);
+            for i in 0..batch.len() {
+                let Some(key) = batch.key(i) else {
                     return Err(TaskError::failed(
                         Fault::User,
                         format!(
@@ -138,35 +168,35 @@ fn route(
                     ));
                 };
                 let group = key_group_of(key, max_parallelism);
-                let parallelism = u32::try_from(channels).unwrap_or(u32::MAX);
-                subtask_for(group, max_parallelism, parallelism).as_usize()
+                edge.targets
+                    .push(subtask_for(group, max_parallelism, parallelism).0);
             }
-            Partitioner::Broadcast => {
-                for i in 0..channels - 1 {
-                    push(edge, i, record.clone(), cancel)?;
-                }
-                channels - 1
-            }
-        };
-        push(edge, target, record, cancel)?;
+        }
+    }
+    // Copy each run of records bound for one channel as one range.
+    let mut start = 0;
+    while start < batch.len() {
+        let channel = edge.targets[start];
+        let mut end = start + 1;
+        while end < batch.len() && edge.targets[end] == channel {
+            end += 1;
+        }
+        let channel = channel as usize;
+        edge.buffers[channel].extend_from(batch, start..end);
+        ship_if_full(edge, channel, cancel)?;
+        start = end;
     }
     Ok(())
 }
 
-fn push(
+/// Sends the buffer of `channel` once it holds a batch's worth of records.
+fn ship_if_full(
     edge: &mut OutputEdge,
     channel: usize,
-    record: Record,
     cancel: &AtomicBool,
 ) -> Result<(), TaskError> {
-    let batch_size = edge.batch_size;
-    let buffer = &mut edge.buffers[channel];
-    if buffer.capacity() == 0 {
-        buffer.reserve_exact(batch_size);
-    }
-    buffer.push(record);
-    if buffer.len() >= batch_size {
-        let batch = std::mem::replace(buffer, Vec::with_capacity(batch_size));
+    if edge.buffers[channel].len() >= edge.batch_size {
+        let batch = std::mem::take(&mut edge.buffers[channel]);
         send(&edge.channels[channel], Message::Batch(batch), cancel)?;
     }
     Ok(())
@@ -196,6 +226,7 @@ fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::Record;
     use crossbeam_channel::{Receiver, bounded};
 
     const BATCH: usize = 7;
@@ -211,16 +242,20 @@ mod tests {
     fn drain(rx: &Receiver<Message>) -> Vec<Record> {
         rx.try_iter()
             .flat_map(|m| match m {
-                Message::Batch(b) => b,
+                Message::Batch(b) => b.to_records(),
                 _ => Vec::new(),
             })
             .collect()
     }
 
-    fn keyed(n: usize) -> Vec<Record> {
+    fn records(n: usize) -> Vec<Record> {
         (0..n)
             .map(|i| Record::new(vec![]).with_key(format!("k{i}")))
             .collect()
+    }
+
+    fn keyed(n: usize) -> Batch {
+        records(n).iter().collect()
     }
 
     #[test]
@@ -268,7 +303,7 @@ mod tests {
         out.emit(&mut keyed(10))?;
         out.flush()?;
         for r in &rx {
-            assert_eq!(drain(r), keyed(10));
+            assert_eq!(drain(r), records(10));
         }
         Ok(())
     }
@@ -288,7 +323,7 @@ mod tests {
     fn a_record_without_a_key_on_a_key_by_edge_is_a_user_error() {
         let (edge, _rx) = edge(Partitioner::KeyBy { max_parallelism: 8 }, 2);
         let mut out = Output::new(vec![edge], Arc::default());
-        let err = out.emit(&mut vec![Record::new("x")]);
+        let err = out.emit(&mut [Record::new("x")].iter().collect());
         assert!(matches!(
             err,
             Err(TaskError::Failed {

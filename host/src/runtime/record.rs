@@ -1,5 +1,7 @@
-//! The one message type that travels between subtasks.
+//! The one message type that travels between subtasks, and [`Record`], an owned record
+//! for tests, dead letters and other places off the data path.
 
+use crate::runtime::batch::{Batch, RecordRef};
 use crate::runtime::ids::CheckpointId;
 
 /// One element of a stream, as the WIT contract's `record`.
@@ -28,6 +30,38 @@ impl Record {
     pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.key = Some(key.into());
         self
+    }
+
+    /// The record as a view, to push into a [`Batch`].
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            key: self.key.as_deref(),
+            value: &self.value,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+impl From<RecordRef<'_>> for Record {
+    fn from(r: RecordRef<'_>) -> Self {
+        Self {
+            key: r.key.map(<[u8]>::to_vec),
+            value: r.value.to_vec(),
+            timestamp: r.timestamp,
+        }
+    }
+}
+
+impl<'a> FromIterator<&'a Record> for Batch {
+    fn from_iter<I: IntoIterator<Item = &'a Record>>(records: I) -> Self {
+        records.into_iter().map(Record::as_ref).collect()
+    }
+}
+
+impl Batch {
+    /// The records as owned [`Record`]s: for tests and error paths, never the data path.
+    pub fn to_records(&self) -> Vec<Record> {
+        self.iter().map(Record::from).collect()
     }
 }
 
@@ -58,8 +92,8 @@ pub enum Control {
 /// input share one channel, so that a barrier can never overtake the records before it.
 #[derive(Clone, Debug)]
 pub enum Message {
-    /// A batch of records.
-    Batch(Vec<Record>),
+    /// A batch of records, moved by its buffers.
+    Batch(Batch),
     /// A checkpoint barrier.
     Barrier(Barrier),
     /// Event time advanced to this many milliseconds.

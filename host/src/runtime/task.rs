@@ -9,12 +9,14 @@
 
 use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use crate::checkpoint::{AlignMode, Aligner, BarrierAction};
+use crate::runtime::batch::Batch;
+use crate::runtime::chain::{BarrierTiming, Chain};
 use crate::runtime::executor::NodeMetrics;
 use crate::runtime::input::{Event, InputGate};
 use crate::runtime::output::Output;
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{
-    CheckpointId, CheckpointSink, Fault, Operator, Snapshot, Source, SourcePoll, TaskError, now_ms,
+    CheckpointId, CheckpointSink, Fault, Snapshot, Source, SourcePoll, TaskError, now_ms,
 };
 use crate::state::RestoredFiles;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -42,15 +44,15 @@ pub enum Restore {
     Finished,
 }
 
-/// What every subtask loop needs besides its operator and channels.
+/// What every subtask loop needs besides its logic and channels.
 pub struct TaskContext {
-    /// Which subtask this is, for the coordinator.
+    /// Which subtask the thread's head is (a source's, for the coordinator).
     pub task: TaskRef,
     /// Where snapshots go; `None` when checkpointing is off.
     pub checkpoints: Option<Arc<dyn CheckpointSink>>,
     /// Aligned (exactly-once) or not (at-least-once).
     pub mode: AlignMode,
-    /// Record counters of the node.
+    /// Record counters of the head's node.
     pub metrics: Arc<NodeMetrics>,
     /// Set when the job is cancelled.
     pub cancel: Arc<AtomicBool>,
@@ -60,14 +62,33 @@ fn since_ms(triggered_at_ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(now_ms() - triggered_at_ms).unwrap_or(0))
 }
 
-/// Runs a source subtask until its input is exhausted (and, with checkpointing on, its
-/// final checkpoint is complete) or the job is cancelled.
+/// Runs a source subtask, and the operators chained to it, until its input is exhausted
+/// (and, with checkpointing on, its final checkpoint is complete) or the job is
+/// cancelled.
 pub fn run_source(
     source: &mut dyn Source,
+    chain: &mut Chain,
     output: &mut Output,
     control: &Receiver<Control>,
     ctx: &TaskContext,
     restore: Restore,
+    chain_restores: Vec<Restore>,
+) -> Result<(), TaskError> {
+    let result = source_loop(source, chain, output, control, ctx, restore, chain_restores);
+    if matches!(result, Err(TaskError::Cancelled)) {
+        chain.abandon();
+    }
+    result
+}
+
+fn source_loop(
+    source: &mut dyn Source,
+    chain: &mut Chain,
+    output: &mut Output,
+    control: &Receiver<Control>,
+    ctx: &TaskContext,
+    restore: Restore,
+    chain_restores: Vec<Restore>,
 ) -> Result<(), TaskError> {
     match restore {
         Restore::State(bytes) => source.open(Some(bytes))?,
@@ -79,7 +100,8 @@ pub fn run_source(
             ));
         }
     }
-    let mut buffer = Vec::with_capacity(SOURCE_BATCH);
+    chain.open(chain_restores)?;
+    let mut buffer = Batch::new();
     let mut exhausted = false;
     let mut idle_until: Option<Instant> = None;
     loop {
@@ -94,6 +116,13 @@ pub fn run_source(
                     .saturating_duration_since(Instant::now())
                     .min(IDLE_POLL)
             })
+        };
+        // A chained operator's processing-time timer cuts the wait short.
+        let wait = match (wait, chain.next_processing_timer()) {
+            (Some(wait), Some(due)) => {
+                Some(wait.min(due.saturating_duration_since(Instant::now())))
+            }
+            (wait, _) => wait,
         };
         let control_message = match wait {
             None => control.try_recv().ok(),
@@ -118,9 +147,21 @@ pub fn run_source(
                     };
                     sink.submit(ctx.task, barrier.checkpoint, Snapshot::State(writer), stats);
                 }
+                let timing = BarrierTiming {
+                    start_delay,
+                    ..BarrierTiming::default()
+                };
+                chain.snapshot(barrier.checkpoint, timing, ctx.checkpoints.as_ref())?;
             }
             Some(Control::Finish) => return Ok(()),
-            Some(Control::Complete(_) | Control::Abort(_)) | None => {}
+            Some(Control::Complete(id)) => chain.notify(id, true)?,
+            Some(Control::Abort(id)) => chain.notify(id, false)?,
+            None => {}
+        }
+        if let Some(due) = chain.next_processing_timer()
+            && due <= Instant::now()
+        {
+            chain.on_processing_time(Instant::now(), output)?;
         }
         if exhausted {
             continue;
@@ -131,7 +172,7 @@ pub fn run_source(
         idle_until = None;
         let poll = source.poll(&mut buffer, SOURCE_BATCH)?;
         ctx.metrics.add_out(buffer.len());
-        output.emit(&mut buffer)?;
+        chain.emit(&mut buffer, output)?;
         match poll {
             SourcePoll::Ready => {}
             SourcePoll::Idle(until) => {
@@ -141,7 +182,8 @@ pub fn run_source(
             SourcePoll::Finished => {
                 // As Flink, a bounded source ends with the maximal watermark so that every
                 // event-time timer downstream fires.
-                output.broadcast(&Message::Watermark(i64::MAX))?;
+                chain.watermark(i64::MAX, output)?;
+                chain.close(output)?;
                 output.broadcast(&Message::EndOfInput)?;
                 let Some(sink) = &ctx.checkpoints else {
                     return Ok(());
@@ -161,57 +203,38 @@ struct Alignment {
     processed_bytes: u64,
 }
 
-/// An operator subtask: its operator, unless it was restored as finished.
+/// An operator subtask thread: the chain of operators it runs.
 struct OperatorTask<'a> {
-    operator: Option<&'a mut dyn Operator>,
+    chain: &'a mut Chain,
     output: &'a mut Output,
     ctx: &'a TaskContext,
     aligner: Aligner,
     alignment: Option<Alignment>,
-    /// The operator's logic has closed (or was restored as finished).
-    closed: bool,
     /// The end of input went downstream.
     ended: bool,
-    out: Vec<crate::runtime::Record>,
 }
 
-/// Runs an operator (or sink) subtask until all its inputs have ended (and, with
-/// checkpointing on, its final checkpoint is complete).
+/// Runs an operator (or sink) subtask, and the operators chained to it, until all its
+/// inputs have ended (and, with checkpointing on, its final checkpoint is complete).
 pub fn run_operator(
-    operator: &mut dyn Operator,
+    chain: &mut Chain,
     gate: &mut InputGate,
     output: &mut Output,
     ctx: &TaskContext,
-    restore: Restore,
+    restores: Vec<Restore>,
 ) -> Result<(), TaskError> {
-    let finished = matches!(restore, Restore::Finished);
-    match restore {
-        Restore::State(bytes) => operator.open(Some(bytes))?,
-        Restore::StateAndFiles(bytes, files) => {
-            operator.restore_files(files)?;
-            operator.open(Some(bytes))?;
-        }
-        Restore::Nothing => operator.open(None)?,
-        Restore::Finished => {}
-    }
+    chain.open(restores)?;
     let mut task = OperatorTask {
-        operator: (!finished).then_some(operator),
+        chain,
         output,
         ctx,
         aligner: Aligner::new(gate.len(), ctx.mode),
         alignment: None,
-        closed: finished,
         ended: false,
-        out: Vec::new(),
     };
     let result = task.run(gate);
-    if matches!(result, Err(TaskError::Cancelled))
-        && !task.closed
-        && let Some(operator) = task.operator.as_mut()
-    {
-        // A cancelled operator still gets to release what it holds; what it would emit
-        // has nowhere to go.
-        let _ = operator.close(&mut Vec::new());
+    if matches!(result, Err(TaskError::Cancelled)) {
+        task.chain.abandon();
     }
     result
 }
@@ -219,26 +242,18 @@ pub fn run_operator(
 impl OperatorTask<'_> {
     fn run(&mut self, gate: &mut InputGate) -> Result<(), TaskError> {
         loop {
-            let deadline = self
-                .operator
-                .as_ref()
-                .and_then(|op| op.next_processing_timer());
+            let deadline = self.chain.next_processing_timer();
             let output = &mut *self.output;
             let event = gate.next(deadline, || output.flush())?;
             match event {
                 Event::Batch(batch) => {
-                    self.ctx.metrics.add_in(batch.len());
                     if let Some(alignment) = &mut self.alignment {
-                        alignment.processed_bytes += batch
-                            .iter()
-                            .map(|r| u64::try_from(r.value.len()).unwrap_or(0))
-                            .sum::<u64>();
+                        alignment.processed_bytes +=
+                            u64::try_from(batch.payload_bytes()).unwrap_or(0);
                     }
-                    if let Some(op) = self.operator.as_mut() {
-                        op.process(batch, &mut self.out)?;
-                    }
+                    self.chain.process(&batch, self.output)?;
                 }
-                Event::Watermark(watermark) => self.on_watermark(watermark)?,
+                Event::Watermark(watermark) => self.chain.watermark(watermark, self.output)?,
                 Event::Barrier { channel, barrier } => {
                     let actions = self.aligner.on_barrier(channel, barrier.checkpoint);
                     self.on_actions(actions, barrier.triggered_at_ms)?;
@@ -253,55 +268,23 @@ impl OperatorTask<'_> {
                             return Ok(());
                         }
                     } else if let Some(Event::Watermark(w)) = gate.advance_watermark() {
-                        self.on_watermark(w)?;
+                        self.chain.watermark(w, self.output)?;
                     }
                 }
-                Event::Control(Control::Complete(id)) => {
-                    if let Some(op) = self.operator.as_mut() {
-                        op.notify_checkpoint_complete(id)?;
-                    }
-                }
+                Event::Control(Control::Complete(id)) => self.chain.notify(id, true)?,
                 Event::Control(Control::Finish) => return Ok(()),
-                Event::Control(Control::Abort(id)) => {
-                    if let Some(op) = self.operator.as_mut() {
-                        op.notify_checkpoint_aborted(id)?;
-                    }
-                }
+                Event::Control(Control::Abort(id)) => self.chain.notify(id, false)?,
                 Event::Control(Control::Trigger(_)) => {}
-                Event::Deadline => {
-                    if let Some(op) = self.operator.as_mut() {
-                        op.on_processing_time(Instant::now(), &mut self.out)?;
-                    }
-                }
+                Event::Deadline => self.chain.on_processing_time(Instant::now(), self.output)?,
             }
-            self.emit()?;
             gate.set_blocked(self.aligner.blocked_channels());
         }
     }
 
-    fn on_watermark(&mut self, watermark: i64) -> Result<(), TaskError> {
-        if let Some(op) = self.operator.as_mut() {
-            op.on_watermark(watermark, &mut self.out)?;
-        }
-        self.emit()?;
-        self.output.broadcast(&Message::Watermark(watermark))
-    }
-
-    fn emit(&mut self) -> Result<(), TaskError> {
-        self.ctx.metrics.add_out(self.out.len());
-        self.output.emit(&mut self.out)
-    }
-
-    /// All inputs ended: the operator emits what it has left and closes (unless it was
-    /// restored as finished and closed long ago); the end of input goes downstream.
+    /// All inputs ended: the operators emit what they have left and close (unless they
+    /// were restored as finished and closed long ago); the end of input goes downstream.
     fn end_input(&mut self) -> Result<(), TaskError> {
-        if !self.closed
-            && let Some(op) = self.operator.as_mut()
-        {
-            op.close(&mut self.out)?;
-        }
-        self.closed = true;
-        self.emit()?;
+        self.chain.close(self.output)?;
         self.output.broadcast(&Message::EndOfInput)?;
         self.ended = true;
         Ok(())
@@ -334,7 +317,8 @@ impl OperatorTask<'_> {
                         self.alignment = None;
                     }
                     if let Some(sink) = &self.ctx.checkpoints {
-                        sink.decline(self.ctx.task, checkpoint, DeclineReason::Subsumed);
+                        self.chain
+                            .decline(checkpoint, &DeclineReason::Subsumed, sink);
                     }
                 }
             }
@@ -349,37 +333,23 @@ impl OperatorTask<'_> {
         triggered_at_ms: i64,
     ) -> Result<(), TaskError> {
         let alignment = self.alignment.take().filter(|a| a.checkpoint == checkpoint);
-        let (start_delay, alignment_duration, processed_in_flight) = match &alignment {
-            Some(a) => (a.start_delay, a.first_barrier.elapsed(), a.processed_bytes),
-            None => (since_ms(triggered_at_ms), Duration::ZERO, 0),
+        let timing = match &alignment {
+            Some(a) => BarrierTiming {
+                start_delay: a.start_delay,
+                alignment_duration: a.first_barrier.elapsed(),
+                processed_in_flight: a.processed_bytes,
+            },
+            None => BarrierTiming {
+                start_delay: since_ms(triggered_at_ms),
+                ..BarrierTiming::default()
+            },
         };
         // Downstream can start aligning while this subtask snapshots.
         self.output.broadcast(&Message::Barrier(Barrier {
             checkpoint,
             triggered_at_ms,
         }))?;
-        let started = Instant::now();
-        let (snapshot, sync_fuel) = match self.operator.as_mut() {
-            Some(op) => (op.snapshot(checkpoint)?, op.sync_fuel()),
-            None => (Snapshot::Finished, None),
-        };
-        let stats = SubtaskStats {
-            start_delay,
-            alignment_duration,
-            sync_duration: started.elapsed(),
-            sync_fuel,
-            processed_in_flight,
-            ..SubtaskStats::default()
-        };
-        if let Some(sink) = &self.ctx.checkpoints {
-            match snapshot {
-                Snapshot::Declined(why) => {
-                    tracing::warn!(checkpoint = checkpoint.0, "declining the checkpoint: {why}");
-                    sink.decline(self.ctx.task, checkpoint, DeclineReason::Failed(why));
-                }
-                snapshot => sink.submit(self.ctx.task, checkpoint, snapshot, stats),
-            }
-        }
-        Ok(())
+        self.chain
+            .snapshot(checkpoint, timing, self.ctx.checkpoints.as_ref())
     }
 }

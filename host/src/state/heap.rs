@@ -7,12 +7,13 @@
 //! (`Arc::make_mut`), so the copying is spread over the processing that follows instead
 //! of stalling the synchronous phase: copy-on-write at key-group granularity.
 
+use crate::runtime::batch::{Blobs, MaybeBlobs};
 use crate::runtime::ids::CheckpointId;
 use crate::runtime::ids::KeyGroup;
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::state::{
-    BackendSnapshot, KeyedStateBackend, MapEntries, RestoredState, StateError, StateId, StateKind,
-    StateWriter,
+    BackendSnapshot, GroupedKeys, KeyedStateBackend, MapEntries, RestoredState, StateError,
+    StateId, StateKind, StateWriter,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -192,6 +193,52 @@ impl KeyedStateBackend for HeapBackend {
             Table::Value(maps) => Ok(map_of(maps, self.slot(group), state)?.get(key).cloned()),
             _ => Err(StateError::WrongKind(state, StateKind::Value)),
         }
+    }
+
+    fn value_get_many(
+        &self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        out: &mut MaybeBlobs,
+    ) -> Result<(), StateError> {
+        let Table::Value(maps) = self.table(state)? else {
+            return Err(StateError::WrongKind(state, StateKind::Value));
+        };
+        for (group, key) in keys.iter() {
+            out.push(
+                map_of(maps, self.slot(group), state)?
+                    .get(key)
+                    .map(Vec::as_slice),
+            );
+        }
+        Ok(())
+    }
+
+    fn value_set_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        values: &Blobs,
+    ) -> Result<(), StateError> {
+        let slots: Vec<usize> = keys.groups.iter().map(|&g| self.slot(g)).collect();
+        let Table::Value(maps) = self.table_mut(state)? else {
+            return Err(StateError::WrongKind(state, StateKind::Value));
+        };
+        for (i, (_, key)) in keys.iter().enumerate() {
+            let map = map_of_mut(maps, slots[i], state)?;
+            let value = values.get(i);
+            // An existing value is overwritten in place: no allocation when it fits.
+            match map.get_mut(key) {
+                Some(existing) => {
+                    existing.clear();
+                    existing.extend_from_slice(value);
+                }
+                None => {
+                    map.insert(key.to_vec(), value.to_vec());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn value_set(
@@ -438,6 +485,34 @@ impl HeapBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_value_calls_read_and_write_what_single_calls_do() -> Result<(), StateError> {
+        let mut b = HeapBackend::new(KeyGroupRange { start: 0, end: 128 });
+        let id = b.open_state("v", StateKind::Value)?;
+        b.value_set(id, KeyGroup(3), b"a".to_vec(), b"old".to_vec())?;
+        let keys: Blobs = [&b"a"[..], b"b", b""].into_iter().collect();
+        let key_groups = [KeyGroup(3), KeyGroup(9), KeyGroup(0)];
+        let grouped = GroupedKeys {
+            keys: &keys,
+            groups: &key_groups,
+        };
+        let mut found = MaybeBlobs::default();
+        b.value_get_many(id, grouped, &mut found)?;
+        assert_eq!(
+            (found.get(0), found.get(1), found.get(2)),
+            (Some(&b"old"[..]), None, None)
+        );
+        let values: Blobs = [&b"new and longer"[..], b"2", b""].into_iter().collect();
+        b.value_set_many(id, grouped, &values)?;
+        assert_eq!(
+            b.value_get(id, KeyGroup(3), b"a")?,
+            Some(b"new and longer".to_vec())
+        );
+        assert_eq!(b.value_get(id, KeyGroup(9), b"b")?, Some(b"2".to_vec()));
+        assert_eq!(b.value_get(id, KeyGroup(0), b"")?, Some(Vec::new()));
+        Ok(())
+    }
     use crate::runtime::ids::SubtaskIndex;
 
     fn backend() -> HeapBackend {

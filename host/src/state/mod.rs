@@ -8,8 +8,9 @@
 //!
 //! # Layout
 //! - `heap`: states in hash maps on the heap, one copy-on-write map per key group.
-//! - `rocksdb`: states in an embedded RocksDB instance, one column family per state;
-//!   snapshots are RocksDB's native checkpoints, uploaded incrementally.
+//! - `rocksdb`: states in an embedded RocksDB instance, one column family per state,
+//!   written behind an in-memory buffer; snapshots are RocksDB's native checkpoints,
+//!   taken in the asynchronous phase and uploaded incrementally.
 //! - `timers`: keyed event-time and processing-time timers.
 
 mod heap;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::batch::{BlobLists, Blobs, MaybeBlobs};
 use crate::runtime::ids::{CheckpointId, KeyGroup};
 use crate::storage::FileHandle;
 
@@ -75,10 +77,36 @@ pub type StateWriter = Box<dyn FnOnce() -> Result<Vec<u8>, StateError> + Send>;
 /// The entries of one key's map state: user key and value.
 pub type MapEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The keys of a bulk state call, each with its key group, which the caller computed
+/// once and checked belongs to the subtask.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupedKeys<'a> {
+    /// The keys.
+    pub keys: &'a Blobs,
+    /// Key `i`'s key group; one per key.
+    pub groups: &'a [KeyGroup],
+}
+
+impl<'a> GroupedKeys<'a> {
+    /// The keys with their groups, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (KeyGroup, &'a [u8])> + 'a {
+        let keys = self.keys;
+        self.groups
+            .iter()
+            .enumerate()
+            .map(move |(i, &group)| (group, keys.get(i)))
+    }
+}
+
 /// The keyed state of one subtask.
 ///
 /// Every call names the key group of `key`; the caller has checked it belongs to the
 /// subtask. Values are opaque bytes.
+///
+/// The `_many` calls work on many keys at once: item `i` of every argument belongs
+/// together, and results are appended to `out` in key order. Their default bodies loop
+/// over the single-key calls; backends override them with bulk paths. A `_many` call
+/// that fails may have appended to `out`, but the caller discards it.
 pub trait KeyedStateBackend: Send {
     /// Opens the state called `name`, creating it if needed.
     fn open_state(&mut self, name: &str, kind: StateKind) -> Result<StateId, StateError>;
@@ -159,6 +187,111 @@ pub trait KeyedStateBackend: Send {
     /// Removes everything `key` has in `state`, whatever its kind.
     fn clear(&mut self, state: StateId, group: KeyGroup, key: &[u8]) -> Result<(), StateError>;
 
+    /// The values of `keys` in value state `state`.
+    fn value_get_many(
+        &self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        out: &mut MaybeBlobs,
+    ) -> Result<(), StateError> {
+        for (group, key) in keys.iter() {
+            out.push(self.value_get(state, group, key)?.as_deref());
+        }
+        Ok(())
+    }
+    /// Sets the value of each key to the same item of `values`.
+    fn value_set_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        values: &Blobs,
+    ) -> Result<(), StateError> {
+        for (i, (group, key)) in keys.iter().enumerate() {
+            self.value_set(state, group, key.to_vec(), values.get(i).to_vec())?;
+        }
+        Ok(())
+    }
+    /// Removes everything `keys` have in `state`, whatever its kind.
+    fn clear_many(&mut self, state: StateId, keys: GroupedKeys<'_>) -> Result<(), StateError> {
+        for (group, key) in keys.iter() {
+            self.clear(state, group, key)?;
+        }
+        Ok(())
+    }
+    /// The lists of `keys` in list state `state`.
+    fn list_get_many(
+        &self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        out: &mut BlobLists,
+    ) -> Result<(), StateError> {
+        for (group, key) in keys.iter() {
+            let list = self.list_get(state, group, key)?;
+            out.push(list.iter().map(Vec::as_slice));
+        }
+        Ok(())
+    }
+    /// Appends each item of `values` to the list of the same key, in order.
+    fn list_add_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        values: &Blobs,
+    ) -> Result<(), StateError> {
+        for (i, (group, key)) in keys.iter().enumerate() {
+            self.list_add(state, group, key.to_vec(), values.get(i).to_vec())?;
+        }
+        Ok(())
+    }
+    /// For each `i`, the value under `user_keys` item `i` in the map of key `i`.
+    fn map_get_many(
+        &self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        user_keys: &Blobs,
+        out: &mut MaybeBlobs,
+    ) -> Result<(), StateError> {
+        for (i, (group, key)) in keys.iter().enumerate() {
+            out.push(
+                self.map_get(state, group, key, user_keys.get(i))?
+                    .as_deref(),
+            );
+        }
+        Ok(())
+    }
+    /// For each `i`, puts `values` item `i` under `user_keys` item `i` in the map of
+    /// key `i`.
+    fn map_put_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        user_keys: &Blobs,
+        values: &Blobs,
+    ) -> Result<(), StateError> {
+        for (i, (group, key)) in keys.iter().enumerate() {
+            self.map_put(
+                state,
+                group,
+                key.to_vec(),
+                user_keys.get(i).to_vec(),
+                values.get(i).to_vec(),
+            )?;
+        }
+        Ok(())
+    }
+    /// For each `i`, removes `user_keys` item `i` from the map of key `i`.
+    fn map_remove_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        user_keys: &Blobs,
+    ) -> Result<(), StateError> {
+        for (i, (group, key)) in keys.iter().enumerate() {
+            self.map_remove(state, group, key, user_keys.get(i))?;
+        }
+        Ok(())
+    }
+
     /// The synchronous phase of a snapshot for `checkpoint`: captures a consistent view
     /// of every state, as cheaply as the backend can, and returns what the asynchronous
     /// phase stores.
@@ -184,20 +317,34 @@ pub enum BackendSnapshot {
     Files(LocalSnapshot),
 }
 
-/// A backend's checkpoint on local disk, waiting for the asynchronous phase to store it.
+/// A backend's checkpoint for local disk, which the asynchronous phase makes and then
+/// stores.
 pub struct LocalSnapshot {
-    /// The directory holding the files. The asynchronous phase removes it once the
-    /// files are stored (or storing them failed).
-    pub dir: PathBuf,
-    /// Every file the restore needs.
-    pub files: Vec<LocalFile>,
+    /// Makes the files, off the subtask's thread: the asynchronous phase runs it first.
+    /// The backend may wait for it (it keeps one in flight), so it must be run or
+    /// dropped soon. Dropping it unrun discards the snapshot (a declined one): nothing
+    /// is on disk yet, and the backend keeps the state it captured as live state.
+    pub prepare: PrepareFiles,
     /// Called with where every file went, once all are stored, so that later
     /// incremental snapshots can refer to them once the checkpoint completes.
     pub uploaded: UploadedCallback,
 }
 
+/// What a [`LocalSnapshot`] runs to make its files.
+pub type PrepareFiles = Box<dyn FnOnce() -> Result<LocalFiles, StateError> + Send>;
+
 /// What a [`LocalSnapshot`] calls with where its files went.
 pub type UploadedCallback = Box<dyn FnOnce(&[StoredFile]) + Send>;
+
+/// The files a [`LocalSnapshot`] made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalFiles {
+    /// The directory holding the files. The asynchronous phase removes it once the
+    /// files are stored (or storing them failed).
+    pub dir: PathBuf,
+    /// Every file the restore needs.
+    pub files: Vec<LocalFile>,
+}
 
 /// One file of a [`LocalSnapshot`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The RocksDB backend: keyed state in an embedded RocksDB instance, one column family
-//! per state, snapshotted as RocksDB's native checkpoints and uploaded incrementally.
+//! per state, written behind an in-memory buffer, snapshotted as RocksDB's native
+//! checkpoints and uploaded incrementally.
 //!
 //! It owns one working directory (the live database) and creates one sibling directory
 //! per snapshot; it never touches checkpoint storage itself: the asynchronous phase
@@ -31,6 +32,32 @@
 //! - a list is stored as its elements, each framed as `[length, u32 big-endian][bytes]`:
 //!   an append is a RocksDB merge of one frame, and merging is concatenation.
 //!
+//! # Write-behind
+//!
+//! State calls never write to RocksDB. Every write goes into the active [`Buffer`]: per
+//! state, encoded key → [`Pending`] (a put, a delete that masks the database, or list
+//! frames to append to whatever lies below), ordered like the database so that a map's
+//! entries are one range of it too. A read looks at the active buffer, then at the
+//! frozen buffers (swapped out by a snapshot, newest first), then at the database.
+//!
+//! The synchronous phase of a snapshot only freezes the active buffer and hands the
+//! asynchronous phase a [`Job`]: that one writes the frozen buffers to the database as
+//! one `WriteBatch`, takes the native checkpoint (which flushes the memtables) and lists
+//! its files. So the synchronous phase never waits for a flush or a write stall.
+//!
+//! Nothing written after checkpoint n may reach the database before checkpoint n's
+//! native checkpoint is taken, so at most one job is out: the next snapshot, a state
+//! creation, and a spill wait for it. A spill is the way out of a full buffer: when the
+//! buffers hold [`RocksDbOptions::write_behind_bytes`], the subtask writes them to the
+//! database itself, without a flush. A job that fails or is dropped before its batch is
+//! written leaves its buffers frozen: they are still the live state, readable, and the
+//! next job or spill writes them.
+//!
+//! While a job writes its batch, the database holds the frozen buffers or not, and a read
+//! cannot tell which. That matters only for a list whose frozen entry is an append (a
+//! put or delete gives the same answer either way): such a read checks the job's
+//! [`Phase`] before and after it reads the database, and waits out the write itself.
+//!
 //! # Errors
 //!
 //! RocksDB and file-system failures become [`StateError::Corrupt`], whose message names
@@ -41,26 +68,30 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    DBWithThreadMode, IteratorMode, MergeOperands, Options, ReadOptions, SingleThreaded,
-    WriteBatch, WriteOptions,
+    DBPinnableSlice, DBWithThreadMode, IteratorMode, MergeOperands, Options, ReadOptions,
+    SingleThreaded, WriteBatch, WriteOptions,
 };
 
+use crate::runtime::batch::{BlobLists, Blobs, MaybeBlobs};
 use crate::runtime::ids::{CheckpointId, KeyGroup};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::state::{
-    BackendSnapshot, KeyedStateBackend, LocalFile, LocalSnapshot, MapEntries, RestoredFiles,
-    RestoredState, StateError, StateId, StateKind, StoredFile, Upload,
+    BackendSnapshot, GroupedKeys, KeyedStateBackend, LocalFile, LocalFiles, LocalSnapshot,
+    MapEntries, RestoredFiles, RestoredState, StateError, StateId, StateKind, StoredFile, Upload,
 };
 use crate::storage::FileHandle;
 
-/// The database, single-threaded: the backend belongs to one subtask's thread, and this
-/// mode hands out plain column family references instead of reference-counted ones.
+/// The database, in single-threaded mode although an asynchronous phase uses it too: the
+/// mode only guards creating column families, which needs `&mut`, and the backend
+/// creates them only when no job holds the database; in exchange it hands out plain
+/// column family references instead of reference-counted ones.
 type Db = DBWithThreadMode<SingleThreaded>;
 
 /// The merge operator's name, recorded in the database's OPTIONS file.
@@ -72,6 +103,13 @@ const SHARED_PREFIX: &str = "shared/";
 /// The longest instance name: a shared file is named `<instance>-<sst name>`, storage
 /// refuses names over 200 bytes, and RocksDB's SST names are about a dozen bytes.
 const MAX_INSTANCE_LEN: usize = 128;
+
+/// What one buffered entry weighs besides its key and value bytes: its slot in a B-tree
+/// node is 56 bytes (the key's `Vec` header and the 32-byte [`Pending`]), nodes are about
+/// two-thirds full, so about 84 bytes with the node's own fields, and the key's and the
+/// value's allocations are each rounded up by some 8 bytes. About 100 bytes, so that the
+/// bound is on real memory within some 20 %, which is all a bound needs.
+const ENTRY_OVERHEAD: usize = 100;
 
 /// How one backend instance is set up. Build it with [`RocksDbOptions::new`], which
 /// fills in the memory defaults, and change the fields that need it.
@@ -91,7 +129,7 @@ pub struct RocksDbOptions {
     /// index and filter blocks so that they count against this limit.
     pub block_cache_bytes: usize,
     /// The size of one memtable of one state. Each snapshot flushes the memtables in its
-    /// synchronous phase, so this bounds that pause as well as memory.
+    /// asynchronous phase, so this bounds that flush as well as memory.
     pub write_buffer_bytes: usize,
     /// How many memtables a state may hold: the one being written and those waiting to
     /// be flushed.
@@ -99,6 +137,10 @@ pub struct RocksDbOptions {
     /// The memtables of all states together: past it RocksDB flushes memtables early,
     /// so memory stays bounded however many states an operator opens.
     pub write_buffer_total_bytes: usize,
+    /// The writes held in memory ahead of the database (the active buffer and the
+    /// frozen ones together, see the module docs): past it the subtask writes them to
+    /// the database itself, after waiting for a snapshot's write in flight.
+    pub write_behind_bytes: usize,
     /// Whether SSTs are LZ4-compressed instead of stored plain.
     pub lz4: bool,
 }
@@ -109,13 +151,12 @@ impl RocksDbOptions {
     /// working set of a subtask with a few million small entries in memory, while a
     /// host on a small machine can still run a dozen subtasks.
     pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 64 << 20;
-    /// 8 MiB memtables, not RocksDB's 64 MiB: a snapshot flushes the memtables in its
-    /// synchronous phase, so their size bounds that pause. 8 MiB rather than less
-    /// because, with in-place updates, it holds a working set of about 100k small keys,
-    /// which then never reach the SSTs between snapshots: a keyed counter over 100k keys
-    /// runs at ~400k records/s with 8 MiB and ~280-320k with 2 or 4 MiB, and the smaller
-    /// memtables did not measurably shorten the synchronous phase (3-22 ms at p50 after
-    /// 10k-100k updates, on a disk whose fsync is cheap).
+    /// 8 MiB memtables, not RocksDB's 64 MiB: a snapshot's asynchronous phase flushes
+    /// them, so their size bounds that flush and the memory it holds. 8 MiB rather than
+    /// less because, with in-place updates, it holds a working set of about 100k small
+    /// keys, which then never reach the SSTs between snapshots: a keyed counter over
+    /// 100k keys ran at ~400k records/s with 8 MiB and ~280-320k with 2 or 4 MiB (measured
+    /// before writes went through the write-behind buffer).
     pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 8 << 20;
     /// Two memtables: one takes writes while the other is flushed in the background;
     /// more would only buffer more memory ahead of a slow disk.
@@ -124,6 +165,15 @@ impl RocksDbOptions {
     /// with two busy states (each writing one memtable while flushing another) before
     /// RocksDB flushes early.
     pub const DEFAULT_WRITE_BUFFER_TOTAL_BYTES: usize = 32 << 20;
+    /// 16 MiB of buffered writes, a quarter of the block cache: the buffers, the write
+    /// batch made of them and the memtable it lands in each hold that much at the peak,
+    /// so a larger bound shows up three times in the process's memory (at 64 MiB a
+    /// subtask with 500 MB of state peaked at 690 MB of RSS; at 16 MiB it stays below
+    /// the state, as `tests/rocksdb.rs` checks). That is about 140k entries of a 12-byte
+    /// key and an 8-byte value: a keyed counter over 100k keys (12 MiB per interval) fits
+    /// one interval's writes; when the next interval fills the rest before the previous
+    /// snapshot's write is done, it waits for that write, then writes to the database.
+    pub const DEFAULT_WRITE_BEHIND_BYTES: usize = 16 << 20;
 
     /// Options for an instance in `dir` named `instance`, full snapshots, and the
     /// default memory limits.
@@ -136,8 +186,9 @@ impl RocksDbOptions {
             write_buffer_bytes: Self::DEFAULT_WRITE_BUFFER_BYTES,
             max_write_buffers: Self::DEFAULT_MAX_WRITE_BUFFERS,
             write_buffer_total_bytes: Self::DEFAULT_WRITE_BUFFER_TOTAL_BYTES,
+            write_behind_bytes: Self::DEFAULT_WRITE_BEHIND_BYTES,
             // Uncompressed: the hot blocks sit in the block cache either way, and a
-            // flush in the synchronous phase does not pay for compressing them.
+            // snapshot's flush does not pay for compressing them.
             lz4: false,
         }
     }
@@ -155,31 +206,377 @@ struct State {
 /// or aborts. Shared with the `uploaded` callbacks, which run on the upload's thread.
 type Uploads = Arc<Mutex<BTreeMap<CheckpointId, Vec<StoredFile>>>>;
 
-/// Keyed state in an embedded RocksDB instance.
+/// SST name → where the last completed checkpoint (or the restored one) stored it. Shared
+/// with the jobs, which decide uploads with the set of their synchronous phase.
+type Confirmed = Arc<HashMap<String, FileHandle>>;
+
+/// A write not yet in the database, as a [`Buffer`] holds it for one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pending {
+    /// The key's value (for a list, all its frames), whatever lies below.
+    Put(Vec<u8>),
+    /// The key has nothing, whatever lies below.
+    Delete,
+    /// List frames to append to whatever lies below: a RocksDB merge. Only list states
+    /// have them.
+    Append(Vec<u8>),
+}
+
+impl Pending {
+    /// The bytes it holds.
+    fn len(&self) -> usize {
+        match self {
+            Pending::Put(bytes) | Pending::Append(bytes) => bytes.len(),
+            Pending::Delete => 0,
+        }
+    }
+}
+
+/// Writes not yet in the database: per state (by id), encoded key → pending write.
+#[derive(Debug, Default)]
+struct Buffer {
+    states: Vec<BTreeMap<Vec<u8>, Pending>>,
+    /// What the entries weigh, [`ENTRY_OVERHEAD`] included.
+    bytes: usize,
+}
+
+impl Buffer {
+    fn get(&self, state: usize, key: &[u8]) -> Option<&Pending> {
+        self.states.get(state)?.get(key)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.states.iter().all(BTreeMap::is_empty)
+    }
+
+    /// Replaces the entry of `key` with what `change` makes of it (`None` when there is
+    /// none). The old entry is moved in, so that `change` can reuse its allocation.
+    fn update(
+        &mut self,
+        state: usize,
+        key: &[u8],
+        change: impl FnOnce(Option<Pending>) -> Pending,
+    ) {
+        if self.states.len() <= state {
+            self.states.resize_with(state + 1, BTreeMap::new);
+        }
+        let entries = &mut self.states[state];
+        if let Some(entry) = entries.get_mut(key) {
+            let old = std::mem::replace(entry, Pending::Delete);
+            let before = old.len();
+            *entry = change(Some(old));
+            self.bytes = self.bytes.saturating_sub(before) + entry.len();
+        } else {
+            let entry = change(None);
+            self.bytes += ENTRY_OVERHEAD + key.len() + entry.len();
+            entries.insert(key.to_vec(), entry);
+        }
+    }
+
+    /// The entries of `state` whose key starts with `prefix`, in key order.
+    fn prefixed<'a>(
+        &'a self,
+        state: usize,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Pending)> + 'a {
+        self.states
+            .get(state)
+            .into_iter()
+            .flat_map(move |entries| {
+                entries.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            })
+            .take_while(move |(key, _)| key.starts_with(prefix))
+    }
+
+    /// Adds every entry to `batch`, in the column family of its state.
+    fn write_to(
+        &self,
+        batch: &mut WriteBatch,
+        db: &Db,
+        column_families: &[String],
+        dir: &Path,
+    ) -> Result<(), StateError> {
+        for (state, entries) in self.states.iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let cf = column_families
+                .get(state)
+                .and_then(|name| db.cf_handle(name))
+                .ok_or_else(|| {
+                    StateError::Corrupt(format!(
+                        "buffered writes of state {state} have no column family in {} (host bug)",
+                        dir.display()
+                    ))
+                })?;
+            for (key, pending) in entries {
+                match pending {
+                    Pending::Put(value) => batch.put_cf(cf, key, value),
+                    Pending::Delete => batch.delete_cf(cf, key),
+                    Pending::Append(frames) => batch.merge_cf(cf, key, frames),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The new entry of a key set to `value`, reusing the old entry's allocation.
+fn put(old: Option<Pending>, value: &[u8]) -> Pending {
+    match old {
+        Some(Pending::Put(mut bytes) | Pending::Append(mut bytes)) => {
+            bytes.clear();
+            bytes.extend_from_slice(value);
+            Pending::Put(bytes)
+        }
+        Some(Pending::Delete) | None => Pending::Put(value.to_vec()),
+    }
+}
+
+/// The new entry of a list key after appending the frame `[header][value]`.
+fn append(old: Option<Pending>, header: [u8; 4], value: &[u8]) -> Pending {
+    let frame = |mut bytes: Vec<u8>| {
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(value);
+        bytes
+    };
+    match old {
+        Some(Pending::Put(bytes)) => Pending::Put(frame(bytes)),
+        Some(Pending::Append(bytes)) => Pending::Append(frame(bytes)),
+        // A delete masks what lies below, so the list is this one element.
+        Some(Pending::Delete) => Pending::Put(frame(Vec::with_capacity(4 + value.len()))),
+        None => Pending::Append(frame(Vec::with_capacity(4 + value.len()))),
+    }
+}
+
+/// How far a [`Job`] got. Readers of the database need it to know whether the frozen
+/// buffers are in it; the backend to know when it may write to it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Handed out, not started: it may still be revoked.
+    Waiting,
+    /// Revoked before it started (the backend was restored or dropped): it will not touch
+    /// the database.
+    Revoked,
+    /// Started; its buffers are not in the database (it is building its batch, or
+    /// writing it failed).
+    Unwritten,
+    /// Writing its batch: the database may or may not hold the buffers yet.
+    Writing,
+    /// Its buffers are in the database.
+    Written,
+}
+
+/// What a job and its backend share.
+#[derive(Debug)]
+struct Progress {
+    phase: Phase,
+    /// Whether the job still holds the database: until it has taken its native
+    /// checkpoint, failed, or been dropped.
+    busy: bool,
+}
+
+/// A job's [`Progress`], and a condition variable signalled on every change of it.
+#[derive(Debug)]
+struct Flight {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+impl Flight {
+    fn new() -> Self {
+        Self {
+            progress: Mutex::new(Progress {
+                phase: Phase::Waiting,
+                busy: true,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Locks the progress. Each change of it is one assignment of a field, so a thread
+    /// that panicked holding the lock left it sound, and poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits while `waiting` holds, and returns the progress then.
+    fn wait_while(&self, mut waiting: impl FnMut(&Progress) -> bool) -> MutexGuard<'_, Progress> {
+        self.changed
+            .wait_while(self.lock(), |p| waiting(p))
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.lock().phase = phase;
+        self.changed.notify_all();
+    }
+
+    /// Whether the job's buffers are in the database, once it is not writing them.
+    fn written(&self) -> bool {
+        self.wait_while(|p| p.phase == Phase::Writing).phase == Phase::Written
+    }
+}
+
+/// The asynchronous phase of one snapshot, up to the files: writes the frozen buffers,
+/// takes the native checkpoint and lists its files.
+struct Job {
+    /// Released (dropped, and the flight told) as soon as the native checkpoint is taken.
+    db: Option<Arc<Db>>,
+    flight: Arc<Flight>,
+    checkpoint: CheckpointId,
+    /// The buffers to write, oldest first.
+    buffers: Vec<Arc<Buffer>>,
+    /// Buffers an earlier job wrote: dropped here, so that freeing them does not cost
+    /// the synchronous phase.
+    retired: Vec<Arc<Buffer>>,
+    /// The column family of each state, by id.
+    column_families: Vec<String>,
+    /// The live database's directory, for messages.
+    working: PathBuf,
+    /// Where the native checkpoint goes.
+    dir: PathBuf,
+    incremental: bool,
+    instance: String,
+    confirmed: Confirmed,
+}
+
+impl Job {
+    fn run(mut self) -> Result<LocalFiles, StateError> {
+        drop(std::mem::take(&mut self.retired));
+        let created = self.write_and_checkpoint();
+        self.release();
+        if let Err(e) = created {
+            // Best effort: a half-made directory is of no use to anyone, and the error
+            // reported is RocksDB's.
+            let _ = remove_dir_if_exists(&self.dir);
+            return Err(e);
+        }
+        match list_snapshot(&self.dir, self.incremental, &self.instance, &self.confirmed) {
+            Ok(files) => Ok(LocalFiles {
+                dir: self.dir.clone(),
+                files,
+            }),
+            Err(e) => {
+                // Best effort, as above: the files are not handed to the uploader, so
+                // nothing else would remove the directory.
+                let _ = remove_dir_if_exists(&self.dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_and_checkpoint(&self) -> Result<(), StateError> {
+        let working = self.working.display();
+        let n = self.checkpoint.0;
+        let db = self.db.as_deref().ok_or_else(|| {
+            StateError::Corrupt(format!(
+                "the snapshot of checkpoint {n} of RocksDB in {working} ran twice (host bug)"
+            ))
+        })?;
+        {
+            let mut progress = self.flight.lock();
+            if progress.phase == Phase::Revoked {
+                return Err(StateError::Corrupt(format!(
+                    "the snapshot of checkpoint {n} of RocksDB in {working} was abandoned: the \
+                     backend was restored or closed before its asynchronous phase started"
+                )));
+            }
+            progress.phase = Phase::Unwritten;
+        }
+        let mut batch = WriteBatch::default();
+        for buffer in &self.buffers {
+            buffer.write_to(&mut batch, db, &self.column_families, &self.working)?;
+        }
+        let mut write = WriteOptions::default();
+        // As for the backend's own writes: checkpoints give durability.
+        write.disable_wal(true);
+        self.flight.set_phase(Phase::Writing);
+        let written = db.write_opt(batch, &write);
+        self.flight.set_phase(if written.is_ok() {
+            Phase::Written
+        } else {
+            Phase::Unwritten
+        });
+        written.map_err(|e| {
+            failure(
+                format_args!(
+                    "writing the buffered state of checkpoint {n} to RocksDB in {working}"
+                ),
+                e,
+            )
+        })?;
+        // A native checkpoint flushes the memtables (the writes skipped the log, so the
+        // SSTs must hold them) and hard-links the SSTs: its cost is the memtables' size,
+        // bounded by the write buffer options, not the state's size.
+        Checkpoint::new(db)
+            .and_then(|c| c.create_checkpoint(&self.dir))
+            .map_err(|e| {
+                failure(
+                    format_args!("creating the RocksDB checkpoint {}", self.dir.display()),
+                    e,
+                )
+            })
+    }
+
+    /// Lets go of the database and tells the backend, which may then write to it again.
+    fn release(&mut self) {
+        if self.db.take().is_none() {
+            return;
+        }
+        let mut progress = self.flight.lock();
+        // Only a panic inside RocksDB's write leaves the phase here; a failed write
+        // changes nothing, so "not written" is the likelier truth to go on with.
+        if progress.phase == Phase::Writing {
+            progress.phase = Phase::Unwritten;
+        }
+        progress.busy = false;
+        drop(progress);
+        self.flight.changed.notify_all();
+    }
+}
+
+impl Drop for Job {
+    /// A job dropped unrun (a declined snapshot) or by a panic must still let the
+    /// backend go on; its buffers, unwritten, stay frozen in the backend.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Keyed state in an embedded RocksDB instance, written behind an in-memory buffer (see
+/// the module docs).
 ///
 /// Writes skip RocksDB's write-ahead log: checkpoints give durability, as in Flink, and a
 /// failure restores the last completed checkpoint, not the local database.
 pub struct RocksDbBackend {
     groups: KeyGroupRange,
     options: RocksDbOptions,
-    /// The open database; `None` only after a restore failed half-way, which leaves the
-    /// backend unusable until the next restore.
-    db: Option<Db>,
+    /// The open database, shared with the job in flight; `None` only after a restore
+    /// failed half-way, which leaves the backend unusable until the next restore.
+    db: Option<Arc<Db>>,
     /// Kept to build the options of column families created later.
     cache: Cache,
     /// The states by id.
     states: Vec<State>,
     write: WriteOptions,
     read: ReadOptions,
+    /// Where writes go.
+    active: Buffer,
+    /// Buffers swapped out by snapshots and not yet known to be in the database, oldest
+    /// first: those of the job in flight, and any an earlier job failed to write.
+    frozen: Vec<Arc<Buffer>>,
+    /// What the frozen buffers weigh.
+    frozen_bytes: usize,
+    /// The last job handed out, until the backend has seen it let go of the database.
+    flight: Option<Arc<Flight>>,
     /// Reused for every key built, so that a call does not allocate one.
     key: RefCell<Vec<u8>>,
-    /// Reused for list frames.
-    frame: RefCell<Vec<u8>>,
-    /// SST name → where the last completed checkpoint (or the restored one) stored it.
-    confirmed: HashMap<String, FileHandle>,
+    /// Reused for the keys of a bulk read.
+    keys: RefCell<Blobs>,
+    confirmed: Confirmed,
     uploads: Uploads,
 }
-
 /// The name of a state kind in column family names.
 fn kind_name(kind: StateKind) -> &'static str {
     match kind {
@@ -228,68 +625,113 @@ fn validate_instance(instance: &str) -> Result<(), StateError> {
     Ok(())
 }
 
-/// `[group][key]`: the key of a value or list entry.
-fn encode_key(buf: &mut Vec<u8>, group: KeyGroup, key: &[u8]) {
-    buf.clear();
+/// `[group][key]`: the key of a value or list entry, appended to `buf`.
+fn append_key(buf: &mut Vec<u8>, group: KeyGroup, key: &[u8]) {
     buf.extend_from_slice(&group.0.to_be_bytes());
     buf.extend_from_slice(key);
 }
 
-/// `[group][key length][key]`: the prefix all entries of one key's map share. The length
-/// makes it unambiguous: a longer key that starts with `key` has another length.
-fn encode_map_prefix(buf: &mut Vec<u8>, group: KeyGroup, key: &[u8]) -> Result<(), StateError> {
+/// [`append_key`] into an emptied `buf`.
+fn encode_key(buf: &mut Vec<u8>, group: KeyGroup, key: &[u8]) {
+    buf.clear();
+    append_key(buf, group, key);
+}
+
+/// `[group][key length][key]`, appended to `buf`: the prefix all entries of one key's map
+/// share. The length makes it unambiguous: a longer key that starts with `key` has
+/// another length.
+fn append_map_prefix(buf: &mut Vec<u8>, group: KeyGroup, key: &[u8]) -> Result<(), StateError> {
     let len = u32::try_from(key.len()).map_err(|_| {
         StateError::Corrupt(format!(
             "a key of {} bytes is too long for a map state (at most 4 GiB)",
             key.len()
         ))
     })?;
-    buf.clear();
     buf.extend_from_slice(&group.0.to_be_bytes());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(key);
     Ok(())
 }
 
-/// `[group][key length][key][user key]`: the key of one map entry.
+/// [`append_map_prefix`] into an emptied `buf`.
+fn encode_map_prefix(buf: &mut Vec<u8>, group: KeyGroup, key: &[u8]) -> Result<(), StateError> {
+    buf.clear();
+    append_map_prefix(buf, group, key)
+}
+
+/// `[group][key length][key][user key]`, appended to `buf`: the key of one map entry.
+fn append_map_key(
+    buf: &mut Vec<u8>,
+    group: KeyGroup,
+    key: &[u8],
+    user_key: &[u8],
+) -> Result<(), StateError> {
+    append_map_prefix(buf, group, key)?;
+    buf.extend_from_slice(user_key);
+    Ok(())
+}
+
+/// [`append_map_key`] into an emptied `buf`.
 fn encode_map_key(
     buf: &mut Vec<u8>,
     group: KeyGroup,
     key: &[u8],
     user_key: &[u8],
 ) -> Result<(), StateError> {
-    encode_map_prefix(buf, group, key)?;
-    buf.extend_from_slice(user_key);
-    Ok(())
+    buf.clear();
+    append_map_key(buf, group, key, user_key)
+}
+
+/// The `[length]` of a list element's frame.
+fn frame_header(value: &[u8]) -> Result<[u8; 4], StateError> {
+    u32::try_from(value.len())
+        .map(u32::to_be_bytes)
+        .map_err(|_| {
+            StateError::Corrupt(format!(
+                "a list element of {} bytes is too long (at most 4 GiB)",
+                value.len()
+            ))
+        })
 }
 
 /// Appends one list element as `[length][bytes]`.
 fn push_frame(buf: &mut Vec<u8>, value: &[u8]) -> Result<(), StateError> {
-    let len = u32::try_from(value.len()).map_err(|_| {
-        StateError::Corrupt(format!(
-            "a list element of {} bytes is too long (at most 4 GiB)",
-            value.len()
-        ))
-    })?;
-    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&frame_header(value)?);
     buf.extend_from_slice(value);
     Ok(())
 }
 
-/// The elements of a stored list, oldest first.
-fn decode_frames(mut bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let (len, rest) = bytes.split_first_chunk::<4>()?;
-        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
-        if rest.len() < len {
-            return None;
+/// Splits the first element off `frames`: `None` when they do not start with a whole
+/// frame.
+fn split_frame(frames: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = frames.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// Whether `frames` is whole frames and nothing else.
+fn whole_frames(mut frames: &[u8]) -> bool {
+    while !frames.is_empty() {
+        match split_frame(frames) {
+            Some((_, rest)) => frames = rest,
+            None => return false,
         }
-        let (value, rest) = rest.split_at(len);
-        out.push(value.to_vec());
-        bytes = rest;
     }
-    Some(out)
+    true
+}
+
+/// The elements of frames that [`whole_frames`] accepted, oldest first.
+fn elements(mut frames: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (element, rest) = split_frame(frames)?;
+        frames = rest;
+        Some(element)
+    })
+}
+
+/// The elements of a stored list, oldest first.
+fn decode_frames(frames: &[u8]) -> Option<Vec<Vec<u8>>> {
+    whole_frames(frames).then(|| elements(frames).map(<[u8]>::to_vec).collect())
 }
 
 /// The list merge operator: operands are whole frames, so appending them to the
@@ -385,6 +827,46 @@ fn take_over(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::remove_dir_all(from)
 }
 
+/// The files of the native checkpoint in `dir`, sorted by name, each with how to upload
+/// it.
+fn list_snapshot(
+    dir: &Path,
+    incremental: bool,
+    instance: &str,
+    confirmed: &HashMap<String, FileHandle>,
+) -> Result<Vec<LocalFile>, StateError> {
+    let shown = dir.display();
+    let listing_failed =
+        |e: std::io::Error| failure(format_args!("listing the RocksDB checkpoint {shown}"), e);
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(listing_failed)? {
+        let entry = entry.map_err(listing_failed)?;
+        let name = entry.file_name().into_string().map_err(|name| {
+            StateError::Corrupt(format!(
+                "the RocksDB checkpoint {shown} holds a file whose name is not UTF-8: {name:?}"
+            ))
+        })?;
+        let upload = upload_for(&name, incremental, instance, confirmed);
+        files.push(LocalFile {
+            name,
+            path: entry.path(),
+            upload,
+        });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+/// Where a list's elements come from, as the buffers see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ListBase {
+    /// A buffer put or deleted the whole list: its pieces are all of it.
+    Buffered,
+    /// The database holds what lies under the pieces. `frozen_pieces` says whether
+    /// some come from frozen buffers, which the database may hold as well.
+    Database { frozen_pieces: bool },
+}
+
 impl RocksDbBackend {
     /// A backend with no state for the key groups in `groups`, in a new database in
     /// `options.dir` (whatever was there is removed).
@@ -410,14 +892,18 @@ impl RocksDbBackend {
         Ok(Self {
             groups,
             options,
-            db: Some(db),
+            db: Some(Arc::new(db)),
             cache,
             states: Vec::new(),
             write,
             read: ReadOptions::default(),
+            active: Buffer::default(),
+            frozen: Vec::new(),
+            frozen_bytes: 0,
+            flight: None,
             key: RefCell::new(Vec::new()),
-            frame: RefCell::new(Vec::new()),
-            confirmed: HashMap::new(),
+            keys: RefCell::new(Blobs::new()),
+            confirmed: Arc::default(),
             uploads: Arc::default(),
         })
     }
@@ -433,25 +919,43 @@ impl RocksDbBackend {
         }
     }
 
-    fn db(&self) -> Result<&Db, StateError> {
-        self.db.as_ref().ok_or_else(|| {
-            StateError::Corrupt(format!(
-                "the RocksDB backend in {} is unusable: a restore failed",
-                self.options.dir.display()
-            ))
-        })
+    fn unusable(&self) -> StateError {
+        StateError::Corrupt(format!(
+            "the RocksDB backend in {} is unusable: a restore failed",
+            self.options.dir.display()
+        ))
     }
 
-    /// The database and the column family of `state`, which must be of `kind`.
-    fn state(&self, state: StateId, kind: StateKind) -> Result<(&Db, &ColumnFamily), StateError> {
-        let entry = usize::try_from(state.0)
-            .ok()
-            .and_then(|i| self.states.get(i))
+    fn db(&self) -> Result<&Db, StateError> {
+        self.db.as_deref().ok_or_else(|| self.unusable())
+    }
+
+    /// The index of `state` in `states` and in the buffers, which must be of `kind`.
+    fn state_index(&self, state: StateId, kind: StateKind) -> Result<usize, StateError> {
+        let index = usize::try_from(state.0).map_err(|_| StateError::UnknownState(state))?;
+        let entry = self
+            .states
+            .get(index)
             .ok_or(StateError::UnknownState(state))?;
         if entry.kind != kind {
             return Err(StateError::WrongKind(state, kind));
         }
+        Ok(index)
+    }
+
+    /// The kind of `state`.
+    fn kind_of(&self, state: StateId) -> Result<StateKind, StateError> {
+        usize::try_from(state.0)
+            .ok()
+            .and_then(|i| self.states.get(i))
+            .map(|s| s.kind)
+            .ok_or(StateError::UnknownState(state))
+    }
+
+    /// The database and the column family of state `index`.
+    fn column_family(&self, index: usize) -> Result<(&Db, &ColumnFamily), StateError> {
         let db = self.db()?;
+        let entry = &self.states[index];
         let cf = db.cf_handle(&entry.column_family).ok_or_else(|| {
             StateError::Corrupt(format!(
                 "the column family {} of state `{}` is missing in {} (host bug)",
@@ -463,19 +967,32 @@ impl RocksDbBackend {
         Ok((db, cf))
     }
 
-    /// A RocksDB failure of operation `op` on `state`.
-    fn state_failure(&self, state: StateId, op: &str, error: rocksdb::Error) -> StateError {
-        let name = usize::try_from(state.0)
+    fn state_name(&self, state: StateId) -> &str {
+        usize::try_from(state.0)
             .ok()
             .and_then(|i| self.states.get(i))
-            .map_or("?", |s| s.name.as_str());
+            .map_or("?", |s| s.name.as_str())
+    }
+
+    /// A RocksDB failure of operation `op` on `state`.
+    fn state_failure(&self, state: StateId, op: &str, error: rocksdb::Error) -> StateError {
         failure(
             format_args!(
-                "RocksDB {op} on state `{name}` in {}",
+                "RocksDB {op} on state `{}` in {}",
+                self.state_name(state),
                 self.options.dir.display()
             ),
             error,
         )
+    }
+
+    /// A list of `state` that does not decode.
+    fn corrupt_list(&self, state: StateId) -> StateError {
+        StateError::Corrupt(format!(
+            "a list of state `{}` in {} does not decode",
+            self.state_name(state),
+            self.options.dir.display()
+        ))
     }
 
     /// Runs `f` with the key buffer, filled by `encode`.
@@ -498,45 +1015,194 @@ impl RocksDbBackend {
         }
     }
 
-    /// Runs `f` with the frame buffer, emptied.
-    fn with_frame<R>(
+    /// Runs `f` with the keys of a bulk call, each appended by `encode` (given the
+    /// key's index) to the reused bulk key buffer.
+    fn with_keys<R>(
         &self,
-        f: impl FnOnce(&mut Vec<u8>) -> Result<R, StateError>,
+        keys: GroupedKeys<'_>,
+        mut encode: impl FnMut(&mut Vec<u8>, usize, KeyGroup, &[u8]) -> Result<(), StateError>,
+        f: impl FnOnce(&Blobs) -> Result<R, StateError>,
     ) -> Result<R, StateError> {
-        match self.frame.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                f(&mut buf)
+        let mut fill = |encoded: &mut Blobs| -> Result<(), StateError> {
+            encoded.clear();
+            for (i, (group, key)) in keys.iter().enumerate() {
+                let mut result = Ok(());
+                encoded.push_with(|buf| result = encode(buf, i, group, key));
+                result?;
             }
-            Err(_) => f(&mut Vec::new()),
+            Ok(())
+        };
+        match self.keys.try_borrow_mut() {
+            Ok(mut encoded) => {
+                fill(&mut encoded)?;
+                f(&encoded)
+            }
+            // Only a re-entrant call finds the buffer taken; it gets one of its own.
+            Err(_) => {
+                let mut encoded = Blobs::new();
+                fill(&mut encoded)?;
+                f(&encoded)
+            }
         }
     }
 
-    /// Deletes every entry of `state` whose key starts with `prefix`.
-    fn delete_prefix(
-        &self,
-        state: StateId,
-        db: &Db,
-        cf: &ColumnFamily,
-        prefix: &[u8],
-    ) -> Result<(), StateError> {
-        // One point tombstone per entry, as Flink clears a map: range tombstones are
-        // cheaper to write but every later read in their range pays for them.
-        let mut batch = WriteBatch::default();
-        let mut it = db.raw_iterator_cf_opt(cf, bounded_read(prefix));
-        it.seek(prefix);
-        while let Some(key) = it.key().filter(|k| k.starts_with(prefix)) {
-            batch.delete_cf(cf, key);
-            it.next();
+    /// What the buffers hold for `key` in value or map state `index`: `Some(value)` or
+    /// `Some(None)` (deleted) when a buffer decides, `None` when the database does.
+    fn buffered(&self, index: usize, key: &[u8]) -> Option<Option<&[u8]>> {
+        let layers = std::iter::once(&self.active).chain(self.frozen.iter().rev().map(|b| &**b));
+        for buffer in layers {
+            match buffer.get(index, key) {
+                Some(Pending::Put(value)) => return Some(Some(value)),
+                Some(Pending::Delete) => return Some(None),
+                // Value and map states have no appends.
+                Some(Pending::Append(_)) | None => {}
+            }
         }
-        it.status()
-            .map_err(|e| self.state_failure(state, "scan", e))?;
-        drop(it);
-        if batch.is_empty() {
+        None
+    }
+
+    /// Pushes to `pieces` what the buffers hold for list `key` of state `index`, newest
+    /// first: the active buffer's, then the frozen ones'. Returns where the rest comes
+    /// from, and how many of the pieces are the active buffer's.
+    fn buffered_list<'a>(
+        &'a self,
+        index: usize,
+        key: &[u8],
+        pieces: &mut Vec<&'a [u8]>,
+    ) -> (ListBase, usize) {
+        let mut active_pieces = 0;
+        let layers = std::iter::once(&self.active).chain(self.frozen.iter().rev().map(|b| &**b));
+        for (depth, buffer) in layers.enumerate() {
+            match buffer.get(index, key) {
+                Some(Pending::Put(frames)) => {
+                    pieces.push(frames);
+                    return (ListBase::Buffered, active_pieces);
+                }
+                Some(Pending::Delete) => return (ListBase::Buffered, active_pieces),
+                Some(Pending::Append(frames)) => {
+                    pieces.push(frames);
+                    if depth == 0 {
+                        active_pieces = 1;
+                    }
+                }
+                None => {}
+            }
+        }
+        let frozen_pieces = pieces.len() > active_pieces;
+        (ListBase::Database { frozen_pieces }, active_pieces)
+    }
+
+    /// Runs `read`, a read of the database, and says whether the database held the
+    /// frozen buffers for it. Only a read that puts a frozen append on top of the
+    /// database needs to know (see the module docs); it pays two locks.
+    fn read_under_frozen<R>(
+        &self,
+        mut read: impl FnMut() -> Result<R, StateError>,
+    ) -> Result<(R, bool), StateError> {
+        let Some(flight) = &self.flight else {
+            // No job is out: frozen buffers left are ones a job did not write.
+            return Ok((read()?, false));
+        };
+        loop {
+            if flight.written() {
+                return Ok((read()?, true));
+            }
+            let result = read()?;
+            // Not written before the read, and no write began since (a failed write
+            // changes nothing): the read cannot have seen the batch. Else read again.
+            if matches!(
+                flight.lock().phase,
+                Phase::Waiting | Phase::Revoked | Phase::Unwritten
+            ) {
+                return Ok((result, false));
+            }
+        }
+    }
+
+    /// Waits until the job in flight, if any, lets go of the database: at most one is
+    /// out, and nothing may reach the database before its native checkpoint is taken.
+    /// Returns the buffers it wrote, no longer needed; those it did not write (it failed
+    /// or was dropped unrun) stay frozen.
+    fn settle(&mut self) -> Vec<Arc<Buffer>> {
+        let Some(flight) = self.flight.take() else {
+            return Vec::new();
+        };
+        if flight.wait_while(|p| p.busy).phase != Phase::Written {
+            return Vec::new();
+        }
+        self.frozen_bytes = 0;
+        std::mem::take(&mut self.frozen)
+    }
+
+    /// Revokes the job in flight if it has not started; waits for it to let go of the
+    /// database if it has, or, with `until_dropped`, in any case (until a revoked job is
+    /// run or dropped).
+    fn abandon(&mut self, until_dropped: bool) {
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        let mut progress = flight.lock();
+        if progress.phase == Phase::Waiting {
+            progress.phase = Phase::Revoked;
+        }
+        drop(progress);
+        flight.changed.notify_all();
+        drop(flight.wait_while(|p| p.busy && (until_dropped || p.phase != Phase::Revoked)));
+    }
+
+    /// Writes the buffers to the database when they hold
+    /// [`RocksDbOptions::write_behind_bytes`]: a spill.
+    fn spill_if_full(&mut self) -> Result<(), StateError> {
+        if self.active.bytes + self.frozen_bytes < self.options.write_behind_bytes {
             return Ok(());
         }
-        db.write_opt(batch, &self.write)
-            .map_err(|e| self.state_failure(state, "delete", e))
+        self.spill()
+    }
+
+    /// Writes the frozen and active buffers to the database as one batch, without a
+    /// flush, once the job in flight has taken its checkpoint.
+    fn spill(&mut self) -> Result<(), StateError> {
+        drop(self.settle());
+        let column_families: Vec<String> = self
+            .states
+            .iter()
+            .map(|s| s.column_family.clone())
+            .collect();
+        let db = self.db()?;
+        let mut batch = WriteBatch::default();
+        for buffer in self.frozen.iter().map(|b| &**b).chain([&self.active]) {
+            buffer.write_to(&mut batch, db, &column_families, &self.options.dir)?;
+        }
+        db.write_opt(batch, &self.write).map_err(|e| {
+            failure(
+                format_args!(
+                    "writing the full write-behind buffer to RocksDB in {}",
+                    self.options.dir.display()
+                ),
+                e,
+            )
+        })?;
+        self.frozen.clear();
+        self.frozen_bytes = 0;
+        self.active = Buffer::default();
+        Ok(())
+    }
+
+    /// Marks every live entry of the map of `key` deleted.
+    fn clear_map(&mut self, state: StateId, group: KeyGroup, key: &[u8]) -> Result<(), StateError> {
+        let index = self.state_index(state, StateKind::Map)?;
+        // One point tombstone per live entry, as Flink clears a map: range tombstones
+        // are cheaper to write but every later read in their range pays for them.
+        let entries = self.map_entries(state, group, key)?;
+        let full = self.key.get_mut();
+        encode_map_prefix(full, group, key)?;
+        let prefix = full.len();
+        for (user_key, _) in entries {
+            full.truncate(prefix);
+            full.extend_from_slice(&user_key);
+            self.active.update(index, full, |_| Pending::Delete);
+        }
+        Ok(())
     }
 
     /// Reads the states of a restored database from its default column family.
@@ -581,7 +1247,6 @@ impl RocksDbBackend {
         }
         Ok(by_id.into_values().collect())
     }
-
     /// Drops the key groups outside this backend's range from a restored state.
     fn clip_to_groups(&self, db: &Db, state: &State) -> Result<(), StateError> {
         let what = || {
@@ -622,36 +1287,6 @@ impl RocksDbBackend {
                 .map_err(|e| failure(format_args!("{}", what()), e))?;
         }
         Ok(())
-    }
-
-    /// The files of the native checkpoint in `dir`, sorted by name, each with how to
-    /// upload it.
-    fn list_snapshot(&self, dir: &Path) -> Result<Vec<LocalFile>, StateError> {
-        let shown = dir.display();
-        let listing_failed =
-            |e: std::io::Error| failure(format_args!("listing the RocksDB checkpoint {shown}"), e);
-        let mut files = Vec::new();
-        for entry in fs::read_dir(dir).map_err(listing_failed)? {
-            let entry = entry.map_err(listing_failed)?;
-            let name = entry.file_name().into_string().map_err(|name| {
-                StateError::Corrupt(format!(
-                    "the RocksDB checkpoint {shown} holds a file whose name is not UTF-8: {name:?}"
-                ))
-            })?;
-            let upload = upload_for(
-                &name,
-                self.options.incremental,
-                &self.options.instance,
-                &self.confirmed,
-            );
-            files.push(LocalFile {
-                name,
-                path: entry.path(),
-                upload,
-            });
-        }
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(files)
     }
 
     /// Opens the database `restore` moved into the working directory.
@@ -724,8 +1359,10 @@ fn column_family_options(options: &RocksDbOptions, cache: &Cache, kind: StateKin
     // always is): the memtable then holds each hot key once instead of once per update,
     // so more of the working set is served from it and a snapshot's flush writes only
     // the keys changed since the last one. Sound here because nothing reads a
-    // point-in-time view of the memtable: there are no RocksDB snapshots, scans run
-    // on the writing thread, and flushes read only immutable memtables.
+    // point-in-time view of the memtable: there are no RocksDB snapshots; the one write
+    // that runs beside reads is a job's batch, whose keys every read takes from the
+    // frozen buffer instead (or, for a list append, waits out); and flushes read only
+    // immutable memtables.
     opts.set_inplace_update_support(true);
     // A bloom filter over the memtable's keys (10% of its size), so that a get of a key
     // the memtable lacks skips the skip-list search: +7-10% on the counter benchmark.
@@ -762,12 +1399,27 @@ impl KeyedStateBackend for RocksDbBackend {
         })?;
         let column_family = column_family_name(kind, id);
         let opts = column_family_options(&self.options, &self.cache, kind);
+        // Creating a column family needs the database to itself, and the name record
+        // below must not reach a checkpoint still being taken: states are opened as an
+        // operator starts, so waiting for a job in flight here is rare.
+        drop(self.settle());
         let dir = self.options.dir.display();
-        let db = self.db.as_mut().ok_or_else(|| {
-            StateError::Corrupt(format!(
-                "the RocksDB backend in {dir} is unusable: a restore failed"
-            ))
-        })?;
+        let db = self
+            .db
+            .as_mut()
+            .ok_or_else(|| {
+                StateError::Corrupt(format!(
+                    "the RocksDB backend in {dir} is unusable: a restore failed"
+                ))
+            })
+            .and_then(|db| {
+                Arc::get_mut(db).ok_or_else(|| {
+                    StateError::Corrupt(format!(
+                        "the RocksDB database in {dir} is still held by a snapshot that \
+                         finished (host bug)"
+                    ))
+                })
+            })?;
         db.create_cf(&column_family, &opts).map_err(|e| {
             failure(
                 format_args!("creating column family {column_family} for state `{name}` in {dir}"),
@@ -791,17 +1443,13 @@ impl KeyedStateBackend for RocksDbBackend {
         group: KeyGroup,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StateError> {
-        let (db, cf) = self.state(state, StateKind::Value)?;
+        let index = self.state_index(state, StateKind::Value)?;
         self.with_key(
             |buf| {
                 encode_key(buf, group, key);
                 Ok(())
             },
-            |k| {
-                db.get_pinned_cf_opt(cf, k, &self.read)
-                    .map(|v| v.map(|v| v.to_vec()))
-                    .map_err(|e| self.state_failure(state, "get", e))
-            },
+            |k| self.get(state, index, k),
         )
     }
 
@@ -812,17 +1460,11 @@ impl KeyedStateBackend for RocksDbBackend {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<(), StateError> {
-        let (db, cf) = self.state(state, StateKind::Value)?;
-        self.with_key(
-            |buf| {
-                encode_key(buf, group, &key);
-                Ok(())
-            },
-            |k| {
-                db.put_cf_opt(cf, k, &value, &self.write)
-                    .map_err(|e| self.state_failure(state, "put", e))
-            },
-        )
+        let index = self.state_index(state, StateKind::Value)?;
+        let k = self.key.get_mut();
+        encode_key(k, group, &key);
+        self.active.update(index, k, |_| Pending::Put(value));
+        self.spill_if_full()
     }
 
     fn list_get(
@@ -831,29 +1473,44 @@ impl KeyedStateBackend for RocksDbBackend {
         group: KeyGroup,
         key: &[u8],
     ) -> Result<Vec<Vec<u8>>, StateError> {
-        let (db, cf) = self.state(state, StateKind::List)?;
-        let stored = self.with_key(
+        let index = self.state_index(state, StateKind::List)?;
+        self.with_key(
             |buf| {
                 encode_key(buf, group, key);
                 Ok(())
             },
             |k| {
-                db.get_pinned_cf_opt(cf, k, &self.read)
-                    .map_err(|e| self.state_failure(state, "get", e))
+                let mut pieces = Vec::new();
+                let (base, active_pieces) = self.buffered_list(index, k, &mut pieces);
+                let mut list = Vec::new();
+                if let ListBase::Database { frozen_pieces } = base {
+                    let (db, cf) = self.column_family(index)?;
+                    let read = || {
+                        db.get_pinned_cf_opt(cf, k, &self.read)
+                            .map_err(|e| self.state_failure(state, "get", e))
+                    };
+                    let stored = if frozen_pieces {
+                        let (stored, frozen_in_db) = self.read_under_frozen(read)?;
+                        if frozen_in_db {
+                            pieces.truncate(active_pieces);
+                        }
+                        stored
+                    } else {
+                        read()?
+                    };
+                    if let Some(frames) = stored {
+                        list = decode_frames(&frames).ok_or_else(|| self.corrupt_list(state))?;
+                    }
+                }
+                for frames in pieces.iter().rev() {
+                    if !whole_frames(frames) {
+                        return Err(self.corrupt_list(state));
+                    }
+                    list.extend(elements(frames).map(<[u8]>::to_vec));
+                }
+                Ok(list)
             },
-        )?;
-        match stored {
-            None => Ok(Vec::new()),
-            Some(bytes) => decode_frames(&bytes).ok_or_else(|| {
-                StateError::Corrupt(format!(
-                    "a list of state `{}` in {} does not decode",
-                    self.states
-                        .get(usize::try_from(state.0).unwrap_or(usize::MAX))
-                        .map_or("?", |s| s.name.as_str()),
-                    self.options.dir.display()
-                ))
-            }),
-        }
+        )
     }
 
     fn list_add(
@@ -863,20 +1520,13 @@ impl KeyedStateBackend for RocksDbBackend {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<(), StateError> {
-        let (db, cf) = self.state(state, StateKind::List)?;
-        self.with_frame(|frame| {
-            push_frame(frame, &value)?;
-            self.with_key(
-                |buf| {
-                    encode_key(buf, group, &key);
-                    Ok(())
-                },
-                |k| {
-                    db.merge_cf_opt(cf, k, &*frame, &self.write)
-                        .map_err(|e| self.state_failure(state, "merge", e))
-                },
-            )
-        })
+        let index = self.state_index(state, StateKind::List)?;
+        let header = frame_header(&value)?;
+        let k = self.key.get_mut();
+        encode_key(k, group, &key);
+        self.active
+            .update(index, k, |old| append(old, header, &value));
+        self.spill_if_full()
     }
 
     fn list_update(
@@ -886,27 +1536,21 @@ impl KeyedStateBackend for RocksDbBackend {
         key: Vec<u8>,
         values: Vec<Vec<u8>>,
     ) -> Result<(), StateError> {
-        let (db, cf) = self.state(state, StateKind::List)?;
-        self.with_frame(|frame| {
+        let index = self.state_index(state, StateKind::List)?;
+        // An empty list is no entry, as in the heap backend.
+        let entry = if values.is_empty() {
+            Pending::Delete
+        } else {
+            let mut frames = Vec::with_capacity(values.iter().map(|v| 4 + v.len()).sum());
             for value in &values {
-                push_frame(frame, value)?;
+                push_frame(&mut frames, value)?;
             }
-            self.with_key(
-                |buf| {
-                    encode_key(buf, group, &key);
-                    Ok(())
-                },
-                |k| {
-                    // An empty list is no entry, as in the heap backend.
-                    let done = if values.is_empty() {
-                        db.delete_cf_opt(cf, k, &self.write)
-                    } else {
-                        db.put_cf_opt(cf, k, &*frame, &self.write)
-                    };
-                    done.map_err(|e| self.state_failure(state, "put", e))
-                },
-            )
-        })
+            Pending::Put(frames)
+        };
+        let k = self.key.get_mut();
+        encode_key(k, group, &key);
+        self.active.update(index, k, |_| entry);
+        self.spill_if_full()
     }
 
     fn map_get(
@@ -916,14 +1560,10 @@ impl KeyedStateBackend for RocksDbBackend {
         key: &[u8],
         user_key: &[u8],
     ) -> Result<Option<Vec<u8>>, StateError> {
-        let (db, cf) = self.state(state, StateKind::Map)?;
+        let index = self.state_index(state, StateKind::Map)?;
         self.with_key(
             |buf| encode_map_key(buf, group, key, user_key),
-            |k| {
-                db.get_pinned_cf_opt(cf, k, &self.read)
-                    .map(|v| v.map(|v| v.to_vec()))
-                    .map_err(|e| self.state_failure(state, "get", e))
-            },
+            |k| self.get(state, index, k),
         )
     }
 
@@ -935,14 +1575,11 @@ impl KeyedStateBackend for RocksDbBackend {
         user_key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<(), StateError> {
-        let (db, cf) = self.state(state, StateKind::Map)?;
-        self.with_key(
-            |buf| encode_map_key(buf, group, &key, &user_key),
-            |k| {
-                db.put_cf_opt(cf, k, &value, &self.write)
-                    .map_err(|e| self.state_failure(state, "put", e))
-            },
-        )
+        let index = self.state_index(state, StateKind::Map)?;
+        let k = self.key.get_mut();
+        encode_map_key(k, group, &key, &user_key)?;
+        self.active.update(index, k, |_| Pending::Put(value));
+        self.spill_if_full()
     }
 
     fn map_remove(
@@ -952,14 +1589,11 @@ impl KeyedStateBackend for RocksDbBackend {
         key: &[u8],
         user_key: &[u8],
     ) -> Result<(), StateError> {
-        let (db, cf) = self.state(state, StateKind::Map)?;
-        self.with_key(
-            |buf| encode_map_key(buf, group, key, user_key),
-            |k| {
-                db.delete_cf_opt(cf, k, &self.write)
-                    .map_err(|e| self.state_failure(state, "delete", e))
-            },
-        )
+        let index = self.state_index(state, StateKind::Map)?;
+        let k = self.key.get_mut();
+        encode_map_key(k, group, key, user_key)?;
+        self.active.update(index, k, |_| Pending::Delete);
+        self.spill_if_full()
     }
 
     fn map_entries(
@@ -968,7 +1602,8 @@ impl KeyedStateBackend for RocksDbBackend {
         group: KeyGroup,
         key: &[u8],
     ) -> Result<MapEntries, StateError> {
-        let (db, cf) = self.state(state, StateKind::Map)?;
+        let index = self.state_index(state, StateKind::Map)?;
+        let (db, cf) = self.column_family(index)?;
         self.with_key(
             |buf| encode_map_prefix(buf, group, key),
             |prefix| {
@@ -981,75 +1616,272 @@ impl KeyedStateBackend for RocksDbBackend {
                 }
                 it.status()
                     .map_err(|e| self.state_failure(state, "scan", e))?;
+                // Oldest first, so that each buffer overrides what lies below it. A frozen
+                // buffer gives the same entries whether the database holds it yet or not.
+                let layers = self.frozen.iter().map(|b| &**b).chain([&self.active]);
+                for buffer in layers {
+                    let mut layer = buffer.prefixed(index, prefix).peekable();
+                    if layer.peek().is_some() {
+                        entries = overlay(entries, layer, prefix.len());
+                    }
+                }
                 Ok(entries)
             },
         )
     }
 
     fn clear(&mut self, state: StateId, group: KeyGroup, key: &[u8]) -> Result<(), StateError> {
-        let kind = usize::try_from(state.0)
-            .ok()
-            .and_then(|i| self.states.get(i))
-            .map(|s| s.kind)
-            .ok_or(StateError::UnknownState(state))?;
-        let (db, cf) = self.state(state, kind)?;
-        match kind {
-            StateKind::Value | StateKind::List => self.with_key(
-                |buf| {
-                    encode_key(buf, group, key);
-                    Ok(())
-                },
-                |k| {
-                    db.delete_cf_opt(cf, k, &self.write)
-                        .map_err(|e| self.state_failure(state, "delete", e))
-                },
-            ),
-            StateKind::Map => self.with_key(
-                |buf| encode_map_prefix(buf, group, key),
-                |prefix| self.delete_prefix(state, db, cf, prefix),
-            ),
+        match self.kind_of(state)? {
+            StateKind::Value | StateKind::List => {
+                let index =
+                    usize::try_from(state.0).map_err(|_| StateError::UnknownState(state))?;
+                let k = self.key.get_mut();
+                encode_key(k, group, key);
+                self.active.update(index, k, |_| Pending::Delete);
+            }
+            StateKind::Map => self.clear_map(state, group, key)?,
         }
+        self.spill_if_full()
     }
 
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<BackendSnapshot, StateError> {
-        let dir = self.snapshot_dir(checkpoint);
-        let shown = dir.display();
-        let db = self.db()?;
-        // A native checkpoint flushes the memtables (the writes skipped the log, so the
-        // SSTs must hold them) and hard-links the SSTs: its cost is the memtables' size,
-        // bounded by the write buffer options, not the state's size.
-        let created = Checkpoint::new(db).and_then(|c| c.create_checkpoint(&dir));
-        if let Err(e) = created {
-            // Best effort: a half-made directory is of no use to anyone, and the error
-            // reported is RocksDB's.
-            let _ = remove_dir_if_exists(&dir);
-            return Err(failure(
-                format_args!("creating the RocksDB checkpoint {shown}"),
-                e,
-            ));
+    fn value_get_many(
+        &self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        out: &mut MaybeBlobs,
+    ) -> Result<(), StateError> {
+        let index = self.state_index(state, StateKind::Value)?;
+        self.with_keys(
+            keys,
+            |buf, _, group, key| {
+                append_key(buf, group, key);
+                Ok(())
+            },
+            |encoded| self.get_many(state, index, encoded, out),
+        )
+    }
+
+    fn value_set_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        values: &Blobs,
+    ) -> Result<(), StateError> {
+        let index = self.state_index(state, StateKind::Value)?;
+        let k = self.key.get_mut();
+        for (i, (group, key)) in keys.iter().enumerate() {
+            encode_key(k, group, key);
+            self.active.update(index, k, |old| put(old, values.get(i)));
         }
-        let files = match self.list_snapshot(&dir) {
-            Ok(files) => files,
-            Err(e) => {
-                // Best effort, as above: the snapshot is not handed to the uploader, so
-                // nothing else would remove its directory.
-                let _ = remove_dir_if_exists(&dir);
-                return Err(e);
+        self.spill_if_full()
+    }
+
+    fn clear_many(&mut self, state: StateId, keys: GroupedKeys<'_>) -> Result<(), StateError> {
+        match self.kind_of(state)? {
+            StateKind::Value | StateKind::List => {
+                let index =
+                    usize::try_from(state.0).map_err(|_| StateError::UnknownState(state))?;
+                let k = self.key.get_mut();
+                for (group, key) in keys.iter() {
+                    encode_key(k, group, key);
+                    self.active.update(index, k, |_| Pending::Delete);
+                }
             }
+            StateKind::Map => {
+                for (group, key) in keys.iter() {
+                    self.clear_map(state, group, key)?;
+                }
+            }
+        }
+        self.spill_if_full()
+    }
+
+    fn list_get_many(
+        &self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        out: &mut BlobLists,
+    ) -> Result<(), StateError> {
+        let index = self.state_index(state, StateKind::List)?;
+        self.with_keys(
+            keys,
+            |buf, _, group, key| {
+                append_key(buf, group, key);
+                Ok(())
+            },
+            |encoded| {
+                // Every key's buffered pieces, newest first, one run per key.
+                let mut pieces = Vec::new();
+                let mut lists = Vec::with_capacity(encoded.len());
+                let mut frozen_pieces = false;
+                for k in encoded.iter() {
+                    let start = pieces.len();
+                    let (base, active) = self.buffered_list(index, k, &mut pieces);
+                    if let ListBase::Database {
+                        frozen_pieces: true,
+                    } = base
+                    {
+                        frozen_pieces = true;
+                    }
+                    lists.push((start, pieces.len(), base, start + active));
+                }
+                let from_db = |(_, _, base, _): &(usize, usize, ListBase, usize)| {
+                    matches!(base, ListBase::Database { .. })
+                };
+                let (stored, frozen_in_db) = if lists.iter().any(from_db) {
+                    let (db, cf) = self.column_family(index)?;
+                    let read = || {
+                        let wanted = encoded.iter().zip(&lists).filter(|(_, l)| from_db(l));
+                        Ok(db.batched_multi_get_cf_opt(
+                            cf,
+                            wanted.map(|(k, _)| k),
+                            false,
+                            &self.read,
+                        ))
+                    };
+                    if frozen_pieces {
+                        self.read_under_frozen(read)?
+                    } else {
+                        (read()?, false)
+                    }
+                } else {
+                    (Vec::new(), false)
+                };
+                let mut stored = stored.into_iter();
+                for &(start, end, base, active_end) in &lists {
+                    let mut db_frames: Option<DBPinnableSlice<'_>> = None;
+                    let mut end = end;
+                    if let ListBase::Database { frozen_pieces } = base {
+                        db_frames = stored
+                            .next()
+                            .ok_or_else(|| missing_result(&self.options.dir))?
+                            .map_err(|e| self.state_failure(state, "multi-get", e))?;
+                        if frozen_pieces && frozen_in_db {
+                            end = active_end;
+                        }
+                    }
+                    let run = &pieces[start..end];
+                    let parts = db_frames
+                        .as_deref()
+                        .into_iter()
+                        .chain(run.iter().rev().copied());
+                    if !parts.clone().all(whole_frames) {
+                        return Err(self.corrupt_list(state));
+                    }
+                    out.push(parts.flat_map(elements));
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn list_add_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        values: &Blobs,
+    ) -> Result<(), StateError> {
+        let index = self.state_index(state, StateKind::List)?;
+        let k = self.key.get_mut();
+        for (i, (group, key)) in keys.iter().enumerate() {
+            let value = values.get(i);
+            let header = frame_header(value)?;
+            encode_key(k, group, key);
+            self.active
+                .update(index, k, |old| append(old, header, value));
+        }
+        self.spill_if_full()
+    }
+
+    fn map_get_many(
+        &self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        user_keys: &Blobs,
+        out: &mut MaybeBlobs,
+    ) -> Result<(), StateError> {
+        let index = self.state_index(state, StateKind::Map)?;
+        self.with_keys(
+            keys,
+            |buf, i, group, key| append_map_key(buf, group, key, user_keys.get(i)),
+            |encoded| self.get_many(state, index, encoded, out),
+        )
+    }
+
+    fn map_put_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        user_keys: &Blobs,
+        values: &Blobs,
+    ) -> Result<(), StateError> {
+        let index = self.state_index(state, StateKind::Map)?;
+        let k = self.key.get_mut();
+        for (i, (group, key)) in keys.iter().enumerate() {
+            encode_map_key(k, group, key, user_keys.get(i))?;
+            self.active.update(index, k, |old| put(old, values.get(i)));
+        }
+        self.spill_if_full()
+    }
+
+    fn map_remove_many(
+        &mut self,
+        state: StateId,
+        keys: GroupedKeys<'_>,
+        user_keys: &Blobs,
+    ) -> Result<(), StateError> {
+        let index = self.state_index(state, StateKind::Map)?;
+        let k = self.key.get_mut();
+        for (i, (group, key)) in keys.iter().enumerate() {
+            encode_map_key(k, group, key, user_keys.get(i))?;
+            self.active.update(index, k, |_| Pending::Delete);
+        }
+        self.spill_if_full()
+    }
+
+    /// Freezes the active buffer and hands the rest to the asynchronous phase: writing
+    /// it, the native checkpoint, the listing (see the module docs). It waits only for
+    /// the previous snapshot's job to have taken its checkpoint.
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<BackendSnapshot, StateError> {
+        let retired = self.settle();
+        let db = Arc::clone(self.db.as_ref().ok_or_else(|| self.unusable())?);
+        if !self.active.is_empty() {
+            let active = std::mem::take(&mut self.active);
+            self.frozen_bytes += active.bytes;
+            self.frozen.push(Arc::new(active));
+        }
+        let flight = Arc::new(Flight::new());
+        self.flight = Some(Arc::clone(&flight));
+        let job = Job {
+            db: Some(db),
+            flight,
+            checkpoint,
+            buffers: self.frozen.clone(),
+            retired,
+            column_families: self
+                .states
+                .iter()
+                .map(|s| s.column_family.clone())
+                .collect(),
+            working: self.options.dir.clone(),
+            dir: self.snapshot_dir(checkpoint),
+            incremental: self.options.incremental,
+            instance: self.options.instance.clone(),
+            confirmed: Arc::clone(&self.confirmed),
         };
         let uploads = Arc::clone(&self.uploads);
         let uploaded = Box::new(move |stored: &[StoredFile]| {
             lock(&uploads).insert(checkpoint, stored.to_vec());
         });
         Ok(BackendSnapshot::Files(LocalSnapshot {
-            dir,
-            files,
+            prepare: Box::new(move || job.run()),
             uploaded,
         }))
     }
 
     /// Takes the restored directory over by renaming it to the working directory (or
-    /// copying its files when it is on another file system), then opens it.
+    /// copying its files when it is on another file system), then opens it. Buffered
+    /// writes are dropped: the restored state replaces them.
     fn restore(&mut self, restored: RestoredState<'_>) -> Result<(), StateError> {
         let (from, files) = match restored {
             RestoredState::Encoded(_) => {
@@ -1061,10 +1893,15 @@ impl KeyedStateBackend for RocksDbBackend {
             }
             RestoredState::Files(RestoredFiles { dir, files }) => (dir, files),
         };
+        // The live database closes only once no job holds it.
+        self.abandon(true);
+        self.active = Buffer::default();
+        self.frozen.clear();
+        self.frozen_bytes = 0;
         // Close the live database before its directory is replaced.
         self.db = None;
         self.states.clear();
-        self.confirmed.clear();
+        self.confirmed = Arc::default();
         lock(&self.uploads).clear();
         // Restoring from the working directory itself opens it in place.
         if from != self.options.dir {
@@ -1083,10 +1920,10 @@ impl KeyedStateBackend for RocksDbBackend {
         for state in &states {
             self.clip_to_groups(&db, state)?;
         }
-        self.db = Some(db);
+        self.db = Some(Arc::new(db));
         self.states = states;
         // The restored checkpoint is completed, so its shared SSTs can be referred to.
-        self.confirmed = shared_ssts(&files);
+        self.confirmed = Arc::new(shared_ssts(&files));
         Ok(())
     }
 
@@ -1095,10 +1932,12 @@ impl KeyedStateBackend for RocksDbBackend {
         // Only the last completed checkpoint's files are certain to be kept by
         // retention. Without its report (it completed before its upload reported, or it
         // is not one of ours), reuse nothing rather than something retention may delete.
-        self.confirmed = uploads
-            .remove(&checkpoint)
-            .map(|files| shared_ssts(&files))
-            .unwrap_or_default();
+        self.confirmed = Arc::new(
+            uploads
+                .remove(&checkpoint)
+                .map(|files| shared_ssts(&files))
+                .unwrap_or_default(),
+        );
         // Reports of older checkpoints can no longer complete usefully.
         *uploads = uploads.split_off(&CheckpointId(checkpoint.0.saturating_add(1)));
     }
@@ -1108,9 +1947,93 @@ impl KeyedStateBackend for RocksDbBackend {
     }
 }
 
+impl RocksDbBackend {
+    /// The value of the encoded `key` in value or map state `index`: from the buffers,
+    /// else from the database.
+    fn get(&self, state: StateId, index: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(found) = self.buffered(index, key) {
+            return Ok(found.map(<[u8]>::to_vec));
+        }
+        let (db, cf) = self.column_family(index)?;
+        db.get_pinned_cf_opt(cf, key, &self.read)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.state_failure(state, "get", e))
+    }
+
+    /// The values of the encoded `keys` in value or map state `index`, appended to `out`:
+    /// those the buffers decide, and the others from one batched read of the database.
+    fn get_many(
+        &self,
+        state: StateId,
+        index: usize,
+        keys: &Blobs,
+        out: &mut MaybeBlobs,
+    ) -> Result<(), StateError> {
+        let buffered: Vec<Option<Option<&[u8]>>> =
+            keys.iter().map(|k| self.buffered(index, k)).collect();
+        let stored = if buffered.iter().any(Option::is_none) {
+            let (db, cf) = self.column_family(index)?;
+            let wanted = keys.iter().zip(&buffered).filter(|(_, b)| b.is_none());
+            db.batched_multi_get_cf_opt(cf, wanted.map(|(k, _)| k), false, &self.read)
+        } else {
+            Vec::new()
+        };
+        let mut stored = stored.into_iter();
+        for found in buffered {
+            match found {
+                Some(value) => out.push(value),
+                None => {
+                    let value = stored
+                        .next()
+                        .ok_or_else(|| missing_result(&self.options.dir))?
+                        .map_err(|e| self.state_failure(state, "multi-get", e))?;
+                    out.push(value.as_deref());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RocksDB answered a batched read with fewer results than keys.
+fn missing_result(dir: &Path) -> StateError {
+    StateError::Corrupt(format!(
+        "a batched RocksDB read in {} returned fewer results than keys",
+        dir.display()
+    ))
+}
+
+/// `base`, a map's entries in user key order, with the buffered entries `layer` (full
+/// keys, in order, their user keys after `prefix_len` bytes) put or deleted over it.
+fn overlay<'a>(
+    base: MapEntries,
+    layer: impl Iterator<Item = (&'a Vec<u8>, &'a Pending)>,
+    prefix_len: usize,
+) -> MapEntries {
+    let mut out = Vec::with_capacity(base.len());
+    let mut base = base.into_iter().peekable();
+    for (key, pending) in layer {
+        let user_key = &key[prefix_len..];
+        while let Some(entry) = base.next_if(|(k, _)| k.as_slice() < user_key) {
+            out.push(entry);
+        }
+        // Masked whatever the buffer holds.
+        let _ = base.next_if(|(k, _)| k.as_slice() == user_key);
+        if let Pending::Put(value) = pending {
+            out.push((user_key.to_vec(), value.clone()));
+        }
+    }
+    out.extend(base);
+    out
+}
+
 impl Drop for RocksDbBackend {
     fn drop(&mut self) {
-        // Close the database before removing its files.
+        // A job that started is waited for (a write, a flush and a checkpoint), so that
+        // its files are not removed under it; one that did not is revoked.
+        self.abandon(false);
+        // Close the database before removing its files (a revoked job that still holds
+        // it closes it when it is run or dropped).
         self.db = None;
         // Best effort: a leftover directory is wiped by the next `open` on it.
         let _ = fs::remove_dir_all(&self.options.dir);
@@ -1121,7 +2044,7 @@ impl Drop for RocksDbBackend {
 mod tests {
     use super::*;
     use crate::runtime::ids::SubtaskIndex;
-    use crate::state::HeapBackend;
+    use crate::state::{HeapBackend, UploadedCallback};
     use proptest::prelude::*;
     use std::collections::BTreeSet;
     use std::error::Error;
@@ -1147,20 +2070,38 @@ mod tests {
         RocksDbBackend::open(all_groups(), options(root, instance, incremental))
     }
 
-    fn files(snapshot: BackendSnapshot) -> Result<LocalSnapshot, Box<dyn Error>> {
+    fn local(snapshot: BackendSnapshot) -> Result<LocalSnapshot, Box<dyn Error>> {
         match snapshot {
             BackendSnapshot::Files(local) => Ok(local),
             BackendSnapshot::Encoded(_) => Err("the RocksDB backend encoded its snapshot".into()),
         }
     }
 
-    /// Does what the asynchronous phase does with a snapshot, into a checkpoint store in
-    /// `store`: stores each file as its `upload` says, reports where they went and removes
-    /// the snapshot's directory.
+    /// A snapshot whose files are made: what the asynchronous phase has before uploading.
+    struct Prepared {
+        dir: PathBuf,
+        files: Vec<LocalFile>,
+        uploaded: UploadedCallback,
+    }
+
+    /// Makes the files of `snapshot`, as the asynchronous phase does first.
+    fn prepare(snapshot: BackendSnapshot) -> Result<Prepared, Box<dyn Error>> {
+        let LocalSnapshot { prepare, uploaded } = local(snapshot)?;
+        let LocalFiles { dir, files } = prepare()?;
+        Ok(Prepared {
+            dir,
+            files,
+            uploaded,
+        })
+    }
+
+    /// Does what the asynchronous phase does with a snapshot's files, into a checkpoint
+    /// store in `store`: stores each file as its `upload` says, reports where they went
+    /// and removes the snapshot's directory.
     fn upload(
         store: &Path,
         checkpoint: u64,
-        local: LocalSnapshot,
+        local: Prepared,
     ) -> Result<Vec<StoredFile>, Box<dyn Error>> {
         let mut stored = Vec::new();
         for file in &local.files {
@@ -1209,7 +2150,7 @@ mod tests {
         Ok(into.to_path_buf())
     }
 
-    fn sst_uploads(local: &LocalSnapshot) -> Vec<&Upload> {
+    fn sst_uploads(local: &Prepared) -> Vec<&Upload> {
         local
             .files
             .iter()
@@ -1306,7 +2247,7 @@ mod tests {
         let mut heap = HeapBackend::new(all_groups());
         scenario(&mut heap)?;
         scenario(&mut rocks)?;
-        files(rocks.snapshot(CheckpointId(1))?)?;
+        prepare(rocks.snapshot(CheckpointId(1))?)?;
         let expected = scenario(&mut heap)?;
         assert_eq!(scenario(&mut rocks)?, expected);
         Ok(())
@@ -1350,11 +2291,11 @@ mod tests {
         b.list_add(l, KeyGroup(2), b"k".to_vec(), b"x".to_vec())?;
         b.list_add(l, KeyGroup(2), b"k".to_vec(), b"y".to_vec())?;
         b.map_put(m, KeyGroup(3), b"k".to_vec(), b"u".to_vec(), b"1".to_vec())?;
-        let local = files(b.snapshot(CheckpointId(1))?)?;
+        let snapshot = b.snapshot(CheckpointId(1))?;
         // Written after the synchronous phase: not part of the checkpoint.
         b.value_set(v, KeyGroup(1), b"k".to_vec(), b"after".to_vec())?;
         b.value_set(v, KeyGroup(4), b"new".to_vec(), b"after".to_vec())?;
-        let stored = upload(&store, 1, local)?;
+        let stored = upload(&store, 1, prepare(snapshot)?)?;
 
         let mut restored = backend(root.path(), "after", false)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
@@ -1404,7 +2345,7 @@ mod tests {
                 b"x".to_vec(),
             )?;
         }
-        let stored = upload(&store, 1, files(all.snapshot(CheckpointId(1))?)?)?;
+        let stored = upload(&store, 1, prepare(all.snapshot(CheckpointId(1))?)?)?;
         let half = KeyGroupRange::for_subtask(SubtaskIndex(1), 2, 8);
         let mut b = RocksDbBackend::open(half, options(root.path(), "half", false))?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
@@ -1413,7 +2354,7 @@ mod tests {
         let m = b.open_state("m", StateKind::Map)?;
         // Look at every key group, as a backend owning all of them would after
         // another restore.
-        let stored = upload(&store, 2, files(b.snapshot(CheckpointId(2))?)?)?;
+        let stored = upload(&store, 2, prepare(b.snapshot(CheckpointId(2))?)?)?;
         let mut back = backend(root.path(), "back", false)?;
         let dir = download(&store, &stored, &root.path().join("download-2"))?;
         back.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
@@ -1439,7 +2380,7 @@ mod tests {
         for i in 0..1000u32 {
             b.value_set(v, KeyGroup(0), i.to_be_bytes().to_vec(), b"first".to_vec())?;
         }
-        let first = files(b.snapshot(CheckpointId(1))?)?;
+        let first = prepare(b.snapshot(CheckpointId(1))?)?;
         assert!(!sst_uploads(&first).is_empty());
         assert!(
             sst_uploads(&first)
@@ -1457,7 +2398,7 @@ mod tests {
         b.checkpoint_complete(CheckpointId(1));
 
         b.value_set(v, KeyGroup(0), b"one more".to_vec(), b"second".to_vec())?;
-        let second = files(b.snapshot(CheckpointId(2))?)?;
+        let second = prepare(b.snapshot(CheckpointId(2))?)?;
         let first_handles: BTreeSet<_> =
             shared_ssts(&first).into_values().map(|h| h.path).collect();
         let mut reused = 0;
@@ -1504,12 +2445,12 @@ mod tests {
         let mut b = backend(root.path(), "aborted", true)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        upload(&store, 1, files(b.snapshot(CheckpointId(1))?)?)?;
+        upload(&store, 1, prepare(b.snapshot(CheckpointId(1))?)?)?;
         b.checkpoint_aborted(CheckpointId(1));
         // A completion of another checkpoint does not revive it either.
         b.checkpoint_complete(CheckpointId(0));
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"2".to_vec())?;
-        let second = files(b.snapshot(CheckpointId(2))?)?;
+        let second = prepare(b.snapshot(CheckpointId(2))?)?;
         assert!(sst_uploads(&second).len() >= 2);
         assert!(
             sst_uploads(&second)
@@ -1526,13 +2467,13 @@ mod tests {
         let mut b = backend(root.path(), "early", true)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        upload(&store, 1, files(b.snapshot(CheckpointId(1))?)?)?;
+        upload(&store, 1, prepare(b.snapshot(CheckpointId(1))?)?)?;
         b.checkpoint_complete(CheckpointId(1));
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"2".to_vec())?;
-        let second = files(b.snapshot(CheckpointId(2))?)?;
+        let second = prepare(b.snapshot(CheckpointId(2))?)?;
         b.checkpoint_complete(CheckpointId(2));
         upload(&store, 2, second)?;
-        let third = files(b.snapshot(CheckpointId(3))?)?;
+        let third = prepare(b.snapshot(CheckpointId(3))?)?;
         assert!(
             sst_uploads(&third)
                 .iter()
@@ -1548,10 +2489,10 @@ mod tests {
         let mut b = backend(root.path(), "full", false)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        upload(&store, 1, files(b.snapshot(CheckpointId(1))?)?)?;
+        upload(&store, 1, prepare(b.snapshot(CheckpointId(1))?)?)?;
         b.checkpoint_complete(CheckpointId(1));
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"2".to_vec())?;
-        let second = files(b.snapshot(CheckpointId(2))?)?;
+        let second = prepare(b.snapshot(CheckpointId(2))?)?;
         assert!(second.files.iter().any(|f| f.name.ends_with(".sst")));
         assert!(second.files.iter().all(|f| f.upload == Upload::Private));
         Ok(())
@@ -1564,14 +2505,14 @@ mod tests {
         let mut b = backend(root.path(), "origin", true)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        let stored = upload(&store, 1, files(b.snapshot(CheckpointId(1))?)?)?;
+        let stored = upload(&store, 1, prepare(b.snapshot(CheckpointId(1))?)?)?;
         let shared = shared_ssts(&stored);
         assert!(!shared.is_empty());
 
         let mut restored = backend(root.path(), "successor", true)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
         restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
-        let next = files(restored.snapshot(CheckpointId(2))?)?;
+        let next = prepare(restored.snapshot(CheckpointId(2))?)?;
         for (name, handle) in &shared {
             let file = next
                 .files
@@ -1600,7 +2541,7 @@ mod tests {
         let mut b = backend(root.path(), "where", false)?;
         let working = root.path().join("where");
         assert!(working.is_dir());
-        let local = files(b.snapshot(CheckpointId(5))?)?;
+        let local = prepare(b.snapshot(CheckpointId(5))?)?;
         assert_eq!(local.dir, root.path().join("where-chk-5"));
         assert!(local.files.iter().all(|f| f.path.starts_with(&local.dir)));
         assert!(local.files.iter().any(|f| f.name == "CURRENT"));
@@ -1666,6 +2607,542 @@ mod tests {
         for bad in ["default", "value-", "value-01", "set-1", "map-x", "map-+1"] {
             assert_eq!(parse_column_family_name(bad), None, "{bad}");
         }
+    }
+
+    /// What the database itself holds under the encoded `key` of `state`, whatever the
+    /// buffers hold.
+    fn in_database(
+        b: &RocksDbBackend,
+        state: StateId,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, Box<dyn Error>> {
+        let (db, cf) = b.column_family(usize::try_from(state.0)?)?;
+        Ok(db.get_cf(cf, key)?)
+    }
+
+    fn value_key(group: KeyGroup, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::new();
+        encode_key(&mut k, group, key);
+        k
+    }
+
+    fn grouped(keys: &[(u16, &[u8])]) -> (Blobs, Vec<KeyGroup>) {
+        (
+            keys.iter().map(|(_, k)| *k).collect(),
+            keys.iter().map(|(g, _)| KeyGroup(*g)).collect(),
+        )
+    }
+
+    fn blobs(items: &[&[u8]]) -> Blobs {
+        items.iter().copied().collect()
+    }
+
+    /// What [`bulk_scenario`] runs between its writes.
+    type Between<'a> = dyn FnMut(&mut dyn KeyedStateBackend) -> TestResult + 'a;
+
+    /// The bulk calls, on any backend, with `between` run twice to move what was written
+    /// so far (for RocksDB: into the database, then into a frozen buffer). Every bulk
+    /// read is checked against the single-key reads of the same backend; returns what
+    /// the bulk reads returned.
+    fn bulk_scenario(
+        b: &mut dyn KeyedStateBackend,
+        between: &mut Between<'_>,
+    ) -> Result<Vec<String>, Box<dyn Error>> {
+        let mut seen = Vec::new();
+        let v = b.open_state("v", StateKind::Value)?;
+        let l = b.open_state("l", StateKind::List)?;
+        let m = b.open_state("m", StateKind::Map)?;
+        let all: [(u16, &[u8]); 6] = [
+            (1, b"a"),
+            (1, b"b"),
+            (6, b"a"),
+            (1, b""),
+            (2, b"c"),
+            (2, b"d"),
+        ];
+        let (keys, groups) = grouped(&all);
+        let every = GroupedKeys {
+            keys: &keys,
+            groups: &groups,
+        };
+        // A key twice in one call: the later item wins, or appends later.
+        let (twice, twice_groups) = grouped(&[(1, b"a"), (2, b"c"), (1, b"a")]);
+        let twice = GroupedKeys {
+            keys: &twice,
+            groups: &twice_groups,
+        };
+        let (some, some_groups) = grouped(&[(1, b"b"), (2, b"d")]);
+        let some = GroupedKeys {
+            keys: &some,
+            groups: &some_groups,
+        };
+
+        let check =
+            |b: &dyn KeyedStateBackend, seen: &mut Vec<String>| -> Result<(), Box<dyn Error>> {
+                let mut values = MaybeBlobs::default();
+                b.value_get_many(v, every, &mut values)?;
+                let mut lists = BlobLists::default();
+                b.list_get_many(l, every, &mut lists)?;
+                let user_keys = blobs(&[b"u", b"u", b"w", b"u", b"", b"w"]);
+                let mut mapped = MaybeBlobs::default();
+                b.map_get_many(m, every, &user_keys, &mut mapped)?;
+                let mut item = 0;
+                for (i, (group, key)) in every.iter().enumerate() {
+                    assert_eq!(
+                        values.get(i),
+                        b.value_get(v, group, key)?.as_deref(),
+                        "value {i}"
+                    );
+                    let count = usize::try_from(lists.counts[i])?;
+                    let list: Vec<Vec<u8>> = (item..item + count)
+                        .map(|j| lists.items.get(j).to_vec())
+                        .collect();
+                    item += count;
+                    assert_eq!(list, b.list_get(l, group, key)?, "list {i}");
+                    assert_eq!(
+                        mapped.get(i),
+                        b.map_get(m, group, key, user_keys.get(i))?.as_deref(),
+                        "map {i}"
+                    );
+                }
+                seen.push(format!("{values:?} {lists:?} {mapped:?}"));
+                Ok(())
+            };
+
+        check(b, &mut seen)?;
+        b.value_set_many(v, every, &blobs(&[b"1", b"2", b"3", b"4", b"5", b"6"]))?;
+        b.list_add_many(l, twice, &blobs(&[b"x", b"y", b"z"]))?;
+        b.map_put_many(
+            m,
+            every,
+            &blobs(&[b"u", b"u", b"w", b"u", b"", b"w"]),
+            &blobs(&[b"m1", b"m2", b"m3", b"m4", b"m5", b"m6"]),
+        )?;
+        check(b, &mut seen)?;
+        between(b)?;
+        check(b, &mut seen)?;
+        b.value_set_many(v, twice, &blobs(&[b"a'", b"c'", b"a''"]))?;
+        b.clear_many(v, some)?;
+        b.list_add_many(l, every, &blobs(&[b"1", b"2", b"3", b"4", b"5", b"6"]))?;
+        b.clear_many(l, some)?;
+        b.map_remove_many(m, twice, &blobs(&[b"u", b"", b"nothing"]))?;
+        b.clear_many(m, some)?;
+        check(b, &mut seen)?;
+        between(b)?;
+        check(b, &mut seen)?;
+        b.list_add_many(l, twice, &blobs(&[b"p", b"q", b"r"]))?;
+        b.map_put_many(
+            m,
+            twice,
+            &blobs(&[b"u", b"", b"u"]),
+            &blobs(&[b"n1", b"n2", b"n3"]),
+        )?;
+        check(b, &mut seen)?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn bulk_calls_read_and_write_as_the_single_key_calls_and_the_heap_backend_do() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let mut heap = HeapBackend::new(all_groups());
+        let expected = bulk_scenario(&mut heap, &mut |_| Ok(()))?;
+        let mut rocks = backend(root.path(), "bulk", false)?;
+        // First into the database, then into a frozen buffer whose files are made only
+        // at the end, after reads that put appends on top of it.
+        let mut round = 0;
+        let mut pending = None;
+        let got = bulk_scenario(&mut rocks, &mut |b| {
+            round += 1;
+            let snapshot = b.snapshot(CheckpointId(round))?;
+            if round == 1 {
+                prepare(snapshot)?;
+            } else {
+                pending = Some(snapshot);
+            }
+            Ok(())
+        })?;
+        assert_eq!(got, expected);
+        // Once the frozen buffer is in the database, the same reads again.
+        prepare(pending.ok_or("no second snapshot")?)?;
+        let again = bulk_scenario(&mut heap, &mut |_| Ok(()))?;
+        assert_eq!(bulk_scenario(&mut rocks, &mut |_| Ok(()))?, again);
+        Ok(())
+    }
+
+    #[test]
+    fn reads_see_writes_that_are_not_in_the_database_yet() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let mut b = backend(root.path(), "unflushed", false)?;
+        let v = b.open_state("v", StateKind::Value)?;
+        let l = b.open_state("l", StateKind::List)?;
+        let m = b.open_state("m", StateKind::Map)?;
+        b.value_set(v, KeyGroup(1), b"k".to_vec(), b"1".to_vec())?;
+        b.list_add(l, KeyGroup(1), b"k".to_vec(), b"x".to_vec())?;
+        b.map_put(m, KeyGroup(1), b"k".to_vec(), b"u".to_vec(), b"1".to_vec())?;
+        assert_eq!(in_database(&b, v, &value_key(KeyGroup(1), b"k"))?, None);
+        assert_eq!(in_database(&b, l, &value_key(KeyGroup(1), b"k"))?, None);
+        assert_eq!(b.value_get(v, KeyGroup(1), b"k")?, Some(b"1".to_vec()));
+        assert_eq!(b.list_get(l, KeyGroup(1), b"k")?, vec![b"x".to_vec()]);
+        assert_eq!(
+            b.map_entries(m, KeyGroup(1), b"k")?,
+            vec![(b"u".to_vec(), b"1".to_vec())]
+        );
+        // Frozen by a snapshot whose files are not made yet: still read.
+        let snapshot = b.snapshot(CheckpointId(1))?;
+        b.list_add(l, KeyGroup(1), b"k".to_vec(), b"y".to_vec())?;
+        assert_eq!(b.value_get(v, KeyGroup(1), b"k")?, Some(b"1".to_vec()));
+        assert_eq!(
+            b.list_get(l, KeyGroup(1), b"k")?,
+            vec![b"x".to_vec(), b"y".to_vec()]
+        );
+        prepare(snapshot)?;
+        assert_eq!(
+            in_database(&b, v, &value_key(KeyGroup(1), b"k"))?,
+            Some(b"1".to_vec())
+        );
+        // The database holds the frozen append now; it is not counted twice.
+        assert_eq!(
+            b.list_get(l, KeyGroup(1), b"k")?,
+            vec![b"x".to_vec(), b"y".to_vec()]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn clears_mask_what_the_database_holds() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let mut b = backend(root.path(), "masked", false)?;
+        let v = b.open_state("v", StateKind::Value)?;
+        let l = b.open_state("l", StateKind::List)?;
+        let m = b.open_state("m", StateKind::Map)?;
+        let g = KeyGroup(3);
+        b.value_set(v, g, b"k".to_vec(), b"1".to_vec())?;
+        b.list_add(l, g, b"k".to_vec(), b"x".to_vec())?;
+        b.map_put(m, g, b"k".to_vec(), b"u".to_vec(), b"1".to_vec())?;
+        b.map_put(m, g, b"k".to_vec(), b"w".to_vec(), b"2".to_vec())?;
+        prepare(b.snapshot(CheckpointId(1))?)?;
+        b.clear(v, g, b"k")?;
+        b.clear(l, g, b"k")?;
+        b.clear(m, g, b"k")?;
+        assert!(in_database(&b, v, &value_key(g, b"k"))?.is_some());
+        assert!(in_database(&b, l, &value_key(g, b"k"))?.is_some());
+        assert_eq!(b.value_get(v, g, b"k")?, None);
+        assert_eq!(b.list_get(l, g, b"k")?, Vec::<Vec<u8>>::new());
+        assert_eq!(b.map_entries(m, g, b"k")?, Vec::new());
+        assert_eq!(b.map_get(m, g, b"k", b"u")?, None);
+        // An append after the clear starts a new list.
+        b.list_add(l, g, b"k".to_vec(), b"y".to_vec())?;
+        assert_eq!(b.list_get(l, g, b"k")?, vec![b"y".to_vec()]);
+        let stored = upload(&store, 2, prepare(b.snapshot(CheckpointId(2))?)?)?;
+        let mut restored = backend(root.path(), "masked-restored", false)?;
+        let dir = download(&store, &stored, &root.path().join("download"))?;
+        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        assert_eq!(restored.value_get(v, g, b"k")?, None);
+        assert_eq!(restored.list_get(l, g, b"k")?, vec![b"y".to_vec()]);
+        assert_eq!(restored.map_entries(m, g, b"k")?, Vec::new());
+        Ok(())
+    }
+
+    #[test]
+    fn map_entries_merge_the_buffers_and_the_database_in_key_order() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let mut b = backend(root.path(), "merged", false)?;
+        let m = b.open_state("m", StateKind::Map)?;
+        let g = KeyGroup(2);
+        let put = |b: &mut RocksDbBackend, u: &[u8], value: &[u8]| {
+            b.map_put(m, g, b"k".to_vec(), u.to_vec(), value.to_vec())
+        };
+        for u in [&b"b"[..], b"d", b"f"] {
+            put(&mut b, u, b"db")?;
+        }
+        // Another key whose prefix the scan must not run into.
+        b.map_put(m, g, b"kk".to_vec(), b"a".to_vec(), b"other".to_vec())?;
+        prepare(b.snapshot(CheckpointId(1))?)?;
+        put(&mut b, b"c", b"frozen")?;
+        b.map_remove(m, g, b"k", b"d")?;
+        let frozen = b.snapshot(CheckpointId(2))?;
+        put(&mut b, b"a", b"active")?;
+        put(&mut b, b"e", b"active")?;
+        put(&mut b, b"b", b"active")?;
+        b.map_remove(m, g, b"k", b"f")?;
+        let expected: MapEntries = [
+            (&b"a"[..], &b"active"[..]),
+            (b"b", b"active"),
+            (b"c", b"frozen"),
+            (b"e", b"active"),
+        ]
+        .iter()
+        .map(|(u, v)| (u.to_vec(), v.to_vec()))
+        .collect();
+        assert_eq!(b.map_entries(m, g, b"k")?, expected);
+        prepare(frozen)?;
+        assert_eq!(b.map_entries(m, g, b"k")?, expected);
+        assert_eq!(
+            b.map_entries(m, g, b"kk")?,
+            vec![(b"a".to_vec(), b"other".to_vec())]
+        );
+        Ok(())
+    }
+
+    /// Every value, list and map entry of `keys` in the three states, for comparing
+    /// backends.
+    fn dump(
+        b: &dyn KeyedStateBackend,
+        states: [StateId; 3],
+        keys: &[(KeyGroup, Vec<u8>)],
+    ) -> Result<Vec<String>, StateError> {
+        let [v, l, m] = states;
+        let mut out = Vec::new();
+        for (group, key) in keys {
+            let mut entries = b.map_entries(m, *group, key)?;
+            entries.sort();
+            out.push(format!(
+                "{:?} {:?} {:?}",
+                b.value_get(v, *group, key)?,
+                b.list_get(l, *group, key)?,
+                entries
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Where two dumps first differ, if they do.
+    fn first_difference(a: &[String], b: &[String]) -> Option<(usize, String, String)> {
+        if a.len() != b.len() {
+            return Some((
+                a.len().min(b.len()),
+                format!("{} lines", a.len()),
+                format!("{} lines", b.len()),
+            ));
+        }
+        a.iter()
+            .zip(b)
+            .position(|(x, y)| x != y)
+            .map(|i| (i, a[i].clone(), b[i].clone()))
+    }
+
+    /// One interval's writes to `b`: every key's value, an append to every third key's
+    /// list, a map entry per key, and clears of a few keys.
+    fn interval(
+        b: &mut dyn KeyedStateBackend,
+        states: [StateId; 3],
+        keys: &[(KeyGroup, Vec<u8>)],
+        round: u32,
+    ) -> Result<(), StateError> {
+        let [v, l, m] = states;
+        for (i, (group, key)) in keys.iter().enumerate() {
+            let stamp = format!("{round}-{i}").into_bytes();
+            b.value_set(v, *group, key.clone(), stamp.clone())?;
+            if i % 3 == round as usize % 3 {
+                b.list_add(l, *group, key.clone(), stamp.clone())?;
+            }
+            b.map_put(m, *group, key.clone(), vec![(i % 5) as u8], stamp)?;
+            if i % 17 == round as usize {
+                b.clear(l, *group, key)?;
+                b.clear(m, *group, key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Snapshots RocksDB and the heap backend after the same writes, makes RocksDB's
+    /// files on another thread while both go on writing and reading, and checks that
+    /// RocksDB's restored snapshot equals the heap's, and the live states each other.
+    fn snapshot_while_writing(write_behind_bytes: usize, instance: &str) -> TestResult {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let mut options = options(root.path(), instance, true);
+        options.write_behind_bytes = write_behind_bytes;
+        let mut rocks = RocksDbBackend::open(all_groups(), options)?;
+        let mut heap = HeapBackend::new(all_groups());
+        let keys: Vec<(KeyGroup, Vec<u8>)> = (0..3000u32)
+            .map(|i| (KeyGroup((i % 8) as u16), i.to_be_bytes().to_vec()))
+            .collect();
+        let open = |b: &mut dyn KeyedStateBackend| -> Result<[StateId; 3], StateError> {
+            Ok([
+                b.open_state("v", StateKind::Value)?,
+                b.open_state("l", StateKind::List)?,
+                b.open_state("m", StateKind::Map)?,
+            ])
+        };
+        let states = open(&mut rocks)?;
+        open(&mut heap)?;
+        for round in 0..2 {
+            interval(&mut rocks, states, &keys, round)?;
+            interval(&mut heap, states, &keys, round)?;
+        }
+        // The first checkpoint completes, so the second one reuses its SSTs.
+        upload(&store, 1, prepare(rocks.snapshot(CheckpointId(1))?)?)?;
+        rocks.checkpoint_complete(CheckpointId(1));
+        interval(&mut rocks, states, &keys, 2)?;
+        interval(&mut heap, states, &keys, 2)?;
+        let snapshot = local(rocks.snapshot(CheckpointId(2))?)?;
+        let BackendSnapshot::Encoded(encode) = heap.snapshot(CheckpointId(2))? else {
+            return Err("the heap backend made files".into());
+        };
+        let at_snapshot = encode()?;
+        let LocalSnapshot { prepare, uploaded } = snapshot;
+        let making = std::thread::spawn(prepare);
+        for round in 3..6 {
+            interval(&mut rocks, states, &keys, round)?;
+            interval(&mut heap, states, &keys, round)?;
+            assert_eq!(
+                first_difference(&dump(&rocks, states, &keys)?, &dump(&heap, states, &keys)?),
+                None
+            );
+        }
+        let LocalFiles { dir, files } =
+            making.join().map_err(|_| "making the files panicked")??;
+        assert!(
+            files.iter().any(|f| matches!(f.upload, Upload::Reuse(_))),
+            "the second checkpoint reuses SSTs of the first"
+        );
+        let stored = upload(
+            &store,
+            2,
+            Prepared {
+                dir,
+                files,
+                uploaded,
+            },
+        )?;
+        assert_eq!(
+            first_difference(&dump(&rocks, states, &keys)?, &dump(&heap, states, &keys)?),
+            None
+        );
+
+        let mut restored = backend(root.path(), &format!("{instance}-restored"), true)?;
+        let dir = download(&store, &stored, &root.path().join("download"))?;
+        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        let mut heap_restored = HeapBackend::new(all_groups());
+        heap_restored.restore(RestoredState::Encoded(&at_snapshot))?;
+        let restored_states = open(&mut restored)?;
+        assert_eq!(restored_states, states);
+        open(&mut heap_restored)?;
+        assert_eq!(
+            first_difference(
+                &dump(&restored, states, &keys)?,
+                &dump(&heap_restored, states, &keys)?
+            ),
+            None
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_the_next_interval_writes_holds_exactly_the_state_at_the_snapshot()
+    -> TestResult {
+        snapshot_while_writing(RocksDbOptions::DEFAULT_WRITE_BEHIND_BYTES, "while")
+    }
+
+    #[test]
+    fn a_snapshot_holds_exactly_its_state_when_the_next_interval_spills() -> TestResult {
+        // About a tenth of an interval's writes: the writes after the snapshot spill,
+        // each spill waiting for the snapshot's own write first.
+        snapshot_while_writing(64 << 10, "spilling")
+    }
+
+    #[test]
+    fn a_full_buffer_spills_to_the_database_without_a_snapshot() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let mut options = options(root.path(), "spill", false);
+        options.write_behind_bytes = 16 << 10;
+        let mut b = RocksDbBackend::open(all_groups(), options)?;
+        let v = b.open_state("v", StateKind::Value)?;
+        let l = b.open_state("l", StateKind::List)?;
+        for i in 0..1000u32 {
+            b.value_set(v, KeyGroup(0), i.to_be_bytes().to_vec(), b"x".to_vec())?;
+            b.list_add(l, KeyGroup(0), b"k".to_vec(), i.to_be_bytes().to_vec())?;
+            assert!(b.active.bytes + b.frozen_bytes < 16 << 10);
+        }
+        assert_eq!(
+            in_database(&b, v, &value_key(KeyGroup(0), &0u32.to_be_bytes()))?,
+            Some(b"x".to_vec())
+        );
+        let list = b.list_get(l, KeyGroup(0), b"k")?;
+        let expected: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert_eq!(list, expected);
+        let beside: Vec<_> = fs::read_dir(root.path())?.collect::<Result<_, _>>()?;
+        assert_eq!(beside.len(), 1, "no snapshot directory: {beside:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_dropped_before_its_files_are_made_loses_no_write() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let mut b = backend(root.path(), "declined", false)?;
+        let v = b.open_state("v", StateKind::Value)?;
+        let l = b.open_state("l", StateKind::List)?;
+        b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
+        b.list_add(l, KeyGroup(0), b"k".to_vec(), b"a".to_vec())?;
+        // Declined: dropped unrun.
+        drop(b.snapshot(CheckpointId(1))?);
+        b.list_add(l, KeyGroup(0), b"k".to_vec(), b"b".to_vec())?;
+        assert_eq!(b.value_get(v, KeyGroup(0), b"k")?, Some(b"1".to_vec()));
+        assert_eq!(
+            b.list_get(l, KeyGroup(0), b"k")?,
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert!(!root.path().join("declined-chk-1").exists());
+        let stored = upload(&store, 2, prepare(b.snapshot(CheckpointId(2))?)?)?;
+        let mut restored = backend(root.path(), "declined-restored", false)?;
+        let dir = download(&store, &stored, &root.path().join("download"))?;
+        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        assert_eq!(
+            restored.value_get(v, KeyGroup(0), b"k")?,
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            restored.list_get(l, KeyGroup(0), b"k")?,
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_that_fails_after_its_write_loses_no_write_and_appends_once() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let mut b = backend(root.path(), "failing", false)?;
+        let l = b.open_state("l", StateKind::List)?;
+        b.list_add(l, KeyGroup(0), b"k".to_vec(), b"a".to_vec())?;
+        // RocksDB refuses to make a checkpoint in a directory that exists.
+        fs::create_dir_all(root.path().join("failing-chk-1").join("in-the-way"))?;
+        let LocalSnapshot { prepare: make, .. } = local(b.snapshot(CheckpointId(1))?)?;
+        assert!(make().is_err());
+        assert!(in_database(&b, l, &value_key(KeyGroup(0), b"k"))?.is_some());
+        b.list_add(l, KeyGroup(0), b"k".to_vec(), b"b".to_vec())?;
+        assert_eq!(
+            b.list_get(l, KeyGroup(0), b"k")?,
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        let stored = upload(&store, 2, prepare(b.snapshot(CheckpointId(2))?)?)?;
+        let mut restored = backend(root.path(), "failing-restored", false)?;
+        let dir = download(&store, &stored, &root.path().join("download"))?;
+        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        assert_eq!(
+            restored.list_get(l, KeyGroup(0), b"k")?,
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_whose_backend_dropped_before_it_started_makes_nothing() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let mut b = backend(root.path(), "orphan", false)?;
+        let v = b.open_state("v", StateKind::Value)?;
+        b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
+        let LocalSnapshot { prepare: make, .. } = local(b.snapshot(CheckpointId(1))?)?;
+        drop(b);
+        let Err(StateError::Corrupt(message)) = make() else {
+            return Err("a snapshot of a dropped backend was made".into());
+        };
+        assert!(message.contains("abandoned"), "{message}");
+        assert!(!root.path().join("orphan-chk-1").exists());
+        Ok(())
     }
 
     /// What a map state should hold: (key group, key) → user key → value.

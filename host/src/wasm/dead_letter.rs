@@ -15,7 +15,7 @@
 //! The dead-letter file is written when the record is skipped, not transactionally: a
 //! restart from an older checkpoint that replays the record writes it again.
 
-use crate::runtime::{CheckpointId, Record, TaskInfo};
+use crate::runtime::{Batch, CheckpointId, Record, TaskInfo};
 use crate::state::{StateError, StateWriter, Timers};
 use serde::Serialize;
 use std::io::Write;
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Replayed {
     /// `process` with these records.
-    Batch(Vec<Record>),
+    Batch(Batch),
     /// The watermark advanced (event-time timers due, then `on-watermark`).
     Watermark(i64),
     /// Processing-time timers due at this time fired.
@@ -46,13 +46,12 @@ impl Replayed {
     /// Bytes of host memory the event holds, roughly.
     fn cost(&self) -> u64 {
         match self {
-            Replayed::Batch(records) => records
-                .iter()
-                .map(|r| {
-                    let key = r.key.as_ref().map_or(0, Vec::len);
-                    u64::try_from(key + r.value.len()).unwrap_or(u64::MAX) + EVENT_COST
-                })
-                .fold(0, u64::saturating_add),
+            Replayed::Batch(batch) => {
+                let records = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                u64::try_from(batch.payload_bytes())
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(records.saturating_mul(EVENT_COST))
+            }
             _ => EVENT_COST,
         }
     }
@@ -270,7 +269,7 @@ mod tests {
     #[test]
     fn the_log_keeps_events_in_order_until_the_next_snapshot() {
         let mut log = ReplayLog::new(1 << 20);
-        log.push(Replayed::Batch(vec![record("a", "1")]));
+        log.push(Replayed::Batch([record("a", "1")].iter().collect()));
         log.push(Replayed::Watermark(5));
         log.push(Replayed::Notified {
             checkpoint: CheckpointId(3),
@@ -292,9 +291,13 @@ mod tests {
     #[test]
     fn a_log_over_its_limit_is_dropped_until_the_next_snapshot() {
         let mut log = ReplayLog::new(100);
-        log.push(Replayed::Batch(vec![record("k", &"x".repeat(60))]));
+        log.push(Replayed::Batch(
+            [record("k", &"x".repeat(60))].iter().collect(),
+        ));
         assert!(log.events().is_some());
-        log.push(Replayed::Batch(vec![record("k", &"x".repeat(60))]));
+        log.push(Replayed::Batch(
+            [record("k", &"x".repeat(60))].iter().collect(),
+        ));
         assert_eq!(log.events(), None, "overflowed");
         log.push(Replayed::Watermark(1));
         assert_eq!(log.events(), None, "stays overflowed");

@@ -1,11 +1,17 @@
 //! The host side of the WIT imports: what a guest's state, output, timer and log calls
 //! do. All of it works on [`GuestState`], the data of one subtask's store.
+//!
+//! Flat buffers from the guest (`blobs`, `batch`) are moved, not copied, into the host's
+//! [`Blobs`] and [`Batch`], and checked before use: a guest that sends ends out of range
+//! traps with a sentence instead of reaching the host's indexing. A `-many` state call
+//! computes every key's key group once, and changes nothing if any key is foreign.
 
+use crate::runtime::batch::{BlobLists, Malformed, MaybeBlobs};
 use crate::runtime::keygroup::{KeyGroupRange, key_group_of};
-use crate::runtime::{KeyGroup, Record, now_ms};
-use crate::state::{self, Domain, KeyedStateBackend, StateId, StateKind, Timers};
+use crate::runtime::{Batch, Blobs, KeyGroup, now_ms};
+use crate::state::{self, Domain, GroupedKeys, KeyedStateBackend, StateId, StateKind, Timers};
+use crate::wasm::bindings::TimeDomain;
 use crate::wasm::bindings::weir::operator::{log, output, state as wit_state, timers, types};
-use crate::wasm::bindings::{self, TimeDomain};
 use crate::wasm::sandbox::{CallDeadline, GuestClock, MemoryLimiter, OutputCapExceeded};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
@@ -31,7 +37,7 @@ pub struct GuestState {
     pub(crate) groups: KeyGroupRange,
     pub(crate) max_parallelism: u32,
     /// What the guest emitted during the current call.
-    pub(crate) out: Vec<Record>,
+    pub(crate) out: Batch,
     pub(crate) timers: Timers,
     pub(crate) watermark: Option<i64>,
     /// States may only be opened while the guest is in `open`.
@@ -49,16 +55,47 @@ pub struct GuestState {
     /// memory limit: what the guest could hold itself).
     pub(crate) out_bytes: u64,
     pub(crate) out_limit: u64,
+    /// The key groups of the keys of the `-many` call in progress, reused between calls.
+    key_groups: Vec<KeyGroup>,
 }
 
-/// What a record costs the host besides its key and value: the `Record` and the two
-/// `Vec` headers, as an estimate.
-const RECORD_OVERHEAD: u64 = 64;
+/// What a record costs the host besides its key and value: its ends, timestamp and
+/// flags in the batch's buffers.
+const RECORD_OVERHEAD: u64 = 13;
 
-/// The bytes a record occupies on the host, for the output cap.
-fn footprint(record: &bindings::Record) -> u64 {
-    let key = record.key.as_ref().map_or(0, Vec::len);
-    u64::try_from(key + record.value.len()).unwrap_or(u64::MAX) + RECORD_OVERHEAD
+impl GuestState {
+    /// The state of a new instance of the subtask that owns `groups`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        wasi: WasiCtx,
+        backend: Box<dyn KeyedStateBackend>,
+        groups: KeyGroupRange,
+        max_parallelism: u32,
+        timers: Timers,
+        watermark: Option<i64>,
+        limiter: MemoryLimiter,
+        clock: Arc<GuestClock>,
+        out_limit: u64,
+    ) -> Self {
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            backend,
+            groups,
+            max_parallelism,
+            out: Batch::new(),
+            timers,
+            watermark,
+            opening: false,
+            emitting: false,
+            limiter,
+            deadline: CallDeadline::default(),
+            clock,
+            out_bytes: 0,
+            out_limit,
+            key_groups: Vec::new(),
+        }
+    }
 }
 
 impl WasiView for GuestState {
@@ -70,6 +107,48 @@ impl WasiView for GuestState {
     }
 }
 
+/// A malformed buffer from the guest: a trap, since the guest's own bindings built it
+/// wrong and nothing it could handle went wrong.
+fn malformed(e: Malformed) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("the operator passed a malformed buffer: {e}"))
+}
+
+/// The guest's `blobs`, moved into the host's type and checked.
+fn blobs(b: types::BlobsResult, what: &str) -> wasmtime::Result<Blobs> {
+    let blobs = Blobs {
+        bytes: b.bytes,
+        ends: b.ends,
+    };
+    blobs.check(what).map_err(malformed)?;
+    Ok(blobs)
+}
+
+fn to_wit_blobs(b: Blobs) -> types::BlobsResult {
+    types::BlobsResult {
+        bytes: b.bytes,
+        ends: b.ends,
+    }
+}
+
+fn to_wit_maybe(m: MaybeBlobs) -> types::MaybeBlobs {
+    types::MaybeBlobs {
+        items: to_wit_blobs(m.items),
+        present: m.present,
+    }
+}
+
+/// Checks that `items` has one item per key.
+fn same_length(keys: &Blobs, items: &Blobs, what: &str) -> wasmtime::Result<()> {
+    if keys.len() != items.len() {
+        wasmtime::bail!(
+            "the operator passed {} keys but {} {what} to a `-many` state call",
+            keys.len(),
+            items.len()
+        );
+    }
+    Ok(())
+}
+
 impl GuestState {
     /// The key group of `key`, if this subtask owns it.
     fn owned_group(&self, key: &[u8]) -> Result<KeyGroup, StateError> {
@@ -79,6 +158,33 @@ impl GuestState {
         } else {
             Err(StateError::ForeignKey(u32::from(group.0)))
         }
+    }
+
+    /// Computes the key group of every key into `key_groups`, or names the first key
+    /// this subtask does not own.
+    fn group_keys(&mut self, keys: &Blobs) -> Result<(), StateError> {
+        let mut groups = std::mem::take(&mut self.key_groups);
+        groups.clear();
+        let result = keys.iter().try_for_each(|key| {
+            groups.push(self.owned_group(key)?);
+            Ok(())
+        });
+        self.key_groups = groups;
+        result
+    }
+
+    /// Runs a `-many` call over `keys`: groups them, then calls `f` with them.
+    fn many<R>(
+        &mut self,
+        keys: &Blobs,
+        f: impl FnOnce(&mut dyn KeyedStateBackend, GroupedKeys<'_>) -> Result<R, state::StateError>,
+    ) -> Result<R, StateError> {
+        self.group_keys(keys)?;
+        let grouped = GroupedKeys {
+            keys,
+            groups: &self.key_groups,
+        };
+        f(self.backend.as_mut(), grouped).map_err(to_wit)
     }
 
     fn open_state(&mut self, name: &str, kind: StateKind) -> Result<StateId, StateError> {
@@ -151,6 +257,46 @@ impl wit_state::HostValueState for GuestState {
             .clear(id, group, &key))
     }
 
+    fn get_many(
+        &mut self,
+        this: Resource<ValueStateHandle>,
+        keys: types::BlobsResult,
+    ) -> wasmtime::Result<Result<types::MaybeBlobs, StateError>> {
+        let id = self.table.get(&this)?.0;
+        let keys = blobs(keys, "the keys of `value-state.get-many`")?;
+        let mut out = MaybeBlobs::default();
+        Ok(self
+            .many(&keys, |backend, keys| {
+                backend.value_get_many(id, keys, &mut out)
+            })
+            .map(|()| to_wit_maybe(out)))
+    }
+
+    fn set_many(
+        &mut self,
+        this: Resource<ValueStateHandle>,
+        keys: types::BlobsResult,
+        values: types::BlobsResult,
+    ) -> wasmtime::Result<Result<(), StateError>> {
+        let id = self.table.get(&this)?.0;
+        let keys = blobs(keys, "the keys of `value-state.set-many`")?;
+        let values = blobs(values, "the values of `value-state.set-many`")?;
+        same_length(&keys, &values, "values")?;
+        Ok(self.many(&keys, |backend, keys| {
+            backend.value_set_many(id, keys, &values)
+        }))
+    }
+
+    fn clear_many(
+        &mut self,
+        this: Resource<ValueStateHandle>,
+        keys: types::BlobsResult,
+    ) -> wasmtime::Result<Result<(), StateError>> {
+        let id = self.table.get(&this)?.0;
+        let keys = blobs(keys, "the keys of `value-state.clear-many`")?;
+        Ok(self.many(&keys, |backend, keys| backend.clear_many(id, keys)))
+    }
+
     fn drop(&mut self, this: Resource<ValueStateHandle>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
@@ -208,6 +354,39 @@ impl wit_state::HostListState for GuestState {
         keyed!(self, this, key, |id, group| self
             .backend
             .clear(id, group, &key))
+    }
+
+    fn get_many(
+        &mut self,
+        this: Resource<ListStateHandle>,
+        keys: types::BlobsResult,
+    ) -> wasmtime::Result<Result<types::BlobLists, StateError>> {
+        let id = self.table.get(&this)?.0;
+        let keys = blobs(keys, "the keys of `list-state.get-many`")?;
+        let mut out = BlobLists::default();
+        Ok(self
+            .many(&keys, |backend, keys| {
+                backend.list_get_many(id, keys, &mut out)
+            })
+            .map(|()| types::BlobLists {
+                items: to_wit_blobs(out.items),
+                counts: out.counts,
+            }))
+    }
+
+    fn add_many(
+        &mut self,
+        this: Resource<ListStateHandle>,
+        keys: types::BlobsResult,
+        values: types::BlobsResult,
+    ) -> wasmtime::Result<Result<(), StateError>> {
+        let id = self.table.get(&this)?.0;
+        let keys = blobs(keys, "the keys of `list-state.add-many`")?;
+        let values = blobs(values, "the values of `list-state.add-many`")?;
+        same_length(&keys, &values, "values")?;
+        Ok(self.many(&keys, |backend, keys| {
+            backend.list_add_many(id, keys, &values)
+        }))
     }
 
     fn drop(&mut self, this: Resource<ListStateHandle>) -> wasmtime::Result<()> {
@@ -281,6 +460,57 @@ impl wit_state::HostMapState for GuestState {
             .clear(id, group, &key))
     }
 
+    fn get_many(
+        &mut self,
+        this: Resource<MapStateHandle>,
+        keys: types::BlobsResult,
+        user_keys: types::BlobsResult,
+    ) -> wasmtime::Result<Result<types::MaybeBlobs, StateError>> {
+        let id = self.table.get(&this)?.0;
+        let keys = blobs(keys, "the keys of `map-state.get-many`")?;
+        let user_keys = blobs(user_keys, "the user keys of `map-state.get-many`")?;
+        same_length(&keys, &user_keys, "user keys")?;
+        let mut out = MaybeBlobs::default();
+        Ok(self
+            .many(&keys, |backend, keys| {
+                backend.map_get_many(id, keys, &user_keys, &mut out)
+            })
+            .map(|()| to_wit_maybe(out)))
+    }
+
+    fn put_many(
+        &mut self,
+        this: Resource<MapStateHandle>,
+        keys: types::BlobsResult,
+        user_keys: types::BlobsResult,
+        values: types::BlobsResult,
+    ) -> wasmtime::Result<Result<(), StateError>> {
+        let id = self.table.get(&this)?.0;
+        let keys = blobs(keys, "the keys of `map-state.put-many`")?;
+        let user_keys = blobs(user_keys, "the user keys of `map-state.put-many`")?;
+        let values = blobs(values, "the values of `map-state.put-many`")?;
+        same_length(&keys, &user_keys, "user keys")?;
+        same_length(&keys, &values, "values")?;
+        Ok(self.many(&keys, |backend, keys| {
+            backend.map_put_many(id, keys, &user_keys, &values)
+        }))
+    }
+
+    fn remove_many(
+        &mut self,
+        this: Resource<MapStateHandle>,
+        keys: types::BlobsResult,
+        user_keys: types::BlobsResult,
+    ) -> wasmtime::Result<Result<(), StateError>> {
+        let id = self.table.get(&this)?.0;
+        let keys = blobs(keys, "the keys of `map-state.remove-many`")?;
+        let user_keys = blobs(user_keys, "the user keys of `map-state.remove-many`")?;
+        same_length(&keys, &user_keys, "user keys")?;
+        Ok(self.many(&keys, |backend, keys| {
+            backend.map_remove_many(id, keys, &user_keys)
+        }))
+    }
+
     fn drop(&mut self, this: Resource<MapStateHandle>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
@@ -290,30 +520,35 @@ impl wit_state::HostMapState for GuestState {
 impl types::Host for GuestState {}
 
 impl output::Host for GuestState {
-    fn emit(&mut self, records: Vec<bindings::Record>) -> wasmtime::Result<()> {
+    fn emit(&mut self, records: types::BatchResult) -> wasmtime::Result<()> {
         if !self.emitting {
             wasmtime::bail!(
                 "the operator emitted records outside `process`, `on-timer`, `on-watermark` and `close`; records emitted elsewhere would belong to no checkpoint"
             );
         }
-        self.out_bytes = records
-            .iter()
-            .map(footprint)
-            .fold(self.out_bytes, u64::saturating_add);
+        let mut batch = Batch {
+            keys: blobs(records.keys, "the keys of `output.emit`")?,
+            values: blobs(records.values, "the values of `output.emit`")?,
+            timestamps: records.timestamps,
+            flags: records.flags,
+        };
+        batch
+            .check("the batch of `output.emit`")
+            .map_err(malformed)?;
+        let records = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        self.out_bytes = self
+            .out_bytes
+            .saturating_add(u64::try_from(batch.payload_bytes()).unwrap_or(u64::MAX))
+            .saturating_add(records.saturating_mul(RECORD_OVERHEAD));
         if self.out_bytes > self.out_limit {
             // Freed at once: the call fails and nothing of it is kept.
-            self.out = Vec::new();
+            self.out = Batch::new();
             return Err(OutputCapExceeded {
                 limit: self.out_limit,
             }
             .into());
         }
-        if self.out.is_empty() {
-            // Same layout on both sides: this collects in place, without a new allocation.
-            self.out = records.into_iter().map(Record::from).collect();
-        } else {
-            self.out.extend(records.into_iter().map(Record::from));
-        }
+        self.out.take_from(&mut batch);
         Ok(())
     }
 }
@@ -333,6 +568,31 @@ impl timers::Host for GuestState {
             );
         }
         self.timers.register(domain(d), key, timestamp);
+        Ok(())
+    }
+
+    fn register_many(
+        &mut self,
+        d: TimeDomain,
+        keys: types::BlobsResult,
+        timestamps: Vec<i64>,
+    ) -> wasmtime::Result<()> {
+        let keys = blobs(keys, "the keys of `timers.register-many`")?;
+        if keys.len() != timestamps.len() {
+            wasmtime::bail!(
+                "the operator passed {} keys but {} timestamps to `timers.register-many`",
+                keys.len(),
+                timestamps.len()
+            );
+        }
+        if let Err(StateError::ForeignKey(group)) = self.group_keys(&keys) {
+            wasmtime::bail!(
+                "the guest registered a timer for a key of key group {group}, which this subtask does not own"
+            );
+        }
+        for (key, timestamp) in keys.iter().zip(timestamps) {
+            self.timers.register(domain(d), key.to_vec(), timestamp);
+        }
         Ok(())
     }
 
@@ -361,25 +621,5 @@ impl log::Host for GuestState {
             log::Level::Error => tracing::error!(target: "weir::guest", "{message}"),
         }
         Ok(())
-    }
-}
-
-impl From<bindings::Record> for Record {
-    fn from(r: bindings::Record) -> Self {
-        Self {
-            key: r.key,
-            value: r.value,
-            timestamp: r.timestamp,
-        }
-    }
-}
-
-impl From<Record> for bindings::Record {
-    fn from(r: Record) -> Self {
-        Self {
-            key: r.key,
-            value: r.value,
-            timestamp: r.timestamp,
-        }
     }
 }

@@ -79,6 +79,18 @@ pub enum WasmError {
         /// What is missing.
         problem: String,
     },
+    /// The component implements another version of the contract.
+    #[error(
+        "{} was built against {found}, but this host implements weir:operator@{version}, where batches cross as flat buffers. Rebuild it against the WIT in wit/ of this release: for Rust, with this release's weir-sdk and `cargo build --target wasm32-wasip2 --release`; for Python or JavaScript, with its build script (see the README).",
+        path.display(),
+        version = bindings::CONTRACT_VERSION
+    )]
+    WrongVersion {
+        /// The component's path.
+        path: PathBuf,
+        /// The contract it exports, as `weir:operator@0.1.0`.
+        found: String,
+    },
     /// The engine could not be set up.
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
@@ -239,6 +251,15 @@ fn check_world(engine: &Engine, path: &Path, component: &Component) -> Result<()
         .collect();
     if exports.iter().any(|e| e == HANDLER_EXPORT) {
         return Ok(());
+    }
+    if let Some(version) = exports
+        .iter()
+        .find_map(|e| e.strip_prefix("weir:operator/handler@"))
+    {
+        return Err(WasmError::WrongVersion {
+            path: path.to_owned(),
+            found: format!("weir:operator@{version}"),
+        });
     }
     let found = if exports.is_empty() {
         "it exports nothing".to_owned()

@@ -10,13 +10,15 @@
 use crate::job::{RunawayPolicy, SandboxSpec};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::{
-    CheckpointId, Fault, Operator, Record, Snapshot, SnapshotWriter, TaskError, TaskInfo, now_ms,
+    Batch, Blobs, CheckpointId, Fault, Operator, Record, Snapshot, SnapshotWriter, TaskError,
+    TaskInfo, now_ms,
 };
 use crate::state::{
     BackendSnapshot, Domain, HeapBackend, KeyedStateBackend, RestoredFiles, RestoredState, Timers,
 };
 use crate::wasm::OperatorComponent;
-use crate::wasm::bindings::{self, Context, GuestError, TimeDomain, Timer};
+use crate::wasm::bindings::weir::operator::types as wit;
+use crate::wasm::bindings::{self, GuestError, TimeDomain};
 use crate::wasm::dead_letter::{DeadLetter, DeadLetterFile, ReplayLog, Replayed, RestorePoint};
 use crate::wasm::host::GuestState;
 use crate::wasm::sandbox::{
@@ -27,7 +29,6 @@ use crate::wasm::stdio::{LogStream, Stream};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::ResourceTable;
 use wasmtime::{Store, WasmBacktrace};
 
 /// What an operator's subtasks are instantiated with.
@@ -48,6 +49,24 @@ const MAX_FRAMES: usize = 40;
 
 /// The most distinct keys an error names for a batch.
 const MAX_KEYS: usize = 3;
+
+/// The guest's view of `batch`: slices of the host's buffers, lowered without a copy
+/// into owned values first.
+fn lower(batch: &Batch) -> wit::BatchParam<'_> {
+    wit::BatchParam {
+        keys: blobs_param(&batch.keys),
+        values: blobs_param(&batch.values),
+        timestamps: &batch.timestamps,
+        flags: &batch.flags,
+    }
+}
+
+fn blobs_param(blobs: &Blobs) -> wit::BlobsParam<'_> {
+    wit::BlobsParam {
+        bytes: &blobs.bytes,
+        ends: &blobs.ends,
+    }
+}
 
 /// A guest instance and its store.
 struct Instance {
@@ -83,13 +102,13 @@ impl CallFailure {
 /// The records a failed call was given: where they are in the subtask's input.
 struct Span<'a> {
     first: u64,
-    records: &'a [bindings::Record],
+    records: &'a Batch,
 }
 
 impl Span<'_> {
     /// "record 41 of this subtask's input (key "poison")", or a range with some keys.
     fn describe(&self) -> String {
-        let show = |key: &Option<Vec<u8>>| match key {
+        let show = |key: Option<&[u8]>| match key {
             Some(key) => {
                 let text = String::from_utf8_lossy(key);
                 let short: String = text.chars().take(40).collect();
@@ -97,25 +116,26 @@ impl Span<'_> {
             }
             None => "none".to_owned(),
         };
-        match self.records {
-            [one] => format!(
+        match self.records.len() {
+            1 => format!(
                 "record {} of this subtask's input (key {})",
                 self.first,
-                show(&one.key)
+                show(self.records.key(0))
             ),
-            records => {
-                let mut keys: Vec<&Option<Vec<u8>>> = Vec::new();
-                for record in records {
-                    if !keys.contains(&&record.key) {
-                        keys.push(&record.key);
+            len => {
+                let mut keys: Vec<Option<&[u8]>> = Vec::new();
+                for i in 0..len {
+                    let key = self.records.key(i);
+                    if !keys.contains(&key) {
+                        keys.push(key);
                     }
                 }
-                let shown: Vec<String> = keys.iter().take(MAX_KEYS).map(|k| show(k)).collect();
+                let shown: Vec<String> = keys.iter().take(MAX_KEYS).map(|k| show(*k)).collect();
                 let more = match keys.len().saturating_sub(MAX_KEYS) {
                     0 => String::new(),
                     n => format!(" and {n} more"),
                 };
-                let last = self.first + u64::try_from(records.len()).unwrap_or(1) - 1;
+                let last = self.first + u64::try_from(len).unwrap_or(1) - 1;
                 format!(
                     "records {}..={last} of this subtask's input (keys {}{more}; with batch-size = 1 the error names the one record)",
                     self.first,
@@ -141,7 +161,7 @@ pub struct WasmOperator {
     info: TaskInfo,
     settings: Arc<GuestSettings>,
     instance: Instance,
-    context: Context,
+    context: OpenContext,
     /// Set once the instance trapped: it must not be entered again.
     trapped: bool,
     /// Set once `close` returned: the operator is finished.
@@ -156,6 +176,17 @@ pub struct WasmOperator {
     sync_fuel: Option<u64>,
     /// With `on-runaway = "dead-letter"`.
     recovery: Option<Recovery>,
+}
+
+/// What `open` tells the guest.
+#[derive(Clone, Debug)]
+struct OpenContext {
+    operator_id: String,
+    config: String,
+    subtask_index: u32,
+    parallelism: u32,
+    max_parallelism: u32,
+    restored: bool,
 }
 
 /// What a WASM operator subtask puts into a checkpoint.
@@ -190,23 +221,17 @@ fn instantiate(
         clock.clone(),
     )
     .map_err(|message| TaskError::failed(Fault::External, message))?;
-    let state = GuestState {
+    let state = GuestState::new(
         wasi,
-        table: ResourceTable::new(),
         backend,
-        groups: KeyGroupRange::for_subtask(info.subtask, info.parallelism, info.max_parallelism),
-        max_parallelism: info.max_parallelism,
-        out: Vec::new(),
+        KeyGroupRange::for_subtask(info.subtask, info.parallelism, info.max_parallelism),
+        info.max_parallelism,
         timers,
         watermark,
-        opening: false,
-        emitting: false,
-        limiter: MemoryLimiter::new(sandbox.memory_limit),
-        deadline: Default::default(),
+        MemoryLimiter::new(sandbox.memory_limit),
         clock,
-        out_bytes: 0,
-        out_limit: sandbox.memory_limit,
-    };
+        sandbox.memory_limit,
+    );
     let mut store = Store::new(&component.engine, state);
     store.limiter(|state| &mut state.limiter);
     arm(&mut store, component, sandbox, UNLIMITED_FUEL);
@@ -282,7 +307,7 @@ impl WasmOperator {
     ) -> Result<Self, TaskError> {
         let sandbox = &settings.sandbox;
         let instance = instantiate(component, info, sandbox, backend, Timers::default(), None)?;
-        let context = Context {
+        let context = OpenContext {
             operator_id: info.node.clone(),
             config: settings.config.clone(),
             subtask_index: info.subtask.0,
@@ -440,11 +465,19 @@ impl WasmOperator {
     /// The guest's `open`, then `restore-state` with `operator_state` if there is one.
     fn open_guest(&mut self, operator_state: Option<&[u8]>) -> Result<(), TaskError> {
         self.instance.store.data_mut().opening = true;
-        let context = self.context.clone();
+        let c = self.context.clone();
+        let context = wit::Context {
+            operator_id: &c.operator_id,
+            config: &c.config,
+            subtask_index: c.subtask_index,
+            parallelism: c.parallelism,
+            max_parallelism: c.max_parallelism,
+            restored: c.restored,
+        };
         let result = self.call("open", |i| {
             i.guest
                 .weir_operator_handler()
-                .call_open(&mut i.store, &context)
+                .call_open(&mut i.store, context)
         });
         self.instance.store.data_mut().opening = false;
         result?;
@@ -459,14 +492,14 @@ impl WasmOperator {
     }
 
     /// One `process` call with `batch`, output left in the store.
-    fn process_batch(&mut self, batch: &[bindings::Record]) -> Result<(), CallFailure> {
+    fn process_batch(&mut self, batch: &Batch) -> Result<(), CallFailure> {
         let limits = self.arm_records(batch.len());
         let instance = &mut self.instance;
         instance.store.data_mut().emitting = true;
         let result = instance
             .guest
             .weir_operator_handler()
-            .call_process(&mut instance.store, batch);
+            .call_process(&mut instance.store, lower(batch));
         instance.store.data_mut().emitting = false;
         self.outcome("process", &limits, result)
     }
@@ -481,21 +514,20 @@ impl WasmOperator {
             Domain::EventTime => TimeDomain::EventTime,
             Domain::ProcessingTime => TimeDomain::ProcessingTime,
         };
-        let timers: Vec<Timer> = due
-            .into_iter()
-            .map(|(timestamp, key)| Timer {
-                key,
-                timestamp,
-                domain: wit_domain,
-            })
-            .collect();
-        let limits = self.arm_records(timers.len());
+        let keys: Blobs = due.iter().map(|(_, key)| key.as_slice()).collect();
+        let timestamps: Vec<i64> = due.iter().map(|(timestamp, _)| *timestamp).collect();
+        let timers = wit::FiredTimers {
+            domain: wit_domain,
+            keys: blobs_param(&keys),
+            timestamps: &timestamps,
+        };
+        let limits = self.arm_records(timestamps.len());
         let instance = &mut self.instance;
         instance.store.data_mut().emitting = true;
         let result = instance
             .guest
             .weir_operator_handler()
-            .call_on_timer(&mut instance.store, &timers);
+            .call_on_timer(&mut instance.store, timers);
         instance.store.data_mut().emitting = false;
         self.outcome("on-timer", &limits, result)
             .map_err(|f| Self::task_error(f, None, ""))?;
@@ -563,13 +595,8 @@ impl WasmOperator {
         }
     }
 
-    fn take_output(&mut self, out: &mut Vec<Record>) {
-        let emitted = &mut self.instance.store.data_mut().out;
-        if out.is_empty() {
-            std::mem::swap(out, emitted);
-        } else {
-            out.append(emitted);
-        }
+    fn take_output(&mut self, out: &mut Batch) {
+        out.take_from(&mut self.instance.store.data_mut().out);
     }
 
     /// The synchronous phase's overrun of `sync-phase-timeout` or `sync-phase-fuel`.
@@ -620,8 +647,9 @@ impl WasmOperator {
                     data.watermark,
                 ));
             }
-            Ok(BackendSnapshot::Files(files)) => {
-                let _ = std::fs::remove_dir_all(&files.dir);
+            Ok(BackendSnapshot::Files(unmade)) => {
+                // Dropped unmade: nothing is on disk, and the backend keeps its state.
+                drop(unmade);
                 recovery.point = None;
                 recovery.unavailable =
                     "its state backend keeps its snapshots in files, which cannot be restored in memory".to_owned();
@@ -685,8 +713,7 @@ impl WasmOperator {
     /// Replays one logged call, throwing its output away.
     fn replay(&mut self, event: Replayed) -> Result<(), TaskError> {
         match event {
-            Replayed::Batch(records) => {
-                let batch: Vec<bindings::Record> = records.into_iter().map(Into::into).collect();
+            Replayed::Batch(batch) => {
                 self.process_batch(&batch)
                     .map_err(|f| Self::task_error(f, None, ""))?;
             }
@@ -708,33 +735,34 @@ impl WasmOperator {
     /// overrun again.
     fn isolate(
         &mut self,
-        batch: Vec<bindings::Record>,
+        batch: &Batch,
         first: u64,
         failure: CallFailure,
-        out: &mut Vec<Record>,
+        out: &mut Batch,
     ) -> Result<(), TaskError> {
         let span = Span {
             first,
-            records: &batch,
+            records: batch,
         };
         if let Err(why) = self.rebuild() {
             let extra = format!(" (on-runaway = \"dead-letter\" could not apply: {why})");
             return Err(Self::task_error(failure, Some(&span), &extra));
         }
-        for (offset, record) in batch.iter().enumerate() {
+        for offset in 0..batch.len() {
             let position = first + u64::try_from(offset).unwrap_or(u64::MAX);
-            let single = std::slice::from_ref(record);
-            match self.process_batch(single) {
+            let mut single = Batch::new();
+            single.extend_from(batch, offset..offset + 1);
+            match self.process_batch(&single) {
                 Ok(()) => {
                     self.take_output(out);
-                    self.log(Replayed::Batch(vec![record.clone().into()]));
+                    self.log(Replayed::Batch(single));
                 }
                 Err(CallFailure::Trapped {
                     runaway: Some(_),
                     message,
                     backtrace,
                 }) => {
-                    let record = Record::from(record.clone());
+                    let record = Record::from(batch.get(offset));
                     self.dead_letter(&record, position, &message, &backtrace)?;
                     if let Err(why) = self.rebuild() {
                         return Err(TaskError::failed(
@@ -748,7 +776,7 @@ impl WasmOperator {
                 Err(failure) => {
                     let span = Span {
                         first: position,
-                        records: single,
+                        records: &single,
                     };
                     return Err(Self::task_error(failure, Some(&span), ""));
                 }
@@ -836,17 +864,15 @@ impl Operator for WasmOperator {
         self.open_guest(operator_state.as_deref())
     }
 
-    fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {
         self.entered()?;
         let first = self.position;
         self.position += u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        // Same layout on both sides: this collects in place, without a new allocation.
-        let batch: Vec<bindings::Record> = batch.into_iter().map(Into::into).collect();
-        match self.process_batch(&batch) {
+        match self.process_batch(batch) {
             Ok(()) => {
                 self.take_output(out);
                 if self.recovery.is_some() {
-                    self.log(Replayed::Batch(batch.into_iter().map(Into::into).collect()));
+                    self.log(Replayed::Batch(batch.clone()));
                 }
                 Ok(())
             }
@@ -857,14 +883,14 @@ impl Operator for WasmOperator {
             Err(failure) => {
                 let span = Span {
                     first,
-                    records: &batch,
+                    records: batch,
                 };
                 Err(Self::task_error(failure, Some(&span), ""))
             }
         }
     }
 
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn on_watermark(&mut self, watermark: i64, out: &mut Batch) -> Result<(), TaskError> {
         self.entered()?;
         self.advance_watermark(watermark)?;
         self.log(Replayed::Watermark(watermark));
@@ -878,11 +904,7 @@ impl Operator for WasmOperator {
         Some(Instant::now() + Duration::from_millis(wait))
     }
 
-    fn on_processing_time(
-        &mut self,
-        _now: Instant,
-        out: &mut Vec<Record>,
-    ) -> Result<(), TaskError> {
+    fn on_processing_time(&mut self, _now: Instant, out: &mut Batch) -> Result<(), TaskError> {
         self.entered()?;
         let time = now_ms();
         if self.fire(Domain::ProcessingTime, time)? {
@@ -924,9 +946,8 @@ impl Operator for WasmOperator {
         })?;
         let timers = data.timers.clone();
         if let Some(why) = self.sync_overrun(checkpoint, started.elapsed(), self.sync_fuel) {
-            if let BackendSnapshot::Files(files) = keyed {
-                let _ = std::fs::remove_dir_all(&files.dir);
-            }
+            // Dropped: a backend's files are not made yet, and it keeps its state.
+            drop(keyed);
             return Ok(Snapshot::Declined(why));
         }
         self.set_restore_point(checkpoint, Some(operator.clone()));
@@ -973,7 +994,7 @@ impl Operator for WasmOperator {
         self.notify(checkpoint, false)
     }
 
-    fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn close(&mut self, out: &mut Batch) -> Result<(), TaskError> {
         self.entered()?;
         self.instance.store.data_mut().emitting = true;
         let result = self.call("close", |i| {
@@ -991,17 +1012,14 @@ impl Operator for WasmOperator {
 mod tests {
     use super::*;
 
-    fn record(key: &str) -> bindings::Record {
-        bindings::Record {
-            key: Some(key.as_bytes().to_vec()),
-            value: b"v".to_vec(),
-            timestamp: None,
-        }
+    fn batch(keys: &[&str]) -> Batch {
+        let records: Vec<Record> = keys.iter().map(|k| Record::new("v").with_key(*k)).collect();
+        records.iter().collect()
     }
 
     #[test]
     fn a_single_record_is_named_by_its_position_and_key() {
-        let records = [record("poison")];
+        let records = batch(&["poison"]);
         let span = Span {
             first: 41,
             records: &records,
@@ -1014,10 +1032,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_named_by_its_range_and_first_distinct_keys() {
-        let records: Vec<bindings::Record> = ["a", "b", "a", "c", "d", "e"]
-            .into_iter()
-            .map(record)
-            .collect();
+        let records = batch(&["a", "b", "a", "c", "d", "e"]);
         let span = Span {
             first: 100,
             records: &records,

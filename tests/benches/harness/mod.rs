@@ -1,13 +1,13 @@
-//! What the benchmarks share: a generator → operator → blackhole pipeline on one
-//! subtask per node, and the measurement of its throughput.
+//! What the benchmarks share: a source → operators → blackhole pipeline on one subtask
+//! per node, and the measurement of its throughput.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use weir::connectors::{BlackholeSink, Generator, GeneratorSettings};
+use weir::connectors::{BlackholeSink, FileSource, Generator, GeneratorSettings};
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::{
-    CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator, Record,
+    Batch, CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator,
     RunOptions, Snapshot, Source, TaskError,
 };
 
@@ -16,52 +16,76 @@ pub const BATCH: usize = 1024;
 /// Key groups of the benchmark jobs.
 pub const MAX_PARALLELISM: u32 = 128;
 
-pub fn graph(
-    records: u64,
-    keys: u64,
-    operator: OperatorFactory,
-    partitioner: Partitioner,
-) -> Graph {
-    let settings = GeneratorSettings {
-        count: Some(records),
-        keys,
-        seed: 1,
-        rate: 0,
-        value_size: 0,
+/// Where the benchmark's records come from.
+pub enum Input {
+    /// The generator: `records` records over `keys` keys, values the sequence numbers.
+    Generator {
+        /// How many records.
+        records: u64,
+        /// How many distinct keys.
+        keys: u64,
+    },
+    /// The lines of these files.
+    #[allow(dead_code, reason = "the sandbox benchmark reads only the generator")]
+    Files(Vec<std::path::PathBuf>),
+}
+
+/// A source → operators → blackhole pipeline on one subtask per node; each operator is
+/// reached through its partitioner (forward edges chain, as in a job).
+pub fn graph(input: &Input, operators: Vec<(OperatorFactory, Partitioner)>) -> Graph {
+    let source = match input {
+        Input::Generator { records, keys } => {
+            let settings = GeneratorSettings {
+                count: Some(*records),
+                keys: *keys,
+                seed: 1,
+                rate: 0,
+                value_size: 0,
+            };
+            NodeBody::Source(Arc::new(move |info| {
+                Ok(Box::new(Generator::new(settings.clone(), info)) as Box<dyn Source>)
+            }))
+        }
+        Input::Files(paths) => {
+            let paths = paths.clone();
+            NodeBody::Source(Arc::new(move |info| {
+                Ok(Box::new(FileSource::new(&paths, info)) as Box<dyn Source>)
+            }))
+        }
     };
-    let source = NodeBody::Source(Arc::new(move |info| {
-        Ok(Box::new(Generator::new(settings.clone(), info)) as Box<dyn Source>)
-    }));
     let sink = NodeBody::Operator(Arc::new(|_| {
         Ok(Box::new(BlackholeSink::new(0)) as Box<dyn Operator>)
     }));
-    let node = |id: &str, body, inputs: Vec<NodeEdge>| GraphNode {
-        id: id.to_owned(),
+    let node = |id: String, body, inputs: Vec<NodeEdge>| GraphNode {
+        id,
         parallelism: 1,
         inputs,
         body,
         batch_size: BATCH,
+        chaining: true,
     };
+    let mut nodes = vec![node("source".into(), source, vec![])];
+    for (i, (operator, partitioner)) in operators.into_iter().enumerate() {
+        nodes.push(node(
+            format!("op{i}"),
+            NodeBody::Operator(operator),
+            vec![NodeEdge {
+                from: i,
+                partitioner,
+            }],
+        ));
+    }
+    let last = nodes.len() - 1;
+    nodes.push(node(
+        "sink".into(),
+        sink,
+        vec![NodeEdge {
+            from: last,
+            partitioner: Partitioner::Forward,
+        }],
+    ));
     Graph {
-        nodes: vec![
-            node("gen", source, vec![]),
-            node(
-                "op",
-                NodeBody::Operator(operator),
-                vec![NodeEdge {
-                    from: 0,
-                    partitioner,
-                }],
-            ),
-            node(
-                "sink",
-                sink,
-                vec![NodeEdge {
-                    from: 1,
-                    partitioner: Partitioner::Forward,
-                }],
-            ),
-        ],
+        nodes,
         max_parallelism: MAX_PARALLELISM,
     }
 }
@@ -86,7 +110,7 @@ impl Operator for Timed {
     fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
         self.inner.open(restored)
     }
-    fn process(&mut self, batch: Vec<Record>, out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {
         let started = Instant::now();
         let result = self.inner.process(batch, out);
         let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -96,32 +120,49 @@ impl Operator for Timed {
     fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
         self.inner.snapshot(checkpoint)
     }
-    fn close(&mut self, out: &mut Vec<Record>) -> Result<(), TaskError> {
+    fn close(&mut self, out: &mut Batch) -> Result<(), TaskError> {
         self.inner.close(out)
     }
 }
 
-/// Runs the graph built around `operator` and measures it.
+/// Runs the generator → `operator` → blackhole graph and measures it.
 pub fn measure(
     records: u64,
     keys: u64,
     operator: OperatorFactory,
     partitioner: Partitioner,
 ) -> Figures {
+    measure_stages(
+        &Input::Generator { records, keys },
+        vec![(operator, partitioner)],
+    )
+}
+
+/// Runs the `input` → `operators` → blackhole graph and measures it: records are those
+/// the first operator received, and the operators' time is that of all of them.
+pub fn measure_stages(input: &Input, operators: Vec<(OperatorFactory, Partitioner)>) -> Figures {
     let nanos = Arc::new(AtomicU64::new(0));
-    let counted = nanos.clone();
-    let timed: OperatorFactory = Arc::new(move |info| {
-        Ok(Box::new(Timed {
-            inner: operator(info)?,
-            nanos: counted.clone(),
-        }) as Box<dyn Operator>)
-    });
-    let graph = graph(records, keys, timed, partitioner);
+    let timed = operators
+        .into_iter()
+        .map(|(operator, partitioner)| {
+            let counted = nanos.clone();
+            let timed: OperatorFactory = Arc::new(move |info| {
+                Ok(Box::new(Timed {
+                    inner: operator(info)?,
+                    nanos: counted.clone(),
+                }) as Box<dyn Operator>)
+            });
+            (timed, partitioner)
+        })
+        .collect();
+    let graph = graph(input, timed);
     let report = Executor::new(CancelToken::default())
         .run(&graph, RunOptions::default())
         .expect("the benchmark job runs");
-    let through = report.nodes[1].1.records_in();
-    assert_eq!(through, records, "every record reached the operator");
+    let records = report.nodes[1].1.records_in();
+    if let Input::Generator { records: count, .. } = input {
+        assert_eq!(records, *count, "every record reached the operator");
+    }
     Figures {
         pipeline: records as f64 / report.elapsed.as_secs_f64(),
         operator: records as f64 / (nanos.load(Ordering::Relaxed) as f64 / 1e9),

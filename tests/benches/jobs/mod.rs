@@ -10,14 +10,7 @@ use weir::runtime::CancelToken;
 use weir::storage::{CheckpointStorage, FsStorage};
 use weir::wasm::WasmRuntime;
 
-/// The `p` quantile (0..=1) of sorted samples.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
+pub use weir_tests::percentile;
 
 /// Writes `text` as `dir/job.toml` and runs it to its end: how long it took, and its spec.
 pub fn run(

@@ -6,10 +6,7 @@
 //! `"<key>\t<count>"`. It must sit behind a `key-by` edge: keyed state accepts only keys
 //! of the subtask's own key groups.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
-
-use weir_sdk::{Context, Error, Operator, Output, Record, Result, ValueState};
+use weir_sdk::{Batch, Context, Operator, Output, Result, ValueState};
 
 /// The output value for `key` at `count`: the key as (lossy) UTF-8, a tab, the count.
 ///
@@ -17,56 +14,54 @@ use weir_sdk::{Context, Error, Operator, Output, Record, Result, ValueState};
 /// assert_eq!(word_count_counter::format_count(b"weir", 3), b"weir\t3");
 /// ```
 pub fn format_count(key: &[u8], count: u64) -> Vec<u8> {
-    format!("{}\t{count}", String::from_utf8_lossy(key)).into_bytes()
+    let mut out = Vec::new();
+    write_count(&mut out, key, count);
+    out
+}
+
+/// Appends [`format_count`]'s text to `out`, without an allocation when `key` is UTF-8.
+pub fn write_count(out: &mut Vec<u8>, key: &[u8], count: u64) {
+    match std::str::from_utf8(key) {
+        Ok(_) => out.extend_from_slice(key),
+        Err(_) => out.extend_from_slice(String::from_utf8_lossy(key).as_bytes()),
+    }
+    out.push(b'\t');
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = count;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The counter operator.
 pub struct Counter {
     count: ValueState<u64>,
-    /// The counts of the keys seen in the current batch. Words repeat a lot within a
-    /// batch, so reading each key once and writing it back once per batch saves most
-    /// of the two host calls per record a get and a set would cost. Kept between
-    /// batches only for its capacity. Hashed with fixed keys: `RandomState` would pull
-    /// in `wasi:random` for protection against crafted keys this map does not need.
-    batch_counts: HashMap<Vec<u8>, u64, BuildHasherDefault<DefaultHasher>>,
 }
 
 impl Operator for Counter {
     fn open(_ctx: &Context) -> Result<Self> {
         Ok(Self {
             count: ValueState::open("count")?,
-            batch_counts: HashMap::default(),
         })
     }
 
-    fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
-        // A batch that failed half-way left its counts here; they were never stored.
-        self.batch_counts.clear();
-        for record in batch {
-            let key = record.key.ok_or_else(|| {
-                Error::new("counter needs keyed input: set partition = \"key-by\" on this operator")
-            })?;
-            let count = match self.batch_counts.get_mut(&key) {
-                Some(count) => {
-                    *count += 1;
-                    *count
-                }
-                None => {
-                    let count = self.count.get(&key)?.unwrap_or(0) + 1;
-                    self.batch_counts.insert(key.clone(), count);
-                    count
-                }
-            };
-            out.emit(Record {
-                value: format_count(&key, count),
-                key: Some(key),
-                timestamp: record.timestamp,
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
+        // One host call reads the counts of the batch's distinct keys, one writes them back.
+        self.count.update_each(batch, |record, key, count| {
+            let n = count.unwrap_or(0) + 1;
+            *count = Some(n);
+            out.emit_with(Some(key), record.timestamp, |value| {
+                write_count(value, key, n);
             });
-        }
-        for (key, count) in self.batch_counts.drain() {
-            self.count.set(&key, &count)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 //! the word as both key and value and the line's timestamp, so that a `key-by` edge
 //! can send every occurrence of a word to the same counter subtask.
 
-use weir_sdk::{Context, Error, Operator, Output, Record, Result};
+use weir_sdk::{Batch, Context, Error, Operator, Output, RecordRef, Result};
 
 /// The words of `line`, lowercased, in order.
 ///
@@ -18,34 +18,63 @@ use weir_sdk::{Context, Error, Operator, Output, Record, Result};
 /// assert_eq!(words, ["the", "weir", "the", "weir"]);
 /// ```
 pub fn tokenize(line: &str) -> impl Iterator<Item = String> + '_ {
-    line.split(|c: char| !c.is_alphanumeric())
-        .filter(|word| !word.is_empty())
-        .map(str::to_lowercase)
+    words(line).map(str::to_lowercase)
 }
 
-/// The tokenizer operator; it keeps no state.
-pub struct Tokenizer;
+/// The words of `line` as they are written.
+fn words(line: &str) -> impl Iterator<Item = &str> + '_ {
+    line.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+}
+
+/// Calls `f` with each word of `line`, lowercased as [`tokenize`] does, in a buffer
+/// reused from word to word: an ASCII word is lowercased in place, without an
+/// allocation.
+///
+/// ```
+/// let mut seen = Vec::new();
+/// word_count_tokenizer::for_each_word("The WEIR", &mut String::new(), |w| seen.push(w.to_owned()));
+/// assert_eq!(seen, ["the", "weir"]);
+/// ```
+pub fn for_each_word(line: &str, scratch: &mut String, mut f: impl FnMut(&str)) {
+    for word in words(line) {
+        scratch.clear();
+        if word.is_ascii() {
+            scratch.push_str(word);
+            scratch.make_ascii_lowercase();
+        } else {
+            // `str::to_lowercase` knows the final sigma; a per-char mapping would not.
+            scratch.push_str(&word.to_lowercase());
+        }
+        f(scratch);
+    }
+}
+
+/// The tokenizer operator; it keeps no state but a buffer for the current word.
+#[derive(Default)]
+pub struct Tokenizer {
+    word: String,
+}
 
 impl Operator for Tokenizer {
     fn open(_ctx: &Context) -> Result<Self> {
-        Ok(Tokenizer)
+        Ok(Tokenizer::default())
     }
 
-    fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
-        for record in batch {
-            let line = std::str::from_utf8(&record.value).map_err(|e| {
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
+        for record in batch.iter() {
+            let line = std::str::from_utf8(record.value).map_err(|e| {
                 Error::new(format!(
                     "tokenizer needs UTF-8 text, but a record is not: {e}"
                 ))
             })?;
-            for word in tokenize(line) {
-                let word = word.into_bytes();
-                out.emit(Record {
-                    key: Some(word.clone()),
-                    value: word,
+            for_each_word(line, &mut self.word, |word| {
+                out.emit(RecordRef {
+                    key: Some(word.as_bytes()),
+                    value: word.as_bytes(),
                     timestamp: record.timestamp,
                 });
-            }
+            });
         }
         Ok(())
     }
@@ -56,9 +85,13 @@ weir_sdk::export_operator!(Tokenizer);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_sdk::Record;
 
     fn words(line: &str) -> Vec<String> {
-        tokenize(line).collect()
+        let mut seen = Vec::new();
+        for_each_word(line, &mut String::new(), |w| seen.push(w.to_owned()));
+        assert_eq!(seen, tokenize(line).collect::<Vec<_>>());
+        seen
     }
 
     #[test]
@@ -88,6 +121,11 @@ mod tests {
     }
 
     #[test]
+    fn a_final_capital_sigma_lowercases_to_the_final_form() {
+        assert_eq!(words("ΟΔΟΣ"), ["οδος"]);
+    }
+
+    #[test]
     fn a_line_without_letters_has_no_words() {
         assert!(words(" -- !? ").is_empty());
         assert!(words("").is_empty());
@@ -95,18 +133,22 @@ mod tests {
 
     #[test]
     fn each_word_becomes_a_keyed_record_with_the_line_timestamp() {
-        let mut op = Tokenizer;
+        let mut op = Tokenizer::default();
         let mut out = Output::new();
         let line = Record::new("Weir, weir").with_timestamp(5);
-        assert!(op.process(vec![line], &mut out).is_ok());
-        let expected = Record::new("weir").with_key("weir").with_timestamp(5);
-        assert_eq!(out.records(), [expected.clone(), expected]);
+        assert!(
+            op.process(&[line.as_ref()].into_iter().collect(), &mut out)
+                .is_ok()
+        );
+        let expected = RecordRef::new(b"weir").with_key(b"weir").with_timestamp(5);
+        assert_eq!(out.iter().collect::<Vec<_>>(), [expected, expected]);
     }
 
     #[test]
     fn a_line_that_is_not_utf8_is_an_error() {
         let mut out = Output::new();
-        let result = Tokenizer.process(vec![Record::new(vec![0xff, 0xfe])], &mut out);
+        let batch = [RecordRef::new(&[0xff, 0xfe])].into_iter().collect();
+        let result = Tokenizer::default().process(&batch, &mut out);
         assert!(result.is_err_and(|e| e.message().contains("UTF-8")));
     }
 }

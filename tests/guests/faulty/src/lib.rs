@@ -25,7 +25,7 @@
 //! join them as further variants.
 
 use serde::Deserialize;
-use weir_sdk::{Context, Error, Operator, Output, Record, Result, ValueState};
+use weir_sdk::{Batch, Context, Error, Operator, Output, Result, ValueState};
 
 /// The configuration as written in the job file.
 #[derive(Debug, Default, Deserialize)]
@@ -129,19 +129,18 @@ impl Operator for Faulty {
         })
     }
 
-    fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
-        for record in batch {
-            self.faults.check(&record.value)?;
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
+        for record in batch.iter() {
+            self.faults.check(record.value)?;
             let Some(key) = record.key else {
                 out.emit(record);
                 continue;
             };
-            let count = self.count.get(&key)?.unwrap_or(0) + 1;
-            self.count.set(&key, &count)?;
-            out.emit(Record {
-                value: format!("{}\t{count}", String::from_utf8_lossy(&key)).into_bytes(),
-                key: Some(key),
-                timestamp: record.timestamp,
+            let count = self.count.get(key)?.unwrap_or(0) + 1;
+            self.count.set(key, &count)?;
+            let value = format!("{}\t{count}", String::from_utf8_lossy(key));
+            out.emit_with(Some(key), record.timestamp, |v| {
+                v.extend_from_slice(value.as_bytes());
             });
         }
         Ok(())

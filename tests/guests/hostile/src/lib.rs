@@ -33,7 +33,9 @@
 use serde::Deserialize;
 use std::hint::black_box;
 use std::time::Duration;
-use weir_sdk::{CheckpointId, Context, Error, Operator, Output, Record, Result, ValueState};
+use weir_sdk::{
+    Batch, CheckpointId, Context, Error, Operator, Output, Record, RecordRef, Result, ValueState,
+};
 
 /// One way to misbehave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -110,13 +112,13 @@ impl Default for Config {
 
 impl Config {
     /// Whether `record` sets off the `process` behaviour.
-    fn is_poison(&self, record: &Record) -> bool {
-        let value = std::str::from_utf8(&record.value).unwrap_or("");
+    fn is_poison(&self, record: RecordRef<'_>) -> bool {
+        let value = std::str::from_utf8(record.value).unwrap_or("");
         let by_value = self.poison_value.as_deref().map(|v| v == value);
         let by_key = self
             .poison_key
             .as_deref()
-            .map(|k| record.key.as_deref() == Some(k.as_bytes()));
+            .map(|k| record.key == Some(k.as_bytes()));
         let by_every = self.poison_every.map(|every| {
             value
                 .parse::<u64>()
@@ -162,7 +164,21 @@ fn memory_bomb() -> ! {
 /// that streams its output would.
 #[inline(never)]
 fn flood() -> ! {
-    let chunk: Vec<Record> = (0..1000).map(|_| Record::new(vec![b'x'; 1024])).collect();
+    use weir_sdk::__bindings::weir::operator::types::{Batch as Flat, Blobs};
+    const RECORDS: u32 = 1000;
+    const SIZE: u32 = 1024;
+    let chunk = Flat {
+        keys: Blobs {
+            bytes: Vec::new(),
+            ends: vec![0; RECORDS as usize],
+        },
+        values: Blobs {
+            bytes: vec![b'x'; (RECORDS * SIZE) as usize],
+            ends: (1..=RECORDS).map(|i| i * SIZE).collect(),
+        },
+        timestamps: vec![0; RECORDS as usize],
+        flags: vec![0; RECORDS as usize],
+    };
     loop {
         weir_sdk::__bindings::weir::operator::output::emit(&chunk);
     }
@@ -293,28 +309,27 @@ impl Operator for Hostile {
         })
     }
 
-    fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
-        for record in batch {
-            if self.config.is_poison(&record) {
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
+        for record in batch.iter() {
+            if self.config.is_poison(record) {
                 if let Some(behaviour) = self.config.process
                     && let Some(found) = misbehave(behaviour, &self.config)
                 {
-                    out.emit(Record::new(found));
+                    out.emit(&Record::new(found));
                 }
                 for (behaviour, arg) in &self.config.probes {
-                    out.emit(Record::new(probe(*behaviour, arg)));
+                    out.emit(&Record::new(probe(*behaviour, arg)));
                 }
             }
             let Some(key) = record.key else {
                 out.emit(record);
                 continue;
             };
-            let count = self.count.get(&key)?.unwrap_or(0) + 1;
-            self.count.set(&key, &count)?;
-            out.emit(Record {
-                value: format!("{}\t{count}", String::from_utf8_lossy(&key)).into_bytes(),
-                key: Some(key),
-                timestamp: record.timestamp,
+            let count = self.count.get(key)?.unwrap_or(0) + 1;
+            self.count.set(key, &count)?;
+            let value = format!("{}\t{count}", String::from_utf8_lossy(key));
+            out.emit_with(Some(key), record.timestamp, |v| {
+                v.extend_from_slice(value.as_bytes());
             });
         }
         Ok(())
@@ -358,28 +373,28 @@ mod tests {
         ctx.config_json().expect("a valid config")
     }
 
-    fn keyed(key: &str, value: &str) -> Record {
-        Record::new(value).with_key(key)
+    fn keyed<'a>(key: &'a str, value: &'a str) -> RecordRef<'a> {
+        RecordRef::new(value.as_bytes()).with_key(key.as_bytes())
     }
 
     #[test]
     fn without_a_selector_every_record_is_poison() {
-        assert!(config("{}").is_poison(&keyed("a", "1")));
+        assert!(config("{}").is_poison(keyed("a", "1")));
     }
 
     #[test]
     fn poison_is_selected_by_value_key_or_period() {
         let c = config(r#"{"poison-value": "bad"}"#);
-        assert!(c.is_poison(&keyed("a", "bad")));
-        assert!(!c.is_poison(&keyed("bad", "good")));
+        assert!(c.is_poison(keyed("a", "bad")));
+        assert!(!c.is_poison(keyed("bad", "good")));
         let c = config(r#"{"poison-key": "key-7"}"#);
-        assert!(c.is_poison(&keyed("key-7", "1")));
-        assert!(!c.is_poison(&keyed("key-8", "1")));
+        assert!(c.is_poison(keyed("key-7", "1")));
+        assert!(!c.is_poison(keyed("key-8", "1")));
         let c = config(r#"{"poison-every": 100}"#);
-        assert!(c.is_poison(&keyed("a", "99")));
-        assert!(c.is_poison(&keyed("a", "199")));
-        assert!(!c.is_poison(&keyed("a", "100")));
-        assert!(!c.is_poison(&keyed("a", "not a number")));
+        assert!(c.is_poison(keyed("a", "99")));
+        assert!(c.is_poison(keyed("a", "199")));
+        assert!(!c.is_poison(keyed("a", "100")));
+        assert!(!c.is_poison(keyed("a", "not a number")));
     }
 
     #[test]

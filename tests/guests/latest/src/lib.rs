@@ -3,7 +3,7 @@
 //! With a generator's `keys` and `value-size` it makes state of any size, for the tests
 //! and benchmarks of the state backends. It is not an example to copy.
 
-use weir_sdk::{Context, Operator, Output, Record, Result, ValueState};
+use weir_sdk::{Batch, Context, Operator, Output, Result, ValueState};
 
 /// The operator.
 pub struct Latest {
@@ -17,17 +17,16 @@ impl Operator for Latest {
         })
     }
 
-    fn process(&mut self, batch: Vec<Record>, out: &mut Output) -> Result<()> {
-        for record in batch {
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
+        for record in batch.iter() {
             let Some(key) = record.key else {
                 continue;
             };
-            let replaced = self.latest.get(&key)?.map_or(0, |v| v.len());
-            self.latest.set(&key, &record.value)?;
-            out.emit(Record {
-                value: format!("{}\t{replaced}", String::from_utf8_lossy(&key)).into_bytes(),
-                key: Some(key),
-                timestamp: record.timestamp,
+            let replaced = self.latest.get(key)?.map_or(0, |v| v.len());
+            self.latest.set(key, &record.value.to_vec())?;
+            let value = format!("{}\t{replaced}", String::from_utf8_lossy(key));
+            out.emit_with(Some(key), record.timestamp, |v| {
+                v.extend_from_slice(value.as_bytes());
             });
         }
         Ok(())
