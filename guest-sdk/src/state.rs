@@ -295,8 +295,10 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         batch: &Batch,
         mut f: impl FnMut(RecordRef<'_>, &[u8], &mut Option<T>) -> Result<()>,
     ) -> Result<()> {
-        let mut index = KeyIndex::default();
-        let mut keys: Vec<&[u8]> = Vec::new();
+        // Sized for the batch up front: growing the index rehashes every key seen so far.
+        let mut index =
+            KeyIndex::with_capacity_and_hasher(batch.len(), foldhash::fast::FixedState::default());
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(batch.len());
         let mut slots = Vec::with_capacity(batch.len());
         for record in batch.iter() {
             let key = record.key.ok_or_else(|| {

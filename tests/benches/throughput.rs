@@ -423,7 +423,7 @@ fn main() {
     ] {
         let job = |checkpoints: bool| {
             let ck = if checkpoints {
-                "[checkpointing]\ninterval = \"1s\"\ndir = \"@DIR@/checkpoints\"\n"
+                "[checkpointing]\ninterval = \"1s\"\ndir = \"@DIR@/checkpoints\"\nretention = \"retain-on-cancellation\"\nnum-retained = 1000\n"
             } else {
                 ""
             };
