@@ -139,12 +139,7 @@ impl Batch {
 
     /// Record `i`; panics when `i >= len()`.
     pub fn get(&self, i: usize) -> RecordRef<'_> {
-        let flags = self.raw.flags[i];
-        RecordRef {
-            key: (flags & HAS_KEY != 0).then(|| item(&self.raw.keys, i)),
-            value: item(&self.raw.values, i),
-            timestamp: (flags & HAS_TIMESTAMP != 0).then(|| self.raw.timestamps[i]),
-        }
+        record_at(&self.raw, i)
     }
 
     /// The records in order.
@@ -170,8 +165,18 @@ impl Batch {
     }
 }
 
+/// Record `i` of a batch in the host's layout.
+fn record_at(raw: &wit::Batch, i: usize) -> RecordRef<'_> {
+    let flags = raw.flags[i];
+    RecordRef {
+        key: (flags & HAS_KEY != 0).then(|| item(&raw.keys, i)),
+        value: item(&raw.values, i),
+        timestamp: (flags & HAS_TIMESTAMP != 0).then(|| raw.timestamps[i]),
+    }
+}
+
 /// Whether the ends of `blobs` never decrease and stay within its bytes.
-fn ends_fit(blobs: &wit::Blobs) -> bool {
+pub(crate) fn ends_fit(blobs: &wit::Blobs) -> bool {
     blobs.ends.windows(2).all(|w| w[0] <= w[1])
         && blobs
             .ends
@@ -318,12 +323,7 @@ impl Output {
 
     /// Queued record `i`; panics when `i >= len()`.
     pub fn get(&self, i: usize) -> RecordRef<'_> {
-        let flags = self.raw.flags[i];
-        RecordRef {
-            key: (flags & HAS_KEY != 0).then(|| item(&self.raw.keys, i)),
-            value: item(&self.raw.values, i),
-            timestamp: (flags & HAS_TIMESTAMP != 0).then(|| self.raw.timestamps[i]),
-        }
+        record_at(&self.raw, i)
     }
 
     /// The queued records in order.

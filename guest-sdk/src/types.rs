@@ -283,14 +283,7 @@ impl Timers {
     }
 
     pub(crate) fn from_raw(raw: wit::FiredTimers) -> core::result::Result<Self, String> {
-        if raw.keys.ends.len() == raw.timestamps.len()
-            && raw
-                .keys
-                .ends
-                .last()
-                .is_none_or(|&e| e as usize <= raw.keys.bytes.len())
-            && raw.keys.ends.windows(2).all(|w| w[0] <= w[1])
-        {
+        if raw.keys.ends.len() == raw.timestamps.len() && crate::batch::ends_fit(&raw.keys) {
             Ok(Self { raw })
         } else {
             Err("the host passed malformed timers".to_owned())

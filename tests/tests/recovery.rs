@@ -112,6 +112,17 @@ fn a_guest_that_always_traps_fails_the_job_once_the_restart_strategy_gives_up() 
         stderr.contains("wasm backtrace"),
         "the guest's backtrace is shown:\n{stderr}"
     );
+    // The panic message is in the error itself, not only in the guest's stderr lines
+    // logged before it.
+    let error = stderr
+        .split_once("error: ")
+        .map(|(_, error)| error)
+        .unwrap_or_default();
+    assert!(
+        error.contains("The guest wrote to stderr before it trapped:")
+            && error.contains("faulty: trapping on the record `10`, as configured by `trap-on`"),
+        "the panic message is in the error:\n{stderr}"
+    );
 }
 
 /// Completed checkpoints (with `_metadata`) in the job's checkpoint directory, oldest first.

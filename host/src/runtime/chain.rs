@@ -8,8 +8,7 @@
 //! errors name it. Each member writes into a buffer of its own that the next member reads
 //! and the chain clears, so a chain allocates nothing per batch once warm.
 
-use crate::checkpoint::coordinator::DeclineReason;
-use crate::checkpoint::coordinator::{SubtaskStats, TaskRef};
+use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use crate::runtime::batch::Batch;
 use crate::runtime::executor::NodeMetrics;
 use crate::runtime::output::Output;

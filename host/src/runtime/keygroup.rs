@@ -100,7 +100,13 @@ mod tests {
     #[test]
     fn a_key_always_hashes_to_the_same_key_group() {
         // Pinned values: changing the hash would orphan the state in every checkpoint.
-        assert_eq!(key_group_of(b"weir", 128), key_group_of(b"weir", 128));
+        // The empty key's XXH3-64 is the specification's 0x2d06800538d394c2.
+        assert_eq!(key_group_of(b"", 128), KeyGroup(66));
+        assert_eq!(key_group_of(b"", 32_768), KeyGroup(5314));
+        assert_eq!(key_group_of(b"weir", 128), KeyGroup(24));
+        assert_eq!(key_group_of(b"weir", 32_768), KeyGroup(28_952));
+        assert_eq!(key_group_of(b"river", 128), KeyGroup(3));
+        assert_eq!(key_group_of(b"key-42", 128), KeyGroup(58));
         assert!(key_group_of(b"anything", 1) == KeyGroup(0));
     }
 }

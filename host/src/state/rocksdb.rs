@@ -94,6 +94,9 @@ use crate::storage::FileHandle;
 /// column family references instead of reference-counted ones.
 type Db = DBWithThreadMode<SingleThreaded>;
 
+/// The size RocksDB cuts compacted SSTs at (see `column_family_options`).
+const TARGET_FILE_BYTES: u64 = 16 << 20;
+
 /// The merge operator's name, recorded in the database's OPTIONS file.
 const LIST_MERGE_OPERATOR: &str = "weir-list-append";
 
@@ -1368,6 +1371,10 @@ fn column_family_options(options: &RocksDbOptions, cache: &Cache, kind: StateKin
     // the memtable lacks skips the skip-list search: +7-10% on the counter benchmark.
     opts.set_memtable_whole_key_filtering(true);
     opts.set_memtable_prefix_bloom_ratio(0.1);
+    // Compacted SSTs of 16 MiB, not RocksDB's 64 MiB: an upload holds its file in
+    // memory, and a compaction that rewrites a little state then makes (and an
+    // incremental checkpoint uploads) a small file rather than a large one.
+    opts.set_target_file_size_base(TARGET_FILE_BYTES);
     opts.set_compression_type(if options.lz4 {
         DBCompressionType::Lz4
     } else {

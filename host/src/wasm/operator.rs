@@ -72,6 +72,8 @@ fn blobs_param(blobs: &Blobs) -> wit::BlobsParam<'_> {
 struct Instance {
     store: Store<GuestState>,
     guest: bindings::Operator,
+    /// The guest's stderr, whose last lines go into the error of a call that traps.
+    stderr: LogStream,
 }
 
 /// A guest call that did not succeed.
@@ -87,6 +89,8 @@ enum CallFailure {
         message: String,
         /// The guest's backtrace with function names, when there is one.
         backtrace: String,
+        /// What the guest wrote to stderr during the call: a panic's message.
+        said: Vec<String>,
     },
 }
 
@@ -214,10 +218,11 @@ fn instantiate(
 ) -> Result<Instance, TaskError> {
     let task: Arc<str> = Arc::from(info.name());
     let clock = Arc::new(GuestClock::new());
+    let stderr = LogStream::new(task.clone(), Stream::Stderr);
     let wasi = wasi_ctx(
         sandbox,
-        LogStream::new(task.clone(), Stream::Stdout),
-        LogStream::new(task, Stream::Stderr),
+        LogStream::new(task, Stream::Stdout),
+        stderr.clone(),
         clock.clone(),
     )
     .map_err(|message| TaskError::failed(Fault::External, message))?;
@@ -247,7 +252,11 @@ fn instantiate(
             _ => TaskError::failed(Fault::Guest, format!("could not instantiate {path}: {e:?}")),
         }
     })?;
-    Ok(Instance { store, guest })
+    Ok(Instance {
+        store,
+        guest,
+        stderr,
+    })
 }
 
 /// Arms the metering for the next guest call: its fuel, its epoch deadline, and fresh
@@ -355,6 +364,7 @@ impl WasmOperator {
             &self.settings.sandbox,
             fuel,
         );
+        self.instance.stderr.forget();
         let sandbox = self.sandbox();
         CallLimits {
             fuel: self.component.metering.fuel.then_some(fuel),
@@ -391,6 +401,7 @@ impl WasmOperator {
                         Runaway::Deadline.describe(limits)
                     ),
                     backtrace: String::new(),
+                    said: self.instance.stderr.recent(),
                 })
             }
             Ok(Ok(value)) => Ok(value),
@@ -416,6 +427,7 @@ impl WasmOperator {
                     runaway,
                     message,
                     backtrace: backtrace(&trap),
+                    said: self.instance.stderr.recent(),
                 })
             }
         }
@@ -423,17 +435,26 @@ impl WasmOperator {
 
     /// The subtask's error for a failed call, naming the records it had, if any.
     fn task_error(failure: CallFailure, span: Option<&Span<'_>>, extra: &str) -> TaskError {
-        let (message, backtrace) = match failure {
-            CallFailure::Returned(message) => (message, String::new()),
+        let (message, backtrace, said) = match failure {
+            CallFailure::Returned(message) => (message, String::new(), Vec::new()),
             CallFailure::Trapped {
-                message, backtrace, ..
-            } => (message, backtrace),
+                message,
+                backtrace,
+                said,
+                ..
+            } => (message, backtrace, said),
         };
         let mut text = message;
         if let Some(span) = span {
             text.push_str(&format!(", on {}", span.describe()));
         }
         text.push_str(extra);
+        if !said.is_empty() {
+            text.push_str(".\nThe guest wrote to stderr before it trapped:");
+            for line in &said {
+                text.push_str(&format!("\n  {line}"));
+            }
+        }
         if !backtrace.is_empty() {
             text.push_str(&format!(".\n{backtrace}"));
         }
@@ -761,6 +782,7 @@ impl WasmOperator {
                     runaway: Some(_),
                     message,
                     backtrace,
+                    ..
                 }) => {
                     let record = Record::from(batch.get(offset));
                     self.dead_letter(&record, position, &message, &backtrace)?;
