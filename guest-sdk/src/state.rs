@@ -110,6 +110,21 @@ impl Named {
     }
 }
 
+impl Named {
+    /// The keys, and the encoding of the item paired with each, as flat blobs.
+    fn keyed<'k, 'v, T: Serialize + 'v>(
+        &self,
+        entries: impl IntoIterator<Item = (&'k [u8], &'v T)>,
+    ) -> Result<(Blobs, Blobs)> {
+        let (mut keys, mut items) = (empty_blobs(), empty_blobs());
+        for (key, item) in entries {
+            push(&mut keys, key);
+            self.encode_item(&mut items, item)?;
+        }
+        Ok((keys, items))
+    }
+}
+
 /// `keys` as flat blobs.
 fn flat<'k>(keys: impl IntoIterator<Item = &'k [u8]>) -> Blobs {
     let mut blobs = empty_blobs();
@@ -242,11 +257,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     where
         T: 'v,
     {
-        let (mut keys, mut values) = (empty_blobs(), empty_blobs());
-        for (key, value) in entries {
-            push(&mut keys, key);
-            self.named.encode_item(&mut values, value)?;
-        }
+        let (keys, values) = self.named.keyed(entries)?;
         if keys.ends.is_empty() {
             return Ok(());
         }
@@ -470,11 +481,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     where
         T: 'v,
     {
-        let (mut keys, mut values) = (empty_blobs(), empty_blobs());
-        for (key, value) in entries {
-            push(&mut keys, key);
-            self.named.encode_item(&mut values, value)?;
-        }
+        let (keys, values) = self.named.keyed(entries)?;
         if keys.ends.is_empty() {
             return Ok(());
         }
@@ -610,11 +617,7 @@ where
     where
         K: 'u,
     {
-        let (mut keys, mut user_keys) = (empty_blobs(), empty_blobs());
-        for (key, user_key) in entries {
-            push(&mut keys, key);
-            self.named.encode_item(&mut user_keys, user_key)?;
-        }
+        let (keys, user_keys) = self.named.keyed(entries)?;
         let found = self
             .handle
             .get_many(&keys, &user_keys)
@@ -671,11 +674,7 @@ where
     where
         K: 'u,
     {
-        let (mut keys, mut user_keys) = (empty_blobs(), empty_blobs());
-        for (key, user_key) in entries {
-            push(&mut keys, key);
-            self.named.encode_item(&mut user_keys, user_key)?;
-        }
+        let (keys, user_keys) = self.named.keyed(entries)?;
         if keys.ends.is_empty() {
             return Ok(());
         }
