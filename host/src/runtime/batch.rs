@@ -34,14 +34,6 @@ impl Blobs {
         }
     }
 
-    /// Room for `items` items of `bytes` bytes in all.
-    pub fn with_capacity(items: usize, bytes: usize) -> Self {
-        Self {
-            bytes: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(items),
-        }
-    }
-
     /// How many items there are.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -168,16 +160,6 @@ impl MaybeBlobs {
     pub fn get(&self, i: usize) -> Option<&[u8]> {
         (self.present[i] != 0).then(|| self.items.get(i))
     }
-
-    /// How many items, present or not, there are.
-    pub fn len(&self) -> usize {
-        self.present.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.present.is_empty()
-    }
 }
 
 /// A list of byte strings per key, as the WIT `blob-lists`.
@@ -238,16 +220,6 @@ impl Batch {
             values: Blobs::new(),
             timestamps: Vec::new(),
             flags: Vec::new(),
-        }
-    }
-
-    /// Room for `records` records of `bytes` value bytes in all.
-    pub fn with_capacity(records: usize, bytes: usize) -> Self {
-        Self {
-            keys: Blobs::with_capacity(records, 0),
-            values: Blobs::with_capacity(records, bytes),
-            timestamps: Vec::with_capacity(records),
-            flags: Vec::with_capacity(records),
         }
     }
 
