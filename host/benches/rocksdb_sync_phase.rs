@@ -160,7 +160,7 @@ fn main() {
     let mut rocks = RocksDbBackend::open(range, options).expect("RocksDB opens");
     let rocks = run(&mut rocks, keys, snapshots, interval, &storage, &io);
     let heap = run(
-        &mut HeapBackend::new(range),
+        &mut HeapBackend::new(range, u64::MAX),
         keys,
         snapshots,
         interval,

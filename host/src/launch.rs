@@ -1,18 +1,19 @@
 //! The composition root: turns a validated [`JobSpec`] into a runtime [`Graph`] by
 //! choosing, for every node, its connector or WASM component and its state backend, and
-//! runs it: checkpoint storage checked at start, the restore point chosen and verified,
-//! failures restarted by the restart strategy, retention applied at the end. This is the
-//! only place that knows all the parts; each part stays ignorant of the others.
+//! runs it: checkpoint storage checked and the job's lock taken at start, the restore
+//! point chosen and verified, failures restarted by the restart strategy, the record of a
+//! finished job written and retention applied at the end. This is the only place that
+//! knows all the parts; each part stays ignorant of the others.
 
 use crate::checkpoint::coordinator::CoordinatorConfig;
 use crate::checkpoint::driver::DriverSetup;
 use crate::checkpoint::metadata::{CheckpointMetadata, TaskState};
 use crate::checkpoint::retention::{
-    CheckpointFiles, EndAction, JobEnd, ListedCheckpoint, on_job_end, restore_candidates,
+    CheckpointFiles, EndAction, JobEnd, ListedCheckpoint, on_job_end, orphans, restore_candidates,
 };
 use crate::checkpoint::{AlignMode, RestartDecision, RestartTracker};
 use crate::connectors::{
-    BlackholeSink, FileSink, FileSource, Generator, GeneratorSettings, StdoutSink,
+    BlackholeSink, ExistingOutput, FileSink, FileSource, Generator, GeneratorSettings, StdoutSink,
 };
 use crate::job::{
     CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind, StateBackendKind,
@@ -25,7 +26,9 @@ use crate::runtime::{
 };
 use crate::runtime::{Fault, TaskError, TaskInfo};
 use crate::state::{HeapBackend, KeyedStateBackend, RestoredFiles, RocksDbBackend, RocksDbOptions};
-use crate::storage::{CheckpointStorage, FileHandle, FsStorage, StorageError};
+use crate::storage::{
+    CheckpointStorage, FileHandle, FsStorage, JobLock, JobRecord, LockHolder, StorageError,
+};
 use crate::wasm::{WasmError, WasmRuntime};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -39,8 +42,13 @@ use tokio::runtime::Handle;
 const SINK_BATCH: usize = 1024;
 
 /// Builds the graph of `spec`, loading (and compiling or fetching from the cache) every
-/// operator's component once.
-pub fn build_graph(spec: &JobSpec, wasm: &WasmRuntime) -> Result<Graph, WasmError> {
+/// operator's component once. `existing` is what file sinks do with output committed
+/// after the point the run starts from.
+pub fn build_graph(
+    spec: &JobSpec,
+    wasm: &WasmRuntime,
+    existing: ExistingOutput,
+) -> Result<Graph, WasmError> {
     let mut nodes = Vec::with_capacity(spec.nodes.len());
     for node in &spec.nodes {
         let (body, batch_size) = match &node.kind {
@@ -67,6 +75,7 @@ pub fn build_graph(spec: &JobSpec, wasm: &WasmRuntime) -> Result<Graph, WasmErro
                     config: op.config.clone(),
                     sandbox: op.sandbox.clone(),
                     local_restore,
+                    timer_limit: spec.state.timer_limit,
                 });
                 let state = state_settings(spec);
                 let factory: OperatorFactory = Arc::new(move |info| {
@@ -91,8 +100,10 @@ pub fn build_graph(spec: &JobSpec, wasm: &WasmRuntime) -> Result<Graph, WasmErro
                         // commit); without, at the end of its input.
                         let transactional = spec.checkpointing.is_some();
                         Arc::new(move |info| {
-                            Ok(Box::new(FileSink::new(&dir, info, rate, transactional))
-                                as Box<dyn Operator>)
+                            Ok(
+                                Box::new(FileSink::new(&dir, info, rate, transactional, existing))
+                                    as Box<dyn Operator>,
+                            )
                         })
                     }
                 };
@@ -162,6 +173,8 @@ struct StateSettings {
     /// where `state.dir` defaults to `<temp>/weir` (as Flink's `io.tmp.dirs`).
     dir: PathBuf,
     incremental: bool,
+    /// `[state] heap-limit`.
+    heap_limit: u64,
 }
 
 fn state_settings(spec: &JobSpec) -> StateSettings {
@@ -174,6 +187,7 @@ fn state_settings(spec: &JobSpec) -> StateSettings {
             .unwrap_or_else(|| std::env::temp_dir().join("weir"))
             .join(job_id(spec)),
         incremental: spec.state.incremental,
+        heap_limit: spec.state.heap_limit,
     }
 }
 
@@ -183,7 +197,7 @@ impl StateSettings {
         let groups =
             KeyGroupRange::for_subtask(info.subtask, info.parallelism, info.max_parallelism);
         match self.kind {
-            StateBackendKind::Heap => Ok(Box::new(HeapBackend::new(groups))),
+            StateBackendKind::Heap => Ok(Box::new(HeapBackend::new(groups, self.heap_limit))),
             StateBackendKind::RocksDb => {
                 // Unique per instance: shared file names start with it, so a restarted
                 // subtask never reuses a name for other content.
@@ -265,6 +279,16 @@ impl std::str::FromStr for FromCheckpoint {
     }
 }
 
+/// What `weir run` was asked for, besides the job.
+#[derive(Clone, Debug, Default)]
+pub struct RunRequest {
+    /// Where to resume from; `None` starts from the beginning.
+    pub from: Option<FromCheckpoint>,
+    /// Go on although file sinks hold output committed after the point the run starts
+    /// from, whose records are then written again (`--allow-duplicates`).
+    pub allow_duplicates: bool,
+}
+
 /// How a job ended without an error.
 #[derive(Debug)]
 pub enum JobOutcome {
@@ -272,6 +296,19 @@ pub enum JobOutcome {
     Finished(RunReport),
     /// It was cancelled (Ctrl-C).
     Cancelled,
+    /// It was asked to resume, but it had finished already: nothing ran.
+    AlreadyFinished(FinishedRecord),
+}
+
+/// The record a finished job leaves in its checkpoint directory (`_finished`), so that a
+/// resume does not run it again from the beginning once retention deleted its
+/// checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FinishedRecord {
+    /// When it finished, in milliseconds since the Unix epoch.
+    pub finished_at_ms: i64,
+    /// Its last completed checkpoint, the one that committed its last output.
+    pub final_checkpoint: Option<u64>,
 }
 
 /// Why a job could not run or failed for good.
@@ -286,6 +323,11 @@ pub enum LaunchError {
     /// The checkpoint to restore from is unusable.
     #[error("cannot restore: {0}")]
     Restore(String),
+    /// Another process took the job's lock over (its lease was not renewed in time).
+    #[error(
+        "the job stopped: this process lost the job's lock ({0}); the process that holds it now runs the job"
+    )]
+    LostLock(String),
     /// The job failed and its restart strategy gave up.
     #[error("{error} (the restart strategy gave up: {reason})")]
     Failed {
@@ -312,42 +354,132 @@ pub fn job_id(spec: &JobSpec) -> String {
 }
 
 /// Runs `spec` to its end, restarting it from its latest checkpoint when a subtask fails,
-/// as its restart strategy allows.
+/// as its restart strategy allows. With checkpointing, the job's lock is held throughout,
+/// so that a second process of the same job is refused.
 pub fn run_job(
     spec: &JobSpec,
     wasm: &WasmRuntime,
     io: &Handle,
     cancel: &CancelToken,
-    from: Option<FromCheckpoint>,
+    request: &RunRequest,
 ) -> Result<JobOutcome, LaunchError> {
-    let graph = build_graph(spec, wasm)?;
-    clear_working_dir(spec);
-    let storage = match &spec.checkpointing {
-        Some(config) => {
-            let storage = crate::storage::open(&config.dir, &job_id(spec), &config.s3)?;
-            let checked = storage.clone();
-            io.block_on(async move { checked.check().await })?;
-            tracing::info!(storage = %storage.describe(), interval = ?config.interval, "checkpointing on");
-            Some(storage)
-        }
-        None => None,
+    let existing = if request.allow_duplicates {
+        ExistingOutput::Append
+    } else {
+        ExistingOutput::Refuse
     };
+    let graph = build_graph(spec, wasm, existing)?;
+    let Some(config) = &spec.checkpointing else {
+        clear_working_dir(spec);
+        return run_attempts(spec, &graph, io, cancel, request.from.clone(), None);
+    };
+    let storage = crate::storage::open(&config.dir, &job_id(spec), &config.s3)?;
+    let checked = storage.clone();
+    io.block_on(async move { checked.check().await })?;
+    let locked = storage.clone();
+    let lock = io.block_on(async move { locked.lock(&LockHolder::this_process()).await })?;
+    tracing::info!(storage = %storage.describe(), interval = ?config.interval, "checkpointing on");
+    // Only now: the working directory of a process that still runs must not be cleared.
+    clear_working_dir(spec);
+    let watcher = watch_lock(&lock, cancel, io);
+    let outcome = run_locked(spec, &graph, io, cancel, request, &storage);
+    watcher.abort();
+    let outcome = match (outcome, lock.lost()) {
+        (Ok(JobOutcome::Cancelled), Some(why)) => Err(LaunchError::LostLock(why)),
+        (outcome, _) => outcome,
+    };
+    io.block_on(lock.release());
+    outcome
+}
+
+/// The part of [`run_job`] that runs under the job's lock: a resume of a finished job
+/// says so; anything else runs.
+fn run_locked(
+    spec: &JobSpec,
+    graph: &Graph,
+    io: &Handle,
+    cancel: &CancelToken,
+    request: &RunRequest,
+    storage: &Arc<dyn CheckpointStorage>,
+) -> Result<JobOutcome, LaunchError> {
+    match finished_record(storage, io)? {
+        Some(record) if matches!(request.from, Some(FromCheckpoint::Latest)) => {
+            return Ok(JobOutcome::AlreadyFinished(record));
+        }
+        Some(_) => {
+            block_on_storage(io, storage, |s| async move {
+                s.delete_record(JobRecord::Finished).await
+            })?;
+        }
+        None => {}
+    }
+    run_attempts(spec, graph, io, cancel, request.from.clone(), Some(storage))
+}
+
+/// Cancels the job if its lock is lost: another process runs it now.
+fn watch_lock(lock: &JobLock, cancel: &CancelToken, io: &Handle) -> tokio::task::JoinHandle<()> {
+    /// How soon a lost lock stops the job, beyond the storage's own detection.
+    const POLL: Duration = Duration::from_millis(200);
+    let (signal, cancel) = (lock.signal(), cancel.clone());
+    io.spawn(async move {
+        loop {
+            tokio::time::sleep(POLL).await;
+            if signal.why().is_some() {
+                cancel.cancel();
+                return;
+            }
+        }
+    })
+}
+
+/// The record of the job's earlier finish, if there is one.
+fn finished_record(
+    storage: &Arc<dyn CheckpointStorage>,
+    io: &Handle,
+) -> Result<Option<FinishedRecord>, LaunchError> {
+    let Some(bytes) = block_on_storage(io, storage, |s| async move {
+        s.read_record(JobRecord::Finished).await
+    })?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        LaunchError::Restore(format!(
+            "the record of the job's finish in {} cannot be read: {e}. Remove `_finished` there to run the job again",
+            storage.describe()
+        ))
+    })
+}
+
+/// Runs the job, restarting it as its restart strategy allows.
+fn run_attempts(
+    spec: &JobSpec,
+    graph: &Graph,
+    io: &Handle,
+    cancel: &CancelToken,
+    from: Option<FromCheckpoint>,
+    storage: Option<&Arc<dyn CheckpointStorage>>,
+) -> Result<JobOutcome, LaunchError> {
     let mut tracker = RestartTracker::new(spec.restart.clone());
     let mut from = from;
     let mut attempt = 0u32;
     loop {
         let (restore, restored) = match &from {
             None => (HashMap::new(), None),
-            Some(which) => choose_restore(spec, storage.as_ref(), which, io)?,
+            Some(which) => choose_restore(spec, storage, which, io)?,
         };
         let mut options = RunOptions {
             restore,
             ..RunOptions::default()
         };
-        if let (Some(config), Some(storage)) = (&spec.checkpointing, &storage) {
+        if let (Some(config), Some(storage)) = (&spec.checkpointing, storage) {
             let listing = block_on_storage(io, storage, |s| async move { s.list().await })?;
             let newest = listing.iter().map(|l| l.checkpoint).chain(restored).max();
             discard_incomplete(storage, &listing, io);
+            let completed = completed_files(storage, &listing, io);
+            if attempt == 0 {
+                delete_orphans(storage, completed.as_deref(), io);
+            }
             options.mode = Some(AlignMode::from(config.mode));
             options.checkpointing = Some(DriverSetup {
                 job: spec.name.clone(),
@@ -358,25 +490,23 @@ pub fn run_job(
                 storage: storage.clone(),
                 io: io.clone(),
                 next_id: CheckpointId(newest.map_or(1, |n| n.0 + 1)),
-                completed: completed_files(storage, &listing, io),
+                completed: completed.unwrap_or_else(|Unread(files)| files),
             });
         }
         if let Some(id) = restored {
             tracing::info!(checkpoint = id.0, "restoring from checkpoint {id}");
         }
-        let result = Executor::new(cancel.clone()).run(&graph, options);
-        let end = match &result {
-            Ok(_) => JobEnd::Finished,
-            Err(RunError::Cancelled) => JobEnd::Cancelled,
-            Err(_) => JobEnd::Failed,
-        };
+        let result = Executor::new(cancel.clone()).run(graph, options);
         match result {
             Ok(report) => {
-                apply_end_retention(spec, storage.as_ref(), io, end);
+                if let Some(storage) = storage {
+                    record_finish(storage, io)?;
+                }
+                end_of_job(spec, storage, io, JobEnd::Finished);
                 return Ok(JobOutcome::Finished(report));
             }
             Err(RunError::Cancelled) => {
-                apply_end_retention(spec, storage.as_ref(), io, end);
+                end_of_job(spec, storage, io, JobEnd::Cancelled);
                 return Ok(JobOutcome::Cancelled);
             }
             Err(error) if !error.retry_can_help() => {
@@ -397,7 +527,7 @@ pub fn run_job(
                         if !sleep_unless_cancelled(after, cancel) {
                             return Ok(JobOutcome::Cancelled);
                         }
-                        from = storage.as_ref().map(|_| FromCheckpoint::Latest);
+                        from = storage.map(|_| FromCheckpoint::Latest);
                     }
                     RestartDecision::GiveUp(reason) => {
                         return Err(LaunchError::Failed {
@@ -409,6 +539,26 @@ pub fn run_job(
             }
         }
     }
+}
+
+/// Writes the record of the job's finish, naming its final checkpoint, before retention
+/// may delete the checkpoints: from then on a resume says the job finished instead of
+/// running it again from the beginning.
+fn record_finish(storage: &Arc<dyn CheckpointStorage>, io: &Handle) -> Result<(), LaunchError> {
+    let listing = block_on_storage(io, storage, |s| async move { s.list().await })?;
+    let record = FinishedRecord {
+        finished_at_ms: crate::runtime::now_ms(),
+        final_checkpoint: listing
+            .iter()
+            .filter(|l| l.has_metadata)
+            .map(|l| l.checkpoint.0)
+            .max(),
+    };
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+    block_on_storage(io, storage, |s| async move {
+        s.write_record(JobRecord::Finished, bytes).await
+    })?;
+    Ok(())
 }
 
 /// A number in [0, 1) for the restart backoff's jitter, from the clock's sub-second
@@ -443,31 +593,79 @@ where
     io.block_on(call(storage.clone()))
 }
 
+/// Some completed checkpoint's metadata could not be read (not because it is corrupt):
+/// the files it references are unknown. Holds what was read.
+struct Unread(Vec<CheckpointFiles>);
+
 /// The completed checkpoints in `listing`, with the shared files each references, for
-/// retention. One whose metadata cannot be read keeps its shared files forever rather
-/// than risk deleting a file that another checkpoint needs.
+/// retention. One whose metadata is corrupt references nothing: it can never be
+/// restored. One whose metadata cannot be read now (an outage) keeps its shared files
+/// from retention, and makes the result [`Unread`].
 fn completed_files(
     storage: &Arc<dyn CheckpointStorage>,
     listing: &[crate::storage::CheckpointListing],
     io: &Handle,
-) -> Vec<CheckpointFiles> {
-    listing
+) -> Result<Vec<CheckpointFiles>, Unread> {
+    let mut all_read = true;
+    let files = listing
         .iter()
         .filter(|l| l.has_metadata)
         .map(|l| {
             let id = l.checkpoint;
-            block_on_storage(io, storage, |s| async move { s.read_metadata(id).await })
-                .ok()
-                .and_then(|bytes| CheckpointMetadata::from_bytes(&bytes).ok())
-                .map_or(
-                    CheckpointFiles {
-                        id,
-                        shared: BTreeSet::new(),
-                    },
-                    |m| m.files(),
-                )
+            let nothing = CheckpointFiles {
+                id,
+                shared: BTreeSet::new(),
+            };
+            match block_on_storage(io, storage, |s| async move { s.read_metadata(id).await }) {
+                Ok(bytes) => CheckpointMetadata::from_bytes(&bytes).map_or(nothing, |m| m.files()),
+                Err(StorageError::Corrupt { .. }) => nothing,
+                Err(_) => {
+                    all_read = false;
+                    nothing
+                }
+            }
         })
-        .collect()
+        .collect();
+    if all_read {
+        Ok(files)
+    } else {
+        Err(Unread(files))
+    }
+}
+
+/// Deletes the shared files that no completed checkpoint references (see
+/// [`orphans`]). Only while no checkpoint is in flight, and only when every completed
+/// checkpoint's metadata was read.
+fn delete_orphans(
+    storage: &Arc<dyn CheckpointStorage>,
+    completed: Result<&[CheckpointFiles], &Unread>,
+    io: &Handle,
+) {
+    let Ok(completed) = completed else {
+        tracing::info!(
+            "not looking for unreferenced shared files: a checkpoint's metadata could not be read"
+        );
+        return;
+    };
+    let result = block_on_storage(io, storage, |s| async move { s.list_shared().await }).and_then(
+        |shared| {
+            let names: Vec<String> = orphans(&shared, completed)
+                .into_iter()
+                .map(|f| f.0)
+                .collect();
+            if names.is_empty() {
+                return Ok(());
+            }
+            tracing::info!(
+                files = names.len(),
+                "deleting shared files that no completed checkpoint references (uploaded by checkpoints that never completed)"
+            );
+            block_on_storage(io, storage, |s| async move { s.delete_shared(&names).await })
+        },
+    );
+    if let Err(e) = result {
+        tracing::warn!("could not delete unreferenced shared files: {e}");
+    }
 }
 
 /// Deletes the checkpoints of earlier runs that never got their `_metadata`: they can
@@ -485,7 +683,12 @@ fn discard_incomplete(
     if incomplete.is_empty() {
         return;
     }
-    tracing::info!(?incomplete, "discarding checkpoints that never completed");
+    for id in &incomplete {
+        tracing::warn!(
+            "checkpoint {id} in {} never completed (it has no _metadata) and can never be restored: deleting it",
+            storage.describe()
+        );
+    }
     let storage = storage.clone();
     io.spawn(async move {
         for id in incomplete {
@@ -499,7 +702,9 @@ fn discard_incomplete(
     });
 }
 
-fn apply_end_retention(
+/// The job ended as `end`: retention decides what stays, and shared files that no
+/// remaining checkpoint references go.
+fn end_of_job(
     spec: &JobSpec,
     storage: Option<&Arc<dyn CheckpointStorage>>,
     io: &Handle,
@@ -521,6 +726,13 @@ fn apply_end_retention(
                 config.retention
             );
         }
+    }
+    match block_on_storage(io, storage, |s| async move { s.list().await }) {
+        Ok(listing) => {
+            let completed = completed_files(storage, &listing, io);
+            delete_orphans(storage, completed.as_deref(), io);
+        }
+        Err(e) => tracing::warn!("could not list the job's checkpoints at its end: {e}"),
     }
 }
 
@@ -557,7 +769,7 @@ fn choose_restore(
                     Ok(plan) => return Ok((plan, Some(id))),
                     Err(Skip::Unusable(reason)) => {
                         tracing::warn!(
-                            "skipping checkpoint {id} in {}: {reason}; trying the next older one",
+                            "skipping checkpoint {id} in {}: {reason}. It stays there for inspection until retention deletes it; trying the next older one",
                             storage.describe()
                         );
                     }

@@ -5,8 +5,9 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use weir::connectors::ExistingOutput;
 use weir::job::{self, Override};
-use weir::launch::{FromCheckpoint, JobOutcome, LaunchError, build_graph, run_job};
+use weir::launch::{FromCheckpoint, JobOutcome, LaunchError, RunRequest, build_graph, run_job};
 use weir::runtime::CancelToken;
 use weir::wasm::{CompileCache, WasmRuntime};
 
@@ -47,8 +48,17 @@ enum Command {
         /// Resume from a checkpoint: `latest` (the newest complete checkpoint in the
         /// job's checkpoint dir; older ones are tried when it is corrupt) or a checkpoint
         /// directory `<dir>/<job>/chk-<n>`.
+        ///
+        /// A job that finished leaves a record of it, and `latest` then says so and
+        /// exits 0 without running anything.
         #[arg(long, value_name = "latest|PATH")]
         from_checkpoint: Option<FromCheckpoint>,
+        /// Run although a file sink's directory holds output committed after the point
+        /// this run starts from (after the restored checkpoint, or any committed output
+        /// on a fresh start). The records in it are written again: duplicates. Without
+        /// this flag such a run is refused, naming the files.
+        #[arg(long)]
+        allow_duplicates: bool,
     },
     /// Check a job file and its components without running it, and print the plan.
     Validate(JobArgs),
@@ -115,7 +125,14 @@ fn main() -> ExitCode {
         Command::Run {
             job,
             from_checkpoint,
-        } => run(&job, from_checkpoint),
+            allow_duplicates,
+        } => run(
+            &job,
+            &RunRequest {
+                from: from_checkpoint,
+                allow_duplicates,
+            },
+        ),
         Command::Validate(args) => validate(&args),
         Command::Checkpoints(command) => match checkpoints(command) {
             Ok(()) => ExitCode::SUCCESS,
@@ -151,7 +168,7 @@ fn load_spec(args: &JobArgs) -> Result<(job::JobSpec, WasmRuntime), ExitCode> {
 
 fn load(args: &JobArgs) -> Result<(job::JobSpec, weir::runtime::Graph), ExitCode> {
     let (spec, wasm) = load_spec(args)?;
-    let graph = build_graph(&spec, &wasm).map_err(|e| {
+    let graph = build_graph(&spec, &wasm, ExistingOutput::Refuse).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_INVALID)
     })?;
@@ -249,7 +266,7 @@ fn validate(args: &JobArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(args: &JobArgs, from: Option<FromCheckpoint>) -> ExitCode {
+fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
     let (spec, wasm) = match load_spec(args) {
         Ok(loaded) => loaded,
         Err(code) => return code,
@@ -279,12 +296,24 @@ fn run(args: &JobArgs, from: Option<FromCheckpoint>) -> ExitCode {
     });
 
     tracing::info!(job = %spec.name, nodes = spec.nodes.len(), "starting job");
-    match run_job(&spec, &wasm, io.handle(), &cancel, from) {
+    match run_job(&spec, &wasm, io.handle(), &cancel, request) {
         Ok(JobOutcome::Finished(report)) => {
             tracing::info!(job = %spec.name, elapsed = ?report.elapsed, "job finished");
             for (node, metrics) in &report.nodes {
                 tracing::info!(node = %node, records_in = metrics.records_in(), records_out = metrics.records_out(), "node totals");
             }
+            ExitCode::SUCCESS
+        }
+        Ok(JobOutcome::AlreadyFinished(record)) => {
+            let last = record
+                .final_checkpoint
+                .map_or_else(String::new, |n| format!(", with checkpoint {n}"));
+            tracing::info!(
+                job = %spec.name,
+                "job `{}` finished at {} UTC{last}: there is nothing to resume. Run it without --from-checkpoint to start it again from the beginning",
+                spec.name,
+                weir::observe::utc_time(record.finished_at_ms)
+            );
             ExitCode::SUCCESS
         }
         Ok(JobOutcome::Cancelled) => {

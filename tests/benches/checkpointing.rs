@@ -3,8 +3,10 @@
 //!
 //! `cargo bench -p weir-tests --bench checkpointing` (after `scripts/build-guests.sh`).
 //!
-//! 1. The synchronous phase of the heap backend alone, at three state sizes: it must not
-//!    grow with the state.
+//! 1. The synchronous phase of the heap backend alone, at three state sizes, and of the
+//!    timers alone, at 1M and 8M pending, against a `BTreeSet` clone of the same timers
+//!    (what the sync phase copied before they were persistent sets): neither may grow
+//!    with the state.
 //! 2. A keyed counter over 1M keys checkpointing every second: the sync phase (p50/p99)
 //!    and end-to-end time of its checkpoints, from their `_metadata`.
 //! 3. Word count with checkpoints every second against the same job without.
@@ -16,14 +18,14 @@ use std::time::{Duration, Instant};
 use weir::checkpoint::metadata::CheckpointMetadata;
 use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
 use weir::runtime::{CheckpointId, SubtaskIndex};
-use weir::state::{HeapBackend, KeyedStateBackend, StateKind};
+use weir::state::{Domain, HeapBackend, KeyedStateBackend, StateKind, Timers};
 use weir::wasm::{CompileCache, WasmRuntime};
 
 /// Sync-phase cost of the heap backend holding `keys` keys, with 10k writes between
 /// snapshots (so copy-on-write is exercised).
 fn backend_sync(keys: u64) -> (Duration, Duration) {
     let range = KeyGroupRange::for_subtask(SubtaskIndex(0), 1, 128);
-    let mut backend = HeapBackend::new(range);
+    let mut backend = HeapBackend::new(range, u64::MAX);
     let state = backend
         .open_state("count", StateKind::Value)
         .expect("a state");
@@ -56,6 +58,30 @@ fn backend_sync(keys: u64) -> (Duration, Duration) {
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
+/// The sync-phase cost of `n` pending timers: the snapshot's clone, then a registration
+/// after it (the first write copies a path of the tree), against a `BTreeSet` clone.
+fn timers_sync(n: i64) -> (Duration, Duration, Duration) {
+    let mut timers = Timers::default();
+    let mut baseline = std::collections::BTreeSet::new();
+    for t in 0..n {
+        let key = format!("key-{}", t % 100_000).into_bytes();
+        baseline.insert((t, key.clone()));
+        timers.register(Domain::EventTime, key, t);
+    }
+    let started = Instant::now();
+    let snapshot = timers.clone();
+    let clone = started.elapsed();
+    let started = Instant::now();
+    timers.register(Domain::EventTime, b"after".to_vec(), n / 2);
+    let first_write = started.elapsed();
+    let started = Instant::now();
+    let copied = baseline.clone();
+    let btree = started.elapsed();
+    assert_eq!(snapshot.len() + 1, timers.len());
+    assert_eq!(copied.len(), snapshot.len());
+    (clone, first_write, btree)
+}
+
 /// The allocator of the `weir` binary, so that the figures are the binary's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -79,6 +105,15 @@ fn main() {
     for keys in [10_000u64, 100_000, 1_000_000] {
         let (p50, p99) = backend_sync(keys);
         println!("   {keys:>9} keys   sync p50 {p50:>10.1?}   p99 {p99:>10.1?}");
+    }
+
+    println!("1b. timers, synchronous phase alone (a snapshot's clone, then one registration)");
+    for n in [1_000_000i64, 8_000_000] {
+        let (clone, first_write, btree) = timers_sync(n);
+        println!(
+            "   {n:>9} timers   clone {clone:>10.1?}   first write after {first_write:>8.1?}   BTreeSet clone (baseline) {btree:>9.1?}   ratio {:.0}x",
+            btree.as_secs_f64() / (clone + first_write).as_secs_f64().max(1e-9)
+        );
     }
 
     println!("2. keyed counter (WASM) over 1M keys, heap state, checkpoint every 1s, file storage");

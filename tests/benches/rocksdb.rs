@@ -170,7 +170,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let rocks = counter_loop(&mut rocksdb(dir.path(), true), 100_000, 3_000_000);
     let range = KeyGroupRange::for_subtask(SubtaskIndex(0), 1, MAX_PARALLELISM);
-    let heap = counter_loop(&mut HeapBackend::new(range), 100_000, 3_000_000);
+    let heap = counter_loop(&mut HeapBackend::new(range, u64::MAX), 100_000, 3_000_000);
     println!(
         "   RocksDB {:.0}k records/s   heap {:.0}k records/s   ratio {:.2}   (target ≥ 300k/s)",
         rocks / 1e3,

@@ -31,11 +31,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const RUNS: usize = 5;
 
 fn heap(info: &TaskInfo) -> Box<HeapBackend> {
-    Box::new(HeapBackend::new(KeyGroupRange::for_subtask(
-        info.subtask,
-        info.parallelism,
-        info.max_parallelism,
-    )))
+    Box::new(HeapBackend::new(
+        KeyGroupRange::for_subtask(info.subtask, info.parallelism, info.max_parallelism),
+        u64::MAX,
+    ))
 }
 
 fn settings(config: &str, sandbox: SandboxSpec) -> Arc<GuestSettings> {
@@ -43,6 +42,7 @@ fn settings(config: &str, sandbox: SandboxSpec) -> Arc<GuestSettings> {
         config: config.to_owned(),
         sandbox,
         local_restore: true,
+        timer_limit: u64::MAX,
     })
 }
 
@@ -81,7 +81,7 @@ fn poison_delay(
     sandbox: SandboxSpec,
     batch: u64,
     before: u64,
-) -> (Duration, bool) {
+) -> (Duration, Result<(), weir::runtime::TaskError>) {
     let config = r#"{"process": "spin", "poison-value": "poison"}"#;
     let settings = settings(config, sandbox);
     let info = info();
@@ -102,7 +102,17 @@ fn poison_delay(
     let poisoned: Batch = poisoned.iter().collect();
     let started = Instant::now();
     let result = operator.process(&poisoned, &mut out);
-    (started.elapsed(), result.is_ok())
+    (started.elapsed(), result)
+}
+
+/// Bytes of dead letters written into `dir` so far.
+fn dead_letter_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("the dead-letter directory")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn main() {
@@ -192,7 +202,12 @@ fn main() {
                 fuel_per_record: Some(fuel),
                 ..SandboxSpec::default()
             };
-            let (held, _) = poison_delay(&hostile, fail.clone(), batch, 0);
+            let (held, failed) = poison_delay(&hostile, fail.clone(), batch, 0);
+            // The figure is only the cost of a runaway if the poison record ran away.
+            match failed {
+                Err(e) if e.to_string().contains("ran out of fuel") => {}
+                other => panic!("the poison record did not run out of fuel: {other:?}"),
+            }
             let dead_letter = SandboxSpec {
                 on_runaway: RunawayPolicy::DeadLetter {
                     dir: dead_letters.path().to_owned(),
@@ -200,8 +215,13 @@ fn main() {
                 },
                 ..fail
             };
+            let letters = dead_letter_bytes(dead_letters.path());
             let (skipped, recovered) = poison_delay(&hostile, dead_letter, batch, 10_000);
-            assert!(recovered, "dead-letter recovers");
+            assert!(recovered.is_ok(), "dead-letter recovers: {recovered:?}");
+            assert!(
+                dead_letter_bytes(dead_letters.path()) > letters,
+                "the poison record was not dead-lettered"
+            );
             println!(
                 "   fuel-per-record {fuel:>10}  batch {batch:>4}  fail: held {:>9.1?} ({:>5.0} M fuel/s)   dead-letter (10k records to replay): held {:>9.1?}",
                 held,

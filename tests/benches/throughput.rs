@@ -279,6 +279,7 @@ fn main() {
             config: config.to_owned(),
             sandbox: SandboxSpec::default(),
             local_restore,
+            timer_limit: u64::MAX,
         })
     };
     let groups = |info: &weir::runtime::TaskInfo| {
@@ -293,7 +294,7 @@ fn main() {
                 let options = RocksDbOptions::new(rocks_root.join(&instance), instance);
                 Box::new(RocksDbBackend::open(groups(info), options).expect("RocksDB opens"))
             } else {
-                Box::new(HeapBackend::new(groups(info)))
+                Box::new(HeapBackend::new(groups(info), u64::MAX))
             }
         };
     let wasm_op = |component: &Arc<weir::wasm::OperatorComponent>, config: &str, rocks: bool| {

@@ -89,7 +89,12 @@ impl Setup {
     fn checkpointing(&self) -> String {
         match &self.storage {
             Storage::Local => "dir = \"checkpoints\"\n".to_owned(),
-            Storage::S3(server) => format!("dir = \"s3://{}/checkpoints\"\n", server.bucket()),
+            // A killed process leaves its lease behind; the resume waits until it is
+            // stale, so a short lease keeps twenty kills quick.
+            Storage::S3(server) => format!(
+                "dir = \"s3://{}/checkpoints\"\n[checkpointing.s3]\nlease-timeout = \"1s\"\n",
+                server.bucket()
+            ),
         }
     }
 

@@ -86,6 +86,8 @@ fn a_second_start_loads_the_compiled_component_from_the_cache() {
     assert!(first.contains("compiling component"), "{first}");
     let entries = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
     assert_eq!(entries, 1, "one compiled component in the cache");
+    // The second run starts afresh into the first one's output.
+    std::fs::remove_dir_all(scratch.path().join("out")).expect("the first run's output");
     let second = run();
     assert!(!second.contains("compiling component"), "{second}");
 }

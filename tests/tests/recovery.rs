@@ -189,23 +189,42 @@ fn corrupt_and_half_written_checkpoints_are_skipped_for_an_older_complete_one() 
         "partial",
     );
 
-    let output = scratch.run(&["run", &job, "--from-checkpoint", "latest"]);
+    // The sink committed output after the checkpoint the restore falls back to: the
+    // replay would write it again, so the run is refused, naming that checkpoint.
+    let refused = scratch.run(&["run", &job, "--from-checkpoint", "latest"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    for needle in [
+        format!("skipping checkpoint {newest}"),
+        format!("skipping checkpoint {newer}"),
+        "It stays there for inspection".to_owned(),
+        format!(
+            "checkpoint {} in file://{} never completed",
+            newest + 1,
+            checkpoints.display()
+        ),
+        format!("restores checkpoint {older}"),
+        "committed after that checkpoint".to_owned(),
+        "--allow-duplicates".to_owned(),
+    ] {
+        assert!(stderr.contains(&needle), "`{needle}` missing:\n{stderr}");
+    }
+
+    let output = scratch.run(&[
+        "run",
+        &job,
+        "--from-checkpoint",
+        "latest",
+        "--allow-duplicates",
+    ]);
     assert!(output.status.success(), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&format!("skipping checkpoint {newest}")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("skipping checkpoint {newer}")),
-        "{stderr}"
-    );
     assert!(
         stderr.contains(&format!("restoring from checkpoint {older}")),
         "{stderr}"
     );
-    // Falling back past a checkpoint whose commit already happened may repeat output,
-    // but nothing is lost: every key has every count from 1 to its total, and the
+    // Told to go on, falling back past a checkpoint whose commit already happened
+    // repeats output, but nothing is lost: every key has every count from 1 to its total, and the
     // totals add up to the records generated.
     let per_key = counts_per_key(&scratch);
     let mut total = 0;

@@ -264,14 +264,19 @@ inputs = ["latest"]
 fn a_heap_checkpoint_is_refused_by_a_rocksdb_job_with_the_reason() {
     let scratch = Scratch::new();
     let heap = fill_and_trickle("[state]\nbackend = \"heap\"", 1_000);
-    run_to_end(&scratch, &heap);
+    let retained = run_to_end(&scratch, &heap);
+    let newest = retained.last().expect("a retained checkpoint").checkpoint;
     let rocks = fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 1_000);
     let path = scratch.write("job.toml", rocks);
+    // By path: `latest` of the finished job would only say that it finished.
+    let checkpoint = scratch
+        .path()
+        .join(format!("checkpoints/incremental/chk-{newest}"));
     let output = scratch.run(&[
         "run",
         path.to_str().unwrap_or_default(),
         "--from-checkpoint",
-        "latest",
+        checkpoint.to_str().unwrap_or_default(),
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{}", describe(&output));
@@ -290,9 +295,17 @@ fn the_backend_leaves_no_working_files_behind() {
         &fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 1_000),
     );
     let state = scratch.path().join("state/incremental");
-    let left: Vec<_> = std::fs::read_dir(&state)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    // Gone altogether is clean; any other failure to read it is not "empty".
+    let left: Vec<_> = match std::fs::read_dir(&state) {
+        Ok(entries) => entries
+            .map(|e| {
+                e.map(|e| e.path())
+                    .expect("an entry of the working directory")
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot read {}: {e}", state.display()),
+    };
     assert!(
         left.is_empty(),
         "left in {}: {left:?}",

@@ -30,6 +30,10 @@ tolerable-failed = 1000
 num-retained = 2
 retention = "retain-on-cancellation"
 
+[checkpointing.s3]
+# A killed run leaves its lease behind, and a resume waits until it is stale.
+lease-timeout = "1s"
+
 [state]
 backend = "rocksdb"
 dir = "state"
@@ -98,6 +102,42 @@ fn finish(child: Child) -> (bool, String) {
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A child's stderr, read as it is written, so that a test can wait for a log line.
+struct Tail {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Tail {
+    /// Takes `child`'s piped stderr and reads it on a thread until it closes.
+    fn of(child: &mut Child) -> Self {
+        use std::io::BufRead;
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let into = text.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut text = into
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Self { text }
+    }
+
+    /// What was read so far.
+    fn text(&self) -> String {
+        self.text
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// How long a test waits for something the job does at once.
@@ -200,13 +240,23 @@ fn a_server_killed_mid_run_costs_checkpoints_not_data_and_restore_works() {
     let job = job.to_str().unwrap_or_default().to_owned();
     let endpoint = server.endpoint();
     let mut child = start(&scratch, &endpoint, &server, &["run", &job]);
+    let log = Tail::of(&mut child);
     assert!(
         eventually(|| newest_committed(&server).is_some()),
         "no checkpoint completed"
     );
     server.kill();
-    // The outage: checkpoints triggered in it fail, and the job keeps processing.
-    std::thread::sleep(Duration::from_millis(1000));
+    // The outage lasts until a checkpoint triggered in it has failed; the job keeps
+    // processing meanwhile.
+    let failed_in_outage = || {
+        let text = log.text();
+        text.contains("checkpoint aborted") || text.contains("checkpoint declined")
+    };
+    assert!(
+        eventually(failed_in_outage),
+        "no checkpoint failed while the server was down:\n{}",
+        log.text()
+    );
     server.restart();
     // A checkpoint completes again after the outage; then weir is killed and resumed.
     let before = newest_committed(&server);
@@ -219,11 +269,7 @@ fn a_server_killed_mid_run_costs_checkpoints_not_data_and_restore_works() {
         "the job ended while the server was down"
     );
     let _ = child.kill();
-    let (_, stderr) = finish(child);
-    assert!(
-        stderr.contains("checkpoint aborted") || stderr.contains("checkpoint declined"),
-        "no checkpoint failed while the server was down:\n{stderr}"
-    );
+    let _ = child.wait();
     let resumed = start(
         &scratch,
         &endpoint,
@@ -315,4 +361,57 @@ fn checkpoints_on_s3_are_listed_and_shown_by_the_cli() {
         .expect("weir runs");
     assert!(show.status.success(), "{}", describe(&show));
     assert!(String::from_utf8_lossy(&show.stdout).contains("count"));
+}
+
+#[test]
+fn a_second_run_of_a_running_job_is_refused_and_a_killed_runs_lease_is_taken_over() {
+    let server = S3Server::start();
+    let scratch = Scratch::new();
+    let job = scratch.write("job.toml", job());
+    let job = job.to_str().unwrap_or_default().to_owned();
+    let endpoint = server.endpoint();
+    let mut first = start(&scratch, &endpoint, &server, &["run", &job]);
+    assert!(
+        eventually(|| newest_committed(&server).is_some()),
+        "no checkpoint completed"
+    );
+    // The first renews its lease while the second watches it: the second is refused.
+    let second = start(
+        &scratch,
+        &endpoint,
+        &server,
+        &["run", &job, "--from-checkpoint", "latest"],
+    );
+    let output = second.wait_with_output().expect("weir is waited for");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is locked by weir pid {}", first.id())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("its lease was renewed"), "{stderr}");
+    assert!(
+        first.try_wait().ok().flatten().is_none(),
+        "the refused run stopped the first"
+    );
+    // Killed, the first leaves its lease behind; the resume takes it over once stale.
+    let _ = first.kill();
+    let _ = first.wait();
+    let resumed = start(
+        &scratch,
+        &endpoint,
+        &server,
+        &["run", &job, "--from-checkpoint", "latest"],
+    );
+    let (ok, stderr) = finish(resumed);
+    assert!(ok, "the resumed job failed:\n{stderr}");
+    assert!(
+        stderr.contains("taking over the stale lease of weir pid"),
+        "{stderr}"
+    );
+    assert_exactly_once(&scratch);
+    assert!(
+        !server.object_path("checkpoints/s3-job/_lock").exists(),
+        "the finished job did not release its lease"
+    );
 }

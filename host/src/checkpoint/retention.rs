@@ -101,6 +101,23 @@ pub enum EndAction {
     Keep,
 }
 
+/// The files of `shared/` that no checkpoint in `retained` references: uploaded by
+/// checkpoints that never completed (a killed process, a checkpoint declined for a full
+/// disk) or left by retention that was interrupted. Call it only while no checkpoint is
+/// in flight (at start, before the first is triggered; at the end, after the last), and
+/// only when the metadata of every retained checkpoint was read: an unread one might
+/// reference any of them.
+pub fn orphans(shared: &[String], retained: &[CheckpointFiles]) -> Vec<SharedFile> {
+    let referenced: BTreeSet<&SharedFile> = retained.iter().flat_map(|c| &c.shared).collect();
+    let mut orphans: Vec<SharedFile> = shared
+        .iter()
+        .map(|name| SharedFile(name.clone()))
+        .filter(|file| !referenced.contains(file))
+        .collect();
+    orphans.sort();
+    orphans
+}
+
 /// What `retention` keeps when the job ends as `end`, as Flink's externalized
 /// checkpoints: a failed job always keeps its checkpoints (they are how it resumes);
 /// `delete-on-cancellation` deletes them when the job is cancelled or finishes;
@@ -370,5 +387,30 @@ mod tests {
                 prop_assert!(newest_deleted < oldest_kept);
             }
         }
+    }
+
+    #[test]
+    fn shared_files_no_retained_checkpoint_references_are_orphans() {
+        let retained = vec![
+            CheckpointFiles {
+                id: CheckpointId(4),
+                shared: [SharedFile("a".into()), SharedFile("b".into())].into(),
+            },
+            CheckpointFiles {
+                id: CheckpointId(5),
+                shared: [SharedFile("b".into()), SharedFile("c".into())].into(),
+            },
+        ];
+        let listed: Vec<String> = ["d", "c", "a", "e", "b"].map(String::from).into();
+        assert_eq!(
+            orphans(&listed, &retained),
+            vec![SharedFile("d".into()), SharedFile("e".into())]
+        );
+    }
+
+    #[test]
+    fn without_retained_checkpoints_every_shared_file_is_an_orphan() {
+        let listed: Vec<String> = ["x", "y"].map(String::from).into();
+        assert_eq!(orphans(&listed, &[]).len(), 2);
     }
 }

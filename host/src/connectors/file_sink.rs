@@ -19,6 +19,15 @@
 //!
 //! Without checkpointing (`transactional` false) nothing seals the in-progress file, and
 //! [`Operator::close`] commits it directly.
+//!
+//! **Output committed after the restore point.** A committed file of this subtask whose
+//! sequence number is at or past the restored `next_seq` holds records that came after
+//! the restored checkpoint: a later checkpoint committed it, and that checkpoint is not
+//! the one being restored (it is unusable, or the user chose an older one). The replay
+//! would write those records a second time, so [`Operator::open`] refuses, naming the
+//! files, unless the job runs with [`ExistingOutput::Append`]. A fresh start into a
+//! directory that already holds committed files of the subtask is the same case with
+//! nothing restored.
 
 use crate::connectors::rate::Pacer;
 use crate::connectors::sinks::write_lines;
@@ -114,9 +123,21 @@ struct Pending {
     seq: u64,
 }
 
+/// What a sink does with output already committed after the point it starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExistingOutput {
+    /// Refuse to start, naming the files: their records would be written again.
+    #[default]
+    Refuse,
+    /// Keep them and write after them (`weir run --allow-duplicates`).
+    Append,
+}
+
 /// What the sink's snapshot holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct SinkState {
+    /// The checkpoint whose snapshot this is (0 before the first), for messages.
+    checkpoint: u64,
     /// The sequence number of the next in-progress file.
     next_seq: u64,
     /// Every pending file not yet committed, oldest first.
@@ -131,6 +152,59 @@ struct Cleanup {
     delete: Vec<PartName>,
     /// The sequence number of the next in-progress file.
     next_seq: u64,
+}
+
+/// The committed parts of `subtask` from after the point a run starts from: at or past
+/// the restored `next_seq`, in order.
+fn committed_after(subtask: SubtaskIndex, restored_next_seq: u64, parts: &[PartName]) -> Vec<u64> {
+    let mut seqs: Vec<u64> = parts
+        .iter()
+        .filter(|p| p.subtask == subtask && !p.is_hidden() && p.seq >= restored_next_seq)
+        .map(|p| p.seq)
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// The refusal of a start that would write committed records a second time.
+fn refuse_duplicates(
+    dir: &Path,
+    subtask: SubtaskIndex,
+    checkpoint: u64,
+    seqs: &[u64],
+) -> TaskError {
+    let name = |seq| PartName::new(subtask, seq, Stage::Committed).file_name();
+    let files = match seqs {
+        [one] => name(*one),
+        [first, .., last] => format!("{} files, {} to {}", seqs.len(), name(*first), name(*last)),
+        [] => String::new(),
+    };
+    let start = if checkpoint == 0 {
+        "starts from the beginning".to_owned()
+    } else {
+        format!("restores checkpoint {checkpoint}")
+    };
+    let cause = if checkpoint == 0 {
+        "Remove them or choose another path to start afresh, resume with --from-checkpoint \
+         latest, or run with --allow-duplicates to keep them and write after them"
+    } else {
+        "Newer checkpoints that committed them are unusable (see the warnings above) or an \
+         older checkpoint was chosen. Remove those files to have them written again exactly \
+         once, or run with --allow-duplicates to keep them and accept the duplicates"
+    };
+    let held = if checkpoint == 0 {
+        "already holds committed output of this subtask"
+    } else {
+        "holds output of this subtask committed after that checkpoint"
+    };
+    TaskError::failed(
+        Fault::User,
+        format!(
+            "the file sink into {} (subtask {subtask}) {start}, but the directory {held} \
+             ({files}): its records would be written a second time. {cause}.",
+            dir.display()
+        ),
+    )
 }
 
 /// Decides what recovery deletes, given the restored `next_seq` and the parts in the
@@ -242,6 +316,7 @@ pub struct FileSink {
     dir: PathBuf,
     subtask: SubtaskIndex,
     transactional: bool,
+    existing: ExistingOutput,
     pacer: Pacer,
     /// The sequence number of the next in-progress file.
     next_seq: u64,
@@ -254,12 +329,20 @@ pub struct FileSink {
 impl FileSink {
     /// The sink of subtask `info`, writing into directory `dir`, paced to `rate` records
     /// per second (0: unpaced). `transactional` is true when the job checkpoints: files
-    /// are then committed by checkpoints, not by [`Operator::close`].
-    pub fn new(dir: &Path, info: &TaskInfo, rate: u64, transactional: bool) -> Self {
+    /// are then committed by checkpoints, not by [`Operator::close`]. `existing` says
+    /// what to do with output committed after the point the run starts from.
+    pub fn new(
+        dir: &Path,
+        info: &TaskInfo,
+        rate: u64,
+        transactional: bool,
+        existing: ExistingOutput,
+    ) -> Self {
         Self {
             dir: dir.to_path_buf(),
             subtask: info.subtask,
             transactional,
+            existing,
             pacer: Pacer::new(rate),
             next_seq: 0,
             current: None,
@@ -316,7 +399,8 @@ impl FileSink {
 }
 
 impl Operator for FileSink {
-    /// Recovers the directory: commits the pending files of the restored checkpoint,
+    /// Recovers the directory: refuses output committed after the restored checkpoint
+    /// (see the module docs), commits the pending files of the restored checkpoint,
     /// deletes this subtask's other hidden files (on a fresh start too: they are left by
     /// a run that never completed a checkpoint).
     fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
@@ -333,6 +417,24 @@ impl Operator for FileSink {
             })?,
             None => SinkState::default(),
         };
+        let parts = self.list_parts()?;
+        let after = committed_after(self.subtask, state.next_seq, &parts);
+        if !after.is_empty() {
+            if self.existing == ExistingOutput::Refuse {
+                return Err(refuse_duplicates(
+                    &self.dir,
+                    self.subtask,
+                    state.checkpoint,
+                    &after,
+                ));
+            }
+            tracing::warn!(
+                "the file sink into {} (subtask {}) keeps {} files committed after the point it starts from, as --allow-duplicates asks: their records are written again",
+                self.dir.display(),
+                self.subtask,
+                after.len()
+            );
+        }
         for p in &state.pending {
             commit(&self.dir, self.subtask, p.seq)?;
         }
@@ -375,6 +477,7 @@ impl Operator for FileSink {
             self.pending.push(Pending { checkpoint, seq });
         }
         let state = SinkState {
+            checkpoint: checkpoint.0,
             next_seq: self.next_seq,
             pending: self.pending.clone(),
         };
@@ -462,7 +565,7 @@ mod tests {
     }
 
     fn sink(dir: &Path, subtask: u32) -> FileSink {
-        FileSink::new(dir, &info(subtask), 0, true)
+        FileSink::new(dir, &info(subtask), 0, true, ExistingOutput::Refuse)
     }
 
     fn write(sink: &mut FileSink, values: &[&str]) -> Result<(), TaskError> {
@@ -613,9 +716,10 @@ mod tests {
         snapshot(&mut s, 2)?;
         complete(&mut s, 2)?;
         assert_eq!(output(dir.path(), 0)?, "a\nb\n");
-        // A restore from checkpoint 1 commits its pending file again: a no-op.
+        // A restore from checkpoint 1, told to keep what checkpoint 2 committed, commits
+        // its pending file again: a no-op.
         drop(s);
-        let mut restored = sink(dir.path(), 0);
+        let mut restored = FileSink::new(dir.path(), &info(0), 0, true, ExistingOutput::Append);
         restored.open(Some(state))?;
         assert_eq!(output(dir.path(), 0)?, "a\nb\n");
         assert_eq!(names(dir.path())?, vec!["part-0-0", "part-0-1"]);
@@ -742,13 +846,85 @@ mod tests {
         Ok(())
     }
 
+    /// The message of a refused `open`.
+    fn refusal(result: Result<(), TaskError>) -> Result<String, Box<dyn std::error::Error>> {
+        match result {
+            Err(TaskError::Failed {
+                fault: Fault::User,
+                message,
+            }) => Ok(message),
+            other => Err(format!("expected a refusal, got {other:?}").into()),
+        }
+    }
+
     #[test]
-    fn a_fresh_start_deletes_leftover_hidden_files_and_keeps_committed_ones() -> TestResult {
+    fn a_fresh_start_into_committed_output_of_the_subtask_is_refused_naming_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("part-0-4"), "old\n")?;
+        std::fs::write(dir.path().join("part-1-0"), "other\n")?;
+        let message = refusal(sink(dir.path(), 0).open(None))?;
+        assert!(message.contains("starts from the beginning"), "{message}");
+        assert!(message.contains("part-0-4"), "{message}");
+        assert!(message.contains("--allow-duplicates"), "{message}");
+        // Subtask 2 has no committed output there, and starts.
+        sink(dir.path(), 2).open(None)?;
+        Ok(())
+    }
+
+    #[test]
+    fn restoring_a_checkpoint_older_than_committed_output_is_refused_naming_both() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut s = sink(dir.path(), 0);
+        s.open(None)?;
+        write(&mut s, &["a"])?;
+        let older = snapshot(&mut s, 1)?;
+        complete(&mut s, 1)?;
+        write(&mut s, &["b"])?;
+        snapshot(&mut s, 2)?;
+        write(&mut s, &["c"])?;
+        snapshot(&mut s, 3)?;
+        complete(&mut s, 3)?;
+        drop(s);
+        let message = refusal(sink(dir.path(), 0).open(Some(older.clone())))?;
+        assert!(message.contains("restores checkpoint 1"), "{message}");
+        assert!(
+            message.contains("2 files, part-0-1 to part-0-2"),
+            "{message}"
+        );
+        assert_eq!(names(dir.path())?, vec!["part-0-0", "part-0-1", "part-0-2"]);
+        // Without the files committed after it, the restore goes on: they are replayed.
+        std::fs::remove_file(dir.path().join("part-0-1"))?;
+        std::fs::remove_file(dir.path().join("part-0-2"))?;
+        sink(dir.path(), 0).open(Some(older))?;
+        Ok(())
+    }
+
+    #[test]
+    fn restoring_the_latest_checkpoint_is_never_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut s = sink(dir.path(), 0);
+        s.open(None)?;
+        write(&mut s, &["a"])?;
+        snapshot(&mut s, 1)?;
+        complete(&mut s, 1)?;
+        write(&mut s, &["b"])?;
+        let latest = snapshot(&mut s, 2)?;
+        complete(&mut s, 2)?;
+        write(&mut s, &["lost"])?;
+        drop(s);
+        sink(dir.path(), 0).open(Some(latest))?;
+        assert_eq!(output(dir.path(), 0)?, "a\nb\n");
+        Ok(())
+    }
+
+    #[test]
+    fn a_fresh_start_told_to_append_deletes_leftover_hidden_files_and_keeps_committed_ones()
+    -> TestResult {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("part-0-4"), "old\n")?;
         std::fs::write(dir.path().join(".part-0-5.pending"), "lost\n")?;
         std::fs::write(dir.path().join(".part-0-6.inprogress"), "lost\n")?;
-        let mut s = sink(dir.path(), 0);
+        let mut s = FileSink::new(dir.path(), &info(0), 0, true, ExistingOutput::Append);
         s.open(None)?;
         assert_eq!(names(dir.path())?, vec!["part-0-4"]);
         write(&mut s, &["new"])?;
@@ -789,7 +965,7 @@ mod tests {
     fn a_non_transactional_sink_commits_its_file_on_close() -> TestResult {
         let dir = tempfile::tempdir()?;
         let out = dir.path().join("out");
-        let mut s = FileSink::new(&out, &info(2), 0, false);
+        let mut s = FileSink::new(&out, &info(2), 0, false, ExistingOutput::Refuse);
         s.open(None)?;
         write(&mut s, &["a", "b"])?;
         s.close(&mut Batch::new())?;

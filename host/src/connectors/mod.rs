@@ -33,6 +33,6 @@ mod rate;
 mod sinks;
 
 pub use file::{FilePosition, FileSource};
-pub use file_sink::FileSink;
+pub use file_sink::{ExistingOutput, FileSink};
 pub use generator::{Generator, GeneratorSettings};
 pub use sinks::{BlackholeSink, StdoutSink};

@@ -99,6 +99,16 @@ pub(crate) mod defaults {
     /// `state.backend.incremental` for RocksDB: on, so that a checkpoint uploads only
     /// the files written since the last one. The heap backend has no incremental mode.
     pub const INCREMENTAL_ROCKSDB: bool = true;
+
+    /// `state.heap-limit`: the keyed state one operator subtask may keep on the heap.
+    /// A gibibyte holds tens of millions of small keys, and a job of a few operators
+    /// at parallelism 4 stays within a machine's memory; more belongs in RocksDB.
+    pub const HEAP_LIMIT: u64 = 1 << 30;
+
+    /// `state.timer-limit`: the timers one operator subtask may have pending, on either
+    /// backend (timers live on the heap). Measured at about 400 bytes a timer with a
+    /// short key, a million is about 400 MiB: as much as a subtask should hold.
+    pub const TIMER_LIMIT: u64 = 1_000_000;
     /// `restart-strategy.fixed-delay.attempts`.
     pub const FIXED_DELAY_ATTEMPTS: u32 = 3;
     /// `restart-strategy.fixed-delay.delay`.
@@ -201,6 +211,7 @@ pub(crate) struct RawS3 {
     pub force_path_style: Option<bool>,
     pub part_size: Option<SizeText>,
     pub upload_concurrency: Option<u32>,
+    pub lease_timeout: Option<DurationText>,
 }
 
 /// `restart.strategy`.
@@ -292,6 +303,8 @@ pub(crate) struct RawState {
     pub backend: Option<StateBackendKind>,
     pub incremental: Option<bool>,
     pub dir: Option<String>,
+    pub heap_limit: Option<SizeText>,
+    pub timer_limit: Option<u64>,
 }
 
 /// `kind` of a `[[source]]`.

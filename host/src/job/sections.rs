@@ -269,12 +269,31 @@ fn s3_settings(doc: &Doc<'_>, raw: Option<RawS3>) -> Result<S3Settings, JobError
             Some(size)
         }
     };
+    // Renewed three times per timeout: below a second, one slow request would lose it.
+    const MIN_LEASE: Duration = Duration::from_secs(1);
+    let lease_timeout = match &raw.lease_timeout {
+        None => None,
+        Some(DurationText(text)) => {
+            let timeout = parse_duration(text).map_err(|reason| JobError::Invalid {
+                at: at("lease-timeout"),
+                message: format!("invalid duration \"{text}\" for `lease-timeout`: {reason}."),
+            })?;
+            if timeout < MIN_LEASE {
+                return Err(JobError::Invalid {
+                    at: at("lease-timeout"),
+                    message: "`lease-timeout` is below 1s: the lease is renewed three times per timeout, and one slow request would lose it. Set e.g. lease-timeout = \"15s\".".to_owned(),
+                });
+            }
+            Some(timeout)
+        }
+    };
     Ok(S3Settings {
         endpoint: raw.endpoint,
         region: raw.region,
         force_path_style: raw.force_path_style.unwrap_or(false),
         part_size,
         upload_concurrency: raw.upload_concurrency,
+        lease_timeout,
     })
 }
 
@@ -505,9 +524,43 @@ pub(crate) fn state(doc: &Doc<'_>) -> Result<StateConfig, JobError> {
         (StateBackendKind::Heap, _) => false,
         (StateBackendKind::RocksDb, set) => set.unwrap_or(defaults::INCREMENTAL_ROCKSDB),
     };
+    let heap_limit = match (&raw.heap_limit, backend) {
+        (None, _) => defaults::HEAP_LIMIT,
+        (Some(_), StateBackendKind::RocksDb) => {
+            return Err(invalid(
+                doc,
+                "state",
+                "heap-limit",
+                "`heap-limit` bounds the heap backend, and this job uses rocksdb, which keeps state on disk. Remove `heap-limit` or set backend = \"heap\".".to_owned(),
+            ));
+        }
+        (Some(SizeText(text)), StateBackendKind::Heap) => match parse_size(text) {
+            Ok(0) | Err(_) => {
+                return Err(invalid(
+                    doc,
+                    "state",
+                    "heap-limit",
+                    format!(
+                        "invalid `heap-limit` \"{text}\": give a size above zero, e.g. heap-limit = \"2GiB\"."
+                    ),
+                ));
+            }
+            Ok(size) => size,
+        },
+    };
+    if raw.timer_limit == Some(0) {
+        return Err(invalid(
+            doc,
+            "state",
+            "timer-limit",
+            "`timer-limit` is 0, so no operator could set a timer. Set it to 1 or more, e.g. timer-limit = 1000000.".to_owned(),
+        ));
+    }
     Ok(StateConfig {
         backend,
         incremental,
         dir: raw.dir.as_deref().map(|dir| doc.resolve(dir)),
+        heap_limit,
+        timer_limit: raw.timer_limit.unwrap_or(defaults::TIMER_LIMIT),
     })
 }

@@ -301,6 +301,8 @@ pub struct S3Settings {
     pub part_size: Option<u64>,
     /// Parts of one upload in flight at once.
     pub upload_concurrency: Option<u32>,
+    /// How long the job's lease in the bucket lives without renewal.
+    pub lease_timeout: Option<std::time::Duration>,
 }
 
 /// `checkpointing.mode`.
@@ -397,6 +399,10 @@ pub struct StateConfig {
     pub incremental: bool,
     /// Local working directory of the backend, absolute.
     pub dir: Option<PathBuf>,
+    /// The bytes of keyed state one operator subtask may keep on the heap backend.
+    pub heap_limit: u64,
+    /// The timers one operator subtask may have pending.
+    pub timer_limit: u64,
 }
 
 /// `state.backend`.

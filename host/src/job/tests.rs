@@ -167,7 +167,9 @@ fn a_minimal_job_gets_flinks_defaults() {
         StateConfig {
             backend: StateBackendKind::Heap,
             incremental: false,
-            dir: None
+            dir: None,
+            heap_limit: 1 << 30,
+            timer_limit: 1_000_000,
         }
     );
     assert_eq!(spec.nodes.len(), 2);
@@ -1303,7 +1305,7 @@ fn a_full_checkpointing_table_is_read() {
 fn an_s3_table_sets_the_endpoint_and_upload_settings() {
     let f = Fixture::new();
     let spec = f.ok(&format!(
-        "[checkpointing]\ninterval = \"1s\"\ndir = \"s3://bucket/jobs\"\n[checkpointing.s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nforce-path-style = true\npart-size = \"16MiB\"\nupload-concurrency = 8\n{MINIMAL}"
+        "[checkpointing]\ninterval = \"1s\"\ndir = \"s3://bucket/jobs\"\n[checkpointing.s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nforce-path-style = true\npart-size = \"16MiB\"\nupload-concurrency = 8\nlease-timeout = \"5s\"\n{MINIMAL}"
     ));
     let s3 = spec.checkpointing.map(|c| c.s3).unwrap_or_default();
     assert_eq!(
@@ -1314,6 +1316,7 @@ fn an_s3_table_sets_the_endpoint_and_upload_settings() {
             force_path_style: true,
             part_size: Some(16 << 20),
             upload_concurrency: Some(8),
+            lease_timeout: Some(std::time::Duration::from_secs(5)),
         }
     );
 }
@@ -1687,6 +1690,8 @@ fn state_backend_and_dir_are_read() {
             backend: StateBackendKind::RocksDb,
             incremental: true,
             dir: Some(f.dir.path().join("rocks")),
+            heap_limit: 1 << 30,
+            timer_limit: 1_000_000,
         }
     );
 }

@@ -6,6 +6,11 @@
 //! The first write to a key group after a snapshot copies that group's map
 //! (`Arc::make_mut`), so the copying is spread over the processing that follows instead
 //! of stalling the synchronous phase: copy-on-write at key-group granularity.
+//!
+//! The bytes the state holds are counted as it grows (keys, values and a fixed cost per
+//! entry), and a write that would take them past `[state] heap-limit` fails with
+//! [`StateError::OverLimit`]: a guest cannot grow the host without bound. A key group
+//! being copied after a snapshot briefly exists twice; the limit counts it once.
 
 use crate::runtime::batch::{Blobs, MaybeBlobs};
 use crate::runtime::ids::CheckpointId;
@@ -33,8 +38,11 @@ enum Table {
     Map(Groups<Map<Vec<u8>>>),
 }
 
+/// `n` empty maps, all one shared allocation until a write copies its own
+/// (`Arc::make_mut`): opening a state allocates its vector, not a map per key group.
 fn groups<V>(n: usize) -> Groups<V> {
-    (0..n).map(|_| Arc::new(Map::default())).collect()
+    let empty = Arc::new(Map::default());
+    vec![empty; n]
 }
 
 impl Table {
@@ -65,6 +73,57 @@ struct NamedTable {
 pub struct HeapBackend {
     groups: KeyGroupRange,
     states: Vec<NamedTable>,
+    /// The id of every state, by name: opening a state is one lookup.
+    ids: HashMap<String, StateId>,
+    budget: Budget,
+}
+
+/// What a hash-map entry costs beside its key and value bytes: the two `Vec` headers
+/// (24 bytes each) and the table's slot and control byte, rounded up.
+const ENTRY_COST: u64 = 64;
+
+/// What a list element costs beside its bytes: its `Vec` header.
+const ELEMENT_COST: u64 = 24;
+
+fn len(bytes: &[u8]) -> u64 {
+    u64::try_from(bytes.len()).unwrap_or(u64::MAX)
+}
+
+/// The bytes one entry of each kind of state holds.
+fn value_cost(key: &[u8], value: &[u8]) -> u64 {
+    ENTRY_COST + len(key) + len(value)
+}
+
+fn list_cost(key: &[u8], values: &[Vec<u8>]) -> u64 {
+    ENTRY_COST + len(key) + values.iter().map(|v| ELEMENT_COST + len(v)).sum::<u64>()
+}
+
+fn map_cost(key: &[u8], inner: &Map<Vec<u8>>) -> u64 {
+    ENTRY_COST + len(key) + inner.iter().map(|(k, v)| value_cost(k, v)).sum::<u64>()
+}
+
+/// The bytes the state holds, and the most it may.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    used: u64,
+    limit: u64,
+}
+
+impl Budget {
+    /// Accounts a write that adds `add` bytes and frees `free`, or refuses it if it would
+    /// end over the limit. Shrinking is always allowed.
+    fn charge(&mut self, state: &str, add: u64, free: u64) -> Result<(), StateError> {
+        let wanted = self.used.saturating_sub(free).saturating_add(add);
+        if add > free && wanted > self.limit {
+            return Err(StateError::OverLimit {
+                state: state.to_owned(),
+                wanted,
+                limit: self.limit,
+            });
+        }
+        self.used = wanted;
+        Ok(())
+    }
 }
 
 /// The serialised form of a heap snapshot, written straight from the frozen maps and
@@ -113,12 +172,31 @@ fn restore_groups<V>(range: KeyGroupRange, maps: &mut [Arc<Map<V>>], restored: V
 }
 
 impl HeapBackend {
-    /// An empty backend for the key groups in `groups`.
-    pub fn new(groups: KeyGroupRange) -> Self {
+    /// An empty backend for the key groups in `groups`, holding at most `limit` bytes.
+    pub fn new(groups: KeyGroupRange, limit: u64) -> Self {
         Self {
             groups,
             states: Vec::new(),
+            ids: HashMap::new(),
+            budget: Budget { used: 0, limit },
         }
+    }
+
+    /// The bytes the state holds, as counted against the limit.
+    pub fn used_bytes(&self) -> u64 {
+        self.budget.used
+    }
+
+    /// The table of `state` for writing, its name and the budget.
+    fn table_and_budget(
+        &mut self,
+        state: StateId,
+    ) -> Result<(&mut Table, &str, &mut Budget), StateError> {
+        let named = usize::try_from(state.0)
+            .ok()
+            .and_then(|i| self.states.get_mut(i))
+            .ok_or(StateError::UnknownState(state))?;
+        Ok((&mut named.table, named.name.as_str(), &mut self.budget))
     }
 
     fn table(&self, state: StateId) -> Result<&Table, StateError> {
@@ -126,14 +204,6 @@ impl HeapBackend {
             .ok()
             .and_then(|i| self.states.get(i))
             .map(|named| &named.table)
-            .ok_or(StateError::UnknownState(state))
-    }
-
-    fn table_mut(&mut self, state: StateId) -> Result<&mut Table, StateError> {
-        usize::try_from(state.0)
-            .ok()
-            .and_then(|i| self.states.get_mut(i))
-            .map(|named| &mut named.table)
             .ok_or(StateError::UnknownState(state))
     }
 
@@ -163,8 +233,8 @@ fn map_of_mut<V: Clone>(
 
 impl KeyedStateBackend for HeapBackend {
     fn open_state(&mut self, name: &str, kind: StateKind) -> Result<StateId, StateError> {
-        if let Some(i) = self.states.iter().position(|s| s.name == name) {
-            let existing = self.states[i].table.kind();
+        if let Some(&id) = self.ids.get(name) {
+            let existing = self.table(id)?.kind();
             if existing != kind {
                 return Err(StateError::KindMismatch {
                     name: name.to_owned(),
@@ -172,15 +242,17 @@ impl KeyedStateBackend for HeapBackend {
                     requested: kind,
                 });
             }
-            return Ok(StateId(u32::try_from(i).unwrap_or(u32::MAX)));
+            return Ok(id);
         }
+        let id = StateId(u32::try_from(self.states.len()).map_err(|_| {
+            StateError::Corrupt(format!("cannot open state `{name}`: too many states"))
+        })?);
         self.states.push(NamedTable {
             name: name.to_owned(),
             table: Table::new(kind, self.groups.len()),
         });
-        Ok(StateId(
-            u32::try_from(self.states.len() - 1).unwrap_or(u32::MAX),
-        ))
+        self.ids.insert(name.to_owned(), id);
+        Ok(id)
     }
 
     fn value_get(
@@ -221,7 +293,7 @@ impl KeyedStateBackend for HeapBackend {
         values: &Blobs,
     ) -> Result<(), StateError> {
         let slots: Vec<usize> = keys.groups.iter().map(|&g| self.slot(g)).collect();
-        let Table::Value(maps) = self.table_mut(state)? else {
+        let (Table::Value(maps), name, budget) = self.table_and_budget(state)? else {
             return Err(StateError::WrongKind(state, StateKind::Value));
         };
         for (i, (_, key)) in keys.iter().enumerate() {
@@ -230,10 +302,12 @@ impl KeyedStateBackend for HeapBackend {
             // An existing value is overwritten in place: no allocation when it fits.
             match map.get_mut(key) {
                 Some(existing) => {
+                    budget.charge(name, len(value), len(existing))?;
                     existing.clear();
                     existing.extend_from_slice(value);
                 }
                 None => {
+                    budget.charge(name, value_cost(key, value), 0)?;
                     map.insert(key.to_vec(), value.to_vec());
                 }
             }
@@ -249,12 +323,16 @@ impl KeyedStateBackend for HeapBackend {
         value: Vec<u8>,
     ) -> Result<(), StateError> {
         let slot = self.slot(group);
-        match self.table_mut(state)? {
-            Table::Value(maps) => {
+        match self.table_and_budget(state)? {
+            (Table::Value(maps), name, budget) => {
                 let map = map_of_mut(maps, slot, state)?;
                 match map.get_mut(key.as_slice()) {
-                    Some(existing) => *existing = value,
+                    Some(existing) => {
+                        budget.charge(name, len(&value), len(existing))?;
+                        *existing = value;
+                    }
                     None => {
+                        budget.charge(name, value_cost(&key, &value), 0)?;
                         map.insert(key, value);
                     }
                 }
@@ -287,12 +365,16 @@ impl KeyedStateBackend for HeapBackend {
         value: Vec<u8>,
     ) -> Result<(), StateError> {
         let slot = self.slot(group);
-        match self.table_mut(state)? {
-            Table::List(maps) => {
-                map_of_mut(maps, slot, state)?
-                    .entry(key)
-                    .or_default()
-                    .push(value);
+        match self.table_and_budget(state)? {
+            (Table::List(maps), name, budget) => {
+                let map = map_of_mut(maps, slot, state)?;
+                let new_key = if map.contains_key(key.as_slice()) {
+                    0
+                } else {
+                    ENTRY_COST + len(&key)
+                };
+                budget.charge(name, new_key + ELEMENT_COST + len(&value), 0)?;
+                map.entry(key).or_default().push(value);
                 Ok(())
             }
             _ => Err(StateError::WrongKind(state, StateKind::List)),
@@ -307,12 +389,17 @@ impl KeyedStateBackend for HeapBackend {
         values: Vec<Vec<u8>>,
     ) -> Result<(), StateError> {
         let slot = self.slot(group);
-        match self.table_mut(state)? {
-            Table::List(maps) => {
+        match self.table_and_budget(state)? {
+            (Table::List(maps), name, budget) => {
                 let map = map_of_mut(maps, slot, state)?;
+                let old = map
+                    .get(key.as_slice())
+                    .map_or(0, |old| list_cost(&key, old));
                 if values.is_empty() {
+                    budget.charge(name, 0, old)?;
                     map.remove(key.as_slice());
                 } else {
+                    budget.charge(name, list_cost(&key, &values), old)?;
                     map.insert(key, values);
                 }
                 Ok(())
@@ -346,12 +433,18 @@ impl KeyedStateBackend for HeapBackend {
         value: Vec<u8>,
     ) -> Result<(), StateError> {
         let slot = self.slot(group);
-        match self.table_mut(state)? {
-            Table::Map(maps) => {
-                map_of_mut(maps, slot, state)?
-                    .entry(key)
-                    .or_default()
-                    .insert(user_key, value);
+        match self.table_and_budget(state)? {
+            (Table::Map(maps), name, budget) => {
+                let map = map_of_mut(maps, slot, state)?;
+                let (add, free) = match map.get(key.as_slice()) {
+                    None => (ENTRY_COST + len(&key) + value_cost(&user_key, &value), 0),
+                    Some(inner) => match inner.get(user_key.as_slice()) {
+                        None => (value_cost(&user_key, &value), 0),
+                        Some(old) => (len(&value), len(old)),
+                    },
+                };
+                budget.charge(name, add, free)?;
+                map.entry(key).or_default().insert(user_key, value);
                 Ok(())
             }
             _ => Err(StateError::WrongKind(state, StateKind::Map)),
@@ -366,14 +459,17 @@ impl KeyedStateBackend for HeapBackend {
         user_key: &[u8],
     ) -> Result<(), StateError> {
         let slot = self.slot(group);
-        match self.table_mut(state)? {
-            Table::Map(maps) => {
+        match self.table_and_budget(state)? {
+            (Table::Map(maps), name, budget) => {
                 let map = map_of_mut(maps, slot, state)?;
-                let now_empty = map.get_mut(key).is_some_and(|inner| {
-                    inner.remove(user_key);
-                    inner.is_empty()
-                });
-                if now_empty {
+                let Some(inner) = map.get_mut(key) else {
+                    return Ok(());
+                };
+                if let Some(old) = inner.remove(user_key) {
+                    budget.charge(name, 0, value_cost(user_key, &old))?;
+                }
+                if inner.is_empty() {
+                    budget.charge(name, 0, ENTRY_COST + len(key))?;
                     map.remove(key);
                 }
                 Ok(())
@@ -399,18 +495,19 @@ impl KeyedStateBackend for HeapBackend {
 
     fn clear(&mut self, state: StateId, group: KeyGroup, key: &[u8]) -> Result<(), StateError> {
         let slot = self.slot(group);
-        match self.table_mut(state)? {
-            Table::Value(maps) => {
-                map_of_mut(maps, slot, state)?.remove(key);
-            }
-            Table::List(maps) => {
-                map_of_mut(maps, slot, state)?.remove(key);
-            }
-            Table::Map(maps) => {
-                map_of_mut(maps, slot, state)?.remove(key);
-            }
-        }
-        Ok(())
+        let (table, name, budget) = self.table_and_budget(state)?;
+        let freed = match table {
+            Table::Value(maps) => map_of_mut(maps, slot, state)?
+                .remove(key)
+                .map(|v| value_cost(key, &v)),
+            Table::List(maps) => map_of_mut(maps, slot, state)?
+                .remove(key)
+                .map(|l| list_cost(key, &l)),
+            Table::Map(maps) => map_of_mut(maps, slot, state)?
+                .remove(key)
+                .map(|m| map_cost(key, &m)),
+        };
+        budget.charge(name, 0, freed.unwrap_or(0))
     }
 
     fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<BackendSnapshot, StateError> {
@@ -457,6 +554,8 @@ impl HeapBackend {
             .map_err(|e| StateError::Corrupt(format!("the heap snapshot does not decode: {e}")))?;
         let range = self.groups;
         self.states.clear();
+        self.ids.clear();
+        let mut used = 0u64;
         for (name, groups) in data.states {
             let mut table = Table::new(
                 match groups {
@@ -476,9 +575,30 @@ impl HeapBackend {
                     )));
                 }
             }
+            used = used.saturating_add(table_cost(&table));
+            let id = StateId(u32::try_from(self.states.len()).unwrap_or(u32::MAX));
+            self.ids.insert(name.clone(), id);
             self.states.push(NamedTable { name, table });
         }
+        // A restored state over the limit stays: the next write that grows it fails, and
+        // says why, instead of the restore.
+        self.budget.used = used;
         Ok(())
+    }
+}
+
+/// The bytes every entry of `table` holds.
+fn table_cost(table: &Table) -> u64 {
+    fn sum<V>(maps: &[Arc<Map<V>>], cost: impl Fn(&[u8], &V) -> u64) -> u64 {
+        maps.iter()
+            .flat_map(|m| m.iter())
+            .map(|(k, v)| cost(k, v))
+            .sum()
+    }
+    match table {
+        Table::Value(maps) => sum(maps, |k, v| value_cost(k, v)),
+        Table::List(maps) => sum(maps, |k, l| list_cost(k, l)),
+        Table::Map(maps) => sum(maps, map_cost),
     }
 }
 
@@ -488,7 +608,7 @@ mod tests {
 
     #[test]
     fn bulk_value_calls_read_and_write_what_single_calls_do() -> Result<(), StateError> {
-        let mut b = HeapBackend::new(KeyGroupRange { start: 0, end: 128 });
+        let mut b = HeapBackend::new(KeyGroupRange { start: 0, end: 128 }, u64::MAX);
         let id = b.open_state("v", StateKind::Value)?;
         b.value_set(id, KeyGroup(3), b"a".to_vec(), b"old".to_vec())?;
         let keys: Blobs = [&b"a"[..], b"b", b""].into_iter().collect();
@@ -516,7 +636,7 @@ mod tests {
     use crate::runtime::ids::SubtaskIndex;
 
     fn backend() -> HeapBackend {
-        HeapBackend::new(KeyGroupRange::for_subtask(SubtaskIndex(0), 1, 8))
+        HeapBackend::new(KeyGroupRange::for_subtask(SubtaskIndex(0), 1, 8), u64::MAX)
     }
 
     #[test]
@@ -662,7 +782,8 @@ mod tests {
             )?;
         }
         let bytes = all.encoder()()?;
-        let mut half = HeapBackend::new(KeyGroupRange::for_subtask(SubtaskIndex(1), 2, 8));
+        let mut half =
+            HeapBackend::new(KeyGroupRange::for_subtask(SubtaskIndex(1), 2, 8), u64::MAX);
         half.decode(&bytes)?;
         let v = half.open_state("v", StateKind::Value)?;
         assert_eq!(half.value_get(v, KeyGroup(5), &[5])?, Some(b"x".to_vec()));

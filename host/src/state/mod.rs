@@ -68,6 +68,21 @@ pub enum StateError {
     /// A snapshot could not be encoded or decoded.
     #[error("{0}")]
     Corrupt(String),
+    /// A write would grow the heap backend's state past its limit. The guest's doing:
+    /// a runaway, as running out of fuel is.
+    #[error(
+        "keyed state `{state}` would take this subtask's state on the heap past [state] heap-limit = \"{}\" (to {}). Raise heap-limit, or set [state] backend = \"rocksdb\", which keeps state on disk",
+        crate::job::format_size(*.limit).replace(' ', ""),
+        crate::observe::human_size(*.wanted)
+    )]
+    OverLimit {
+        /// The state written.
+        state: String,
+        /// Bytes the state would hold after the write.
+        wanted: u64,
+        /// `[state] heap-limit`.
+        limit: u64,
+    },
 }
 
 /// The asynchronous half of a backend snapshot: encodes the state captured by

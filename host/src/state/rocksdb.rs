@@ -562,6 +562,8 @@ pub struct RocksDbBackend {
     cache: Cache,
     /// The states by id.
     states: Vec<State>,
+    /// The id of every state, by name: opening a state is one lookup.
+    ids: HashMap<String, StateId>,
     write: WriteOptions,
     read: ReadOptions,
     /// Where writes go.
@@ -898,6 +900,7 @@ impl RocksDbBackend {
             db: Some(Arc::new(db)),
             cache,
             states: Vec::new(),
+            ids: HashMap::new(),
             write,
             read: ReadOptions::default(),
             active: Buffer::default(),
@@ -1388,8 +1391,8 @@ fn column_family_options(options: &RocksDbOptions, cache: &Cache, kind: StateKin
 
 impl KeyedStateBackend for RocksDbBackend {
     fn open_state(&mut self, name: &str, kind: StateKind) -> Result<StateId, StateError> {
-        if let Some(i) = self.states.iter().position(|s| s.name == name) {
-            let existing = self.states[i].kind;
+        if let Some(&id) = self.ids.get(name) {
+            let existing = self.kind_of(id)?;
             if existing != kind {
                 return Err(StateError::KindMismatch {
                     name: name.to_owned(),
@@ -1397,9 +1400,7 @@ impl KeyedStateBackend for RocksDbBackend {
                     requested: kind,
                 });
             }
-            return u32::try_from(i)
-                .map(StateId)
-                .map_err(|_| StateError::Corrupt(format!("state `{name}` has no u32 id")));
+            return Ok(id);
         }
         let id = u32::try_from(self.states.len()).map_err(|_| {
             StateError::Corrupt(format!("cannot open state `{name}`: too many states"))
@@ -1441,6 +1442,7 @@ impl KeyedStateBackend for RocksDbBackend {
             kind,
             column_family,
         });
+        self.ids.insert(name.to_owned(), StateId(id));
         Ok(StateId(id))
     }
 
@@ -1908,6 +1910,7 @@ impl KeyedStateBackend for RocksDbBackend {
         // Close the live database before its directory is replaced.
         self.db = None;
         self.states.clear();
+        self.ids.clear();
         self.confirmed = Arc::default();
         lock(&self.uploads).clear();
         // Restoring from the working directory itself opens it in place.
@@ -1928,6 +1931,10 @@ impl KeyedStateBackend for RocksDbBackend {
             self.clip_to_groups(&db, state)?;
         }
         self.db = Some(Arc::new(db));
+        self.ids = (0u32..)
+            .zip(&states)
+            .map(|(id, state)| (state.name.clone(), StateId(id)))
+            .collect();
         self.states = states;
         // The restored checkpoint is completed, so its shared SSTs can be referred to.
         self.confirmed = Arc::new(shared_ssts(&files));
@@ -2240,7 +2247,7 @@ mod tests {
     fn value_list_map_and_clear_behave_as_in_the_heap_backend() -> TestResult {
         let root = tempfile::tempdir()?;
         let mut rocks = backend(root.path(), "scenario", false)?;
-        let mut heap = HeapBackend::new(all_groups());
+        let mut heap = HeapBackend::new(all_groups(), u64::MAX);
         let expected = scenario(&mut heap)?;
         assert_eq!(scenario(&mut rocks)?, expected);
         Ok(())
@@ -2251,7 +2258,7 @@ mod tests {
         // Appends to a list whose base is in an SST exercise the merge across a flush.
         let root = tempfile::tempdir()?;
         let mut rocks = backend(root.path(), "flushed", false)?;
-        let mut heap = HeapBackend::new(all_groups());
+        let mut heap = HeapBackend::new(all_groups(), u64::MAX);
         scenario(&mut heap)?;
         scenario(&mut rocks)?;
         prepare(rocks.snapshot(CheckpointId(1))?)?;
@@ -2751,7 +2758,7 @@ mod tests {
     #[test]
     fn bulk_calls_read_and_write_as_the_single_key_calls_and_the_heap_backend_do() -> TestResult {
         let root = tempfile::tempdir()?;
-        let mut heap = HeapBackend::new(all_groups());
+        let mut heap = HeapBackend::new(all_groups(), u64::MAX);
         let expected = bulk_scenario(&mut heap, &mut |_| Ok(()))?;
         let mut rocks = backend(root.path(), "bulk", false)?;
         // First into the database, then into a frozen buffer whose files are made only
@@ -2962,7 +2969,7 @@ mod tests {
         let mut options = options(root.path(), instance, true);
         options.write_behind_bytes = write_behind_bytes;
         let mut rocks = RocksDbBackend::open(all_groups(), options)?;
-        let mut heap = HeapBackend::new(all_groups());
+        let mut heap = HeapBackend::new(all_groups(), u64::MAX);
         let keys: Vec<(KeyGroup, Vec<u8>)> = (0..3000u32)
             .map(|i| (KeyGroup((i % 8) as u16), i.to_be_bytes().to_vec()))
             .collect();
@@ -3022,7 +3029,7 @@ mod tests {
         let mut restored = backend(root.path(), &format!("{instance}-restored"), true)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
         restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
-        let mut heap_restored = HeapBackend::new(all_groups());
+        let mut heap_restored = HeapBackend::new(all_groups(), u64::MAX);
         heap_restored.restore(RestoredState::Encoded(&at_snapshot))?;
         let restored_states = open(&mut restored)?;
         assert_eq!(restored_states, states);

@@ -1,9 +1,14 @@
 //! Keyed timers of one subtask, in event time and in processing time, as Flink's
 //! timer service: registering the same key and time twice sets one timer, and timers
 //! fire in time order.
+//!
+//! The sets are persistent B-trees: a snapshot clones them in O(1) and the writes after
+//! it copy only the nodes they touch, so the synchronous phase does not copy the timers
+//! (as the heap backend's key groups, copy-on-write). Their encoding is a sequence of
+//! `(time, key)`, as a `BTreeSet`'s.
 
+use imbl::OrdSet;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 
 /// The clock a timer is set on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,12 +22,12 @@ pub enum Domain {
 /// The registered timers of one subtask.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timers {
-    event: BTreeSet<(i64, Vec<u8>)>,
-    processing: BTreeSet<(i64, Vec<u8>)>,
+    event: OrdSet<(i64, Vec<u8>)>,
+    processing: OrdSet<(i64, Vec<u8>)>,
 }
 
 impl Timers {
-    fn set(&mut self, domain: Domain) -> &mut BTreeSet<(i64, Vec<u8>)> {
+    fn set(&mut self, domain: Domain) -> &mut OrdSet<(i64, Vec<u8>)> {
         match domain {
             Domain::EventTime => &mut self.event,
             Domain::ProcessingTime => &mut self.processing,
@@ -34,6 +39,15 @@ impl Timers {
         self.set(domain).insert((timestamp, key));
     }
 
+    /// Whether this timer is registered.
+    pub fn contains(&self, domain: Domain, key: &[u8], timestamp: i64) -> bool {
+        let set = match domain {
+            Domain::EventTime => &self.event,
+            Domain::ProcessingTime => &self.processing,
+        };
+        set.contains(&(timestamp, key.to_vec()))
+    }
+
     /// Deletes a timer; nothing happens if there is none.
     pub fn delete(&mut self, domain: Domain, key: Vec<u8>, timestamp: i64) {
         self.set(domain).remove(&(timestamp, key));
@@ -42,16 +56,19 @@ impl Timers {
     /// Removes and returns the timers of `domain` due at `time`, oldest first.
     pub fn take_due(&mut self, domain: Domain, time: i64) -> Vec<(i64, Vec<u8>)> {
         let set = self.set(domain);
-        let later = match time.checked_add(1) {
-            Some(bound) => set.split_off(&(bound, Vec::new())),
-            None => BTreeSet::new(),
-        };
-        std::mem::replace(set, later).into_iter().collect()
+        let mut due = Vec::new();
+        // One removal per due timer, O(log n) each: splitting the set would visit all.
+        while set.get_min().is_some_and(|(t, _)| *t <= time) {
+            if let Some(timer) = set.remove_min() {
+                due.push(timer);
+            }
+        }
+        due
     }
 
     /// The time of the earliest processing-time timer.
     pub fn next_processing_time(&self) -> Option<i64> {
-        self.processing.first().map(|(t, _)| *t)
+        self.processing.get_min().map(|(t, _)| *t)
     }
 
     /// How many timers are registered in both domains.
@@ -94,6 +111,39 @@ mod tests {
         t.delete(Domain::ProcessingTime, b"k".to_vec(), 5);
         assert!(t.take_due(Domain::ProcessingTime, 100).is_empty());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn timers_encode_as_a_btree_set_of_time_and_key_does() -> Result<(), postcard::Error> {
+        #[derive(Serialize)]
+        struct Before {
+            event: std::collections::BTreeSet<(i64, Vec<u8>)>,
+            processing: std::collections::BTreeSet<(i64, Vec<u8>)>,
+        }
+        let mut t = Timers::default();
+        t.register(Domain::EventTime, b"b".to_vec(), 2);
+        t.register(Domain::EventTime, b"a".to_vec(), 1);
+        t.register(Domain::ProcessingTime, b"c".to_vec(), 3);
+        let before = Before {
+            event: [(1, b"a".to_vec()), (2, b"b".to_vec())].into(),
+            processing: [(3, b"c".to_vec())].into(),
+        };
+        let bytes = postcard::to_allocvec(&t)?;
+        assert_eq!(bytes, postcard::to_allocvec(&before)?);
+        assert_eq!(postcard::from_bytes::<Timers>(&bytes)?, t);
+        Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_is_unchanged_by_later_registrations() {
+        let mut t = Timers::default();
+        t.register(Domain::EventTime, b"a".to_vec(), 1);
+        let snapshot = t.clone();
+        t.register(Domain::EventTime, b"b".to_vec(), 2);
+        t.take_due(Domain::EventTime, 1);
+        assert_eq!(snapshot.len(), 1);
+        assert!(snapshot.contains(Domain::EventTime, b"a", 1));
+        assert!(!snapshot.contains(Domain::EventTime, b"b", 2));
     }
 
     #[test]

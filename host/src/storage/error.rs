@@ -117,6 +117,25 @@ pub enum StorageError {
         transient: bool,
     },
 
+    /// Another process holds the job's lock: it is running the same job on the same
+    /// checkpoint directory. The user's (a job started twice, or restarted while the old
+    /// process still runs); a retry helps only once that process stopped.
+    #[error(
+        "{location} is locked by {holder}: another `weir run` of this job is writing its \
+         checkpoints{stale_hint}. Stop that process first; two writers would delete each \
+         other's checkpoints.",
+        stale_hint = if detail.is_empty() { String::new() } else { format!(" ({detail})") }
+    )]
+    Locked {
+        /// The lock.
+        location: String,
+        /// Who holds it, as its [`LockHolder`](super::LockHolder) describes itself.
+        holder: String,
+        /// How the lock was judged alive, e.g. "its lease was renewed 3 s ago"; may be
+        /// empty.
+        detail: String,
+    },
+
     /// The configured storage is not available in this build. The user's configuration;
     /// a retry does not help.
     #[error("{url}: {reason}")]
@@ -153,6 +172,7 @@ impl StorageError {
             | StorageError::Corrupt { .. }
             | StorageError::AlreadyCommitted { .. }
             | StorageError::Conflict { .. }
+            | StorageError::Locked { .. }
             | StorageError::InvalidName { .. }
             | StorageError::Unsupported { .. }
             | StorageError::Internal { .. } => false,

@@ -15,7 +15,7 @@
 //! files start with `.`, which no valid name does, so listing and reading ignore them,
 //! and deleting a checkpoint removes those in its directory.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +28,11 @@ use tokio::sync::OnceCell;
 
 use super::checksum::{self, checksum, len_u64};
 use super::layout::{self, Place};
-use super::{CheckpointListing, CheckpointStorage, FileHandle, StorageError};
+use super::lock::LockGuard;
+use super::{
+    CheckpointListing, CheckpointStorage, FileHandle, JobLock, JobRecord, LockHolder, LostSignal,
+    StorageError,
+};
 use crate::runtime::ids::CheckpointId;
 
 /// Checkpoint storage in `<base>/<job-id>` on a local filesystem.
@@ -390,6 +394,109 @@ impl CheckpointStorage for FsStorage {
         .await
     }
 
+    async fn list_shared(&self) -> Result<Vec<String>, StorageError> {
+        self.with_dir(layout::SHARED.to_owned(), |dir, at| {
+            let entries = match dir.read_dir(layout::SHARED) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(at.io(layout::SHARED, "listing")(e)),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(at.io(layout::SHARED, "listing"))?;
+                if let Some(name) = entry.file_name().to_str()
+                    && layout::validate_file_name(name).is_ok()
+                {
+                    names.push(name.to_owned());
+                }
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn write_record(&self, record: JobRecord, bytes: Bytes) -> Result<(), StorageError> {
+        let name = record.name();
+        self.with_dir(name.to_owned(), move |dir, at| {
+            write_atomically(dir, name, &checksum::frame(&bytes), Publish::Replace)
+                .and_then(|()| sync_dir(dir, "."))
+                .map_err(at.io(name, "writing"))
+        })
+        .await
+    }
+
+    async fn read_record(&self, record: JobRecord) -> Result<Option<Bytes>, StorageError> {
+        let name = record.name();
+        self.with_dir(name.to_owned(), move |dir, at| {
+            let framed = match dir.read(name) {
+                Ok(framed) => framed,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(at.io(name, "reading")(e)),
+            };
+            checksum::unframe(Bytes::from(framed))
+                .map(Some)
+                .map_err(|reason| StorageError::Corrupt {
+                    location: at.at(name),
+                    reason,
+                })
+        })
+        .await
+    }
+
+    async fn delete_record(&self, record: JobRecord) -> Result<(), StorageError> {
+        let name = record.name();
+        self.with_dir(name.to_owned(), move |dir, at| {
+            ignore_missing(dir.remove_file(name))
+                .and_then(|()| sync_dir(dir, "."))
+                .map_err(at.io(name, "deleting"))
+        })
+        .await
+    }
+
+    async fn lock(&self, holder: &LockHolder) -> Result<JobLock, StorageError> {
+        let holder = holder.clone();
+        let file = self
+            .with_dir(layout::LOCK.to_owned(), move |dir, at| {
+                let mut file = dir
+                    .open_with(
+                        layout::LOCK,
+                        OpenOptions::new().read(true).write(true).create(true),
+                    )
+                    .map_err(at.io(layout::LOCK, "opening"))?
+                    .into_std();
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        let mut bytes = Vec::new();
+                        let named = match file.read_to_end(&mut bytes) {
+                            Ok(_) => LockHolder::from_bytes(&bytes).description,
+                            Err(_) => "another process".to_owned(),
+                        };
+                        return Err(StorageError::Locked {
+                            location: at.at(layout::LOCK),
+                            holder: named,
+                            detail: "it holds the file lock, which the operating system \
+                                     releases when that process exits"
+                                .to_owned(),
+                        });
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => {
+                        return Err(at.io(layout::LOCK, "locking")(e));
+                    }
+                }
+                file.set_len(0)
+                    .and_then(|()| file.write_all(&holder.to_bytes()))
+                    .and_then(|()| file.sync_all())
+                    .map_err(at.io(layout::LOCK, "writing"))?;
+                Ok(file)
+            })
+            .await?;
+        Ok(JobLock::new(
+            Box::new(FileLock { _file: file }),
+            LostSignal::default(),
+        ))
+    }
+
     async fn delete_shared(&self, names: &[String]) -> Result<(), StorageError> {
         for name in names {
             layout::validate_file_name(name)?;
@@ -403,4 +510,15 @@ impl CheckpointStorage for FsStorage {
         })
         .await
     }
+}
+
+/// A held `flock`: released when the file is closed, by [`JobLock::release`] or when
+/// the process exits, however it exits.
+struct FileLock {
+    _file: std::fs::File,
+}
+
+#[async_trait]
+impl LockGuard for FileLock {
+    async fn release(self: Box<Self>) {}
 }

@@ -1,5 +1,5 @@
 //! Names and paths inside a job's checkpoint directory: the one place that spells
-//! `chk-<n>`, `shared`, `taskowned` and `_metadata`, and that decides which names are
+//! `chk-<n>`, `shared`, `taskowned`, `_metadata`, `_finished` and `_lock`, and that decides which names are
 //! allowed. Pure: no I/O. It may not know how a backend stores a path (a file, an
 //! object key, a map entry).
 //!
@@ -15,6 +15,12 @@ pub(crate) const METADATA: &str = "_metadata";
 
 /// The directory of files referenced across checkpoints.
 pub(crate) const SHARED: &str = "shared";
+
+/// The record of a job that finished.
+pub(crate) const FINISHED: &str = "_finished";
+
+/// The lock of the one process running the job.
+pub(crate) const LOCK: &str = "_lock";
 
 /// The directory of task-owned state, as in Flink's layout; nothing writes there yet.
 pub(crate) const TASK_OWNED: &str = "taskowned";

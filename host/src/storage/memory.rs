@@ -6,14 +6,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::checksum::{self, checksum, len_u64};
 use super::layout::{self, Place};
-use super::{CheckpointListing, CheckpointStorage, FileHandle, StorageError};
+use super::lock::LockGuard;
+use super::{
+    CheckpointListing, CheckpointStorage, FileHandle, JobLock, JobRecord, LockHolder, LostSignal,
+    StorageError,
+};
 use crate::runtime::ids::CheckpointId;
 
 /// Checkpoint storage in memory, with fault injection.
@@ -25,6 +29,8 @@ pub struct MemoryStorage {
     /// `memory://<job-id>`, for messages.
     url: String,
     state: Mutex<State>,
+    /// Who holds the job's lock: shared with the guard, which clears it on release.
+    lock: Arc<Mutex<Option<LockHolder>>>,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +78,7 @@ impl MemoryStorage {
         Ok(MemoryStorage {
             url: format!("memory://{job_id}"),
             state: Mutex::new(State::default()),
+            lock: Arc::default(),
         })
     }
 
@@ -288,5 +295,77 @@ impl CheckpointStorage for MemoryStorage {
             state.files.remove(&layout::shared_file(name));
         }
         Ok(())
+    }
+
+    async fn list_shared(&self) -> Result<Vec<String>, StorageError> {
+        let state = self.checked_state()?;
+        let prefix = format!("{}/", layout::SHARED);
+        Ok(state
+            .files
+            .keys()
+            .filter_map(|path| path.strip_prefix(&prefix).map(str::to_owned))
+            .collect())
+    }
+
+    async fn write_record(&self, record: JobRecord, bytes: Bytes) -> Result<(), StorageError> {
+        let mut state = self.checked_state()?;
+        take_fault(
+            &mut state.failing_writes,
+            self.location(record.name()),
+            "writing",
+        )?;
+        state
+            .files
+            .insert(record.name().to_owned(), checksum::frame(&bytes));
+        Ok(())
+    }
+
+    async fn read_record(&self, record: JobRecord) -> Result<Option<Bytes>, StorageError> {
+        let state = self.checked_state()?;
+        let Some(framed) = state.files.get(record.name()) else {
+            return Ok(None);
+        };
+        checksum::unframe(framed.clone())
+            .map(Some)
+            .map_err(|reason| StorageError::Corrupt {
+                location: self.location(record.name()),
+                reason,
+            })
+    }
+
+    async fn delete_record(&self, record: JobRecord) -> Result<(), StorageError> {
+        self.checked_state()?.files.remove(record.name());
+        Ok(())
+    }
+
+    async fn lock(&self, holder: &LockHolder) -> Result<JobLock, StorageError> {
+        drop(self.checked_state()?);
+        let mut held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(other) = held.as_ref() {
+            return Err(StorageError::Locked {
+                location: self.location(layout::LOCK),
+                holder: other.description.clone(),
+                detail: String::new(),
+            });
+        }
+        *held = Some(holder.clone());
+        Ok(JobLock::new(
+            Box::new(MemoryLock {
+                lock: Arc::clone(&self.lock),
+            }),
+            LostSignal::default(),
+        ))
+    }
+}
+
+/// A held lock of a [`MemoryStorage`].
+struct MemoryLock {
+    lock: Arc<Mutex<Option<LockHolder>>>,
+}
+
+#[async_trait]
+impl LockGuard for MemoryLock {
+    async fn release(self: Box<Self>) {
+        *self.lock.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }

@@ -14,7 +14,9 @@
 //! - `mod.rs`: the [`CheckpointStorage`] trait and its guarantees, [`FileHandle`],
 //!   [`CheckpointListing`], and [`open`], which picks the storage for a [`StorageUrl`].
 //! - `error.rs`: [`StorageError`], whose fault and whether a retry helps.
-//! - `layout.rs`: the names `chk-<n>`, `shared`, `_metadata`, and which names are valid.
+//! - `layout.rs`: the names `chk-<n>`, `shared`, `_metadata`, `_finished`, `_lock`, and
+//!   which names are valid.
+//! - `lock.rs`: [`JobLock`], the one-writer-per-job lock, and [`LockHolder`], who holds it.
 //! - `checksum.rs`: CRC32C, and the frame that makes a torn `_metadata` detectable.
 //! - `fs.rs`: [`FsStorage`], a local directory through cap-std.
 //! - `memory.rs`: [`MemoryStorage`], the in-memory double with fault injection.
@@ -31,12 +33,15 @@
 //! <base>/<job-id>/chk-<n>/_metadata   the commit point of checkpoint n, written last
 //! <base>/<job-id>/shared/<name>       files referenced by several checkpoints (incremental)
 //! <base>/<job-id>/taskowned/          as in Flink; nothing writes there yet
+//! <base>/<job-id>/_finished           the record of a job that finished (a JobRecord)
+//! <base>/<job-id>/_lock               held by the one process running the job
 //! ```
 
 mod checksum;
 mod error;
 mod fs;
 mod layout;
+mod lock;
 mod memory;
 mod s3;
 #[cfg(test)]
@@ -54,6 +59,7 @@ use crate::runtime::ids::CheckpointId;
 pub use checksum::checksum;
 pub use error::StorageError;
 pub use fs::FsStorage;
+pub use lock::{JobLock, LockHolder, LostSignal};
 pub use memory::MemoryStorage;
 pub use s3::{S3Options, S3Storage};
 
@@ -79,6 +85,25 @@ pub struct CheckpointListing {
     /// (or is being deleted) and must not be restored; with it, it is committed, which
     /// [`read_metadata`](CheckpointStorage::read_metadata) still verifies.
     pub has_metadata: bool,
+}
+
+/// A small file about the job as a whole, kept beside its checkpoints and outliving
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobRecord {
+    /// `_finished`: the job's input ended and everything was committed. Written before
+    /// retention deletes the checkpoints, so that a resume can tell a finished job from
+    /// one that never ran.
+    Finished,
+}
+
+impl JobRecord {
+    /// The record's file name in the job directory.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Finished => layout::FINISHED,
+        }
+    }
 }
 
 /// Where a job's checkpoints are stored: opaque blobs in the layout of the module docs.
@@ -159,6 +184,27 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// Removes these files of `shared/`. Every name is validated before anything is
     /// removed.
     async fn delete_shared(&self, names: &[String]) -> Result<(), StorageError>;
+
+    /// The names of every file in `shared/`, in no particular order (leftover temporary
+    /// files are not listed).
+    async fn list_shared(&self) -> Result<Vec<String>, StorageError>;
+
+    /// Stores `record` atomically and durably, replacing an older one, framed with a
+    /// checksum as `_metadata` is.
+    async fn write_record(&self, record: JobRecord, bytes: Bytes) -> Result<(), StorageError>;
+
+    /// The content of `record`, verified; `None` if there is none.
+    async fn read_record(&self, record: JobRecord) -> Result<Option<Bytes>, StorageError>;
+
+    /// Removes `record`; removing what is not there succeeds.
+    async fn delete_record(&self, record: JobRecord) -> Result<(), StorageError>;
+
+    /// Takes the job's lock for `holder`, so that one process at a time writes the job's
+    /// checkpoints, or fails with [`StorageError::Locked`] naming the process that holds
+    /// it. A lock left by a process that died is recognised as stale and taken over
+    /// (file storage: at once, as the operating system releases it; S3: once its lease
+    /// has not been renewed for its lease timeout).
+    async fn lock(&self, holder: &LockHolder) -> Result<JobLock, StorageError>;
 }
 
 /// The storage for `url` and job `job_id`, not yet checked: call
@@ -182,6 +228,7 @@ pub fn open(
                     .map_or(defaults.upload_concurrency, |n| {
                         usize::try_from(n).unwrap_or(usize::MAX)
                     }),
+                lease_timeout: s3.lease_timeout.unwrap_or(defaults.lease_timeout),
                 ..defaults
             };
             Ok(Arc::new(S3Storage::new(bucket, prefix, job_id, options)?))

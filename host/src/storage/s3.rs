@@ -50,7 +50,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -74,7 +74,11 @@ use tokio::task::JoinSet;
 
 use super::checksum::{self, checksum, len_u64};
 use super::layout::{self, Place};
-use super::{CheckpointListing, CheckpointStorage, FileHandle, StorageError};
+use super::lock::{LockGuard, lease_is_stale, lease_renewal};
+use super::{
+    CheckpointListing, CheckpointStorage, FileHandle, JobLock, JobRecord, LockHolder, LostSignal,
+    StorageError,
+};
 use crate::runtime::ids::CheckpointId;
 
 /// The object whose existence makes the job directory exist; see the module docs.
@@ -135,6 +139,8 @@ pub struct S3Options {
     pub stall_timeout: Duration,
     /// Credentials to use instead of the standard chain's, e.g. for a test server.
     pub credentials: Option<SharedCredentialsProvider>,
+    /// How long the job's lease lives without renewal (see `lock.rs`).
+    pub lease_timeout: Duration,
 }
 
 impl Default for S3Options {
@@ -168,6 +174,7 @@ impl Default for S3Options {
             // The SDK's own default grace period.
             stall_timeout: Duration::from_secs(5),
             credentials: None,
+            lease_timeout: super::lock::LEASE_TIMEOUT,
         }
     }
 }
@@ -386,6 +393,40 @@ impl Remote {
                 refusal => Err(self.unexpected(relative, "looking for", refusal)),
             },
         }
+    }
+
+    /// When the object `relative` was last written, by the store's clock; `None` if it
+    /// does not exist.
+    async fn modified(&self, relative: &str) -> Result<Option<SystemTime>, StorageError> {
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.key(relative))
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(
+                output
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            )),
+            Err(e) => match self.refusal(relative, "looking for", &e) {
+                Refusal::Missing => Ok(None),
+                refusal => Err(self.unexpected(relative, "looking for", refusal)),
+            },
+        }
+    }
+
+    /// The store's clock now: the time it gives a probe object it was just sent.
+    async fn store_now(&self) -> Result<SystemTime, StorageError> {
+        let probe = probe_name();
+        self.put_single(&probe, Bytes::from_static(b"clock"), Mode::Replace)
+            .await?;
+        let now = self.modified(&probe).await?;
+        self.delete(&probe, "deleting a probe object from").await?;
+        Ok(now.unwrap_or_else(SystemTime::now))
     }
 
     /// The content of `relative`. A response body that breaks off is fetched again, as
@@ -1332,6 +1373,203 @@ impl CheckpointStorage for S3Storage {
             .map(|name| remote.key(&layout::shared_file(name)))
             .collect();
         remote.delete_keys(keys, layout::SHARED).await
+    }
+
+    async fn list_shared(&self) -> Result<Vec<String>, StorageError> {
+        let remote = self.job().await?;
+        let dir = format!("{}/", layout::SHARED);
+        let (keys, _) = remote.list(&dir, false).await?;
+        let below = remote.key(&dir);
+        Ok(keys
+            .iter()
+            .filter_map(|key| key.strip_prefix(&below))
+            .filter(|name| layout::validate_file_name(name).is_ok())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    async fn write_record(&self, record: JobRecord, bytes: Bytes) -> Result<(), StorageError> {
+        let remote = self.job().await?;
+        remote
+            .put_single(record.name(), checksum::frame(&bytes), Mode::Replace)
+            .await
+            .map(|_| ())
+    }
+
+    async fn read_record(&self, record: JobRecord) -> Result<Option<Bytes>, StorageError> {
+        let remote = self.job().await?;
+        let framed = match remote.get(record.name()).await {
+            Ok(framed) => framed,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        checksum::unframe(framed)
+            .map(Some)
+            .map_err(|reason| StorageError::Corrupt {
+                location: remote.location(record.name()),
+                reason,
+            })
+    }
+
+    async fn delete_record(&self, record: JobRecord) -> Result<(), StorageError> {
+        let remote = self.job().await?;
+        remote.delete(record.name(), "deleting").await
+    }
+
+    /// A lease: see the module docs of `lock.rs`. Of two processes that find one stale
+    /// lease at the same moment, both may delete it and one creates the next; the other
+    /// then finds it taken and is refused, or (if it deleted the new one) the renewal of
+    /// the first finds its lease gone and stops that job.
+    async fn lock(&self, holder: &LockHolder) -> Result<JobLock, StorageError> {
+        let remote = self.job().await?;
+        let timeout = remote.options.lease_timeout;
+        let location = remote.location(layout::LOCK);
+        let mine = Bytes::from(holder.to_bytes());
+        // The first renewal time seen of a lease held by another: a later one means
+        // its holder is alive.
+        let mut first_seen: Option<(String, SystemTime)> = None;
+        loop {
+            if remote
+                .put_single(layout::LOCK, mine.clone(), Mode::CreateNew)
+                .await?
+                == Put::Stored
+            {
+                let lost = LostSignal::default();
+                let renewal = tokio::spawn(renew(
+                    Arc::clone(&remote),
+                    mine,
+                    holder.token.clone(),
+                    lost.clone(),
+                ));
+                return Ok(JobLock::new(
+                    Box::new(Lease {
+                        remote,
+                        token: holder.token.clone(),
+                        renewal,
+                    }),
+                    lost,
+                ));
+            }
+            let (other, renewed) = match (
+                remote.get(layout::LOCK).await,
+                remote.modified(layout::LOCK).await?,
+            ) {
+                (Ok(bytes), Some(renewed)) => (LockHolder::from_bytes(&bytes), renewed),
+                // Released meanwhile: try again.
+                (Err(StorageError::NotFound { .. }), _) | (_, None) => continue,
+                (Err(e), _) => return Err(e),
+            };
+            let now = remote.store_now().await?;
+            if lease_is_stale(renewed, now, timeout) {
+                tracing::warn!(
+                    lock = %location,
+                    "taking over the stale lease of {}, not renewed for {} s: that process is gone",
+                    other.description,
+                    now.duration_since(renewed).unwrap_or_default().as_secs()
+                );
+                remote.delete(layout::LOCK, "taking over").await?;
+                continue;
+            }
+            match &first_seen {
+                Some((token, at)) if *token == other.token && renewed > *at => {
+                    return Err(StorageError::Locked {
+                        location,
+                        holder: other.description,
+                        detail: format!(
+                            "its lease was renewed while this process waited; a lease not renewed for {} s is taken over",
+                            timeout.as_secs_f64()
+                        ),
+                    });
+                }
+                Some((token, _)) if *token == other.token => {}
+                _ => {
+                    tracing::info!(
+                        lock = %location,
+                        "the job's lease is held by {}; waiting up to {} s to see whether that process is alive",
+                        other.description,
+                        timeout.as_secs_f64()
+                    );
+                    first_seen = Some((other.token.clone(), renewed));
+                }
+            }
+            tokio::time::sleep(lease_renewal(timeout) / 2).await;
+        }
+    }
+}
+
+/// Renews the lease `mine` (holding `token`) three times per lease timeout until aborted; sets
+/// `lost` and stops when another process replaced it, or when it could not be renewed
+/// for so long that another may have taken it over.
+async fn renew(remote: Arc<Remote>, mine: Bytes, token: String, lost: LostSignal) {
+    let timeout = remote.options.lease_timeout;
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(lease_renewal(timeout)).await;
+        let why = match remote.get(layout::LOCK).await {
+            Ok(bytes) => {
+                let current = LockHolder::from_bytes(&bytes);
+                if current.token != token {
+                    Some(format!(
+                        "its lease {} was taken over by {}",
+                        remote.location(layout::LOCK),
+                        current.description
+                    ))
+                } else if remote
+                    .put_single(layout::LOCK, mine.clone(), Mode::Replace)
+                    .await
+                    .is_ok()
+                {
+                    renewed = Instant::now();
+                    None
+                } else {
+                    None
+                }
+            }
+            Err(StorageError::NotFound { .. }) => Some(format!(
+                "its lease {} was deleted by another process",
+                remote.location(layout::LOCK)
+            )),
+            Err(_) => None,
+        };
+        let why = why.or_else(|| {
+            (renewed.elapsed() + lease_renewal(timeout) >= timeout).then(|| {
+                format!(
+                    "its lease {} could not be renewed for {} s, and another process may take \
+                     it over",
+                    remote.location(layout::LOCK),
+                    renewed.elapsed().as_secs()
+                )
+            })
+        });
+        if let Some(why) = why {
+            tracing::error!("this process lost the job's lock: {why}");
+            lost.set(why);
+            return;
+        }
+    }
+}
+
+/// A held S3 lease.
+struct Lease {
+    remote: Arc<Remote>,
+    token: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+#[async_trait]
+impl LockGuard for Lease {
+    async fn release(self: Box<Self>) {
+        self.renewal.abort();
+        let ours = matches!(
+            self.remote.get(layout::LOCK).await,
+            Ok(bytes) if LockHolder::from_bytes(&bytes).token == self.token
+        );
+        if ours && let Err(e) = self.remote.delete(layout::LOCK, "releasing").await {
+            tracing::warn!(
+                "could not release the job's lease (it expires in {} s): {e}",
+                self.remote.options.lease_timeout.as_secs_f64()
+            );
+        }
     }
 }
 

@@ -33,6 +33,9 @@ fn options(endpoint: &str) -> S3Options {
         attempt_timeout: Duration::from_secs(10),
         stall_timeout: Duration::from_secs(2),
         credentials: Some(credentials(SECRET_KEY)),
+        // Renewed every second: a second lock sees the renewal within a couple of
+        // seconds (the store's clock counts whole seconds).
+        lease_timeout: Duration::from_secs(3),
         ..S3Options::default()
     }
 }

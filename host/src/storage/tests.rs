@@ -133,6 +133,9 @@ macro_rules! contract_suite {
                 a_shared_name_reused_for_different_content_is_a_conflict,
                 deleting_shared_files_removes_only_those_named,
                 storage_that_was_not_checked_reports_not_found,
+                shared_files_are_listed_by_name,
+                a_record_reads_back_until_it_is_deleted,
+                a_second_lock_is_refused_naming_the_holder_until_the_first_is_released,
             );
         }
     };
@@ -516,6 +519,62 @@ async fn deleting_shared_files_removes_only_those_named<F: Fixture>(f: &F) {
     let err = s.read(&a).await.expect_err("deleted");
     assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
     assert_eq!(s.read(&b).await.expect("kept"), state());
+}
+
+async fn shared_files_are_listed_by_name<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    assert!(s.list_shared().await.expect("list").is_empty());
+    s.write_shared("a.sst", state()).await.expect("write");
+    s.write_shared("b.sst", state()).await.expect("write");
+    s.write(CheckpointId(1), "not-shared", state())
+        .await
+        .expect("write");
+    let mut names = s.list_shared().await.expect("list");
+    names.sort();
+    assert_eq!(names, vec!["a.sst".to_owned(), "b.sst".to_owned()]);
+}
+
+async fn a_record_reads_back_until_it_is_deleted<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let record = JobRecord::Finished;
+    assert_eq!(s.read_record(record).await.expect("read"), None);
+    s.write_record(record, Bytes::from_static(b"first"))
+        .await
+        .expect("write");
+    s.write_record(record, Bytes::from_static(b"second"))
+        .await
+        .expect("replace");
+    assert_eq!(
+        s.read_record(record).await.expect("read"),
+        Some(Bytes::from_static(b"second"))
+    );
+    // A record is no checkpoint.
+    assert!(s.list().await.expect("list").is_empty());
+    s.delete_record(record).await.expect("delete");
+    s.delete_record(record).await.expect("delete what is gone");
+    assert_eq!(s.read_record(record).await.expect("read"), None);
+}
+
+async fn a_second_lock_is_refused_naming_the_holder_until_the_first_is_released<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let first = LockHolder::this_process();
+    let held = s.lock(&first).await.expect("the first lock");
+    let err = s
+        .lock(&LockHolder::this_process())
+        .await
+        .expect_err("a second lock");
+    match &err {
+        StorageError::Locked { holder, .. } => assert_eq!(holder, &first.description),
+        other => panic!("expected Locked, got {other}"),
+    }
+    assert!(err.to_string().contains("Stop that process first"), "{err}");
+    assert_eq!(held.lost(), None);
+    held.release().await;
+    let again = s
+        .lock(&LockHolder::this_process())
+        .await
+        .expect("a lock after the release");
+    again.release().await;
 }
 
 async fn storage_that_was_not_checked_reports_not_found<F: Fixture>(f: &F) {

@@ -12,7 +12,9 @@ use crate::runtime::{Batch, Blobs, KeyGroup, now_ms};
 use crate::state::{self, Domain, GroupedKeys, KeyedStateBackend, StateId, StateKind, Timers};
 use crate::wasm::bindings::TimeDomain;
 use crate::wasm::bindings::weir::operator::{log, output, state as wit_state, timers, types};
-use crate::wasm::sandbox::{CallDeadline, GuestClock, MemoryLimiter, OutputCapExceeded};
+use crate::wasm::sandbox::{
+    CallDeadline, GuestClock, MemoryLimiter, OutputCapExceeded, StateCapExceeded,
+};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -57,6 +59,10 @@ pub struct GuestState {
     pub(crate) out_limit: u64,
     /// The key groups of the keys of the `-many` call in progress, reused between calls.
     key_groups: Vec<KeyGroup>,
+    /// State handles the guest holds.
+    open_handles: u32,
+    /// The most timers the subtask may have pending (`[state] timer-limit`).
+    timer_limit: u64,
 }
 
 /// What a record costs the host besides its key and value: its ends, timestamp and
@@ -76,6 +82,7 @@ impl GuestState {
         limiter: MemoryLimiter,
         clock: Arc<GuestClock>,
         out_limit: u64,
+        timer_limit: u64,
     ) -> Self {
         Self {
             wasi,
@@ -94,6 +101,8 @@ impl GuestState {
             out_bytes: 0,
             out_limit,
             key_groups: Vec::new(),
+            open_handles: 0,
+            timer_limit,
         }
     }
 }
@@ -178,22 +187,41 @@ impl GuestState {
         &mut self,
         keys: &Blobs,
         f: impl FnOnce(&mut dyn KeyedStateBackend, GroupedKeys<'_>) -> Result<R, state::StateError>,
-    ) -> Result<R, StateError> {
-        self.group_keys(keys)?;
+    ) -> wasmtime::Result<Result<R, StateError>> {
+        if let Err(e) = self.group_keys(keys) {
+            return Ok(Err(e));
+        }
         let grouped = GroupedKeys {
             keys,
             groups: &self.key_groups,
         };
-        f(self.backend.as_mut(), grouped).map_err(to_wit)
+        lift(f(self.backend.as_mut(), grouped))
     }
 
     fn open_state(&mut self, name: &str, kind: StateKind) -> Result<StateId, StateError> {
         if !self.opening {
             return Err(StateError::NotOpening);
         }
-        self.backend.open_state(name, kind).map_err(to_wit)
+        if self.open_handles >= MAX_STATE_HANDLES {
+            return Err(StateError::Backend(format!(
+                "cannot open state `{name}`: this operator instance holds {MAX_STATE_HANDLES} open state handles, the most one may. Open each state once in `open` and keep its handle (states are distinguished by keys, not by handles)"
+            )));
+        }
+        let id = self.backend.open_state(name, kind).map_err(to_wit)?;
+        self.open_handles += 1;
+        Ok(id)
+    }
+
+    /// The guest dropped a state handle.
+    fn closed_handle(&mut self) {
+        self.open_handles = self.open_handles.saturating_sub(1);
     }
 }
+
+/// The most state handles one instance may hold open. Far more than an operator needs
+/// (one per state it uses), and far below wasmtime's limit for all the handles of a
+/// store (100,000, which WASI's streams count against too).
+pub(crate) const MAX_STATE_HANDLES: u32 = 10_000;
 
 fn to_wit(error: state::StateError) -> StateError {
     match error {
@@ -202,14 +230,24 @@ fn to_wit(error: state::StateError) -> StateError {
     }
 }
 
+/// A backend's answer for the guest: a state over its limit traps, as a runaway (the
+/// guest grew it); every other failure is the guest's to handle.
+fn lift<R>(result: Result<R, state::StateError>) -> wasmtime::Result<Result<R, StateError>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(e @ state::StateError::OverLimit { .. }) => Err(StateCapExceeded(e.to_string()).into()),
+        Err(e) => Ok(Err(to_wit(e))),
+    }
+}
+
 /// Runs a state call for `key`: checks the key group, then calls `f` with it.
 macro_rules! keyed {
     ($self:ident, $handle:expr, $key:expr, |$id:ident, $group:ident| $body:expr) => {{
         let $id = $self.table.get(&$handle)?.0;
-        Ok(match $self.owned_group(&$key) {
-            Ok($group) => $body.map_err(to_wit),
-            Err(e) => Err(e),
-        })
+        match $self.owned_group(&$key) {
+            Ok($group) => lift($body),
+            Err(e) => Ok(Err(e)),
+        }
     }};
 }
 
@@ -268,7 +306,7 @@ impl wit_state::HostValueState for GuestState {
         Ok(self
             .many(&keys, |backend, keys| {
                 backend.value_get_many(id, keys, &mut out)
-            })
+            })?
             .map(|()| to_wit_maybe(out)))
     }
 
@@ -282,9 +320,9 @@ impl wit_state::HostValueState for GuestState {
         let keys = blobs(keys, "the keys of `value-state.set-many`")?;
         let values = blobs(values, "the values of `value-state.set-many`")?;
         same_length(&keys, &values, "values")?;
-        Ok(self.many(&keys, |backend, keys| {
+        self.many(&keys, |backend, keys| {
             backend.value_set_many(id, keys, &values)
-        }))
+        })
     }
 
     fn clear_many(
@@ -294,11 +332,12 @@ impl wit_state::HostValueState for GuestState {
     ) -> wasmtime::Result<Result<(), StateError>> {
         let id = self.table.get(&this)?.0;
         let keys = blobs(keys, "the keys of `value-state.clear-many`")?;
-        Ok(self.many(&keys, |backend, keys| backend.clear_many(id, keys)))
+        self.many(&keys, |backend, keys| backend.clear_many(id, keys))
     }
 
     fn drop(&mut self, this: Resource<ValueStateHandle>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
+        self.closed_handle();
         Ok(())
     }
 }
@@ -367,7 +406,7 @@ impl wit_state::HostListState for GuestState {
         Ok(self
             .many(&keys, |backend, keys| {
                 backend.list_get_many(id, keys, &mut out)
-            })
+            })?
             .map(|()| types::BlobLists {
                 items: to_wit_blobs(out.items),
                 counts: out.counts,
@@ -384,13 +423,14 @@ impl wit_state::HostListState for GuestState {
         let keys = blobs(keys, "the keys of `list-state.add-many`")?;
         let values = blobs(values, "the values of `list-state.add-many`")?;
         same_length(&keys, &values, "values")?;
-        Ok(self.many(&keys, |backend, keys| {
+        self.many(&keys, |backend, keys| {
             backend.list_add_many(id, keys, &values)
-        }))
+        })
     }
 
     fn drop(&mut self, this: Resource<ListStateHandle>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
+        self.closed_handle();
         Ok(())
     }
 }
@@ -474,7 +514,7 @@ impl wit_state::HostMapState for GuestState {
         Ok(self
             .many(&keys, |backend, keys| {
                 backend.map_get_many(id, keys, &user_keys, &mut out)
-            })
+            })?
             .map(|()| to_wit_maybe(out)))
     }
 
@@ -491,9 +531,9 @@ impl wit_state::HostMapState for GuestState {
         let values = blobs(values, "the values of `map-state.put-many`")?;
         same_length(&keys, &user_keys, "user keys")?;
         same_length(&keys, &values, "values")?;
-        Ok(self.many(&keys, |backend, keys| {
+        self.many(&keys, |backend, keys| {
             backend.map_put_many(id, keys, &user_keys, &values)
-        }))
+        })
     }
 
     fn remove_many(
@@ -506,13 +546,14 @@ impl wit_state::HostMapState for GuestState {
         let keys = blobs(keys, "the keys of `map-state.remove-many`")?;
         let user_keys = blobs(user_keys, "the user keys of `map-state.remove-many`")?;
         same_length(&keys, &user_keys, "user keys")?;
-        Ok(self.many(&keys, |backend, keys| {
+        self.many(&keys, |backend, keys| {
             backend.map_remove_many(id, keys, &user_keys)
-        }))
+        })
     }
 
     fn drop(&mut self, this: Resource<MapStateHandle>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
+        self.closed_handle();
         Ok(())
     }
 }
@@ -560,6 +601,21 @@ fn domain(d: TimeDomain) -> Domain {
     }
 }
 
+impl GuestState {
+    /// Traps, as a runaway, when a new timer would take the pending ones past the limit.
+    fn check_timer_room(&self, d: Domain, key: &[u8], timestamp: i64) -> wasmtime::Result<()> {
+        let pending = u64::try_from(self.timers.len()).unwrap_or(u64::MAX);
+        if pending >= self.timer_limit && !self.timers.contains(d, key, timestamp) {
+            return Err(StateCapExceeded(format!(
+                "a new timer would take this subtask's pending timers past [state] timer-limit = {}. Raise timer-limit, or register fewer timers (one per key and window, deleting those no longer needed)",
+                self.timer_limit
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
 impl timers::Host for GuestState {
     fn register(&mut self, d: TimeDomain, key: Vec<u8>, timestamp: i64) -> wasmtime::Result<()> {
         if let Err(StateError::ForeignKey(group)) = self.owned_group(&key) {
@@ -567,6 +623,7 @@ impl timers::Host for GuestState {
                 "the guest registered a timer for a key of key group {group}, which this subtask does not own"
             );
         }
+        self.check_timer_room(domain(d), &key, timestamp)?;
         self.timers.register(domain(d), key, timestamp);
         Ok(())
     }
@@ -591,6 +648,7 @@ impl timers::Host for GuestState {
             );
         }
         for (key, timestamp) in keys.iter().zip(timestamps) {
+            self.check_timer_room(domain(d), key, timestamp)?;
             self.timers.register(domain(d), key.to_vec(), timestamp);
         }
         Ok(())

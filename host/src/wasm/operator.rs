@@ -41,6 +41,8 @@ pub struct GuestSettings {
     /// Whether the keyed state backend restores from its encoded snapshot in memory
     /// (the heap backend does; RocksDB keeps files): `dead-letter` needs it.
     pub local_restore: bool,
+    /// The most timers the subtask may have pending (`[state] timer-limit`).
+    pub timer_limit: u64,
 }
 
 /// The most backtrace frames a message shows: a stack overflow has thousands, and the
@@ -211,11 +213,12 @@ struct GuestSnapshot {
 fn instantiate(
     component: &OperatorComponent,
     info: &TaskInfo,
-    sandbox: &SandboxSpec,
+    settings: &GuestSettings,
     backend: Box<dyn KeyedStateBackend>,
     timers: Timers,
     watermark: Option<i64>,
 ) -> Result<Instance, TaskError> {
+    let sandbox = &settings.sandbox;
     let task: Arc<str> = Arc::from(info.name());
     let clock = Arc::new(GuestClock::new());
     let stderr = LogStream::new(task.clone(), Stream::Stderr);
@@ -236,9 +239,16 @@ fn instantiate(
         MemoryLimiter::new(sandbox.memory_limit),
         clock,
         sandbox.memory_limit,
+        settings.timer_limit,
     );
     let mut store = Store::new(&component.engine, state);
     store.limiter(|state| &mut state.limiter);
+    // What one call may copy from the guest to the host. The guest cannot pass more
+    // than its memory holds, so `memory-limit` is the bound that counts; twice it leaves
+    // room for the copy's own accounting (a string's transcoding, a list's lengths).
+    store.set_hostcall_fuel(
+        usize::try_from(sandbox.memory_limit.saturating_mul(2)).unwrap_or(usize::MAX),
+    );
     arm(&mut store, component, sandbox, UNLIMITED_FUEL);
     let guest = component.pre.instantiate(&mut store).map_err(|e| {
         let path = component.path.display();
@@ -315,7 +325,7 @@ impl WasmOperator {
         backend: Box<dyn KeyedStateBackend>,
     ) -> Result<Self, TaskError> {
         let sandbox = &settings.sandbox;
-        let instance = instantiate(component, info, sandbox, backend, Timers::default(), None)?;
+        let instance = instantiate(component, info, &settings, backend, Timers::default(), None)?;
         let context = OpenContext {
             operator_id: info.node.clone(),
             config: settings.config.clone(),
@@ -705,7 +715,8 @@ impl WasmOperator {
         let groups = self.instance.store.data().groups;
         let mut backend = std::mem::replace(
             &mut self.instance.store.data_mut().backend,
-            Box::new(HeapBackend::new(groups)),
+            // A placeholder while the real backend restores; it never holds state.
+            Box::new(HeapBackend::new(groups, 0)),
         );
         backend
             .restore(RestoredState::Encoded(&keyed))
@@ -713,7 +724,7 @@ impl WasmOperator {
         self.instance = instantiate(
             &self.component,
             &self.info,
-            &self.settings.sandbox,
+            &self.settings,
             backend,
             timers,
             watermark,

@@ -105,6 +105,9 @@ pub enum Runaway {
     Stack,
     /// It emitted more than `memory-limit` bytes of records in one call.
     Output,
+    /// It grew its keyed state past `[state] heap-limit`, or its timers past
+    /// `[state] timer-limit`.
+    State,
 }
 
 impl Runaway {
@@ -116,6 +119,9 @@ impl Runaway {
         }
         if error.downcast_ref::<OutputCapExceeded>().is_some() {
             return Some(Self::Output);
+        }
+        if error.downcast_ref::<StateCapExceeded>().is_some() {
+            return Some(Self::State);
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => Some(Self::Fuel),
@@ -151,6 +157,7 @@ impl Runaway {
                 "emitted more than memory-limit ({}) of records in one call",
                 format_size(limits.memory)
             ),
+            Self::State => "went over a state limit".to_owned(),
         }
     }
 }
@@ -192,6 +199,12 @@ pub struct OutputCapExceeded {
     /// `memory-limit`.
     pub limit: u64,
 }
+
+/// The trap of a guest whose state or timers would grow past their limit; the message
+/// names the state and the limit, and says how to raise it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StateCapExceeded(pub String);
 
 /// The resource limiter of one instance: all its memories together stay within the
 /// limit. The size of every memory passes through [`ResourceLimiter::memory_growing`]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use weir::checkpoint::metadata::CheckpointMetadata;
 use weir::job;
-use weir::launch::{JobOutcome, job_id, run_job};
+use weir::launch::{JobOutcome, RunRequest, job_id, run_job};
 use weir::runtime::CancelToken;
 use weir::storage::{CheckpointStorage, FsStorage};
 use weir::wasm::WasmRuntime;
@@ -23,9 +23,18 @@ pub fn run(
     std::fs::write(&path, text).expect("the job file");
     let spec = job::load(&path, &[]).expect("a valid job");
     let started = Instant::now();
-    match run_job(&spec, wasm, io.handle(), &CancelToken::default(), None).expect("the job runs") {
+    match run_job(
+        &spec,
+        wasm,
+        io.handle(),
+        &CancelToken::default(),
+        &RunRequest::default(),
+    )
+    .expect("the job runs")
+    {
         JobOutcome::Finished(_) => {}
         JobOutcome::Cancelled => panic!("the benchmark job was cancelled"),
+        JobOutcome::AlreadyFinished(_) => panic!("the benchmark job was not run"),
     }
     (started.elapsed(), spec)
 }

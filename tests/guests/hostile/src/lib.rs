@@ -23,6 +23,8 @@
 //! - Which records are poison: `poison-value` (the value is exactly this text),
 //!   `poison-key` (the key is exactly this text), `poison-every` (the value is a number
 //!   `n` with `n % every == every - 1`). With none of them, every record is.
+//! - `state-hog`, `timer-hog` (in `process`) and `handle-hog` (in `open`) grow what the
+//!   host keeps for the guest without end: keyed state, timers, state handles.
 //! - `open`, `snapshot`: what `open` and `snapshot-state` do; `snapshot-times` limits the
 //!   misbehaving snapshots to the first few of the instance.
 //! - `sleep-ms` (default an hour), `burn` (loop iterations, default 10⁸), `path`
@@ -67,6 +69,13 @@ pub enum Behaviour {
     Lookup,
     /// Read the environment variable `var`, and count all variables.
     Env,
+    /// Write keyed state without end: distinct 4 KiB keys into `count` (for `process`,
+    /// at parallelism 1, where every key is the subtask's).
+    StateHog,
+    /// Register event-time timers without end, at ever later times (for `process`).
+    TimerHog,
+    /// Open value states `s0`, `s1`, … without end (for `open`).
+    HandleHog,
 }
 
 /// The configuration as written in the job file.
@@ -285,8 +294,43 @@ fn misbehave(behaviour: Behaviour, config: &Config) -> Option<String> {
         }
         Behaviour::Burn => Some(format!("burnt {}", burn(config.burn))),
         Behaviour::Trap => panic!("hostile: trapping as configured"),
+        Behaviour::TimerHog => timer_hog(),
+        Behaviour::HandleHog => {
+            if let Err(e) = handle_hog() {
+                panic!("hostile: {e}");
+            }
+            None
+        }
+        Behaviour::StateHog => panic!("hostile: state-hog needs its state; it runs in process"),
         probe_kind => Some(probe(probe_kind, probe_arg(probe_kind, config))),
     }
+}
+
+/// Writes ever new 4 KiB keys into `count` until the host stops the call.
+fn state_hog(count: &ValueState<u64>) -> Result<()> {
+    let mut key = vec![b'k'; 4096];
+    for i in 0u64.. {
+        key[..8].copy_from_slice(&i.to_le_bytes());
+        count.set(&key, &i)?;
+    }
+    Ok(())
+}
+
+/// Registers ever later timers for one key until the host stops the call.
+fn timer_hog() -> ! {
+    for t in 0i64.. {
+        weir_sdk::timers::register(weir_sdk::TimeDomain::EventTime, b"hog", t);
+    }
+    unreachable!("the timer hog registered i64::MAX timers")
+}
+
+/// Opens ever more states until the host refuses one; keeps every handle.
+fn handle_hog() -> Result<()> {
+    let mut handles = Vec::new();
+    for i in 0u64.. {
+        handles.push(ValueState::<u64>::open(&format!("s{i}"))?);
+    }
+    Ok(())
 }
 
 /// The operator: a keyed counter that misbehaves as configured.
@@ -312,6 +356,9 @@ impl Operator for Hostile {
     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
         for record in batch.iter() {
             if self.config.is_poison(record) {
+                if self.config.process == Some(Behaviour::StateHog) {
+                    state_hog(&self.count)?;
+                }
                 if let Some(behaviour) = self.config.process
                     && let Some(found) = misbehave(behaviour, &self.config)
                 {
