@@ -4,10 +4,9 @@
 //! Hostile guests from `tests/guests/hostile` grow each without end; the real `weir`
 //! binary stops them with an error that names the limit, and its memory stays small.
 
-use std::io::Read;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-use weir_tests::{Scratch, describe, guest, peak_rss_kib, toml_path};
+use weir_tests::{Scratch, describe, guest, toml_path, wait_bounded};
 
 /// No run here should take long; one that does has not been stopped, and is killed.
 const HANG: Duration = Duration::from_secs(60);
@@ -51,41 +50,13 @@ inputs = ["hostile"]
 /// it and fails the test after [`HANG`]. The output, and the peak in MiB.
 fn run_measured(scratch: &Scratch, text: &str) -> (Output, u64) {
     let job = scratch.write("job.toml", text);
-    let mut child = scratch
+    let child = scratch
         .weir(&["run", job.to_str().unwrap_or_default()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("weir starts");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let started = Instant::now();
-    let mut peak_kib = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(child.id()) {
-            peak_kib = peak_kib.max(kib);
-        }
-        if let Some(status) = child.try_wait().expect("the child's status") {
-            break status;
-        }
-        if started.elapsed() > HANG {
-            let _ = child.kill();
-            let _ = child.wait();
-            let text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-            panic!("weir ran for {HANG:?} without being stopped, and was killed\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let output = Output {
-        status,
-        stdout: Vec::new(),
-        stderr: reader.join().unwrap_or_default(),
-    };
-    (output, peak_kib / 1024)
+    wait_bounded(child, HANG)
 }
 
 /// Asserts the job failed (exit 1: the host survived, and said why) and its error says

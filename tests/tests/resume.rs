@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use weir_tests::{Scratch, describe, guest, toml_path};
+use weir_tests::{Scratch, describe, eventually, guest, toml_path};
 
 /// How long a test waits for something a running job does within a second or two.
 const WAIT: Duration = Duration::from_secs(60);
@@ -55,16 +55,12 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Polls `done` until it holds; panics with `what` after [`WAIT`].
+/// Waits until `done` holds; panics with `what` after [`WAIT`].
 fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {WAIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(WAIT, done),
+        "{what} did not happen within {WAIT:?}"
+    );
 }
 
 /// Whether `dir` holds a checkpoint with its `_metadata`.

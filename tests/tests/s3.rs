@@ -162,14 +162,23 @@ fn newest_committed(server: &S3Server) -> Option<u64> {
 
 /// Polls `done` until it holds; false after [`WAIT`].
 fn eventually(done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+    weir_tests::eventually(WAIT, done)
+}
+
+/// Kills `child` (a run of `job`), resumes the job from its latest checkpoint and waits
+/// for the resumed run, which must succeed; its stderr.
+fn resume_after_kill(mut child: Child, scratch: &Scratch, server: &S3Server, job: &str) -> String {
+    let _ = child.kill();
+    let _ = child.wait();
+    let resumed = start(
+        scratch,
+        &server.endpoint(),
+        server,
+        &["run", job, "--from-checkpoint", "latest"],
+    );
+    let (ok, stderr) = finish(resumed);
+    assert!(ok, "the resumed job failed:\n{stderr}");
+    stderr
 }
 
 /// How many checkpoints completed, from the log.
@@ -268,16 +277,7 @@ fn a_server_killed_mid_run_costs_checkpoints_not_data_and_restore_works() {
         child.try_wait().ok().flatten().is_none(),
         "the job ended while the server was down"
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    let resumed = start(
-        &scratch,
-        &endpoint,
-        &server,
-        &["run", &job, "--from-checkpoint", "latest"],
-    );
-    let (ok, stderr) = finish(resumed);
-    assert!(ok, "the resumed job failed:\n{stderr}");
+    let stderr = resume_after_kill(child, &scratch, &server, &job);
     assert!(
         stderr.contains("restoring from checkpoint"),
         "it did not restore:\n{stderr}"
@@ -395,16 +395,7 @@ fn a_second_run_of_a_running_job_is_refused_and_a_killed_runs_lease_is_taken_ove
         "the refused run stopped the first"
     );
     // Killed, the first leaves its lease behind; the resume takes it over once stale.
-    let _ = first.kill();
-    let _ = first.wait();
-    let resumed = start(
-        &scratch,
-        &endpoint,
-        &server,
-        &["run", &job, "--from-checkpoint", "latest"],
-    );
-    let (ok, stderr) = finish(resumed);
-    assert!(ok, "the resumed job failed:\n{stderr}");
+    let stderr = resume_after_kill(first, &scratch, &server, &job);
     assert!(
         stderr.contains("taking over the stale lease of weir pid"),
         "{stderr}"

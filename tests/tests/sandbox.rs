@@ -7,10 +7,9 @@
 //! so that every attack is stopped within a second.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-use weir_tests::{Scratch, describe, guest, toml_path};
+use weir_tests::{Scratch, describe, guest, toml_path, wait_bounded};
 
 /// No run here should take long; one that does has hung, and is killed.
 const HANG: Duration = Duration::from_secs(45);
@@ -70,42 +69,7 @@ fn run(scratch: &Scratch, text: &str, env: &[(&str, &str)]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("weir starts");
-    wait_bounded(child)
-}
-
-/// Waits for `child`, reading its output meanwhile; kills it and fails the test after
-/// [`HANG`].
-fn wait_bounded(mut child: Child) -> Output {
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("the child's status") {
-            break status;
-        }
-        if started.elapsed() > HANG {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
-            panic!("weir hung for {HANG:?} and was killed\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
+    wait_bounded(child, HANG).0
 }
 
 fn stderr(output: &Output) -> String {

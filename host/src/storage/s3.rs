@@ -379,20 +379,7 @@ impl Remote {
 
     /// Whether the object `relative` exists.
     async fn head(&self, relative: &str) -> Result<bool, StorageError> {
-        let result = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.key(relative))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) => match self.refusal(relative, "looking for", &e) {
-                Refusal::Missing => Ok(false),
-                refusal => Err(self.unexpected(relative, "looking for", refusal)),
-            },
-        }
+        Ok(self.modified(relative).await?.is_some())
     }
 
     /// When the object `relative` was last written, by the store's clock; `None` if it
