@@ -219,7 +219,14 @@ pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>
         })?,
         None => StorageUrl::File(doc.resolve(defaults::CHECKPOINT_DIR)),
     };
+    let has_s3_table = raw.s3.is_some();
     let s3 = s3_settings(doc, raw.s3)?;
+    if has_s3_table && matches!(dir, StorageUrl::File(_)) {
+        return Err(JobError::Invalid {
+            at: doc.at(&[Seg::Key("checkpointing"), Seg::Key("s3")]),
+            message: "`[checkpointing.s3]` only applies to an s3:// checkpoint `dir`, and this job checkpoints to a local directory. Remove the table, or set dir = \"s3://<bucket>/<prefix>\".".to_owned(),
+        });
+    }
     if raw.interval.is_none() {
         return Ok(None);
     }

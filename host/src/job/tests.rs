@@ -1322,6 +1322,19 @@ fn an_s3_table_sets_the_endpoint_and_upload_settings() {
 }
 
 #[test]
+fn an_s3_table_with_a_local_checkpoint_dir_is_refused_as_doing_nothing() {
+    let f = Fixture::new();
+    let err = f.err(&format!(
+        "[checkpointing]\ninterval = \"1s\"\ndir = \"ckpt\"\n[checkpointing.s3]\nlease-timeout = \"5s\"\n{MINIMAL}"
+    ));
+    let err = err.to_string();
+    assert!(
+        err.contains("only applies to an s3:// checkpoint `dir`") && err.contains("line"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_unknown_key_in_the_s3_table_is_named_with_its_table() {
     let f = Fixture::new();
     let err = f.err(&format!(

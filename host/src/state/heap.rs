@@ -182,11 +182,6 @@ impl HeapBackend {
         }
     }
 
-    /// The bytes the state holds, as counted against the limit.
-    pub fn used_bytes(&self) -> u64 {
-        self.budget.used
-    }
-
     /// The table of `state` for writing, its name and the budget.
     fn table_and_budget(
         &mut self,
@@ -634,6 +629,28 @@ mod tests {
         Ok(())
     }
     use crate::runtime::ids::SubtaskIndex;
+
+    #[test]
+    fn a_write_past_the_limit_fails_and_what_is_freed_can_be_written_again()
+    -> Result<(), StateError> {
+        // Room for one entry of a 1-byte key and a 100-byte value, not two.
+        let mut b = HeapBackend::new(KeyGroupRange { start: 0, end: 1 }, 2 * ENTRY_COST + 150);
+        let s = b.open_state("v", StateKind::Value)?;
+        let g = KeyGroup(0);
+        b.value_set(s, g, b"a".to_vec(), vec![0; 100])?;
+        assert!(matches!(
+            b.value_set(s, g, b"b".to_vec(), vec![0; 100]),
+            Err(StateError::OverLimit { ref state, .. }) if state == "v"
+        ));
+        assert_eq!(b.value_get(s, g, b"b")?, None);
+        // Overwriting with a shorter value, and shrinking, are always allowed.
+        b.value_set(s, g, b"a".to_vec(), vec![0; 10])?;
+        b.value_set(s, g, b"b".to_vec(), vec![0; 10])?;
+        b.clear(s, g, b"a")?;
+        b.clear(s, g, b"b")?;
+        b.value_set(s, g, b"c".to_vec(), vec![0; 100])?;
+        Ok(())
+    }
 
     fn backend() -> HeapBackend {
         HeapBackend::new(KeyGroupRange::for_subtask(SubtaskIndex(0), 1, 8), u64::MAX)
