@@ -16,8 +16,8 @@
 //!   between machines does not matter). A process that finds the lease held watches it:
 //!   renewed, its holder is alive and the process is refused; not renewed for a
 //!   timeout, the holder is gone and the lease is taken over. A holder that sees its
-//!   lease replaced, or cannot renew it within the timeout, has lost it and stops the
-//!   job.
+//!   lease replaced or deleted has lost it and stops the job; one that cannot reach the
+//!   store keeps renewing (nobody can take the lease over through a store that is down).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

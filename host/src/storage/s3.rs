@@ -50,7 +50,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -1484,12 +1484,12 @@ impl CheckpointStorage for S3Storage {
     }
 }
 
-/// Renews the lease `mine` (holding `token`) three times per lease timeout until aborted; sets
-/// `lost` and stops when another process replaced it, or when it could not be renewed
-/// for so long that another may have taken it over.
+/// Renews the lease `mine` (holding `token`) three times per lease timeout until aborted;
+/// sets `lost` and stops when it finds the lease replaced or deleted by another process.
+/// A store it cannot reach loses it nothing: the job survives an outage of S3, as it
+/// does for checkpoints.
 async fn renew(remote: Arc<Remote>, mine: Bytes, token: String, lost: LostSignal) {
     let timeout = remote.options.lease_timeout;
-    let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(lease_renewal(timeout)).await;
         let why = match remote.get(layout::LOCK).await {
@@ -1501,14 +1501,13 @@ async fn renew(remote: Arc<Remote>, mine: Bytes, token: String, lost: LostSignal
                         remote.location(layout::LOCK),
                         current.description
                     ))
-                } else if remote
-                    .put_single(layout::LOCK, mine.clone(), Mode::Replace)
-                    .await
-                    .is_ok()
-                {
-                    renewed = Instant::now();
-                    None
                 } else {
+                    if let Err(e) = remote
+                        .put_single(layout::LOCK, mine.clone(), Mode::Replace)
+                        .await
+                    {
+                        tracing::warn!("could not renew the job's lease: {e}");
+                    }
                     None
                 }
             }
@@ -1516,18 +1515,13 @@ async fn renew(remote: Arc<Remote>, mine: Bytes, token: String, lost: LostSignal
                 "its lease {} was deleted by another process",
                 remote.location(layout::LOCK)
             )),
-            Err(_) => None,
+            // An outage of the store: no other process can take the lease over through
+            // it either, and the next renewal tells whether one did.
+            Err(e) => {
+                tracing::warn!("could not renew the job's lease: {e}");
+                None
+            }
         };
-        let why = why.or_else(|| {
-            (renewed.elapsed() + lease_renewal(timeout) >= timeout).then(|| {
-                format!(
-                    "its lease {} could not be renewed for {} s, and another process may take \
-                     it over",
-                    remote.location(layout::LOCK),
-                    renewed.elapsed().as_secs()
-                )
-            })
-        });
         if let Some(why) = why {
             tracing::error!("this process lost the job's lock: {why}");
             lost.set(why);
