@@ -11,6 +11,7 @@ use crate::checkpoint::metadata::{CheckpointMetadata, TaskState};
 use crate::checkpoint::retention::{
     CheckpointFiles, EndAction, JobEnd, ListedCheckpoint, on_job_end, orphans, restore_candidates,
 };
+use crate::checkpoint::stats::CheckpointStats;
 use crate::checkpoint::{AlignMode, RestartDecision, RestartTracker};
 use crate::connectors::{
     BlackholeSink, ExistingOutput, FileSink, FileSource, Generator, GeneratorSettings, StdoutSink,
@@ -18,8 +19,10 @@ use crate::connectors::{
 use crate::job::{
     CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind, StateBackendKind,
 };
+use crate::observe::{JobState, LiveJob};
 use crate::runtime::executor::{OperatorFactory, Partitioner, RunReport};
 use crate::runtime::keygroup::KeyGroupRange;
+use crate::runtime::now_ms;
 use crate::runtime::{
     CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator, Restore,
     RunError, RunOptions, Source,
@@ -360,9 +363,10 @@ pub fn run_job(
     spec: &JobSpec,
     wasm: &WasmRuntime,
     io: &Handle,
-    cancel: &CancelToken,
+    live: &LiveJob,
     request: &RunRequest,
 ) -> Result<JobOutcome, LaunchError> {
+    let cancel = &live.cancel;
     let existing = if request.allow_duplicates {
         ExistingOutput::Append
     } else {
@@ -371,7 +375,7 @@ pub fn run_job(
     let graph = build_graph(spec, wasm, existing)?;
     let Some(config) = &spec.checkpointing else {
         clear_working_dir(spec);
-        return run_attempts(spec, &graph, io, cancel, request.from.clone(), None);
+        return run_attempts(spec, &graph, io, live, request.from.clone(), None);
     };
     let storage = crate::storage::open(&config.dir, &job_id(spec), &config.s3)?;
     let checked = storage.clone();
@@ -382,7 +386,7 @@ pub fn run_job(
     // Only now: the working directory of a process that still runs must not be cleared.
     clear_working_dir(spec);
     let watcher = watch_lock(&lock, cancel, io);
-    let outcome = run_locked(spec, &graph, io, cancel, request, &storage);
+    let outcome = run_locked(spec, &graph, io, live, request, &storage);
     watcher.abort();
     let outcome = match (outcome, lock.lost()) {
         (Ok(JobOutcome::Cancelled), Some(why)) => Err(LaunchError::LostLock(why)),
@@ -398,7 +402,7 @@ fn run_locked(
     spec: &JobSpec,
     graph: &Graph,
     io: &Handle,
-    cancel: &CancelToken,
+    live: &LiveJob,
     request: &RunRequest,
     storage: &Arc<dyn CheckpointStorage>,
 ) -> Result<JobOutcome, LaunchError> {
@@ -413,7 +417,35 @@ fn run_locked(
         }
         None => {}
     }
-    run_attempts(spec, graph, io, cancel, request.from.clone(), Some(storage))
+    if request.from.is_some() {
+        live.stats.update(|s| *s = stored_stats(storage, io));
+    }
+    run_attempts(spec, graph, io, live, request.from.clone(), Some(storage))
+}
+
+/// The checkpoint statistics a previous run of the job stored, so that a resumed job
+/// shows the checkpoints it took before; none when there are none or they do not read
+/// back (they are statistics: the job runs all the same).
+fn stored_stats(storage: &Arc<dyn CheckpointStorage>, io: &Handle) -> CheckpointStats {
+    let read = block_on_storage(io, storage, |s| async move {
+        s.read_record(JobRecord::Statistics).await
+    });
+    match read.map(|bytes| bytes.map(|b| serde_json::from_slice::<CheckpointStats>(&b))) {
+        Ok(None) => CheckpointStats::default(),
+        Ok(Some(Ok(stats))) => stats,
+        Ok(Some(Err(e))) => {
+            tracing::warn!(
+                "the stored checkpoint statistics do not read back ({e}); the history starts empty"
+            );
+            CheckpointStats::default()
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the stored checkpoint statistics ({e}); the history starts empty"
+            );
+            CheckpointStats::default()
+        }
+    }
 }
 
 /// Cancels the job if its lock is lost: another process runs it now.
@@ -456,10 +488,11 @@ fn run_attempts(
     spec: &JobSpec,
     graph: &Graph,
     io: &Handle,
-    cancel: &CancelToken,
+    live: &LiveJob,
     from: Option<FromCheckpoint>,
     storage: Option<&Arc<dyn CheckpointStorage>>,
 ) -> Result<JobOutcome, LaunchError> {
+    let cancel = &live.cancel;
     let mut tracker = RestartTracker::new(spec.restart.clone());
     let mut from = from;
     let mut attempt = 0u32;
@@ -470,8 +503,12 @@ fn run_attempts(
         };
         let mut options = RunOptions {
             restore,
+            metrics: Some(live.metrics.clone()),
             ..RunOptions::default()
         };
+        live.stats.update(|s| {
+            s.abandon_in_progress(now_ms(), "the job stopped while it was in progress")
+        });
         if let (Some(config), Some(storage)) = (&spec.checkpointing, storage) {
             let listing = block_on_storage(io, storage, |s| async move { s.list().await })?;
             let newest = listing.iter().map(|l| l.checkpoint).chain(restored).max();
@@ -491,11 +528,17 @@ fn run_attempts(
                 io: io.clone(),
                 next_id: CheckpointId(newest.map_or(1, |n| n.0 + 1)),
                 completed: completed.unwrap_or_else(|Unread(files)| files),
+                stats: live.stats.clone(),
             });
         }
         if let Some(id) = restored {
             tracing::info!(checkpoint = id.0, "restoring from checkpoint {id}");
+            if let Some(storage) = storage {
+                let path = storage.checkpoint_url(id);
+                live.stats.update(|s| s.restored(id.0, now_ms(), path));
+            }
         }
+        live.set_state(JobState::Running);
         let result = Executor::new(cancel.clone()).run(graph, options);
         match result {
             Ok(report) => {
@@ -520,6 +563,7 @@ fn run_attempts(
                 attempt += 1;
                 match tracker.on_failure(Instant::now(), jitter()) {
                     RestartDecision::Restart { after } => {
+                        live.set_state(JobState::Restarting);
                         tracing::warn!(
                             attempt,
                             "the job failed: {error}. Restarting in {after:?} from the latest completed checkpoint"

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use weir::connectors::ExistingOutput;
 use weir::job::{self, Override};
 use weir::launch::{FromCheckpoint, JobOutcome, LaunchError, RunRequest, build_graph, run_job};
+use weir::observe::{JobState, LiveJob};
 use weir::runtime::CancelToken;
 use weir::wasm::{CompileCache, WasmRuntime};
 
@@ -271,7 +272,8 @@ fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let cancel = CancelToken::default();
+    let live = std::sync::Arc::new(LiveJob::new(&spec, CancelToken::default()));
+    let cancel = live.cancel.clone();
     let io = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("weir-io")
@@ -295,12 +297,32 @@ fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
         }
     });
 
-    tracing::info!(job = %spec.name, nodes = spec.nodes.len(), "starting job");
-    match run_job(&spec, &wasm, io.handle(), &cancel, request) {
+    let token = std::env::var(weir::observe::rest::TOKEN_ENV).ok();
+    let server = match weir::observe::rest::start(&spec.rest, token, live.clone(), io.handle()) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    tracing::info!(
+        job = %spec.name,
+        nodes = spec.nodes.len(),
+        "starting job; REST API and metrics at http://{}/",
+        server.address()
+    );
+    let outcome = run_job(&spec, &wasm, io.handle(), &live, request);
+    live.set_state(match &outcome {
+        Ok(JobOutcome::Finished(_) | JobOutcome::AlreadyFinished(_)) => JobState::Finished,
+        Ok(JobOutcome::Cancelled) => JobState::Canceled,
+        Err(_) => JobState::Failed,
+    });
+    drop(server);
+    match outcome {
         Ok(JobOutcome::Finished(report)) => {
             tracing::info!(job = %spec.name, elapsed = ?report.elapsed, "job finished");
-            for (node, metrics) in &report.nodes {
-                tracing::info!(node = %node, records_in = metrics.records_in(), records_out = metrics.records_out(), "node totals");
+            for metrics in &report.nodes {
+                tracing::info!(node = %metrics.id, records_in = metrics.records_in(), records_out = metrics.records_out(), "node totals");
             }
             ExitCode::SUCCESS
         }

@@ -62,6 +62,7 @@ fn info() -> TaskInfo {
         subtask: SubtaskIndex(0),
         parallelism: 1,
         max_parallelism: MAX_PARALLELISM,
+        metrics: Default::default(),
     }
 }
 

@@ -12,10 +12,11 @@ use crate::checkpoint::coordinator::{
 };
 use crate::checkpoint::metadata::{CheckpointMetadata, FORMAT_VERSION, TaskEntry, TaskState};
 use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
+use crate::checkpoint::stats::{CheckpointStats, StatsTracker};
 use crate::runtime::record::{Barrier, Control};
 use crate::runtime::{CheckpointId, CheckpointSink, Snapshot, SnapshotWriter, now_ms};
 use crate::state::{LocalFile, LocalFiles, LocalSnapshot, StoredFile, Upload};
-use crate::storage::CheckpointStorage;
+use crate::storage::{CheckpointStorage, JobRecord};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,6 +49,13 @@ pub enum CoordinatorMessage {
     },
     /// A source reached the end of its input.
     SourceExhausted(TaskRef),
+    /// Writing a checkpoint's `_metadata` (its commit) ended.
+    Committed {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// The commit's outcome; the error for the user.
+        result: Result<(), String>,
+    },
 }
 
 /// Runs the asynchronous phase of subtasks' snapshots on the I/O runtime.
@@ -303,6 +311,43 @@ async fn read_local(file: &LocalFile) -> Result<Bytes, String> {
         .map_err(|e| format!("cannot read {}: {e}", file.path.display()))
 }
 
+/// Starts the task that stores the statistics it is handed as `_checkpoint-stats`, the
+/// latest first and one write at a time. It ends once the sender is dropped and the last
+/// value is written.
+fn spawn_stats_writer(
+    storage: &Arc<dyn CheckpointStorage>,
+    io: &Handle,
+) -> (
+    tokio::sync::watch::Sender<Option<CheckpointStats>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::watch::channel(None::<CheckpointStats>);
+    let storage = storage.clone();
+    let task = io.spawn(async move {
+        loop {
+            let changed = rx.changed().await;
+            let latest = rx.borrow_and_update().clone();
+            if let Some(stats) = latest {
+                match serde_json::to_vec(&stats) {
+                    Ok(json) => {
+                        if let Err(e) = storage
+                            .write_record(JobRecord::Statistics, Bytes::from(json))
+                            .await
+                        {
+                            tracing::warn!("could not store the checkpoint statistics: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("could not encode the checkpoint statistics: {e}"),
+                }
+            }
+            if changed.is_err() {
+                return;
+            }
+        }
+    });
+    (tx, task)
+}
+
 /// What the driver needs to know about the job.
 pub struct DriverSetup {
     /// The job's name, recorded in `_metadata`.
@@ -324,6 +369,8 @@ pub struct DriverSetup {
     /// Completed checkpoints already in storage with the shared files they reference,
     /// oldest first, for retention.
     pub completed: Vec<CheckpointFiles>,
+    /// Where the driver reports what becomes of each checkpoint.
+    pub stats: StatsTracker,
 }
 
 /// Every subtask as the driver addresses it.
@@ -364,6 +411,18 @@ pub struct CheckpointDriver {
     final_checkpoint: Option<CheckpointId>,
     /// Per pending checkpoint: its trigger time and what each subtask stored.
     acks: BTreeMap<CheckpointId, Collected>,
+    /// The checkpoints whose `_metadata` is being written, and their metadata.
+    committing: BTreeMap<CheckpointId, CheckpointMetadata>,
+    /// The commits' writes, so that the run ends only once they have.
+    commits: Vec<tokio::task::JoinHandle<()>>,
+    /// The driver's own way to its message channel, for the commits' outcomes.
+    to_self: Sender<CoordinatorMessage>,
+    /// The latest statistics for the writer that stores them.
+    stats_writer: tokio::sync::watch::Sender<Option<CheckpointStats>>,
+    /// The writer that stores the statistics beside the checkpoints.
+    stats_task: tokio::task::JoinHandle<()>,
+    /// Every node's id and parallelism, in graph order, for the statistics.
+    vertices: Vec<(String, u32)>,
     /// The retained completed checkpoints and the shared files they reference.
     completed: Vec<CheckpointFiles>,
     /// When the run started: a moment that is always past, for "due at once".
@@ -379,8 +438,9 @@ impl CheckpointDriver {
         now: Instant,
     ) -> (Self, Arc<dyn CheckpointSink>) {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (stats_writer, stats_task) = spawn_stats_writer(&setup.storage, &setup.io);
         let uploader = SnapshotUploader {
-            messages: tx,
+            messages: tx.clone(),
             storage: setup.storage.clone(),
             io: setup.io.clone(),
             node_ids: node_ids.clone(),
@@ -392,7 +452,15 @@ impl CheckpointDriver {
             now,
         );
         let completed = setup.completed.clone();
+        let mut vertices: Vec<(String, u32)> = Vec::new();
+        for task in &tasks {
+            let id = node_ids.get(task.task.node).cloned().unwrap_or_default();
+            if !vertices.iter().any(|(v, _)| *v == id) {
+                vertices.push((id, task.parallelism));
+            }
+        }
         let driver = Self {
+            vertices,
             setup,
             coordinator,
             messages: rx,
@@ -401,6 +469,11 @@ impl CheckpointDriver {
             exhausted: BTreeSet::new(),
             final_checkpoint: None,
             acks: BTreeMap::new(),
+            committing: BTreeMap::new(),
+            commits: Vec::new(),
+            to_self: tx,
+            stats_writer,
+            stats_task,
             completed,
             started: now,
         };
@@ -440,6 +513,9 @@ impl CheckpointDriver {
                 triggered_at_ms: now_ms(),
             };
             tracing::debug!(checkpoint = id.0, "triggering checkpoint");
+            self.setup
+                .stats
+                .update(|s| s.triggered(id.0, barrier.triggered_at_ms, &self.vertices));
             if self.final_checkpoint.is_none() && self.all_sources_exhausted() {
                 self.final_checkpoint = Some(id);
             }
@@ -479,6 +555,9 @@ impl CheckpointDriver {
                 self.exhausted.insert(task);
                 Ok(())
             }
+            CoordinatorMessage::Committed { checkpoint, result } => {
+                self.on_committed(checkpoint, result, now)
+            }
             CoordinatorMessage::Decline {
                 task,
                 checkpoint,
@@ -498,13 +577,18 @@ impl CheckpointDriver {
             } => {
                 let mut stats = stats;
                 if let Some(collected) = self.acks.get_mut(&checkpoint) {
-                    let since = now_ms().saturating_sub(collected.triggered_at_ms);
+                    let at = now_ms();
+                    let since = at.saturating_sub(collected.triggered_at_ms);
                     stats.end_to_end =
                         std::time::Duration::from_millis(u64::try_from(since).unwrap_or(0));
+                    let node = self.node_ids.get(task.node).map_or("", String::as_str);
+                    self.setup.stats.update(|s| {
+                        s.acknowledged(checkpoint.0, node, task.subtask.0, at, &stats);
+                    });
                     collected.tasks.insert(task, (state, stats.clone()));
                 }
                 match self.coordinator.acknowledge(checkpoint, task, stats, now) {
-                    AckOutcome::Complete(_) => self.commit(checkpoint, now),
+                    AckOutcome::Complete(_) => self.commit(checkpoint),
                     AckOutcome::Pending { .. } | AckOutcome::Ignored(_) => Ok(()),
                 }
             }
@@ -515,10 +599,15 @@ impl CheckpointDriver {
     pub fn on_task_failure(&mut self) {
         for id in self.coordinator.on_task_failure() {
             self.acks.remove(&id);
+            let why = "a subtask failed while it was in progress".to_owned();
+            self.setup
+                .stats
+                .update(|s| s.failed(id.0, now_ms(), why, true));
         }
+        self.store_stats();
     }
 
-    fn commit(&mut self, id: CheckpointId, now: Instant) -> Result<(), CheckpointFailure> {
+    fn commit(&mut self, id: CheckpointId) -> Result<(), CheckpointFailure> {
         let Some(Collected {
             triggered_at_ms,
             tasks,
@@ -555,13 +644,34 @@ impl CheckpointDriver {
             completed_at_ms: now_ms(),
             tasks,
         };
-        let storage = self.setup.storage.clone();
+        // The commit runs on the I/O runtime, so acknowledgements, triggers and expiries
+        // go on while it writes; its outcome comes back as a message.
+        let (storage, to_self) = (self.setup.storage.clone(), self.to_self.clone());
         let bytes = Bytes::from(metadata.to_bytes());
-        let committed = self
-            .setup
-            .io
-            .block_on(async move { storage.commit(id, bytes).await });
-        let decisions = match committed {
+        self.committing.insert(id, metadata);
+        self.commits.retain(|c| !c.is_finished());
+        self.commits.push(self.setup.io.spawn(async move {
+            let result = storage.commit(id, bytes).await.map_err(|e| e.to_string());
+            let _ = to_self.send(CoordinatorMessage::Committed {
+                checkpoint: id,
+                result,
+            });
+        }));
+        Ok(())
+    }
+
+    /// The commit of `id` ended: tell every subtask, apply retention, and end the job
+    /// after its final checkpoint; or count the failure.
+    fn on_committed(
+        &mut self,
+        id: CheckpointId,
+        result: Result<(), String>,
+        now: Instant,
+    ) -> Result<(), CheckpointFailure> {
+        let Some(metadata) = self.committing.remove(&id) else {
+            return Ok(());
+        };
+        let decisions = match result {
             Ok(()) => {
                 tracing::info!(
                     checkpoint = id.0,
@@ -569,6 +679,10 @@ impl CheckpointDriver {
                     state_bytes = metadata.state_size(),
                     "checkpoint completed"
                 );
+                let path = self.setup.storage.checkpoint_url(id);
+                self.setup
+                    .stats
+                    .update(|s| s.completed(id.0, metadata.completed_at_ms, path));
                 self.completed.push(metadata.files());
                 let last = self.final_checkpoint.is_some_and(|f| id >= f);
                 for task in &self.tasks {
@@ -582,17 +696,63 @@ impl CheckpointDriver {
             }
             Err(e) => {
                 tracing::warn!(checkpoint = id.0, "writing _metadata failed: {e}");
-                self.coordinator.commit_failed(id, e.to_string())
+                self.coordinator.commit_failed(id, e)
             }
         };
+        self.store_stats();
         self.apply(decisions.map_err(|e| CheckpointFailure(e.to_string()))?)
+    }
+
+    /// Hands the statistics to their writer; a write still running is followed by one
+    /// of the latest, and the ones in between are skipped.
+    fn store_stats(&self) {
+        let _ = self.stats_writer.send(Some(self.setup.stats.snapshot()));
+    }
+
+    /// Waits for the commits still being written, counts those that made it (a failed
+    /// run no longer hears of them, but they are restorable), then for the last
+    /// statistics write: what the run committed is in storage when it ends.
+    pub fn finish(mut self) {
+        let commits = std::mem::take(&mut self.commits);
+        self.setup.io.block_on(async move {
+            for commit in commits {
+                let _ = commit.await;
+            }
+        });
+        for message in self.messages.try_iter() {
+            if let CoordinatorMessage::Committed {
+                checkpoint,
+                result: Ok(()),
+            } = message
+                && let Some(metadata) = self.committing.get(&checkpoint)
+            {
+                let path = self.setup.storage.checkpoint_url(checkpoint);
+                self.setup
+                    .stats
+                    .update(|s| s.completed(checkpoint.0, metadata.completed_at_ms, path));
+            }
+        }
+        self.store_stats();
+        let Self {
+            setup,
+            stats_writer,
+            stats_task,
+            ..
+        } = self;
+        drop(stats_writer);
+        let _ = setup.io.block_on(stats_task);
     }
 
     fn apply(&mut self, decisions: Vec<Decision>) -> Result<(), CheckpointFailure> {
         for decision in decisions {
             match decision {
                 Decision::Abort { checkpoint, reason } => {
-                    tracing::info!(checkpoint = checkpoint.0, "checkpoint aborted: {reason:?}");
+                    tracing::info!(checkpoint = checkpoint.0, "checkpoint aborted: {reason}");
+                    let (counted, why) = (reason.counts(), reason.to_string());
+                    self.setup
+                        .stats
+                        .update(|s| s.failed(checkpoint.0, now_ms(), why, counted));
+                    self.store_stats();
                     self.acks.remove(&checkpoint);
                     if self.final_checkpoint == Some(checkpoint) {
                         // The next trigger takes its place.

@@ -16,6 +16,8 @@
 //!   complete or aborted, when failures fail the job; the statistics subtasks report.
 //! - `restart`: [`RestartTracker`], the restart strategies (`none`, `fixed-delay`,
 //!   `exponential-delay`, `failure-rate`).
+//! - `stats`: [`stats::CheckpointStats`], what became of recent checkpoints, for the
+//!   REST API and `weir checkpoints list`; shared by [`stats::StatsTracker`].
 //! - `retention`: which completed checkpoints and shared files to delete, what a
 //!   cancelled job leaves behind, which checkpoints a restore may use.
 
@@ -25,6 +27,7 @@ pub mod driver;
 pub mod metadata;
 pub mod restart;
 pub mod retention;
+pub mod stats;
 
 pub use align::{AlignMode, Aligner, BarrierAction};
 pub use coordinator::{

@@ -169,6 +169,7 @@ mod tests {
             subtask: SubtaskIndex(subtask),
             parallelism,
             max_parallelism: 128,
+            metrics: Default::default(),
         }
     }
 

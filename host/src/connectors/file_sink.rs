@@ -557,6 +557,7 @@ mod tests {
             subtask: SubtaskIndex(subtask),
             parallelism: 4,
             max_parallelism: 128,
+            metrics: Default::default(),
         }
     }
 

@@ -199,6 +199,7 @@ mod tests {
             subtask: SubtaskIndex(subtask),
             parallelism,
             max_parallelism: 128,
+            metrics: Default::default(),
         }
     }
 

@@ -52,8 +52,9 @@ pub use sections::storage_url;
 pub use size::{format_size, parse_size};
 pub use spec::{
     CheckpointMode, CheckpointingConfig, DirGrant, FileSourceSpec, GeneratorSpec, JobSpec, Node,
-    NodeKind, OperatorSpec, Partition, RestartStrategy, Retention, RunawayPolicy, S3Settings,
-    SandboxSpec, SinkKind, SinkSpec, SourceKind, StateBackendKind, StateConfig, StorageUrl,
+    NodeKind, OperatorSpec, Partition, RestConfig, RestartStrategy, Retention, RunawayPolicy,
+    S3Settings, SandboxSpec, SinkKind, SinkSpec, SourceKind, StateBackendKind, StateConfig,
+    StorageUrl,
 };
 
 use doc::{Doc, normalize};
@@ -106,6 +107,7 @@ pub fn parse(text: &str, origin: &Path, overrides: &[Override]) -> Result<JobSpe
     let checkpointing = sections::checkpointing(&doc)?;
     let restart = sections::restart(&doc, checkpointing.is_some())?;
     let state = sections::state(&doc)?;
+    let rest = sections::rest(&doc)?;
     let nodes = graph::nodes(&doc, &job)?;
     Ok(JobSpec {
         name: job.name,
@@ -115,6 +117,7 @@ pub fn parse(text: &str, origin: &Path, overrides: &[Override]) -> Result<JobSpe
         checkpointing,
         restart,
         state,
+        rest,
         nodes,
     })
 }

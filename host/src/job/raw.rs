@@ -45,11 +45,12 @@ pub(crate) fn text_or_integer<'de, D: Deserializer<'de>>(
 }
 
 /// The tables of a job file, in the order they are documented.
-pub(crate) const SECTIONS: [&str; 7] = [
+pub(crate) const SECTIONS: [&str; 8] = [
     "job",
     "checkpointing",
     "restart",
     "state",
+    "rest",
     "source",
     "operator",
     "sink",
@@ -110,6 +111,12 @@ pub(crate) mod defaults {
     /// short key (4 million took 300 MiB), a million is about 100 MiB with their keys:
     /// far more than windows over a key space need, far less than a machine has.
     pub const TIMER_LIMIT: u64 = 1_000_000;
+    /// `rest.address`: loopback, so that nothing outside the machine reaches a job
+    /// unless the user says so.
+    pub const REST_ADDRESS: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    /// `rest.port`: Flink's 8081 and, when it is taken (another job on the machine), the
+    /// next free port of the hundred after it, as a range in Flink's `rest.bind-port`.
+    pub const REST_PORTS: (u16, u16) = (8081, 8180);
     /// `restart-strategy.fixed-delay.attempts`.
     pub const FIXED_DELAY_ATTEMPTS: u32 = 3;
     /// `restart-strategy.fixed-delay.delay`.
@@ -306,6 +313,29 @@ pub(crate) struct RawState {
     pub dir: Option<String>,
     pub heap_limit: Option<SizeText>,
     pub timer_limit: Option<u64>,
+}
+
+/// `[rest]`, as Flink's `rest.*`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawRest {
+    pub address: Option<String>,
+    pub port: Option<PortText>,
+    pub token: Option<String>,
+}
+
+/// A port, or a range `"8081-8090"` as Flink's `rest.bind-port`, kept as text.
+#[derive(Debug)]
+pub(crate) struct PortText(pub(crate) String);
+
+impl<'de> Deserialize<'de> for PortText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        text_or_integer(
+            deserializer,
+            "a port such as 8081 or a range such as \"8081-8090\"",
+        )
+        .map(PortText)
+    }
 }
 
 /// `kind` of a `[[source]]`.

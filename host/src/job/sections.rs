@@ -1,4 +1,4 @@
-//! The settings tables: `[job]`, `[checkpointing]`, `[restart]` and `[state]`.
+//! The settings tables: `[job]`, `[checkpointing]`, `[restart]`, `[state]` and `[rest]`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,12 +10,12 @@ use super::doc::{Doc, Seg, is_table};
 use super::duration::{DurationText, parse_duration};
 use super::error::JobError;
 use super::raw::{
-    RawCheckpointing, RawExponentialDelay, RawFailureRate, RawFixedDelay, RawJob, RawNoRestart,
-    RawS3, RawState, StrategyName, defaults, fields_of,
+    PortText, RawCheckpointing, RawExponentialDelay, RawFailureRate, RawFixedDelay, RawJob,
+    RawNoRestart, RawRest, RawS3, RawState, StrategyName, defaults, fields_of,
 };
 use super::size::{SizeText, parse_size};
 use super::spec::{
-    CheckpointMode, CheckpointingConfig, RestartStrategy, S3Settings, StateBackendKind,
+    CheckpointMode, CheckpointingConfig, RestConfig, RestartStrategy, S3Settings, StateBackendKind,
     StateConfig, StorageUrl,
 };
 
@@ -570,4 +570,63 @@ pub(crate) fn state(doc: &Doc<'_>) -> Result<StateConfig, JobError> {
         heap_limit,
         timer_limit: raw.timer_limit.unwrap_or(defaults::TIMER_LIMIT),
     })
+}
+
+pub(crate) fn rest(doc: &Doc<'_>) -> Result<RestConfig, JobError> {
+    const S: &str = "rest";
+    let raw: RawRest = section(doc, S)?;
+    let address = match &raw.address {
+        None => defaults::REST_ADDRESS,
+        Some(text) => text.parse().map_err(|_| {
+            invalid(
+                doc,
+                S,
+                "address",
+                format!(
+                    "`address` \"{text}\" is not an IP address. Set e.g. address = \"127.0.0.1\" (this machine only) or address = \"0.0.0.0\" (every interface)."
+                ),
+            )
+        })?,
+    };
+    let ports = match &raw.port {
+        None => defaults::REST_PORTS,
+        Some(PortText(text)) => parse_ports(text).ok_or_else(|| {
+            invalid(
+                doc,
+                S,
+                "port",
+                format!(
+                    "`port` \"{text}\" is neither a port nor a range of ports. Set e.g. port = 8081, port = \"8081-8090\" (the first free one) or port = 0 (any free port)."
+                ),
+            )
+        })?,
+    };
+    let token = match raw.token {
+        Some(token) if token.trim().is_empty() => {
+            return Err(invalid(
+                doc,
+                S,
+                "token",
+                "`token` is empty, which would let anyone change the job. Set a long random token, or remove the key.".to_owned(),
+            ));
+        }
+        token => token,
+    };
+    Ok(RestConfig {
+        address,
+        ports,
+        token,
+    })
+}
+
+/// `8081`, `0` or `8081-8090` as the first and last port.
+fn parse_ports(text: &str) -> Option<(u16, u16)> {
+    let (first, last) = match text.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let port = text.trim().parse().ok()?;
+            (port, port)
+        }
+    };
+    (first <= last && (first > 0 || last == 0)).then_some((first, last))
 }

@@ -26,6 +26,8 @@ pub struct JobSpec {
     pub restart: RestartStrategy,
     /// `[state]`: the keyed-state backend.
     pub state: StateConfig,
+    /// `[rest]`: where the job's REST API and web page are served.
+    pub rest: RestConfig,
     /// The nodes, topologically sorted: every node comes after all its inputs.
     pub nodes: Vec<Node>,
 }
@@ -403,6 +405,27 @@ pub struct StateConfig {
     pub heap_limit: u64,
     /// The timers one operator subtask may have pending.
     pub timer_limit: u64,
+}
+
+/// `[rest]`, as Flink's `rest.*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestConfig {
+    /// The address to listen on (`rest.address`); loopback by default.
+    pub address: std::net::IpAddr,
+    /// The first and last port to try, in order (`rest.port`); `(0, 0)` takes any free
+    /// port.
+    pub ports: (u16, u16),
+    /// The token the endpoints that change the job require when the server listens on
+    /// an address other than loopback (`rest.token`, or the environment's
+    /// `WEIR_REST_TOKEN`).
+    pub token: Option<String>,
+}
+
+impl RestConfig {
+    /// Whether only this machine can reach the server.
+    pub fn is_loopback(&self) -> bool {
+        self.address.is_loopback()
+    }
 }
 
 /// `state.backend`.

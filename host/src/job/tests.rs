@@ -726,7 +726,7 @@ fn an_unknown_top_level_table_is_rejected() {
         "[[operators]]",
         &[
             "unknown key `operators` in the job file (top level)",
-            "Known keys: job, checkpointing, restart, state, source, operator, sink",
+            "Known keys: job, checkpointing, restart, state, rest, source, operator, sink",
             "Did you mean `operator`?",
         ],
     );
@@ -1714,6 +1714,61 @@ fn an_unknown_state_backend_lists_the_backends() {
     let f = Fixture::new();
     let text = format!("[state]\nbackend = \"rocks-db\"\n{MINIMAL}");
     assert_error(&f.err(&text), &text, "rocks-db", &["`heap`", "`rocksdb`"]);
+}
+
+// ----- [rest] -----
+
+#[test]
+fn the_rest_server_listens_on_loopback_from_port_8081_by_default() {
+    let f = Fixture::new();
+    let rest = f.ok(MINIMAL).rest;
+    assert_eq!(
+        rest,
+        RestConfig {
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            ports: (8081, 8180),
+            token: None,
+        }
+    );
+    assert!(rest.is_loopback());
+}
+
+#[test]
+fn a_rest_port_is_one_port_a_range_or_zero_for_any() {
+    let f = Fixture::new();
+    let port = |p: &str| f.ok(&format!("[rest]\nport = {p}\n{MINIMAL}")).rest.ports;
+    assert_eq!(port("9000"), (9000, 9000));
+    assert_eq!(port("\"9000-9010\""), (9000, 9010));
+    assert_eq!(port("0"), (0, 0));
+    assert_eq!(
+        f.ok(&format!(
+            "[rest]\naddress = \"0.0.0.0\"\ntoken = \"s3cret\"\n{MINIMAL}"
+        ))
+        .rest
+        .token
+        .as_deref(),
+        Some("s3cret")
+    );
+}
+
+#[test]
+fn a_bad_rest_address_or_port_or_an_empty_token_is_refused_with_the_fix() {
+    let f = Fixture::new();
+    let text = format!("[rest]\naddress = \"localhost:80\"\n{MINIMAL}");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "localhost:80",
+        &["not an IP address", "0.0.0.0"],
+    );
+    for bad in ["\"9010-9000\"", "70000", "\"http\""] {
+        let text = format!("[rest]\nport = {bad}\n{MINIMAL}");
+        assert_error(&f.err(&text), &text, "port =", &["port = 0"]);
+    }
+    let text = format!("[rest]\ntoken = \" \"\n{MINIMAL}");
+    assert_error(&f.err(&text), &text, "token", &["anyone"]);
+    let text = format!("[rest]\nbind-port = 1\n{MINIMAL}");
+    assert_error(&f.err(&text), &text, "bind-port", &["bind-port"]);
 }
 
 // ----- overrides -----

@@ -1,24 +1,32 @@
-//! Checkpoint statistics, presented: this part owns how a person sees how checkpoints
-//! went. Today that is the tables of `weir checkpoints list` and `weir checkpoints
-//! show`, read from a job's checkpoint directory; later it is the REST API shaped after
-//! Flink's (`/jobs/{id}/checkpoints`, `.../details/{n}`), Prometheus text at `/metrics`
-//! and the small web page with each stage's duration per subtask.
+//! How a person sees a job: the tables of `weir checkpoints list` and `weir checkpoints
+//! show`, read from a job's checkpoint directory, and the REST server of a running job
+//! (Flink's REST API, Prometheus text at `/metrics`).
 //!
-//! It only reads. It may not write or delete checkpoints, decide which checkpoint is
+//! It reads. It may not write or delete checkpoints, decide which checkpoint is
 //! complete or restorable (the coordinator's plain functions do), nor know how storage
 //! frames or checksums its files: it goes through [`CheckpointStorage`] and
-//! [`CheckpointMetadata`].
+//! [`CheckpointMetadata`]. The one thing it changes is what the user asks for through
+//! the API (cancelling the job), through the job's [`CancelToken`].
 //!
 //! # Layout
 //!
 //! - `stats.rs`: the tables (pure functions over [`CheckpointMetadata`] and
 //!   [`ListedCheckpointSummary`]), the loader that builds them from storage, and
 //!   [`open_dir`], which finds the job directory the user means.
+//! - `live.rs`: [`LiveJob`], what a running job publishes: graph, state, checkpoint
+//!   statistics, counters.
+//! - `rest/`: the REST server over a [`LiveJob`].
+//!
+//! [`CancelToken`]: crate::runtime::CancelToken
 //!
 //! [`CheckpointStorage`]: crate::storage::CheckpointStorage
 //! [`CheckpointMetadata`]: crate::checkpoint::metadata::CheckpointMetadata
 
+mod live;
+pub mod rest;
 mod stats;
+
+pub use live::{JobState, LiveJob, Status, Vertex};
 
 pub use stats::{
     CompletedSummary, ListedCheckpointSummary, ListedStatus, LoadError, human_duration, human_size,

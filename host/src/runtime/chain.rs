@@ -10,7 +10,7 @@
 
 use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use crate::runtime::batch::Batch;
-use crate::runtime::executor::NodeMetrics;
+use crate::runtime::metrics::SubtaskMetrics;
 use crate::runtime::output::Output;
 use crate::runtime::record::Message;
 use crate::runtime::task::Restore;
@@ -24,8 +24,8 @@ pub struct Member {
     pub operator: Option<Box<dyn Operator>>,
     /// Which subtask of which node it is, for the coordinator.
     pub task: TaskRef,
-    /// Its node's record counters.
-    pub metrics: Arc<NodeMetrics>,
+    /// Its counters.
+    pub metrics: Arc<SubtaskMetrics>,
     /// Flink's name for it, `count (1/2)`, for errors.
     pub name: String,
     /// The most records it is given per call (its node's `batch-size`): a chained
@@ -43,7 +43,7 @@ impl Member {
     pub fn new(
         operator: Box<dyn Operator>,
         task: TaskRef,
-        metrics: Arc<NodeMetrics>,
+        metrics: Arc<SubtaskMetrics>,
         name: String,
         batch_size: usize,
     ) -> Self {

@@ -6,6 +6,7 @@ use crate::checkpoint::coordinator::TaskRef;
 use crate::checkpoint::driver::{CheckpointDriver, CheckpointFailure, DriverSetup, DriverTask};
 use crate::runtime::chain::{Chain, Member};
 use crate::runtime::input::InputGate;
+use crate::runtime::metrics::{MetricsSlot, NodeMetrics, SubtaskMetrics, TaskTimes};
 use crate::runtime::output::{Output, OutputEdge};
 use crate::runtime::record::Control;
 use crate::runtime::record::Message;
@@ -14,7 +15,7 @@ use crate::runtime::{CANCEL_POLL, Operator, Source, SubtaskIndex, TaskError, Tas
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use crate::runtime::output::Partitioner;
@@ -77,32 +78,6 @@ pub struct Graph {
     pub nodes: Vec<GraphNode>,
     /// The job's number of key groups.
     pub max_parallelism: u32,
-}
-
-/// Records counted per node, for progress reports and benchmarks.
-#[derive(Debug, Default)]
-pub struct NodeMetrics {
-    records_in: AtomicU64,
-    records_out: AtomicU64,
-}
-
-impl NodeMetrics {
-    pub(crate) fn add_in(&self, n: usize) {
-        self.records_in
-            .fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
-    }
-    pub(crate) fn add_out(&self, n: usize) {
-        self.records_out
-            .fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
-    }
-    /// Records the node received.
-    pub fn records_in(&self) -> u64 {
-        self.records_in.load(Ordering::Relaxed)
-    }
-    /// Records the node emitted.
-    pub fn records_out(&self) -> u64 {
-        self.records_out.load(Ordering::Relaxed)
-    }
 }
 
 /// Stops a running job from another thread (Ctrl-C, a failure, a test).
@@ -169,8 +144,8 @@ impl RunError {
 pub struct RunReport {
     /// Wall time from start to the end of the last subtask.
     pub elapsed: Duration,
-    /// Per node, in graph order: its id and its counters.
-    pub nodes: Vec<(String, Arc<NodeMetrics>)>,
+    /// Per node, in graph order: its counters.
+    pub nodes: Vec<Arc<NodeMetrics>>,
 }
 
 /// How a run checkpoints and what it restores.
@@ -182,6 +157,8 @@ pub struct RunOptions {
     pub mode: Option<AlignMode>,
     /// What each subtask restores, by node id and subtask index.
     pub restore: HashMap<(String, u32), Restore>,
+    /// Where the run publishes its counters, when someone reads them.
+    pub metrics: Option<MetricsSlot>,
 }
 
 /// Runs graphs.
@@ -250,7 +227,10 @@ impl Executor {
         let started = Instant::now();
         let chains = chains(graph);
         let mut wiring = wire(graph, &chains);
-        let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
+        let metrics = node_metrics(graph, &chains);
+        if let Some(slot) = &options.metrics {
+            slot.publish(metrics.iter().cloned().collect());
+        }
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         // This run's stop flag: set on the first failure, or when the user cancels. The
         // user's token stays as the user left it, so a restart can tell the two apart.
@@ -310,6 +290,7 @@ impl Executor {
                         subtask: SubtaskIndex(index),
                         parallelism: graph.nodes[n].parallelism,
                         max_parallelism: graph.max_parallelism,
+                        metrics: metrics[n].subtasks[s].clone(),
                     })
                     .collect();
                 let name = thread_name(&infos);
@@ -330,17 +311,17 @@ impl Executor {
                     },
                     checkpoints: sink.clone(),
                     mode,
-                    metrics: metrics[head].clone(),
+                    metrics: metrics[head].subtasks[s].clone(),
                     cancel: cancel.clone(),
                 };
                 let bodies: Vec<(usize, NodeBody, usize)> = chain
                     .iter()
                     .map(|&n| (n, graph.nodes[n].body.clone(), graph.nodes[n].batch_size))
                     .collect();
-                let member_metrics: Vec<Arc<NodeMetrics>> =
-                    chain.iter().map(|&n| metrics[n].clone()).collect();
-                let mut output = Output::new(edges, cancel.clone());
-                let mut gate = InputGate::new(receivers, control.clone(), cancel.clone());
+                let times = metrics[head].subtasks[s].times.clone();
+                let mut output = Output::new(edges, cancel.clone(), times.clone());
+                let mut gate =
+                    InputGate::new(receivers, control.clone(), cancel.clone(), times.clone());
                 let done = done_tx.clone();
                 let task_name = name.clone();
                 let spawned = std::thread::Builder::new()
@@ -352,7 +333,6 @@ impl Executor {
                         let (failed, result) = run_chain(
                             bodies,
                             &infos,
-                            member_metrics,
                             restores,
                             &mut gate,
                             &mut output,
@@ -361,6 +341,7 @@ impl Executor {
                         );
                         // Channels close here, so neighbours blocked on this subtask wake up.
                         drop((output, gate));
+                        times.end();
                         let _ = done.send((failed.unwrap_or(task_name), result));
                     });
                 if let Err(source) = spawned {
@@ -433,6 +414,9 @@ impl Executor {
                 last_progress = Instant::now();
             }
         }
+        if let Some(driver) = driver {
+            driver.finish();
+        }
         if let Some(failure) = first_failure {
             return Err(failure);
         }
@@ -441,12 +425,7 @@ impl Executor {
         }
         Ok(RunReport {
             elapsed: started.elapsed(),
-            nodes: graph
-                .nodes
-                .iter()
-                .map(|n| n.id.clone())
-                .zip(metrics)
-                .collect(),
+            nodes: metrics,
         })
     }
 }
@@ -476,14 +455,13 @@ fn thread_name(infos: &[TaskInfo]) -> String {
 fn run_chain(
     bodies: Vec<(usize, NodeBody, usize)>,
     infos: &[TaskInfo],
-    metrics: Vec<Arc<NodeMetrics>>,
     mut restores: Vec<Restore>,
     gate: &mut InputGate,
     output: &mut Output,
     control: &Receiver<Control>,
     ctx: &TaskContext,
 ) -> (Option<String>, Result<(), TaskError>) {
-    let mut chain = match chain_members(bodies, infos, metrics) {
+    let mut chain = match chain_members(bodies, infos) {
         Ok((source, chain)) => (source, chain),
         Err(e) => return (None, Err(e)),
     };
@@ -510,7 +488,6 @@ fn run_chain(
 fn chain_members(
     bodies: Vec<(usize, NodeBody, usize)>,
     infos: &[TaskInfo],
-    metrics: Vec<Arc<NodeMetrics>>,
 ) -> Result<(Option<Box<dyn Source>>, Chain), TaskError> {
     let shared = bodies.len() > 1;
     let mut bodies = bodies;
@@ -524,9 +501,7 @@ fn chain_members(
     };
     let skip = usize::from(source.is_some());
     let mut members = Vec::new();
-    for (((n, body, batch_size), info), metrics) in
-        bodies.into_iter().zip(&infos[skip..]).zip(&metrics[skip..])
-    {
+    for ((n, body, batch_size), info) in bodies.into_iter().zip(&infos[skip..]) {
         let NodeBody::Operator(factory) = body else {
             return Err(TaskError::failed(
                 crate::runtime::Fault::Host,
@@ -540,7 +515,7 @@ fn chain_members(
         members.push(Member::new(
             factory(info)?,
             task,
-            metrics.clone(),
+            info.metrics.clone(),
             info.name(),
             batch_size,
         ));
@@ -561,6 +536,31 @@ fn log_progress(graph: &Graph, metrics: &[Arc<NodeMetrics>], started: Instant) {
             records_out as f64 / secs,
         );
     }
+}
+
+/// Every node's counters, per subtask. The members of a chain share their thread's
+/// times.
+fn node_metrics(graph: &Graph, chains: &[Vec<usize>]) -> Vec<Arc<NodeMetrics>> {
+    let mut subtasks: Vec<Vec<Arc<SubtaskMetrics>>> = vec![Vec::new(); graph.nodes.len()];
+    for chain in chains {
+        for _ in 0..graph.nodes[chain[0]].parallelism {
+            let times = Arc::new(TaskTimes::default());
+            for &n in chain {
+                subtasks[n].push(Arc::new(SubtaskMetrics::new(times.clone())));
+            }
+        }
+    }
+    graph
+        .nodes
+        .iter()
+        .zip(subtasks)
+        .map(|(node, subtasks)| {
+            Arc::new(NodeMetrics {
+                id: node.id.clone(),
+                subtasks,
+            })
+        })
+        .collect()
 }
 
 /// Creates every channel of the graph but those inside a chain.

@@ -8,6 +8,7 @@
 //! upstream subtask — exactly what an aligned checkpoint needs.
 
 use crate::runtime::batch::Batch;
+use crate::runtime::metrics::{Activity, TaskTimes};
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{CANCEL_POLL, TaskError};
 use crossbeam_channel::{Receiver, Select};
@@ -55,6 +56,8 @@ pub struct InputGate {
     control: Receiver<Control>,
     watermark: i64,
     cancel: Arc<AtomicBool>,
+    /// Time spent waiting for input is the subtask's idle time.
+    times: Arc<TaskTimes>,
 }
 
 enum Received {
@@ -68,6 +71,7 @@ impl InputGate {
         channels: Vec<Receiver<Message>>,
         control: Receiver<Control>,
         cancel: Arc<AtomicBool>,
+        times: Arc<TaskTimes>,
     ) -> Self {
         let state = vec![ChannelState::default(); channels.len()];
         Self {
@@ -76,6 +80,7 @@ impl InputGate {
             control,
             watermark: i64::MIN,
             cancel,
+            times,
         }
     }
 
@@ -130,7 +135,8 @@ impl InputGate {
                         return Ok(Event::Deadline);
                     }
                     let wake = deadline.map_or(now + CANCEL_POLL, |d| d.min(now + CANCEL_POLL));
-                    self.receive(Some(wake))?
+                    let times = self.times.clone();
+                    times.waiting(Activity::Idle, || self.receive(Some(wake)))?
                 }
             };
             if let Some(event) = received {
@@ -226,7 +232,11 @@ mod tests {
     fn gate(n: usize) -> (InputGate, Vec<Sender<Message>>, Sender<Control>) {
         let (tx, rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded(16)).unzip();
         let (ctx, crx) = unbounded();
-        (InputGate::new(rx, crx, Arc::default()), tx, ctx)
+        (
+            InputGate::new(rx, crx, Arc::default(), Arc::default()),
+            tx,
+            ctx,
+        )
     }
 
     fn no_idle() -> Result<(), TaskError> {

@@ -14,6 +14,7 @@
 //! - `record`: [`Record`] and the one [`Message`] type.
 //! - `keygroup`: key → key group → subtask, as Flink.
 //! - `output`: partitioners and per-channel batch buffers of a producing subtask.
+//! - `metrics`: records in and out and busy, idle and back-pressured time per subtask.
 //! - `input`: the input gate of a consuming subtask (select over its channels).
 //! - `chain`: operator chaining: the nodes of one subtask thread, output to input in
 //!   memory.
@@ -26,6 +27,7 @@ pub mod executor;
 pub mod ids;
 mod input;
 pub mod keygroup;
+pub mod metrics;
 mod output;
 pub mod record;
 pub mod task;
@@ -40,6 +42,8 @@ pub use task::Restore;
 
 use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use crate::state::{LocalSnapshot, RestoredFiles};
+use metrics::SubtaskMetrics;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often a subtask or the executor, while waiting, looks at the cancel flag: short
@@ -110,6 +114,8 @@ pub struct TaskInfo {
     pub parallelism: u32,
     /// The job's number of key groups.
     pub max_parallelism: u32,
+    /// Its counters, for what the operator counts itself (fuel, dead letters).
+    pub metrics: Arc<SubtaskMetrics>,
 }
 
 impl TaskInfo {

@@ -10,9 +10,10 @@
 
 use crate::runtime::batch::Batch;
 use crate::runtime::keygroup::{key_group_of, subtask_for};
+use crate::runtime::metrics::{Activity, TaskTimes};
 use crate::runtime::record::Message;
 use crate::runtime::{CANCEL_POLL, Fault, TaskError};
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -69,13 +70,23 @@ impl OutputEdge {
 /// All outgoing edges of a subtask.
 pub struct Output {
     edges: Vec<OutputEdge>,
+    waits: Waits,
+}
+
+/// What a send that must wait for room needs: the cancel flag it gives up on, and the
+/// clock of the subtask's back-pressured time.
+struct Waits {
     cancel: Arc<AtomicBool>,
+    times: Arc<TaskTimes>,
 }
 
 impl Output {
     /// Outputs over `edges`.
-    pub fn new(edges: Vec<OutputEdge>, cancel: Arc<AtomicBool>) -> Self {
-        Self { edges, cancel }
+    pub fn new(edges: Vec<OutputEdge>, cancel: Arc<AtomicBool>, times: Arc<TaskTimes>) -> Self {
+        Self {
+            edges,
+            waits: Waits { cancel, times },
+        }
     }
 
     /// Routes the records of `batch` into the channel buffers, sends the buffers that
@@ -89,9 +100,9 @@ impl Output {
             return Ok(());
         };
         for edge in rest {
-            route(edge, batch, false, &self.cancel)?;
+            route(edge, batch, false, &self.waits)?;
         }
-        route(last, batch, true, &self.cancel)?;
+        route(last, batch, true, &self.waits)?;
         batch.clear();
         Ok(())
     }
@@ -102,7 +113,7 @@ impl Output {
             for i in 0..edge.buffers.len() {
                 if !edge.buffers[i].is_empty() {
                     let batch = std::mem::take(&mut edge.buffers[i]);
-                    send(&edge.channels[i], Message::Batch(batch), &self.cancel)?;
+                    send(&edge.channels[i], Message::Batch(batch), &self.waits)?;
                 }
             }
         }
@@ -115,7 +126,7 @@ impl Output {
         self.flush()?;
         for edge in &self.edges {
             for channel in &edge.channels {
-                send(channel, message.clone(), &self.cancel)?;
+                send(channel, message.clone(), &self.waits)?;
             }
         }
         Ok(())
@@ -128,7 +139,7 @@ fn route(
     edge: &mut OutputEdge,
     batch: &mut Batch,
     owned: bool,
-    cancel: &AtomicBool,
+    waits: &Waits,
 ) -> Result<(), TaskError> {
     let channels = edge.channels.len();
     match edge.partitioner {
@@ -138,12 +149,12 @@ fn route(
             } else {
                 edge.buffers[0].append(batch);
             }
-            return ship_if_full(edge, 0, cancel);
+            return ship_if_full(edge, 0, waits);
         }
         Partitioner::Broadcast => {
             for channel in 0..channels {
                 edge.buffers[channel].append(batch);
-                ship_if_full(edge, channel, cancel)?;
+                ship_if_full(edge, channel, waits)?;
             }
             return Ok(());
         }
@@ -183,44 +194,43 @@ fn route(
         }
         let channel = channel as usize;
         edge.buffers[channel].extend_from(batch, start..end);
-        ship_if_full(edge, channel, cancel)?;
+        ship_if_full(edge, channel, waits)?;
         start = end;
     }
     Ok(())
 }
 
 /// Sends the buffer of `channel` once it holds a batch's worth of records.
-fn ship_if_full(
-    edge: &mut OutputEdge,
-    channel: usize,
-    cancel: &AtomicBool,
-) -> Result<(), TaskError> {
+fn ship_if_full(edge: &mut OutputEdge, channel: usize, waits: &Waits) -> Result<(), TaskError> {
     if edge.buffers[channel].len() >= edge.batch_size {
         let batch = std::mem::take(&mut edge.buffers[channel]);
-        send(&edge.channels[channel], Message::Batch(batch), cancel)?;
+        send(&edge.channels[channel], Message::Batch(batch), waits)?;
     }
     Ok(())
 }
 
-/// Sends `message`, blocking while the channel is full (that is the backpressure), but
-/// giving up when the job is cancelled.
-fn send(
-    channel: &Sender<Message>,
-    mut message: Message,
-    cancel: &AtomicBool,
-) -> Result<(), TaskError> {
-    loop {
-        match channel.send_timeout(message, CANCEL_POLL) {
-            Ok(()) => return Ok(()),
-            Err(SendTimeoutError::Disconnected(_)) => return Err(TaskError::Disconnected),
-            Err(SendTimeoutError::Timeout(back)) => {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(TaskError::Cancelled);
+/// Sends `message`, blocking while the channel is full (that is the backpressure, and
+/// the time it takes is back-pressured time), but giving up when the job is cancelled.
+fn send(channel: &Sender<Message>, message: Message, waits: &Waits) -> Result<(), TaskError> {
+    let mut message = match channel.try_send(message) {
+        Ok(()) => return Ok(()),
+        Err(TrySendError::Disconnected(_)) => return Err(TaskError::Disconnected),
+        Err(TrySendError::Full(back)) => back,
+    };
+    waits.times.waiting(Activity::BackPressured, || {
+        loop {
+            match channel.send_timeout(message, CANCEL_POLL) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Disconnected(_)) => return Err(TaskError::Disconnected),
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if waits.cancel.load(Ordering::Relaxed) {
+                        return Err(TaskError::Cancelled);
+                    }
+                    message = back;
                 }
-                message = back;
             }
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -228,6 +238,7 @@ mod tests {
     use super::*;
     use crate::runtime::Record;
     use crossbeam_channel::{Receiver, bounded};
+    use std::time::Duration;
 
     const BATCH: usize = 7;
 
@@ -266,7 +277,7 @@ mod tests {
             },
             4,
         );
-        let mut out = Output::new(vec![edge], Arc::default());
+        let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
         for _ in 0..3 {
             out.emit(&mut keyed(100))?;
         }
@@ -287,7 +298,7 @@ mod tests {
     #[test]
     fn rebalance_spreads_records_evenly() -> Result<(), TaskError> {
         let (edge, rx) = edge(Partitioner::Rebalance, 3);
-        let mut out = Output::new(vec![edge], Arc::default());
+        let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
         out.emit(&mut keyed(300))?;
         out.flush()?;
         for r in &rx {
@@ -299,7 +310,7 @@ mod tests {
     #[test]
     fn broadcast_copies_every_record_to_every_channel() -> Result<(), TaskError> {
         let (edge, rx) = edge(Partitioner::Broadcast, 3);
-        let mut out = Output::new(vec![edge], Arc::default());
+        let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
         out.emit(&mut keyed(10))?;
         out.flush()?;
         for r in &rx {
@@ -311,7 +322,7 @@ mod tests {
     #[test]
     fn a_barrier_follows_every_record_emitted_before_it() -> Result<(), TaskError> {
         let (edge, rx) = edge(Partitioner::Forward, 1);
-        let mut out = Output::new(vec![edge], Arc::default());
+        let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
         out.emit(&mut keyed(5))?;
         out.broadcast(&Message::EndOfInput)?;
         let messages: Vec<Message> = rx[0].try_iter().collect();
@@ -322,7 +333,7 @@ mod tests {
     #[test]
     fn a_record_without_a_key_on_a_key_by_edge_is_a_user_error() {
         let (edge, _rx) = edge(Partitioner::KeyBy { max_parallelism: 8 }, 2);
-        let mut out = Output::new(vec![edge], Arc::default());
+        let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
         let err = out.emit(&mut [Record::new("x")].iter().collect());
         assert!(matches!(
             err,
@@ -337,6 +348,7 @@ mod tests {
     fn a_full_channel_gives_up_when_the_job_is_cancelled() {
         let (tx, _rx) = bounded(1);
         let cancel = Arc::new(AtomicBool::new(true));
+        let times = Arc::new(TaskTimes::default());
         let mut out = Output::new(
             vec![OutputEdge::new(
                 "n".into(),
@@ -345,8 +357,14 @@ mod tests {
                 1,
             )],
             cancel,
+            times.clone(),
         );
         assert!(out.emit(&mut keyed(1)).is_ok());
+        assert_eq!(times.read().back_pressured, Duration::ZERO, "room: no wait");
         assert!(matches!(out.emit(&mut keyed(1)), Err(TaskError::Cancelled)));
+        assert!(
+            times.read().back_pressured > Duration::ZERO,
+            "waiting for room is back-pressured time"
+        );
     }
 }

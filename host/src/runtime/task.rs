@@ -11,8 +11,8 @@ use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use crate::checkpoint::{AlignMode, Aligner, BarrierAction};
 use crate::runtime::batch::Batch;
 use crate::runtime::chain::{BarrierTiming, Chain};
-use crate::runtime::executor::NodeMetrics;
 use crate::runtime::input::{Event, InputGate};
+use crate::runtime::metrics::{Activity, SubtaskMetrics};
 use crate::runtime::output::Output;
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{
@@ -52,8 +52,8 @@ pub struct TaskContext {
     pub checkpoints: Option<Arc<dyn CheckpointSink>>,
     /// Aligned (exactly-once) or not (at-least-once).
     pub mode: AlignMode,
-    /// Record counters of the head's node.
-    pub metrics: Arc<NodeMetrics>,
+    /// The counters of the thread's head.
+    pub metrics: Arc<SubtaskMetrics>,
     /// Set when the job is cancelled.
     pub cancel: Arc<AtomicBool>,
 }
@@ -126,7 +126,11 @@ fn source_loop(
         };
         let control_message = match wait {
             None => control.try_recv().ok(),
-            Some(wait) => match control.recv_timeout(wait) {
+            Some(wait) => match ctx
+                .metrics
+                .times
+                .waiting(Activity::Idle, || control.recv_timeout(wait))
+            {
                 Ok(message) => Some(message),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Cancelled),

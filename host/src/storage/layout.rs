@@ -18,6 +18,8 @@ pub(crate) const SHARED: &str = "shared";
 
 /// The record of a job that finished.
 pub(crate) const FINISHED: &str = "_finished";
+/// The record of a job's checkpoint statistics.
+pub(crate) const STATISTICS: &str = "_checkpoint-stats";
 
 /// The lock of the one process running the job.
 pub(crate) const LOCK: &str = "_lock";

@@ -34,6 +34,7 @@
 //! <base>/<job-id>/shared/<name>       files referenced by several checkpoints (incremental)
 //! <base>/<job-id>/taskowned/          as in Flink; nothing writes there yet
 //! <base>/<job-id>/_finished           the record of a job that finished (a JobRecord)
+//! <base>/<job-id>/_checkpoint-stats   the job's checkpoint statistics (a JobRecord)
 //! <base>/<job-id>/_lock               held by the one process running the job
 //! ```
 
@@ -95,6 +96,10 @@ pub enum JobRecord {
     /// retention deletes the checkpoints, so that a resume can tell a finished job from
     /// one that never ran.
     Finished,
+    /// `_checkpoint-stats`: the job's checkpoint statistics (counts, recent history,
+    /// failure reasons), rewritten after every checkpoint, so that a resumed job and
+    /// `weir checkpoints list` show what happened before.
+    Statistics,
 }
 
 impl JobRecord {
@@ -102,6 +107,7 @@ impl JobRecord {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Finished => layout::FINISHED,
+            Self::Statistics => layout::STATISTICS,
         }
     }
 }
@@ -140,6 +146,11 @@ impl JobRecord {
 pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// The job directory as a URL, for messages: `file:///var/lib/weir/checkpoints/<job>`.
     fn describe(&self) -> String;
+
+    /// Where checkpoint `checkpoint` is, as a URL for the user.
+    fn checkpoint_url(&self, checkpoint: CheckpointId) -> String {
+        format!("{}/{}", self.describe(), layout::checkpoint_dir(checkpoint))
+    }
 
     /// Creates the job directory (and `shared/`, `taskowned/`) if missing and proves it
     /// writable, so that a bad location fails the job at start, not at its first

@@ -333,6 +333,7 @@ mod tests {
             subtask: SubtaskIndex(1),
             parallelism: 2,
             max_parallelism: 128,
+            metrics: Default::default(),
         };
         let text = record("poison", "value");
         let binary = Record {

@@ -400,6 +400,10 @@ impl WasmOperator {
         limits: &CallLimits,
         result: wasmtime::Result<Result<T, GuestError>>,
     ) -> Result<T, CallFailure> {
+        if let Some(armed) = limits.fuel {
+            let left = self.instance.store.get_fuel().unwrap_or(0);
+            self.info.metrics.add_fuel(armed.saturating_sub(left));
+        }
         let cut = self.instance.store.data().deadline.was_cut();
         match result {
             Ok(Ok(_)) if cut => {
@@ -845,6 +849,7 @@ impl WasmOperator {
                 ),
             )
         })?;
+        self.info.metrics.add_dead_letter();
         tracing::warn!(
             position,
             file = %recovery.file.path().display(),

@@ -159,7 +159,7 @@ pub fn measure_stages(input: &Input, operators: Vec<(OperatorFactory, Partitione
     let report = Executor::new(CancelToken::default())
         .run(&graph, RunOptions::default())
         .expect("the benchmark job runs");
-    let records = report.nodes[1].1.records_in();
+    let records = report.nodes[1].records_in();
     if let Input::Generator { records: count, .. } = input {
         assert_eq!(records, *count, "every record reached the operator");
     }

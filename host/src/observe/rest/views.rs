@@ -1,0 +1,703 @@
+//! The JSON bodies of the REST API, with the paths and field names of Flink's REST API
+//! (its `rest_v1_dispatcher` documentation), so that scripts written for Flink work.
+//! Pure functions of what the job published; the handlers in `mod.rs` only route.
+//!
+//! Weir runs one job per process, in one "task manager": `/overview` counts that job,
+//! and `slots-total` is the number of subtask threads.
+
+use crate::checkpoint::coordinator::SubtaskStats;
+use crate::checkpoint::stats::{
+    CheckpointRecord, CheckpointStats, CheckpointStatus, CompletedFigures, Summary, VertexRecord,
+};
+use crate::observe::live::{JobState, LiveJob, Status, Vertex};
+use crate::runtime::metrics::{Activity, BackPressureLevel, NodeMetrics, TimeRates};
+use crate::runtime::now_ms;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+/// What the views read besides the job: its counters and rates now.
+pub struct Now<'a> {
+    /// The job.
+    pub job: &'a LiveJob,
+    /// Its status.
+    pub status: Status,
+    /// Its checkpoint statistics.
+    pub stats: CheckpointStats,
+    /// The current run's counters, per node; empty before the first run.
+    pub metrics: Vec<Arc<NodeMetrics>>,
+    /// Per node and subtask, the time rates.
+    pub rates: Vec<Vec<TimeRates>>,
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Now<'_> {
+    fn end_ms(&self) -> i64 {
+        if self.status.state.is_terminal() {
+            self.status.timestamps.last().map_or(-1, |(_, t)| *t)
+        } else {
+            -1
+        }
+    }
+
+    fn duration_ms(&self) -> i64 {
+        let end = match self.end_ms() {
+            -1 => now_ms(),
+            end => end,
+        };
+        end - self.job.start_ms
+    }
+
+    /// Per subtask of vertex `v`: its activity, or `None` before the first run.
+    fn activities(&self, v: usize) -> Vec<Option<Activity>> {
+        let parallelism = self.job.vertices[v].parallelism as usize;
+        match self.metrics.get(v) {
+            Some(node) => node
+                .subtasks
+                .iter()
+                .map(|s| Some(s.times.activity()))
+                .collect(),
+            None => vec![None; parallelism],
+        }
+    }
+
+    fn subtask_status(&self, activity: Option<Activity>) -> &'static str {
+        match (activity, self.status.state) {
+            (Some(Activity::Finished), JobState::Finished) => "FINISHED",
+            (Some(Activity::Finished), JobState::Canceled) => "CANCELED",
+            (Some(Activity::Finished), JobState::Failed) => "FAILED",
+            (Some(Activity::Finished), JobState::Restarting) => "CANCELED",
+            (Some(Activity::Finished), _) => "FINISHED",
+            (Some(_), _) => "RUNNING",
+            (None, JobState::Initializing) => "INITIALIZING",
+            (None, _) => "CREATED",
+        }
+    }
+
+    fn vertex_status(&self, v: usize) -> (&'static str, Map<String, Value>) {
+        let mut counts = Map::new();
+        for state in [
+            "CREATED",
+            "SCHEDULED",
+            "DEPLOYING",
+            "RUNNING",
+            "FINISHED",
+            "CANCELING",
+            "CANCELED",
+            "FAILED",
+            "RECONCILING",
+            "INITIALIZING",
+        ] {
+            counts.insert(state.into(), json!(0));
+        }
+        let statuses: Vec<&str> = self
+            .activities(v)
+            .into_iter()
+            .map(|a| self.subtask_status(a))
+            .collect();
+        for s in &statuses {
+            if let Some(Value::Number(n)) = counts.get_mut(*s) {
+                *n = (n.as_u64().unwrap_or(0) + 1).into();
+            }
+        }
+        let status = if statuses.contains(&"RUNNING") {
+            "RUNNING"
+        } else {
+            statuses.first().copied().unwrap_or("CREATED")
+        };
+        (status, counts)
+    }
+
+    fn subtask_metrics(&self, v: usize, s: usize) -> Value {
+        let Some(sub) = self.metrics.get(v).and_then(|n| n.subtasks.get(s)) else {
+            return json!({});
+        };
+        let times = sub.times.read();
+        json!({
+            "read-records": sub.records_in(),
+            "read-records-complete": true,
+            "write-records": sub.records_out(),
+            "write-records-complete": true,
+            "accumulated-backpressured-time": ms(times.back_pressured),
+            "accumulated-idle-time": ms(times.idle),
+            "accumulated-busy-time": ms(times.busy()),
+        })
+    }
+
+    fn vertex_metrics(&self, v: usize) -> Value {
+        let Some(node) = self.metrics.get(v) else {
+            return json!({});
+        };
+        let sum = |f: &dyn Fn(&crate::runtime::metrics::TimeTotals) -> std::time::Duration| {
+            node.subtasks
+                .iter()
+                .map(|s| ms(f(&s.times.read())))
+                .sum::<u64>()
+        };
+        json!({
+            "read-records": node.records_in(),
+            "read-records-complete": true,
+            "write-records": node.records_out(),
+            "write-records-complete": true,
+            "accumulated-backpressured-time": sum(&|t| t.back_pressured),
+            "accumulated-idle-time": sum(&|t| t.idle),
+            "accumulated-busy-time": sum(&|t| t.busy()),
+        })
+    }
+}
+
+/// `GET /overview`.
+pub fn overview(now: &Now<'_>) -> Value {
+    let state = now.status.state;
+    let slots: u32 = now.job.vertices.iter().map(|v| v.parallelism).sum();
+    json!({
+        "taskmanagers": 1,
+        "slots-total": slots,
+        "slots-available": 0,
+        "jobs-running": u8::from(!state.is_terminal()),
+        "jobs-finished": u8::from(state == JobState::Finished),
+        "jobs-cancelled": u8::from(state == JobState::Canceled),
+        "jobs-failed": u8::from(state == JobState::Failed),
+        "weir-version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// `GET /jobs`.
+pub fn jobs(now: &Now<'_>) -> Value {
+    json!({ "jobs": [{ "id": now.job.id, "status": now.status.state }] })
+}
+
+fn task_counts(now: &Now<'_>) -> Value {
+    let (mut total, mut running, mut finished) = (0u64, 0u64, 0u64);
+    for v in 0..now.job.vertices.len() {
+        for a in now.activities(v) {
+            total += 1;
+            match now.subtask_status(a) {
+                "RUNNING" => running += 1,
+                "FINISHED" => finished += 1,
+                _ => {}
+            }
+        }
+    }
+    json!({
+        "total": total, "created": 0, "scheduled": 0, "deploying": 0,
+        "running": running, "finished": finished, "canceling": 0, "canceled": 0,
+        "failed": 0, "reconciling": 0, "initializing": 0,
+    })
+}
+
+/// `GET /jobs/overview`.
+pub fn jobs_overview(now: &Now<'_>) -> Value {
+    let last = now
+        .status
+        .timestamps
+        .last()
+        .map_or(now.job.start_ms, |(_, t)| *t);
+    json!({ "jobs": [{
+        "jid": now.job.id,
+        "name": now.job.name,
+        "state": now.status.state,
+        "start-time": now.job.start_ms,
+        "end-time": now.end_ms(),
+        "duration": now.duration_ms(),
+        "last-modification": last,
+        "tasks": task_counts(now),
+    }]})
+}
+
+fn vertex_json(now: &Now<'_>, v: usize, vertex: &Vertex) -> Value {
+    let (status, tasks) = now.vertex_status(v);
+    json!({
+        "id": vertex.id,
+        "name": vertex.name,
+        "maxParallelism": now.job.max_parallelism,
+        "parallelism": vertex.parallelism,
+        "status": status,
+        "start-time": now.job.start_ms,
+        "end-time": now.end_ms(),
+        "duration": now.duration_ms(),
+        "tasks": tasks,
+        "metrics": now.vertex_metrics(v),
+    })
+}
+
+/// `GET /jobs/:jobid`.
+pub fn job(now: &Now<'_>) -> Value {
+    let job = now.job;
+    let vertices: Vec<Value> = job
+        .vertices
+        .iter()
+        .enumerate()
+        .map(|(v, vertex)| vertex_json(now, v, vertex))
+        .collect();
+    let mut status_counts = Map::new();
+    for v in &vertices {
+        if let Some(s) = v["status"].as_str() {
+            let n = status_counts.get(s).and_then(Value::as_u64).unwrap_or(0);
+            status_counts.insert(s.to_owned(), json!(n + 1));
+        }
+    }
+    let mut timestamps = Map::new();
+    for (state, at) in &now.status.timestamps {
+        if let Ok(Value::String(name)) = serde_json::to_value(state) {
+            timestamps.insert(name, json!(at));
+        }
+    }
+    let nodes: Vec<Value> = job
+        .vertices
+        .iter()
+        .map(|vertex| {
+            json!({
+                "id": vertex.id,
+                "parallelism": vertex.parallelism,
+                "operator": "",
+                "operator_strategy": "",
+                "description": format!("{} ({})", vertex.name, vertex.description),
+                "inputs": vertex.inputs.iter().enumerate().map(|(num, (i, ship))| json!({
+                    "num": num,
+                    "id": job.vertices[*i].id,
+                    "ship_strategy": ship,
+                    "exchange": "pipelined_bounded",
+                })).collect::<Vec<_>>(),
+                "optimizer_properties": {},
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "jid": job.id,
+        "name": job.name,
+        "isStoppable": false,
+        "state": now.status.state,
+        "job-type": "STREAMING",
+        "start-time": job.start_ms,
+        "end-time": now.end_ms(),
+        "duration": now.duration_ms(),
+        "maxParallelism": job.max_parallelism,
+        "now": now_ms(),
+        "timestamps": timestamps,
+        "vertices": vertices,
+        "status-counts": status_counts,
+        "plan": { "jid": job.id, "name": job.name, "type": "STREAMING", "nodes": nodes },
+    });
+    if let Some(why) = &now.status.failure {
+        body["failure-cause"] = json!(why);
+    }
+    body
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid`.
+pub fn vertex(now: &Now<'_>, v: usize) -> Value {
+    let vertex = &now.job.vertices[v];
+    let subtasks: Vec<Value> = now
+        .activities(v)
+        .into_iter()
+        .enumerate()
+        .map(|(s, a)| {
+            json!({
+                "subtask": s,
+                "status": now.subtask_status(a),
+                "attempt": now.status.restarts,
+                "endpoint": "localhost",
+                "start-time": now.job.start_ms,
+                "end-time": now.end_ms(),
+                "duration": now.duration_ms(),
+                "metrics": now.subtask_metrics(v, s),
+            })
+        })
+        .collect();
+    json!({
+        "id": vertex.id,
+        "name": vertex.name,
+        "parallelism": vertex.parallelism,
+        "maxParallelism": now.job.max_parallelism,
+        "now": now_ms(),
+        "subtasks": subtasks,
+    })
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/backpressure`: Flink's levels from the
+/// measured back-pressured time, not from sampling stacks.
+pub fn backpressure(now: &Now<'_>, v: usize) -> Value {
+    let rates = now.rates.get(v).cloned().unwrap_or_default();
+    let mut worst = BackPressureLevel::Ok;
+    let subtasks: Vec<Value> = rates
+        .iter()
+        .enumerate()
+        .map(|(s, r)| {
+            let level = BackPressureLevel::of(r.back_pressure_ratio());
+            if level as u8 > worst as u8 {
+                worst = level;
+            }
+            json!({
+                "subtask": s,
+                "attempt-number": now.status.restarts,
+                "backpressure-level": level,
+                "ratio": r.back_pressure_ratio(),
+                "idleRatio": r.idle_ratio(),
+                "busyRatio": r.busy_ratio(),
+            })
+        })
+        .collect();
+    json!({
+        "status": "ok",
+        "backpressure-level": worst,
+        "end-timestamp": now_ms(),
+        "subtasks": subtasks,
+    })
+}
+
+fn summary_json(s: &Summary) -> Value {
+    json!({
+        "min": s.min, "max": s.max, "avg": s.avg,
+        "p50": s.p50, "p90": s.p90, "p95": s.p95, "p99": s.p99, "p999": s.p999,
+    })
+}
+
+fn class_name(status: CheckpointStatus) -> &'static str {
+    match status {
+        CheckpointStatus::InProgress => ".PendingCheckpointStatistics",
+        CheckpointStatus::Completed => ".CompletedCheckpointStatistics",
+        CheckpointStatus::Failed => ".FailedCheckpointStatistics",
+    }
+}
+
+fn checkpoint_type(c: &CheckpointRecord) -> &'static str {
+    if c.unaligned {
+        "UNALIGNED_CHECKPOINT"
+    } else {
+        "CHECKPOINT"
+    }
+}
+
+fn vertex_checkpoint(c: &CheckpointRecord, vertex: &Vertex, part: &VertexRecord) -> Value {
+    let acks: Vec<&SubtaskStats> = part.acknowledged().map(|(_, a)| &a.stats).collect();
+    let latest_ack = part
+        .acknowledged()
+        .map(|(_, a)| a.ack_ms)
+        .max()
+        .unwrap_or(-1);
+    json!({
+        "id": c.id,
+        "status": c.status,
+        "latest_ack_timestamp": latest_ack,
+        "checkpointed_size": acks.iter().map(|a| a.checkpointed_size).sum::<u64>(),
+        "state_size": acks.iter().map(|a| a.state_size).sum::<u64>(),
+        "end_to_end_duration": if latest_ack < 0 { 0 } else { latest_ack - c.trigger_ms },
+        "alignment_buffered": 0,
+        "processed_data": acks.iter().map(|a| a.processed_in_flight).sum::<u64>(),
+        "persisted_data": acks.iter().map(|a| a.persisted_in_flight).sum::<u64>(),
+        "num_subtasks": part.subtasks.len(),
+        "num_acknowledged_subtasks": acks.len(),
+        "vertex": vertex.name,
+    })
+}
+
+/// One checkpoint as in the history and `GET .../checkpoints/details/:id`.
+pub fn checkpoint(job: &LiveJob, c: &CheckpointRecord) -> Value {
+    let mut tasks = Map::new();
+    for (node, part) in &c.vertices {
+        if let Some((_, vertex)) = job.vertex(node) {
+            tasks.insert(vertex.id.clone(), vertex_checkpoint(c, vertex, part));
+        }
+    }
+    let mut body = json!({
+        "className": class_name(c.status),
+        "id": c.id,
+        "status": c.status,
+        "is_savepoint": false,
+        "savepointFormat": null,
+        "trigger_timestamp": c.trigger_ms,
+        "latest_ack_timestamp": c.latest_ack_ms,
+        "checkpointed_size": c.checkpointed_size(),
+        "state_size": c.state_size(),
+        "end_to_end_duration": c.end_to_end_ms(),
+        "alignment_buffered": 0,
+        "processed_data": c.processed_data(),
+        "persisted_data": c.persisted_data(),
+        "num_subtasks": c.num_subtasks(),
+        "num_acknowledged_subtasks": c.num_acknowledged(),
+        "checkpoint_type": checkpoint_type(c),
+        "tasks": tasks,
+    });
+    match c.status {
+        CheckpointStatus::Completed => {
+            body["external_path"] = json!(c.external_path);
+            body["discarded"] = json!(false);
+        }
+        CheckpointStatus::Failed => {
+            body["failure_timestamp"] = json!(c.end_ms);
+            body["failure_message"] = json!(c.failure);
+        }
+        CheckpointStatus::InProgress => {}
+    }
+    body
+}
+
+/// `GET /jobs/:jobid/checkpoints`.
+pub fn checkpoints(job: &LiveJob, stats: &CheckpointStats) -> Value {
+    let figure = |f: fn(&CompletedFigures) -> u64| summary_json(&stats.summary(f));
+    json!({
+        "counts": {
+            "restored": stats.counts.restored,
+            "total": stats.total(),
+            "in_progress": stats.in_progress(),
+            "completed": stats.counts.completed,
+            "failed": stats.counts.failed,
+        },
+        "summary": {
+            "checkpointed_size": figure(|f| f.checkpointed_size),
+            "state_size": figure(|f| f.state_size),
+            "end_to_end_duration": figure(|f| f.end_to_end_ms),
+            "alignment_buffered": summary_json(&Summary::default()),
+            "processed_data": figure(|f| f.processed_data),
+            "persisted_data": figure(|f| f.persisted_data),
+        },
+        "latest": {
+            "completed": stats.latest_completed.as_ref().map(|c| checkpoint(job, c)),
+            "savepoint": null,
+            "failed": stats.latest_failed.as_ref().map(|c| checkpoint(job, c)),
+            "restored": stats.restored.as_ref().map(|r| json!({
+                "id": r.id,
+                "restore_timestamp": r.restore_ms,
+                "is_savepoint": false,
+                "external_path": r.external_path,
+            })),
+        },
+        "history": stats.history.iter().rev().map(|c| checkpoint(job, c)).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /jobs/:jobid/checkpoints/config`.
+pub fn checkpoint_config(job: &LiveJob) -> Option<Value> {
+    let c = job.checkpointing.as_ref()?;
+    Some(json!({
+        "mode": c.mode,
+        "interval": c.interval_ms,
+        "timeout": c.timeout_ms,
+        "min_pause": c.min_pause_ms,
+        "max_concurrent": c.max_concurrent,
+        "externalization": {
+            "enabled": true,
+            "delete_on_cancellation": !c.retain_on_cancellation,
+        },
+        "state_backend": job.state_backend,
+        "checkpoint_storage": if c.storage.starts_with("s3://") {
+            "S3CheckpointStorage"
+        } else {
+            "FileSystemCheckpointStorage"
+        },
+        "checkpoint_storage_location": c.storage,
+        "unaligned_checkpoints": c.unaligned,
+        "tolerable_failed_checkpoints": c.tolerable_failed,
+        "aligned_checkpoint_timeout": c.aligned_timeout_ms,
+        "checkpoints_after_tasks_finish": true,
+        "state_changelog_enabled": false,
+    }))
+}
+
+fn duration_summary(values: impl Iterator<Item = std::time::Duration>) -> Value {
+    summary_json(&Summary::of(values.map(ms)))
+}
+
+/// `GET /jobs/:jobid/checkpoints/details/:checkpointid/subtasks/:vertexid`.
+pub fn checkpoint_subtasks(c: &CheckpointRecord, vertex: &Vertex) -> Value {
+    let empty = VertexRecord {
+        subtasks: vec![None; vertex.parallelism as usize],
+    };
+    let part = c.vertex(&vertex.name).unwrap_or(&empty);
+    let mut body = vertex_checkpoint(c, vertex, part);
+    let acks: Vec<&SubtaskStats> = part.acknowledged().map(|(_, a)| &a.stats).collect();
+    let stat =
+        |f: fn(&SubtaskStats) -> std::time::Duration| duration_summary(acks.iter().map(|a| f(a)));
+    let size = |f: fn(&SubtaskStats) -> u64| summary_json(&Summary::of(acks.iter().map(|a| f(a))));
+    body["summary"] = json!({
+        "checkpointed_size": size(|a| a.checkpointed_size),
+        "state_size": size(|a| a.state_size),
+        "end_to_end_duration": stat(|a| a.end_to_end),
+        "checkpoint_duration": {
+            "sync": stat(|a| a.sync_duration),
+            "async": stat(|a| a.async_duration),
+        },
+        "alignment": {
+            "buffered": summary_json(&Summary::default()),
+            "processed": size(|a| a.processed_in_flight),
+            "persisted": size(|a| a.persisted_in_flight),
+            "duration": stat(|a| a.alignment_duration),
+        },
+        "start_delay": stat(|a| a.start_delay),
+    });
+    body["subtasks"] = part
+        .subtasks
+        .iter()
+        .enumerate()
+        .map(|(index, ack)| match ack {
+            None => json!({ "index": index, "status": "pending_or_failed" }),
+            Some(a) => json!({
+                "index": index,
+                "status": "completed",
+                "ack_timestamp": a.ack_ms,
+                "end_to_end_duration": ms(a.stats.end_to_end),
+                "state_size": a.stats.state_size,
+                "checkpointed_size": a.stats.checkpointed_size,
+                "checkpoint": {
+                    "sync": ms(a.stats.sync_duration),
+                    "async": ms(a.stats.async_duration),
+                },
+                "alignment": {
+                    "buffered": 0,
+                    "processed": a.stats.processed_in_flight,
+                    "persisted": a.stats.persisted_in_flight,
+                    "duration": ms(a.stats.alignment_duration),
+                },
+                "start_delay": ms(a.stats.start_delay),
+                "unaligned_checkpoint": c.unaligned,
+                "aborted": c.status == CheckpointStatus::Failed,
+                "sync_fuel": a.stats.sync_fuel,
+            }),
+        })
+        .collect();
+    body
+}
+
+/// The job's metrics by Flink's names, for `GET /jobs/:jobid/metrics` and Prometheus.
+pub fn job_metrics(now: &Now<'_>) -> Vec<(&'static str, f64)> {
+    let s = &now.stats;
+    let last = s.latest_completed.as_ref();
+    let figure = |f: fn(&CheckpointRecord) -> u64| last.map_or(-1.0, |c| f(c) as f64);
+    vec![
+        ("uptime", now.duration_ms() as f64),
+        ("numRestarts", now.status.restarts as f64),
+        ("totalNumberOfCheckpoints", s.total() as f64),
+        ("numberOfCompletedCheckpoints", s.counts.completed as f64),
+        ("numberOfFailedCheckpoints", s.counts.failed as f64),
+        ("numberOfInProgressCheckpoints", s.in_progress() as f64),
+        (
+            "lastCheckpointDuration",
+            last.map_or(-1.0, |c| c.end_to_end_ms() as f64),
+        ),
+        (
+            "lastCheckpointSize",
+            figure(CheckpointRecord::checkpointed_size),
+        ),
+        (
+            "lastCheckpointFullSize",
+            figure(CheckpointRecord::state_size),
+        ),
+        ("lastCompletedCheckpointId", figure(|c| c.id)),
+        (
+            "lastCheckpointRestoreTimestamp",
+            s.restored.as_ref().map_or(-1.0, |r| r.restore_ms as f64),
+        ),
+    ]
+}
+
+/// Whether a metric of [`job_metrics`] or [`subtask_metrics`] only grows (a Prometheus
+/// counter) rather than going up and down (a gauge).
+pub fn is_counter(name: &str) -> bool {
+    matches!(
+        name,
+        "numRestarts"
+            | "totalNumberOfCheckpoints"
+            | "numberOfCompletedCheckpoints"
+            | "numberOfFailedCheckpoints"
+            | "numRecordsIn"
+            | "numRecordsOut"
+            | "accumulatedBusyTime"
+            | "accumulatedIdleTime"
+            | "accumulatedBackPressuredTime"
+            | "fuelConsumed"
+            | "numDeadLetters"
+    )
+}
+
+/// One subtask's metrics by Flink's names (and Weir's own: fuel, dead letters, the
+/// state size of the latest completed checkpoint).
+pub fn subtask_metrics(now: &Now<'_>, v: usize, s: usize) -> Vec<(&'static str, f64)> {
+    let Some(sub) = now.metrics.get(v).and_then(|n| n.subtasks.get(s)) else {
+        return Vec::new();
+    };
+    let times = sub.times.read();
+    let rates = now
+        .rates
+        .get(v)
+        .and_then(|r| r.get(s))
+        .copied()
+        .unwrap_or_default();
+    let state_size = now
+        .stats
+        .latest_completed
+        .as_ref()
+        .and_then(|c| {
+            c.vertex(&now.job.vertices[v].name)?
+                .subtasks
+                .get(s)?
+                .clone()
+        })
+        .map_or(0.0, |a| a.stats.state_size as f64);
+    vec![
+        ("numRecordsIn", sub.records_in() as f64),
+        ("numRecordsOut", sub.records_out() as f64),
+        ("busyTimeMsPerSecond", rates.busy),
+        ("idleTimeMsPerSecond", rates.idle),
+        ("backPressuredTimeMsPerSecond", rates.back_pressured),
+        ("accumulatedBusyTime", ms(times.busy()) as f64),
+        ("accumulatedIdleTime", ms(times.idle) as f64),
+        (
+            "accumulatedBackPressuredTime",
+            ms(times.back_pressured) as f64,
+        ),
+        ("fuelConsumed", sub.fuel() as f64),
+        ("numDeadLetters", sub.dead_letters() as f64),
+        ("checkpointedStateSize", state_size),
+    ]
+}
+
+/// Flink's `GET .../metrics` answer: without `get`, the names there are; with it, the
+/// values (as strings, as Flink sends them) of the names asked for that exist.
+pub fn metric_list(metrics: &[(String, f64)], get: Option<&str>) -> Value {
+    let Some(get) = get else {
+        return metrics.iter().map(|(id, _)| json!({ "id": id })).collect();
+    };
+    let wanted: Vec<&str> = get.split(',').map(str::trim).collect();
+    metrics
+        .iter()
+        .filter(|(id, _)| wanted.contains(&id.as_str()))
+        .map(|(id, value)| json!({ "id": id, "value": format_value(*value) }))
+        .collect()
+}
+
+/// A metric value as Flink prints it: integers without a fraction.
+pub fn format_value(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_print_as_flink_prints_them() {
+        assert_eq!(format_value(3.0), "3");
+        assert_eq!(format_value(-1.0), "-1");
+        assert_eq!(format_value(12.5), "12.5");
+    }
+
+    #[test]
+    fn a_metric_list_without_get_names_every_metric_and_with_get_only_those_asked() {
+        let metrics = vec![("a".to_owned(), 1.0), ("b".to_owned(), 2.5)];
+        assert_eq!(
+            metric_list(&metrics, None),
+            json!([{ "id": "a" }, { "id": "b" }])
+        );
+        assert_eq!(
+            metric_list(&metrics, Some("b,zzz")),
+            json!([{ "id": "b", "value": "2.5" }])
+        );
+    }
+}
