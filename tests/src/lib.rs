@@ -243,3 +243,169 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A `weir run` in the background whose REST server the test talks to; killed when
+/// dropped.
+pub struct RunningJob {
+    child: std::process::Child,
+    /// `127.0.0.1:<port>`, from the job's log.
+    pub address: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl RunningJob {
+    /// Starts `weir run <args>` in `scratch` and waits for its REST server's address in
+    /// the log (the job file should set `[rest] port = 0`).
+    ///
+    /// # Panics
+    /// When `weir` does not start or logs no address within a minute.
+    pub fn start(scratch: &Scratch, args: &[&str]) -> Self {
+        let mut child = scratch
+            .weir(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("weir starts");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("a piped stderr");
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(mut log) = log.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let mut job = Self {
+            child,
+            address: String::new(),
+            stderr,
+        };
+        let found = eventually(Duration::from_secs(60), || job.logged_address().is_some());
+        assert!(found, "weir logged no REST address:\n{}", job.log());
+        job.address = job.logged_address().unwrap_or_default();
+        job
+    }
+
+    fn logged_address(&self) -> Option<String> {
+        let log = self.log();
+        let start = log.find("metrics at http://")? + "metrics at http://".len();
+        let end = log[start..].find('/')?;
+        Some(log[start..start + end].to_owned())
+    }
+
+    /// What `weir` logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Sends `method path` with `headers`; the status and the body.
+    ///
+    /// # Panics
+    /// When the server does not answer.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        http(&self.address, method, path, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    /// `GET path`, which must answer 200 with JSON.
+    ///
+    /// # Panics
+    /// When it does not.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.request("GET", path, &[]);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Waits for the process to end by itself, within `timeout`.
+    ///
+    /// # Panics
+    /// When it does not.
+    pub fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir did not end within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A bare HTTP/1.1 request to `address` (`host:port`) and its status and body: enough
+/// for the tests of a server on loopback, without a client library.
+///
+/// # Errors
+/// When the connection fails or the answer is not HTTP.
+pub fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not HTTP: {text}"));
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        unchunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// The body of a chunked answer.
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use crate::checkpoint::coordinator::SubtaskStats;
 use crate::checkpoint::metadata::{CheckpointMetadata, TaskEntry, TaskState};
+use crate::checkpoint::stats::{CheckpointStats, CheckpointStatus};
 use crate::runtime::CheckpointId;
-use crate::storage::{CheckpointStorage, StorageError};
+use crate::storage::{CheckpointStorage, JobRecord, StorageError};
 
 /// One checkpoint directory as `weir checkpoints list` shows it: its id and what its
 /// `_metadata` says, or why there is nothing to say.
@@ -41,6 +42,8 @@ pub enum ListedStatus {
     Incomplete,
     /// The `_metadata` is there but does not read back: the reason, for the user.
     Corrupt(String),
+    /// The checkpoint failed, and the job's stored statistics say why.
+    Failed(String),
 }
 
 /// The figures of a completed checkpoint that `weir checkpoints list` shows.
@@ -174,9 +177,37 @@ async fn read(
 }
 
 /// Every checkpoint directory in `storage`, oldest first, with what its `_metadata`
-/// says. Incomplete and corrupt checkpoints are listed, not errors; a failing storage
-/// is.
+/// says, and the recent failed checkpoints the job's stored statistics name, with their
+/// reasons. Incomplete and corrupt checkpoints are listed, not errors; a failing
+/// storage is.
 pub async fn load(
+    storage: &dyn CheckpointStorage,
+) -> Result<Vec<ListedCheckpointSummary>, LoadError> {
+    let mut summaries = directories(storage).await?;
+    let stats = match storage.read_record(JobRecord::Statistics).await {
+        Ok(Some(bytes)) => serde_json::from_slice::<CheckpointStats>(&bytes).ok(),
+        // Statistics only add reasons: without them the listing stands.
+        Ok(None) | Err(_) => None,
+    };
+    for failed in stats.iter().flat_map(|s| &s.history) {
+        let (CheckpointStatus::Failed, Some(reason)) = (failed.status, &failed.failure) else {
+            continue;
+        };
+        let checkpoint = CheckpointId(failed.id);
+        let status = ListedStatus::Failed(reason.clone());
+        match summaries.iter_mut().find(|s| s.checkpoint == checkpoint) {
+            Some(s) if s.status == ListedStatus::Incomplete => s.status = status,
+            Some(_) => {}
+            None => summaries.push(ListedCheckpointSummary { checkpoint, status }),
+        }
+    }
+    summaries.sort_by_key(|s| s.checkpoint);
+    Ok(summaries)
+}
+
+/// Every checkpoint directory in `storage`, oldest first, with what its `_metadata`
+/// says.
+async fn directories(
     storage: &dyn CheckpointStorage,
 ) -> Result<Vec<ListedCheckpointSummary>, LoadError> {
     let mut summaries = Vec::new();
@@ -334,6 +365,7 @@ pub fn list_table(entries: &[ListedCheckpointSummary]) -> String {
                     not_completed(id, "incomplete (no _metadata)".to_owned())
                 }
                 ListedStatus::Corrupt(reason) => not_completed(id, format!("corrupt: {reason}")),
+                ListedStatus::Failed(reason) => not_completed(id, format!("failed: {reason}")),
             }
         })
         .collect();
@@ -1004,6 +1036,30 @@ mod tests {
             listed[3].status,
             ListedStatus::Corrupt("its _metadata describes checkpoint 5".into())
         );
+    }
+
+    #[tokio::test]
+    async fn failed_checkpoints_are_listed_with_the_reasons_the_statistics_kept() {
+        let storage = storage_with_every_kind().await;
+        let mut stats = CheckpointStats::default();
+        for (id, why) in [(2, "declined by count (1/2): disk full"), (7, "expired")] {
+            stats.triggered(id, 0, &[("count".into(), 1)]);
+            stats.failed(id, 1, why.into(), true);
+        }
+        let json = serde_json::to_vec(&stats).expect("json");
+        storage
+            .write_record(JobRecord::Statistics, Bytes::from(json))
+            .await
+            .expect("write");
+        let listed = load(&storage).await.expect("load");
+        let ids: Vec<u64> = listed.iter().map(|l| l.checkpoint.0).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 6, 7]);
+        assert_eq!(
+            listed[1].status,
+            ListedStatus::Failed("declined by count (1/2): disk full".into())
+        );
+        assert_eq!(listed[5].status, ListedStatus::Failed("expired".into()));
+        assert!(list_table(&listed).contains("failed: expired"));
     }
 
     #[tokio::test]
