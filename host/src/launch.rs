@@ -380,6 +380,7 @@ pub fn run_job(
     let storage = crate::storage::open(&config.dir, &job_id(spec), &config.s3)?;
     let checked = storage.clone();
     io.block_on(async move { checked.check().await })?;
+    let _ = live.storage.set(storage.clone());
     let locked = storage.clone();
     let lock = io.block_on(async move { locked.lock(&LockHolder::this_process()).await })?;
     tracing::info!(storage = %storage.describe(), interval = ?config.interval, "checkpointing on");

@@ -14,7 +14,7 @@
 //! - [`wasm`]: wasmtime, the WIT host side, compiled-component cache.
 //! - [`storage`]: checkpoint storage (local files; S3 to come).
 //! - [`connectors`]: sources and sinks.
-//! - [`observe`]: checkpoint statistics for people (`weir checkpoints list/show`).
+//! - [`observe`]: checkpoint statistics for people (`weir checkpoints list/show/diagnose`).
 //! - [`launch`]: the composition root, from a job spec to a runnable graph.
 
 pub mod checkpoint;

@@ -88,6 +88,44 @@ enum CheckpointsCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Say why a checkpoint was slow: its slowest subtask and stage, and what that stage
+    /// points to.
+    ///
+    /// Does what Flink's checkpoint troubleshooting guides tell a person to do: find the
+    /// operator, subtask and stage that took longest, and read the stage as a cause.
+    ///
+    /// - start delay (trigger to barrier): backpressure upstream of that operator; the
+    ///   barrier queued behind in-flight records. Shown with each node's start delay.
+    ///
+    /// - alignment (first barrier to last): one slow input of that operator, or skew
+    ///   across the subtasks that feed it. Shown with the data processed meanwhile.
+    ///
+    /// - sync (the phase that blocks the subtask): the guest's `snapshot-state` or the
+    ///   state backend's snapshot. Shown with the fuel the guest spent.
+    ///
+    /// - async (the upload): a large state or slow storage. Shown with the bytes written
+    ///   and the bytes per second.
+    ///
+    /// Every stage of 100ms or more is listed, longest first; then every subtask with at
+    /// least twice the median state of its operator's subtasks (and at least 1 MiB), which
+    /// is key skew whatever the slowest stage is. A fast, even checkpoint says nothing
+    /// stands out. Finished subtasks take no part.
+    ///
+    /// Exits 0 with a diagnosis, 1 when the checkpoint cannot be read (incomplete,
+    /// corrupt, missing: the error says which and what the directory holds).
+    Diagnose {
+        /// The job's checkpoint directory, as for `list`.
+        dir: String,
+        /// The checkpoint's id; by default the latest completed checkpoint (newer
+        /// incomplete or corrupt ones are named on stderr and skipped).
+        id: Option<u64>,
+        /// Print the diagnosis as JSON, for programs: camelCase field names, durations
+        /// in milliseconds, sizes in bytes.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        s3: S3Args,
+    },
 }
 
 /// How to reach an `s3://` directory; credentials come from the AWS chain
@@ -177,8 +215,9 @@ fn load(args: &JobArgs) -> Result<(job::JobSpec, weir::runtime::Graph), ExitCode
 }
 
 fn checkpoints(command: CheckpointsCommand) -> anyhow::Result<()> {
-    let (CheckpointsCommand::List { dir, s3 } | CheckpointsCommand::Show { dir, s3, .. }) =
-        &command;
+    let (CheckpointsCommand::List { dir, s3 }
+    | CheckpointsCommand::Show { dir, s3, .. }
+    | CheckpointsCommand::Diagnose { dir, s3, .. }) = &command;
     // Reading only: `check()` would create directories, so it is not called.
     let storage = checkpoint_storage(dir, s3)?;
     let io = tokio::runtime::Builder::new_current_thread()
@@ -196,8 +235,44 @@ fn checkpoints(command: CheckpointsCommand) -> anyhow::Result<()> {
             ))?;
             print!("{}", weir::observe::show_table(&metadata));
         }
+        CheckpointsCommand::Diagnose { id, json, .. } => {
+            let metadata = match id {
+                Some(id) => io.block_on(weir::observe::load_one(
+                    storage.as_ref(),
+                    weir::runtime::CheckpointId(id),
+                ))?,
+                None => {
+                    let latest = io.block_on(weir::observe::load_latest(storage.as_ref()))?;
+                    for skipped in &latest.newer {
+                        eprintln!(
+                            "note: skipping checkpoint {}, which is {}; diagnosing checkpoint \
+                             {}, the latest completed one",
+                            skipped.checkpoint,
+                            not_completed(&skipped.status),
+                            latest.metadata.checkpoint
+                        );
+                    }
+                    latest.metadata
+                }
+            };
+            let diagnosis = weir::observe::diagnose(&metadata);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diagnosis)?);
+            } else {
+                print!("{}", weir::observe::diagnosis_text(&diagnosis));
+            }
+        }
     }
     Ok(())
+}
+
+/// Why a listed checkpoint is not a completed one, for a note.
+fn not_completed(status: &weir::observe::ListedStatus) -> String {
+    match status {
+        weir::observe::ListedStatus::Completed(_) => "completed".to_owned(),
+        weir::observe::ListedStatus::Incomplete => "incomplete (no _metadata)".to_owned(),
+        weir::observe::ListedStatus::Corrupt(reason) => format!("corrupt ({reason})"),
+    }
 }
 
 /// The storage of the job checkpoint directory `dir`: a local path, or

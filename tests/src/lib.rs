@@ -126,6 +126,23 @@ pub fn eventually(timeout: Duration, done: impl Fn() -> bool) -> bool {
     true
 }
 
+/// The completed checkpoints (those with their `_metadata`, the commit point) in a job's
+/// checkpoint directory, oldest first; none when the directory does not exist yet.
+pub fn completed_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok()?;
+                    e.path().join("_metadata").exists().then(|| (n, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 /// A scratch directory for one test, with its own compile cache.
 pub struct Scratch {
     dir: tempfile::TempDir,

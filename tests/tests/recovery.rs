@@ -3,10 +3,9 @@
 //! the checkpoint statistics can be read back.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use weir_tests::{Scratch, describe, guest, toml_path};
+use weir_tests::{Scratch, completed_checkpoints, describe, guest, toml_path};
 
 /// A generator paced well below what the pipeline can take, so checkpoints are quick
 /// and a record `n` arrives at a predictable time (n / rate seconds in): the guest sees
@@ -123,22 +122,6 @@ fn a_guest_that_always_traps_fails_the_job_once_the_restart_strategy_gives_up() 
             && error.contains("faulty: trapping on the record `10`, as configured by `trap-on`"),
         "the panic message is in the error:\n{stderr}"
     );
-}
-
-/// Completed checkpoints (with `_metadata`) in the job's checkpoint directory, oldest first.
-fn completed_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| {
-                    let n = e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok()?;
-                    e.path().join("_metadata").exists().then(|| (n, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
 }
 
 #[test]

@@ -10,7 +10,8 @@ use crate::job::{CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceK
 use crate::runtime::CancelToken;
 use crate::runtime::metrics::MetricsSlot;
 use crate::runtime::now_ms;
-use std::sync::Mutex;
+use crate::storage::CheckpointStorage;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A job's state, with Flink's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -118,6 +119,8 @@ pub struct LiveJob {
     pub metrics: MetricsSlot,
     /// Cancels the job.
     pub cancel: CancelToken,
+    /// Where its checkpoints are, once the launcher opened the storage.
+    pub storage: OnceLock<Arc<dyn CheckpointStorage>>,
 }
 
 /// A 32-digit hexadecimal id of `parts`, as Flink's job and vertex ids look.
@@ -220,6 +223,7 @@ impl LiveJob {
             stats: StatsTracker::default(),
             metrics: MetricsSlot::default(),
             cancel,
+            storage: OnceLock::new(),
         }
     }
 

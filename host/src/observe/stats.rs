@@ -133,6 +133,16 @@ pub enum LoadError {
         /// What does not read back.
         reason: String,
     },
+    /// No checkpoint in the directory is completed, so there is no latest one to read.
+    /// The job has not completed a checkpoint yet (a retry helps once it has), or every
+    /// one is incomplete or corrupt.
+    #[error("there is no completed checkpoint in {location}; {}", holds(available))]
+    NoCompletedCheckpoint {
+        /// The job directory, as a URL.
+        location: String,
+        /// The checkpoints the directory does hold, none of them completed, oldest first.
+        available: Vec<CheckpointId>,
+    },
     /// The storage failed; its error says whose fault and whether a retry helps.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -255,6 +265,60 @@ pub async fn load_one(
                     available: listings.iter().map(|l| l.checkpoint).collect(),
                 })
             }
+        }
+    }
+}
+
+/// The latest completed checkpoint of a directory, and the newer ones that could not be
+/// used.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatestCompleted {
+    /// Its `_metadata`.
+    pub metadata: CheckpointMetadata,
+    /// The checkpoints newer than it, incomplete or corrupt, oldest first: what a user
+    /// who expected a newer one should know.
+    pub newer: Vec<ListedCheckpointSummary>,
+}
+
+/// How often [`load_latest`] lists again when its checkpoint vanished between the
+/// listing and the read. On a running job with `num-retained = 1` that is retention
+/// deleting it for a newer one, which the next listing finds; three misses in a row
+/// would need checkpoints completing faster than a listing takes.
+const LATEST_ATTEMPTS: usize = 3;
+
+/// The `_metadata` of the newest completed checkpoint in `storage` (newer incomplete or
+/// corrupt ones are skipped and named), for a command given no checkpoint id. A
+/// directory without a completed checkpoint is an error that says what it holds.
+pub async fn load_latest(storage: &dyn CheckpointStorage) -> Result<LatestCompleted, LoadError> {
+    let mut attempt = 1;
+    loop {
+        let listed = load(storage).await?;
+        let Some(latest) = listed
+            .iter()
+            .rev()
+            .find(|l| matches!(l.status, ListedStatus::Completed(_)))
+            .map(|l| l.checkpoint)
+        else {
+            return Err(LoadError::NoCompletedCheckpoint {
+                location: storage.describe(),
+                available: listed.iter().map(|l| l.checkpoint).collect(),
+            });
+        };
+        match load_one(storage, latest).await {
+            Ok(metadata) => {
+                let newer = listed
+                    .into_iter()
+                    .filter(|l| l.checkpoint > latest)
+                    .collect();
+                return Ok(LatestCompleted { metadata, newer });
+            }
+            // Deleted since the listing: a newer one completed meanwhile.
+            Err(LoadError::NoSuchCheckpoint { .. } | LoadError::Incomplete { .. })
+                if attempt < LATEST_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -491,19 +555,20 @@ pub fn show_table(metadata: &CheckpointMetadata) -> String {
     out
 }
 
-fn is_finished(task: &TaskEntry) -> bool {
+/// Whether the subtask had finished and took part in the checkpoint only as "finished",
+/// with no statistics worth showing.
+pub(super) fn is_finished(task: &TaskEntry) -> bool {
     matches!(task.state, TaskState::Finished)
+}
+
+fn subtask_name(task: &TaskEntry) -> String {
+    flink_name(&task.node, task.subtask, task.parallelism)
 }
 
 /// Flink's name of a subtask: the node and its 1-based index over the parallelism,
 /// `count (1/4)`.
-fn subtask_name(task: &TaskEntry) -> String {
-    format!(
-        "{} ({}/{})",
-        task.node,
-        u64::from(task.subtask) + 1,
-        task.parallelism
-    )
+pub(super) fn flink_name(node: &str, subtask: u32, parallelism: u32) -> String {
+    format!("{node} ({}/{parallelism})", u64::from(subtask) + 1)
 }
 
 /// Columns of left-aligned text, two spaces apart, without trailing spaces. An empty
@@ -615,7 +680,7 @@ fn three_figures(value: f64, unit: &str) -> String {
 }
 
 /// `12345678` as `12,345,678`.
-fn grouped(n: u64) -> String {
+pub(super) fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
@@ -1080,6 +1145,38 @@ mod tests {
         assert!(
             missing.contains("no checkpoint 5") && missing.contains("checkpoints 1, 2, 3, 4, 6"),
             "{missing}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_latest_completed_checkpoint_skips_newer_incomplete_and_corrupt_ones() {
+        let storage = storage_with_every_kind().await;
+        let latest = load_latest(&storage)
+            .await
+            .expect("checkpoint 1 is complete");
+        assert_eq!(latest.metadata, metadata(1, two_counters().tasks));
+        let newer: Vec<u64> = latest.newer.iter().map(|l| l.checkpoint.0).collect();
+        assert_eq!(newer, [2, 3, 4, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_directory_without_a_completed_checkpoint_has_no_latest_one() {
+        let storage = MemoryStorage::new("wc").expect("valid job id");
+        storage.check().await.expect("check");
+        let empty = load_latest(&storage).await.err().map(|e| e.to_string());
+        assert!(
+            empty.as_deref().is_some_and(
+                |e| e.contains("no completed checkpoint") && e.contains("holds no checkpoints")
+            ),
+            "{empty:?}"
+        );
+        commit(&storage, 3, b"not json".to_vec()).await;
+        let corrupt = load_latest(&storage).await.err().map(|e| e.to_string());
+        assert!(
+            corrupt
+                .as_deref()
+                .is_some_and(|e| e.contains("holds checkpoints 3")),
+            "{corrupt:?}"
         );
     }
 

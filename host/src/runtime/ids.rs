@@ -1,14 +1,18 @@
 //! Newtypes for the ids on the protocol path, so that a subtask index is never mistaken
-//! for a key group or a checkpoint id.
+//! for a key group or a checkpoint id. Checkpoint ids and subtask indexes serialise as
+//! their bare numbers, as they appear in the statistics served to people.
 
+use serde::Serialize;
 use std::fmt;
 
 /// A checkpoint's id. Ids grow monotonically, across restarts too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
 pub struct CheckpointId(pub u64);
 
 /// Which parallel instance of a node a subtask is, from 0 to `parallelism - 1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
 pub struct SubtaskIndex(pub u32);
 
 /// A key group: the unit in which keyed state is partitioned and redistributed.
