@@ -272,6 +272,7 @@ fn not_completed(status: &weir::observe::ListedStatus) -> String {
         weir::observe::ListedStatus::Completed(_) => "completed".to_owned(),
         weir::observe::ListedStatus::Incomplete => "incomplete (no _metadata)".to_owned(),
         weir::observe::ListedStatus::Corrupt(reason) => format!("corrupt ({reason})"),
+        weir::observe::ListedStatus::Failed(reason) => format!("failed ({reason})"),
     }
 }
 

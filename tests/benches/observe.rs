@@ -60,7 +60,10 @@ fn run(records: u64, watched: bool) -> (f64, u64) {
     scratch.write("job.toml", job(records));
     let started = Instant::now();
     let job = RunningJob::start(&scratch, &["run", "job.toml"]);
-    let (stop, requests) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (stop, requests) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let watcher = watched.then(|| {
         let (stop, requests, address) = (stop.clone(), requests.clone(), job.address.clone());
         std::thread::spawn(move || {

@@ -76,7 +76,7 @@ fn assert_fields(value: &Value, fields: &[&str], what: &str) {
 #[test]
 fn a_running_job_answers_every_endpoint_with_flinks_field_names() {
     let scratch = Scratch::new();
-    let job = start(&scratch, &job("", ""), &[]);
+    let job = start(&scratch, &job("num-retained = 100", ""), &[]);
     assert!(
         eventually(WAIT, || completed(&job) >= 2),
         "no checkpoint completed:\n{}",
@@ -282,6 +282,16 @@ fn a_running_job_answers_every_endpoint_with_flinks_field_names() {
     let busy =
         job.json("/jobs/rest/vertices/count/metrics?get=0.busyTimeMsPerSecond,1.numRecordsIn");
     assert_eq!(busy.as_array().map(Vec::len), Some(2), "{busy:#}");
+
+    let diagnosis = job.json(&format!("/jobs/{id}/checkpoints/details/{cid}/diagnosis"));
+    assert_eq!(diagnosis["checkpoint"], cid, "{diagnosis:#}");
+    assert!(diagnosis["findings"].is_array(), "{diagnosis:#}");
+    assert!(
+        diagnosis["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&format!("checkpoint {cid}"))),
+        "{diagnosis:#}"
+    );
 
     let vertex = job.json("/jobs/rest/vertices/count");
     assert_eq!(vertex["subtasks"].as_array().map(Vec::len), Some(2));

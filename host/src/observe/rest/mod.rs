@@ -20,7 +20,9 @@ mod rates;
 pub mod views;
 
 use crate::job::RestConfig;
+use crate::observe::LoadError;
 use crate::observe::live::LiveJob;
+use crate::runtime::CheckpointId;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -293,6 +295,10 @@ fn router(app: App) -> Router {
             "/jobs/{jobid}/checkpoints/details/{checkpointid}/subtasks/{vertexid}",
             get(checkpoint_subtasks),
         )
+        .route(
+            "/jobs/{jobid}/checkpoints/details/{checkpointid}/diagnosis",
+            get(checkpoint_diagnosis),
+        )
         .route("/jobs/{jobid}/vertices/{vertexid}", get(vertex))
         .route(
             "/jobs/{jobid}/vertices/{vertexid}/backpressure",
@@ -465,6 +471,32 @@ async fn checkpoint_subtasks(
     )))
 }
 
+/// `GET .../checkpoints/details/:checkpointid/diagnosis`: what `weir checkpoints
+/// diagnose` says of a retained checkpoint, from its `_metadata`, with its text.
+async fn checkpoint_diagnosis(
+    State(app): State<App>,
+    Path((jobid, checkpointid)): Path<(String, u64)>,
+) -> Reply {
+    app.job_named(&jobid)?;
+    let Some(storage) = app.job.storage.get() else {
+        return Err(ApiError::not_found(format!(
+            "job {} keeps no checkpoints to diagnose",
+            app.job.name
+        )));
+    };
+    let metadata = crate::observe::load_one(storage.as_ref(), CheckpointId(checkpointid))
+        .await
+        .map_err(|e| match e {
+            LoadError::Storage(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            e => ApiError::not_found(e.to_string()),
+        })?;
+    let diagnosis = crate::observe::diagnose(&metadata);
+    let mut body = serde_json::to_value(&diagnosis)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    body["text"] = Value::String(crate::observe::diagnosis_text(&diagnosis));
+    Ok(axum::Json(body))
+}
+
 async fn vertex(State(app): State<App>, Path((jobid, vertexid)): Path<(String, String)>) -> Reply {
     let v = app.vertex(&jobid, &vertexid)?;
     Ok(axum::Json(views::vertex(&app.now(), v)))
@@ -513,6 +545,7 @@ mod tests {
             "/jobs/{jobid}/checkpoints/config",
             "/jobs/{jobid}/checkpoints/details/{checkpointid}",
             "/jobs/{jobid}/checkpoints/details/{checkpointid}/subtasks/{vertexid}",
+            "/jobs/{jobid}/checkpoints/details/{checkpointid}/diagnosis",
             "/jobs/{jobid}/vertices/{vertexid}",
             "/jobs/{jobid}/vertices/{vertexid}/backpressure",
             "/jobs/{jobid}/vertices/{vertexid}/metrics",
