@@ -79,6 +79,7 @@ pub fn build_graph(
                     sandbox: op.sandbox.clone(),
                     local_restore,
                     timer_limit: spec.state.timer_limit,
+                    profiler: crate::wasm::Profiler::default(),
                 });
                 let state = state_settings(spec);
                 let factory: OperatorFactory = Arc::new(move |info| {

@@ -25,7 +25,7 @@ use weir::state::{
     BackendSnapshot, HeapBackend, KeyedStateBackend, RocksDbBackend, RocksDbOptions, StateId,
     StateKind,
 };
-use weir::wasm::{CompileCache, GuestSettings, Metering, WasmRuntime};
+use weir::wasm::{CompileCache, GuestSettings, Metering, Profiler, WasmRuntime};
 
 /// The map-filter example's logic, called natively.
 struct NativeMap(map_filter::MapFilter);
@@ -280,6 +280,7 @@ fn main() {
             sandbox: SandboxSpec::default(),
             local_restore,
             timer_limit: u64::MAX,
+            profiler: Profiler::default(),
         })
     };
     let groups = |info: &weir::runtime::TaskInfo| {

@@ -49,8 +49,11 @@ pub struct GuestState {
     pub(crate) emitting: bool,
     /// Caps the instance's linear memory at `memory-limit`.
     pub(crate) limiter: MemoryLimiter,
-    /// The deadline of the call in progress, for waits the host does on its behalf.
+    /// The deadline of the call in progress, for waits the host does on its behalf and
+    /// for the epoch callback.
     pub(crate) deadline: CallDeadline,
+    /// The host's call into the guest in progress (`process`), for the profiler.
+    pub(crate) call: &'static str,
     /// The guest's monotonic clock, to turn its instants into deadlines.
     pub(crate) clock: Arc<GuestClock>,
     /// Bytes emitted during the current call, and the most one call may emit (the
@@ -97,6 +100,7 @@ impl GuestState {
             emitting: false,
             limiter,
             deadline: CallDeadline::default(),
+            call: "instantiate",
             clock,
             out_bytes: 0,
             out_limit,

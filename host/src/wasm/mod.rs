@@ -18,23 +18,30 @@
 //! - `cache`: compiled components on disk.
 //! - `stdio`: the guest's stdout and stderr, into the log.
 //! - `operator`: [`WasmOperator`], one guest instance driven by a subtask.
+//! - `profile`: [`Profiler`], the guest's stack sampled on epoch ticks: flame graphs
+//!   ([`FlameGraph`], Flink's JSON) and stack dumps ([`SubtaskStack`]); it also counts
+//!   the ticks that the epoch deadlines go by.
 
 mod bindings;
 mod cache;
 mod dead_letter;
 mod host;
 mod operator;
+mod profile;
 mod sandbox;
 mod stdio;
 
 pub use cache::CompileCache;
 pub use operator::{GuestSettings, WasmOperator};
+pub use profile::{FlameGraph, FlameNode, GuestStack, ProfileError, Profiler, SubtaskStack};
 pub use sandbox::{EPOCH_TICK, Metering};
 
 use crate::runtime::TaskInfo;
 use crate::state::KeyedStateBackend;
 use bindings::{HANDLER_EXPORT, OperatorPre};
 use host::GuestState;
+use profile::Epochs;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -103,11 +110,18 @@ pub struct WasmRuntime {
     cache: Option<CompileCache>,
 }
 
+/// The most frames a backtrace captures, a trap's or a sample's: wasmtime's default,
+/// written down because a sample of this many frames has lost its outer ones, and the
+/// profiler says so.
+const BACKTRACE_FRAMES: usize = 20;
+
 /// One engine with its linker.
 struct Flavor {
     metering: Metering,
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
+    /// Weir's count of the engine's ticks, when it has epochs.
+    epochs: Option<Arc<Epochs>>,
 }
 
 /// A loaded, checked operator component, ready to be instantiated per subtask.
@@ -117,6 +131,7 @@ pub struct OperatorComponent {
     pre: OperatorPre<GuestState>,
     engine: Engine,
     metering: Metering,
+    epochs: Option<Arc<Epochs>>,
 }
 
 impl Flavor {
@@ -127,32 +142,39 @@ impl Flavor {
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         config.consume_fuel(metering.fuel);
         config.epoch_interruption(metering.epoch);
+        config.wasm_backtrace_max_frames(NonZeroUsize::new(BACKTRACE_FRAMES));
         let engine = Engine::new(&config).map_err(engine_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
         sandbox::add_capped_clock(&mut linker).map_err(engine_error)?;
         bindings::Operator::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
             .map_err(engine_error)?;
-        if metering.epoch {
-            start_ticker(&engine)?;
-        }
+        let epochs = if metering.epoch {
+            let epochs = Arc::new(Epochs::new(&engine));
+            start_ticker(&engine, epochs.clone())?;
+            Some(epochs)
+        } else {
+            None
+        };
         Ok(Self {
             metering,
             engine,
             linker: Arc::new(linker),
+            epochs,
         })
     }
 }
 
-/// Starts the thread that advances `engine`'s epoch every [`EPOCH_TICK`]. It holds the
-/// engine weakly and ends once the engine (every component compiled by it) is dropped.
-fn start_ticker(engine: &Engine) -> Result<(), WasmError> {
+/// Starts the thread that advances `engine`'s epoch, and Weir's count of it in
+/// `epochs`, every [`EPOCH_TICK`]. It holds the engine weakly and ends once the engine
+/// (every component compiled by it) is dropped.
+fn start_ticker(engine: &Engine, epochs: Arc<Epochs>) -> Result<(), WasmError> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("weir-epoch".to_owned())
         .spawn(move || {
             while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
+                epochs.tick(&engine);
                 drop(engine);
                 std::thread::sleep(EPOCH_TICK);
             }
@@ -239,6 +261,7 @@ impl WasmRuntime {
             pre,
             engine: flavor.engine.clone(),
             metering,
+            epochs: flavor.epochs.clone(),
         })
     }
 }

@@ -21,6 +21,7 @@ use crate::wasm::bindings::weir::operator::types as wit;
 use crate::wasm::bindings::{self, GuestError, TimeDomain};
 use crate::wasm::dead_letter::{DeadLetter, DeadLetterFile, ReplayLog, Replayed, RestorePoint};
 use crate::wasm::host::GuestState;
+use crate::wasm::profile::{self, Attached, Probe, Profiler};
 use crate::wasm::sandbox::{
     CallLimits, GuestClock, MemoryLimiter, Runaway, UNLIMITED_FUEL, batch_fuel, deadline_after,
     epoch_ticks, wasi_ctx,
@@ -43,6 +44,8 @@ pub struct GuestSettings {
     pub local_restore: bool,
     /// The most timers the subtask may have pending (`[state] timer-limit`).
     pub timer_limit: u64,
+    /// The run's stack sampler, where each subtask registers.
+    pub profiler: Profiler,
 }
 
 /// The most backtrace frames a message shows: a stack overflow has thousands, and the
@@ -76,6 +79,8 @@ struct Instance {
     guest: bindings::Operator,
     /// The guest's stderr, whose last lines go into the error of a call that traps.
     stderr: LogStream,
+    /// Counts this instance as live in its subtask's probe while it exists.
+    _attached: Attached,
 }
 
 /// A guest call that did not succeed.
@@ -166,6 +171,8 @@ pub struct WasmOperator {
     component: OperatorComponent,
     info: TaskInfo,
     settings: Arc<GuestSettings>,
+    /// The subtask's slot in the profiler, kept by every instance it gets.
+    probe: Arc<Probe>,
     instance: Instance,
     context: OpenContext,
     /// Set once the instance trapped: it must not be entered again.
@@ -209,11 +216,13 @@ struct GuestSnapshot {
     position: u64,
 }
 
-/// A new instance of `component` for subtask `info`, with its keyed state in `backend`.
+/// A new instance of `component` for subtask `info`, with its keyed state in `backend`
+/// and its stack in `probe`.
 fn instantiate(
     component: &OperatorComponent,
     info: &TaskInfo,
     settings: &GuestSettings,
+    probe: &Arc<Probe>,
     backend: Box<dyn KeyedStateBackend>,
     timers: Timers,
     watermark: Option<i64>,
@@ -243,13 +252,23 @@ fn instantiate(
     );
     let mut store = Store::new(&component.engine, state);
     store.limiter(|state| &mut state.limiter);
+    if let Some(epochs) = &component.epochs {
+        profile::watch(&mut store, probe, epochs);
+    }
     // What one call may copy from the guest to the host. The guest cannot pass more
     // than its memory holds, so `memory-limit` is the bound that counts; twice it leaves
     // room for the copy's own accounting (a string's transcoding, a list's lengths).
     store.set_hostcall_fuel(
         usize::try_from(sandbox.memory_limit.saturating_mul(2)).unwrap_or(usize::MAX),
     );
-    arm(&mut store, component, sandbox, UNLIMITED_FUEL);
+    arm(
+        &mut store,
+        component,
+        probe,
+        sandbox,
+        UNLIMITED_FUEL,
+        "instantiate",
+    );
     let guest = component.pre.instantiate(&mut store).map_err(|e| {
         let path = component.path.display();
         match Runaway::of(&e, false) {
@@ -266,31 +285,37 @@ fn instantiate(
         store,
         guest,
         stderr,
+        _attached: probe.attach(),
     })
 }
 
-/// Arms the metering for the next guest call: its fuel, its epoch deadline, and fresh
-/// output and wait accounting.
+/// Arms the metering for the next guest call `call`: its fuel, its epoch deadline (the
+/// whole of it unless the profiler asks for the subtask's stack), and fresh output and
+/// wait accounting.
 fn arm(
     store: &mut Store<GuestState>,
     component: &OperatorComponent,
+    probe: &Probe,
     sandbox: &SandboxSpec,
     fuel: u64,
+    call: &'static str,
 ) {
-    let metering = component.metering;
-    if metering.fuel {
+    if component.metering.fuel {
         // Cannot fail: the engine meters fuel.
         let _ = store.set_fuel(fuel);
     }
-    let deadline = if metering.epoch {
-        let ticks = epoch_ticks(sandbox.call_timeout);
-        store.set_epoch_deadline(ticks);
-        Some(deadline_after(Instant::now(), ticks))
-    } else {
-        None
+    let (deadline, epoch) = match &component.epochs {
+        Some(epochs) => {
+            let ticks = epoch_ticks(sandbox.call_timeout);
+            let (epoch, step) = probe.arm(epochs, ticks);
+            store.set_epoch_deadline(step);
+            (Some(deadline_after(Instant::now(), ticks)), epoch)
+        }
+        None => (None, u64::MAX),
     };
     let data = store.data_mut();
-    data.deadline.arm(deadline);
+    data.deadline.arm(deadline, epoch);
+    data.call = call;
     data.out_bytes = 0;
 }
 
@@ -325,7 +350,16 @@ impl WasmOperator {
         backend: Box<dyn KeyedStateBackend>,
     ) -> Result<Self, TaskError> {
         let sandbox = &settings.sandbox;
-        let instance = instantiate(component, info, &settings, backend, Timers::default(), None)?;
+        let probe = settings.profiler.probe(info, component.epochs.as_ref());
+        let instance = instantiate(
+            component,
+            info,
+            &settings,
+            &probe,
+            backend,
+            Timers::default(),
+            None,
+        )?;
         let context = OpenContext {
             operator_id: info.node.clone(),
             config: settings.config.clone(),
@@ -351,6 +385,7 @@ impl WasmOperator {
             component: component.clone(),
             info: info.clone(),
             settings,
+            probe,
             instance,
             context,
             trapped: false,
@@ -366,13 +401,16 @@ impl WasmOperator {
         &self.settings.sandbox
     }
 
-    /// Arms the metering for a call with `fuel`; returns its limits for messages.
-    fn arm(&mut self, fuel: u64, records: usize) -> CallLimits {
+    /// Arms the metering for the call `call` with `fuel`; returns its limits for
+    /// messages.
+    fn arm(&mut self, call: &'static str, fuel: u64, records: usize) -> CallLimits {
         arm(
             &mut self.instance.store,
             &self.component,
+            &self.probe,
             &self.settings.sandbox,
             fuel,
+            call,
         );
         self.instance.stderr.forget();
         let sandbox = self.sandbox();
@@ -384,13 +422,13 @@ impl WasmOperator {
         }
     }
 
-    /// Arms a call that processes `records` records: their fuel budget.
-    fn arm_records(&mut self, records: usize) -> CallLimits {
+    /// Arms the call `call` that processes `records` records: their fuel budget.
+    fn arm_records(&mut self, call: &'static str, records: usize) -> CallLimits {
         let fuel = match self.sandbox().fuel_per_record {
             Some(per_record) => batch_fuel(per_record, records),
             None => UNLIMITED_FUEL,
         };
-        self.arm(fuel, records)
+        self.arm(call, fuel, records)
     }
 
     /// Turns the outcome of a guest call into a value or a [`CallFailure`].
@@ -478,10 +516,10 @@ impl WasmOperator {
     /// Runs a guest call that is not about records and fails the subtask if it fails.
     fn call<T>(
         &mut self,
-        function: &str,
+        function: &'static str,
         call: impl FnOnce(&mut Instance) -> wasmtime::Result<Result<T, GuestError>>,
     ) -> Result<T, TaskError> {
-        let limits = self.arm(UNLIMITED_FUEL, 1);
+        let limits = self.arm(function, UNLIMITED_FUEL, 1);
         let result = call(&mut self.instance);
         self.outcome(function, &limits, result)
             .map_err(|f| Self::task_error(f, None, ""))
@@ -528,7 +566,7 @@ impl WasmOperator {
 
     /// One `process` call with `batch`, output left in the store.
     fn process_batch(&mut self, batch: &Batch) -> Result<(), CallFailure> {
-        let limits = self.arm_records(batch.len());
+        let limits = self.arm_records("process", batch.len());
         let instance = &mut self.instance;
         instance.store.data_mut().emitting = true;
         let result = instance
@@ -556,7 +594,7 @@ impl WasmOperator {
             keys: blobs_param(&keys),
             timestamps: &timestamps,
         };
-        let limits = self.arm_records(timestamps.len());
+        let limits = self.arm_records("on-timer", timestamps.len());
         let instance = &mut self.instance;
         instance.store.data_mut().emitting = true;
         let result = instance
@@ -573,7 +611,7 @@ impl WasmOperator {
     fn advance_watermark(&mut self, watermark: i64) -> Result<(), TaskError> {
         self.fire(Domain::EventTime, watermark)?;
         self.instance.store.data_mut().watermark = Some(watermark);
-        let limits = self.arm_records(1);
+        let limits = self.arm_records("on-watermark", 1);
         let instance = &mut self.instance;
         instance.store.data_mut().emitting = true;
         let result = instance
@@ -729,6 +767,7 @@ impl WasmOperator {
             &self.component,
             &self.info,
             &self.settings,
+            &self.probe,
             backend,
             timers,
             watermark,

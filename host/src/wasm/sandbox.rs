@@ -10,7 +10,10 @@
 //!   `(n − 1) × fuel-per-record`.
 //! - **Epoch interruption** bounds every call's wall time: one ticker thread per engine
 //!   increments the epoch every [`EPOCH_TICK`], and each call may last its
-//!   `call-timeout` rounded up to a tick, plus one tick.
+//!   `call-timeout` rounded up to a tick, plus one tick. The ticks are counted by Weir
+//!   (the profiler's `Epochs`) and the store's epoch callback ends the call when the
+//!   count reaches its deadline ([`epoch_step`]), so that the profiler may stop a call
+//!   on the way to sample it without moving its deadline.
 //! - **Host-side waits** do not run WebAssembly, so no epoch check stops them. The only
 //!   blocking wait the host offers a guest is a monotonic-clock pollable (sleeping);
 //!   [`add_capped_clock`] replaces those with ones that wake by the call's deadline.
@@ -82,6 +85,14 @@ pub fn epoch_ticks(timeout: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
     let ticks = timeout.as_nanos().div_ceil(tick) + 1;
     u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
+/// The next step of a call's epoch deadline at `epoch` (by Weir's count of ticks): `None`
+/// once its deadline `deadline` is reached, and the call is interrupted; else `wish`
+/// ticks, but at least one and never past the deadline.
+pub fn epoch_step(epoch: u64, deadline: u64, wish: u64) -> Option<u64> {
+    let left = deadline.checked_sub(epoch).filter(|&left| left > 0)?;
+    Some(wish.clamp(1, left))
 }
 
 /// When the epoch deadline of a call armed at `armed` with `ticks` has certainly
@@ -323,12 +334,15 @@ pub struct CallDeadline {
     /// Set when a wait was cut short at `at`: the call overran even if the guest then
     /// returned before its next epoch check.
     pub cut: Arc<AtomicBool>,
+    /// The epoch, by Weir's count of ticks, at which the call is interrupted.
+    pub epoch: u64,
 }
 
 impl CallDeadline {
-    /// Arms the deadline for a new call.
-    pub fn arm(&mut self, at: Option<Instant>) {
+    /// Arms the deadline for a new call: waits end `at`, guest code at `epoch`.
+    pub fn arm(&mut self, at: Option<Instant>, epoch: u64) {
         self.at = at;
+        self.epoch = epoch;
         self.cut.store(false, Ordering::Relaxed);
     }
 
@@ -485,6 +499,20 @@ mod tests {
         assert_eq!(epoch_ticks(Duration::from_millis(100)), 11);
         assert_eq!(epoch_ticks(Duration::from_millis(101)), 12);
         assert_eq!(epoch_ticks(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_deadline_is_stepped_as_wished_but_never_past_it() {
+        assert_eq!(
+            epoch_step(100, 1101, 6000),
+            Some(1001),
+            "the whole deadline"
+        );
+        assert_eq!(epoch_step(100, 1101, 1), Some(1));
+        assert_eq!(epoch_step(1100, 1101, 5), Some(1), "the last tick");
+        assert_eq!(epoch_step(100, 1101, 0), Some(1), "at least a tick");
+        assert_eq!(epoch_step(1101, 1101, 1), None, "reached: interrupted");
+        assert_eq!(epoch_step(1200, 1101, 1), None, "passed while in the host");
     }
 
     #[test]
