@@ -32,7 +32,7 @@ use crate::state::{HeapBackend, KeyedStateBackend, RestoredFiles, RocksDbBackend
 use crate::storage::{
     CheckpointStorage, FileHandle, FsStorage, JobLock, JobRecord, LockHolder, StorageError,
 };
-use crate::wasm::{WasmError, WasmRuntime};
+use crate::wasm::{Profiler, WasmError, WasmRuntime};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,14 +46,18 @@ const SINK_BATCH: usize = 1024;
 
 /// Builds the graph of `spec`, loading (and compiling or fetching from the cache) every
 /// operator's component once. `existing` is what file sinks do with output committed
-/// after the point the run starts from.
+/// after the point the run starts from; `profiler` samples the operators' guests.
 pub fn build_graph(
     spec: &JobSpec,
     wasm: &WasmRuntime,
     existing: ExistingOutput,
+    profiler: &Profiler,
 ) -> Result<Graph, WasmError> {
     let mut nodes = Vec::with_capacity(spec.nodes.len());
     for node in &spec.nodes {
+        if !matches!(node.kind, NodeKind::Operator(_)) {
+            profiler.declare_native(&node.id);
+        }
         let (body, batch_size) = match &node.kind {
             NodeKind::Source(source) => (source_body(source), SINK_BATCH),
             NodeKind::Operator(op) => {
@@ -79,7 +83,7 @@ pub fn build_graph(
                     sandbox: op.sandbox.clone(),
                     local_restore,
                     timer_limit: spec.state.timer_limit,
-                    profiler: crate::wasm::Profiler::default(),
+                    profiler: profiler.clone(),
                 });
                 let state = state_settings(spec);
                 let factory: OperatorFactory = Arc::new(move |info| {
@@ -373,7 +377,7 @@ pub fn run_job(
     } else {
         ExistingOutput::Refuse
     };
-    let graph = build_graph(spec, wasm, existing)?;
+    let graph = build_graph(spec, wasm, existing, &live.profiler)?;
     let Some(config) = &spec.checkpointing else {
         clear_working_dir(spec);
         return run_attempts(spec, &graph, io, live, request.from.clone(), None);
@@ -420,9 +424,36 @@ fn run_locked(
         None => {}
     }
     if request.from.is_some() {
-        live.stats.update(|s| *s = stored_stats(storage, io));
+        let mut stats = stored_stats(storage, io);
+        for (metadata, path) in newer_completed(storage, io, &stats) {
+            stats.completed_from(&metadata, path);
+        }
+        live.stats.update(|s| *s = stats);
     }
     run_attempts(spec, graph, io, live, request.from.clone(), Some(storage))
+}
+
+/// The completed checkpoints in storage newer than the latest that `stats` knows (the
+/// process died between a commit and the statistics' write), oldest first.
+fn newer_completed(
+    storage: &Arc<dyn CheckpointStorage>,
+    io: &Handle,
+    stats: &CheckpointStats,
+) -> Vec<(CheckpointMetadata, String)> {
+    let known = stats.latest_completed.as_ref().map_or(0, |c| c.id);
+    let Ok(listing) = block_on_storage(io, storage, |s| async move { s.list().await }) else {
+        return Vec::new();
+    };
+    listing
+        .iter()
+        .filter(|l| l.has_metadata && l.checkpoint.0 > known)
+        .filter_map(|l| {
+            let id = l.checkpoint;
+            let bytes = block_on_storage(io, storage, |s| async move { s.read_metadata(id).await });
+            let metadata = CheckpointMetadata::from_bytes(&bytes.ok()?).ok()?;
+            Some((metadata, storage.checkpoint_url(id)))
+        })
+        .collect()
 }
 
 /// The checkpoint statistics a previous run of the job stored, so that a resumed job

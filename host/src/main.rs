@@ -66,6 +66,16 @@ enum Command {
     /// Inspect a job's checkpoints and their statistics.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
+    /// Print what every subtask of a running job does now: whether its thread is busy,
+    /// idle or back-pressured, and its guest's own stack (WebAssembly function names,
+    /// innermost first) when it is inside guest code — a thread dump of the job.
+    Stack {
+        /// The running job: its job file (its [rest] address and ports are searched for
+        /// the server of the job with that name) or its REST address as logged at
+        /// start, e.g. http://127.0.0.1:8081.
+        #[arg(value_name = "JOB.toml|URL")]
+        target: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +183,13 @@ fn main() -> ExitCode {
             },
         ),
         Command::Validate(args) => validate(&args),
+        Command::Stack { target } => match stack(&target) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                report(&e);
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
         Command::Checkpoints(command) => match checkpoints(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -181,6 +198,57 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `weir stack`: finds the job's server and prints its stack dump.
+fn stack(target: &str) -> anyhow::Result<()> {
+    use weir::observe::rest::client::request;
+    let (address, job) = if let Some(rest) = target.strip_prefix("http://") {
+        let address = rest.trim_end_matches('/').to_owned();
+        let (status, body) = request(&address, "GET", "/jobs", &[])
+            .with_context(|| format!("no REST server answers at {target}"))?;
+        let jobs: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("{target} answered /jobs with {status}: {body}"))?;
+        let id = jobs["jobs"][0]["id"]
+            .as_str()
+            .with_context(|| format!("{target} runs no job"))?
+            .to_owned();
+        (address, id)
+    } else {
+        let spec = job::load(Path::new(target), &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (first, last) = spec.rest.ports;
+        if first == 0 {
+            anyhow::bail!(
+                "job `{}` listens on any free port ([rest] port = 0): pass the address from its log, e.g. weir stack http://127.0.0.1:PORT",
+                spec.name
+            );
+        }
+        let host = if spec.rest.address.is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            spec.rest.address.to_string()
+        };
+        let path = format!("/jobs/{}", spec.name);
+        let found = (first..=last)
+            .map(|port| format!("{host}:{port}"))
+            .find(|address| matches!(request(address, "GET", &path, &[]), Ok((200, _))));
+        let address = found.with_context(|| {
+            format!(
+                "no server on {host} ports {first}-{last} runs job `{}`: is it running?",
+                spec.name
+            )
+        })?;
+        (address, spec.name)
+    };
+    let (status, body) = request(&address, "GET", &format!("/jobs/{job}/stacks"), &[])
+        .with_context(|| format!("the server at {address} stopped answering"))?;
+    let dump: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("{address} answered the stack dump with {status}: {body}"))?;
+    match dump["text"].as_str() {
+        Some(text) => print!("{text}"),
+        None => anyhow::bail!("{address} answered the stack dump with {status}: {body}"),
+    }
+    Ok(())
 }
 
 /// Prints an error the way the user should read it: one sentence per cause.
@@ -207,7 +275,8 @@ fn load_spec(args: &JobArgs) -> Result<(job::JobSpec, WasmRuntime), ExitCode> {
 
 fn load(args: &JobArgs) -> Result<(job::JobSpec, weir::runtime::Graph), ExitCode> {
     let (spec, wasm) = load_spec(args)?;
-    let graph = build_graph(&spec, &wasm, ExistingOutput::Refuse).map_err(|e| {
+    let profiler = weir::wasm::Profiler::default();
+    let graph = build_graph(&spec, &wasm, ExistingOutput::Refuse, &profiler).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_INVALID)
     })?;

@@ -47,6 +47,7 @@ fn hostile(
         subtask: SubtaskIndex(subtask),
         parallelism: 2,
         max_parallelism: 128,
+        metrics: Default::default(),
     };
     let backend = Box::new(HeapBackend::new(
         KeyGroupRange::for_subtask(info.subtask, info.parallelism, info.max_parallelism),

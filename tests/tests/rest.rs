@@ -463,3 +463,93 @@ fn beyond_loopback_without_a_token_nothing_may_change_the_job() {
     assert!(body.contains("no token is set"), "{body}");
     assert!(job.log().contains("without a token"), "{}", job.log());
 }
+
+/// A job whose operator burns in `hostile::burn` on every record.
+fn burning_job() -> String {
+    format!(
+        r#"[job]
+name = "flame"
+
+[rest]
+port = 0
+
+[[source]]
+id = "gen"
+kind = "generator"
+keys = 10
+
+[[operator]]
+id = "burn"
+wasm = "{hostile}"
+inputs = ["gen"]
+config = '{{"process": "burn", "burn": 2000000}}'
+fuel-per-record = 0
+
+[[sink]]
+id = "out"
+kind = "blackhole"
+inputs = ["burn"]
+"#,
+        hostile = toml_path(&guest("hostile")),
+    )
+}
+
+#[test]
+fn a_flame_graph_and_a_stack_dump_show_the_guests_own_functions() {
+    let scratch = Scratch::new();
+    let job = start(&scratch, &burning_job(), &[]);
+    let running = eventually(WAIT, || {
+        job.json("/jobs/flame/vertices/burn")["subtasks"][0]["metrics"]["read-records"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
+    assert!(running, "the operator never ran:\n{}", job.log());
+    let first = job.json("/jobs/flame/vertices/burn/flamegraph");
+    assert_eq!(first["endTimestamp"], -3, "Flink's \"waiting\": {first:#}");
+    let sampled = eventually(WAIT, || {
+        let answer = job.json("/jobs/flame/vertices/burn/flamegraph");
+        answer["endTimestamp"].as_i64().is_some_and(|t| t > 0)
+    });
+    assert!(sampled, "no flame graph:\n{}", job.log());
+    let graph = job.json("/jobs/flame/vertices/burn/flamegraph");
+    assert_eq!(graph["data"]["name"], "root");
+    assert!(graph["data"]["value"].as_u64() > Some(0), "{graph:#}");
+    assert!(
+        graph.to_string().contains("hostile::burn"),
+        "the guest's function is in the graph: {graph:#}"
+    );
+    let (status, body) = job.request("GET", "/jobs/flame/vertices/gen/flamegraph", &[]);
+    assert_eq!(status, 200, "{body}");
+    let refused = eventually(WAIT, || {
+        job.request("GET", "/jobs/flame/vertices/gen/flamegraph", &[])
+            .0
+            == 409
+    });
+    assert!(refused, "a native source has no guest to sample");
+
+    let dump = job.json("/jobs/flame/stacks");
+    let burning = dump["subtasks"]
+        .as_array()
+        .expect("subtasks")
+        .iter()
+        .find(|s| s["name"] == "burn")
+        .expect("the operator's subtask")
+        .clone();
+    assert_fields(
+        &burning,
+        &["threadName", "activity", "guest"],
+        "a subtask's stack",
+    );
+
+    let out = scratch.run(&["stack", &format!("http://{}", job.address)]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", weir_tests::describe(&out));
+    assert!(text.contains("\"burn (1/1)\""), "{text}");
+    assert!(text.contains("\"gen (1/1)\""), "{text}");
+    // The burn takes most of each call, so most dumps catch it inside the guest.
+    let caught = eventually(WAIT, || {
+        let out = scratch.run(&["stack", &format!("http://{}", job.address)]);
+        String::from_utf8_lossy(&out.stdout).contains("at hostile::burn")
+    });
+    assert!(caught, "no dump showed the guest's frame:\n{text}");
+}

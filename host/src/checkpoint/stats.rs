@@ -424,6 +424,35 @@ impl CheckpointStats {
         stats
     }
 
+    /// A completed checkpoint the statistics missed (the process died between its
+    /// commit and the statistics' write), from its `_metadata`, stored at `path`.
+    /// Nothing happens for one they already count.
+    pub fn completed_from(&mut self, metadata: &CheckpointMetadata, path: String) {
+        let id = metadata.checkpoint;
+        let known = self.latest_completed.as_ref().is_some_and(|c| c.id >= id)
+            || self
+                .get(id)
+                .is_some_and(|c| c.status == CheckpointStatus::Completed);
+        if known {
+            return;
+        }
+        if self.get(id).is_none() {
+            let mut vertices: Vec<(String, u32)> = Vec::new();
+            for task in &metadata.tasks {
+                if !vertices.iter().any(|(n, _)| *n == task.node) {
+                    vertices.push((task.node.clone(), task.parallelism));
+                }
+            }
+            self.triggered(id, metadata.triggered_at_ms, &vertices);
+        }
+        for task in &metadata.tasks {
+            let ack = metadata.triggered_at_ms
+                + i64::try_from(task.stats.end_to_end.as_millis()).unwrap_or(0);
+            self.acknowledged(id, &task.node, task.subtask, ack, &task.stats);
+        }
+        self.completed(id, metadata.completed_at_ms, path);
+    }
+
     /// The summary of one figure over the window.
     pub fn summary(&self, figure: impl Fn(&CompletedFigures) -> u64) -> Summary {
         Summary::of(self.window.iter().map(figure))
@@ -569,6 +598,35 @@ mod tests {
             complete(&mut s, id, 0);
         }
         assert_eq!(s.window.len(), SUMMARY_WINDOW);
+    }
+
+    #[test]
+    fn a_checkpoint_committed_after_the_last_stored_statistics_is_added_from_its_metadata() {
+        use crate::checkpoint::metadata::{FORMAT_VERSION, TaskEntry, TaskState};
+        let mut s = CheckpointStats::default();
+        complete(&mut s, 1, 1000);
+        let metadata = |id| CheckpointMetadata {
+            version: FORMAT_VERSION,
+            job: "wc".into(),
+            checkpoint: id,
+            backend: "heap".into(),
+            mode: "exactly-once".into(),
+            triggered_at_ms: 2000,
+            completed_at_ms: 2050,
+            tasks: vec![TaskEntry {
+                node: "count".into(),
+                subtask: 0,
+                parallelism: 1,
+                state: TaskState::Finished,
+                stats: stats(7),
+            }],
+        };
+        s.completed_from(&metadata(2), "chk-2".into());
+        s.completed_from(&metadata(2), "chk-2".into());
+        s.completed_from(&metadata(1), "chk-1".into());
+        assert_eq!(s.counts.completed, 2, "each counted once");
+        let c = s.latest_completed.as_ref().expect("completed");
+        assert_eq!((c.id, c.state_size()), (2, 7));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::runtime::CancelToken;
 use crate::runtime::metrics::MetricsSlot;
 use crate::runtime::now_ms;
 use crate::storage::CheckpointStorage;
+use crate::wasm::Profiler;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A job's state, with Flink's names.
@@ -119,6 +120,8 @@ pub struct LiveJob {
     pub metrics: MetricsSlot,
     /// Cancels the job.
     pub cancel: CancelToken,
+    /// Samples its guests' stacks.
+    pub profiler: Profiler,
     /// Where its checkpoints are, once the launcher opened the storage.
     pub storage: OnceLock<Arc<dyn CheckpointStorage>>,
 }
@@ -223,6 +226,7 @@ impl LiveJob {
             stats: StatsTracker::default(),
             metrics: MetricsSlot::default(),
             cancel,
+            profiler: Profiler::default(),
             storage: OnceLock::new(),
         }
     }

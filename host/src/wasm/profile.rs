@@ -837,6 +837,7 @@ mod tests {
             subtask: SubtaskIndex(subtask),
             parallelism: 2,
             max_parallelism: 128,
+            metrics: Default::default(),
         }
     }
 

@@ -10,11 +10,13 @@
 //!
 //! # Layout
 //! - `mod.rs`: binding, routing, authorisation, errors.
+//! - `client.rs`: a bare HTTP client for `weir stack` and the tests.
 //! - `views.rs`: the JSON bodies, pure functions of what the job published.
 //! - `prometheus.rs`: the text of `/metrics`.
 //! - `rates.rs`: busy, idle and back-pressured time per second over a sliding window.
 //! - `openapi.json`: the API's description, checked against the server in a test.
 
+pub mod client;
 mod prometheus;
 mod rates;
 pub mod views;
@@ -30,8 +32,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rates::Rates;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use views::Now;
 
@@ -95,6 +99,27 @@ struct App {
     job: Arc<LiveJob>,
     rates: Rates,
     access: Access,
+    /// Per vertex, its latest flame graph or the sampling that makes it.
+    flames: Arc<Mutex<HashMap<usize, Flame>>>,
+}
+
+/// Flink's `rest.flamegraph.refresh-interval`: a flame graph is served this long before
+/// a request samples anew.
+const FLAME_GRAPH_REFRESH: Duration = Duration::from_secs(60);
+/// One flame graph's sampling: as Flink's defaults, 100 samples 50 ms apart.
+const FLAME_GRAPH_SAMPLING: Duration = Duration::from_secs(5);
+/// Between two samples of one subtask (Flink's `rest.flamegraph.delay-between-samples`).
+const FLAME_GRAPH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What a vertex's flame graph is.
+#[derive(Clone, Debug)]
+enum Flame {
+    /// Being sampled; `previous` is served meanwhile.
+    Sampling { previous: Option<Value> },
+    /// Sampled at `at`.
+    Done { at: Instant, graph: Value },
+    /// The sampling failed; said once, then tried again.
+    Failed(String),
 }
 
 impl App {
@@ -219,7 +244,12 @@ pub fn start(
         }
     };
     let rates = Rates::new(job.metrics.clone());
-    let app = App { job, rates, access };
+    let app = App {
+        job,
+        rates,
+        access,
+        flames: Arc::default(),
+    };
     let sampler = app.rates.clone();
     let router = router(app);
     let _guard = io.enter();
@@ -308,6 +338,11 @@ fn router(app: App) -> Router {
             "/jobs/{jobid}/vertices/{vertexid}/metrics",
             get(vertex_metrics),
         )
+        .route(
+            "/jobs/{jobid}/vertices/{vertexid}/flamegraph",
+            get(flamegraph),
+        )
+        .route("/jobs/{jobid}/stacks", get(stacks))
         .route("/metrics", get(prometheus_metrics))
         .fallback(not_found)
         .with_state(app)
@@ -510,6 +545,107 @@ async fn backpressure(
     Ok(axum::Json(views::backpressure(&app.now(), v)))
 }
 
+#[derive(serde::Deserialize)]
+struct FlameQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/flamegraph`, as Flink's: the first request
+/// starts sampling the vertex's guests and answers "waiting" (`endTimestamp` -3, as
+/// Flink's), later ones the graph, which is sampled anew once it is older than
+/// [`FLAME_GRAPH_REFRESH`]. Only time in guest code is sampled, so `type` is `full` or
+/// `on_cpu`, which are the same here.
+async fn flamegraph(
+    State(app): State<App>,
+    Path((jobid, vertexid)): Path<(String, String)>,
+    Query(query): Query<FlameQuery>,
+) -> Reply {
+    let v = app.vertex(&jobid, &vertexid)?;
+    match query.kind.as_deref() {
+        None | Some("full" | "on_cpu") => {}
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "type `{other}` is not supported: Weir samples the guest's own stack while it runs, so the graph is on-CPU (`full` and `on_cpu` are the same)"
+                ),
+            ));
+        }
+    }
+    let waiting = || json!({ "endTimestamp": -3, "data": null });
+    let mut flames = app.flames.lock().map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the flame graphs' lock is poisoned".into(),
+        )
+    })?;
+    let previous = match flames.remove(&v) {
+        Some(Flame::Done { at, graph }) if at.elapsed() < FLAME_GRAPH_REFRESH => {
+            flames.insert(
+                v,
+                Flame::Done {
+                    at,
+                    graph: graph.clone(),
+                },
+            );
+            return Ok(axum::Json(graph));
+        }
+        Some(Flame::Sampling { previous }) => {
+            let answer = previous.clone().unwrap_or_else(waiting);
+            flames.insert(v, Flame::Sampling { previous });
+            return Ok(axum::Json(answer));
+        }
+        Some(Flame::Failed(why)) => return Err(ApiError(StatusCode::CONFLICT, why)),
+        Some(Flame::Done { graph, .. }) => Some(graph),
+        None => None,
+    };
+    flames.insert(
+        v,
+        Flame::Sampling {
+            previous: previous.clone(),
+        },
+    );
+    drop(flames);
+    let (node, profiler, store) = (
+        app.job.vertices[v].name.clone(),
+        app.job.profiler.clone(),
+        app.flames.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let outcome = match profiler.sample(&node, FLAME_GRAPH_SAMPLING, FLAME_GRAPH_INTERVAL) {
+            Ok(graph) => serde_json::to_value(&graph)
+                .map(|graph| Flame::Done {
+                    at: Instant::now(),
+                    graph,
+                })
+                .unwrap_or_else(|e| Flame::Failed(e.to_string())),
+            Err(e) => Flame::Failed(e.to_string()),
+        };
+        if let Ok(mut flames) = store.lock() {
+            flames.insert(v, outcome);
+        }
+    });
+    Ok(axum::Json(previous.unwrap_or_else(waiting)))
+}
+
+/// `GET /jobs/:jobid/stacks`: what every subtask does now, host and guest: the host's
+/// view (busy, idle, back-pressured) and the guest's stack, innermost first. `text` is
+/// what `weir stack` prints.
+async fn stacks(State(app): State<App>, Path(jobid): Path<String>) -> Reply {
+    app.job_named(&jobid)?;
+    let profiler = app.job.profiler.clone();
+    let guests = tokio::task::spawn_blocking(move || profiler.stacks())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let metrics = app.job.metrics.current();
+    Ok(axum::Json(views::stacks(
+        &app.job,
+        metrics.as_deref(),
+        &guests,
+    )))
+}
+
 async fn prometheus_metrics(State(app): State<App>) -> impl IntoResponse {
     (
         [(
@@ -549,6 +685,8 @@ mod tests {
             "/jobs/{jobid}/vertices/{vertexid}",
             "/jobs/{jobid}/vertices/{vertexid}/backpressure",
             "/jobs/{jobid}/vertices/{vertexid}/metrics",
+            "/jobs/{jobid}/vertices/{vertexid}/flamegraph",
+            "/jobs/{jobid}/stacks",
             "/metrics",
         ] {
             assert!(paths.contains_key(path), "openapi.json lacks {path}");

@@ -561,6 +561,62 @@ pub fn checkpoint_subtasks(c: &CheckpointRecord, vertex: &Vertex) -> Value {
     body
 }
 
+/// `GET /jobs/:jobid/stacks`: per subtask, what its thread does (`activity`: `BUSY`,
+/// `IDLE`, `BACK_PRESSURED`, `FINISHED`) and its guest's stack, as data and as the text
+/// of a thread dump.
+pub fn stacks(
+    job: &LiveJob,
+    metrics: Option<&[Arc<NodeMetrics>]>,
+    guests: &[crate::wasm::SubtaskStack],
+) -> Value {
+    use crate::wasm::GuestStack;
+    let mut text = String::new();
+    let mut subtasks = Vec::new();
+    for (v, vertex) in job.vertices.iter().enumerate() {
+        for s in 0..vertex.parallelism {
+            let activity = metrics
+                .and_then(|m| m.get(v)?.subtasks.get(s as usize))
+                .map(|m| m.times.activity());
+            let guest = guests
+                .iter()
+                .find(|g| g.node == vertex.name && g.subtask.0 == s)
+                .map(|g| &g.stack);
+            let name = format!("{} ({}/{})", vertex.name, s + 1, vertex.parallelism);
+            let host = match activity {
+                Some(Activity::Busy) => "busy: processing",
+                Some(Activity::Idle) => "idle: waiting for input",
+                Some(Activity::BackPressured) => "back-pressured: waiting for room downstream",
+                Some(Activity::Finished) => "finished",
+                None => "not started",
+            };
+            text.push_str(&format!("\"{name}\" {host}\n"));
+            match guest {
+                Some(GuestStack::InGuest { frames }) => {
+                    for frame in frames {
+                        text.push_str(&format!("    at {frame}\n"));
+                    }
+                }
+                Some(GuestStack::NotInGuest) => text.push_str("    (not in guest code)\n"),
+                Some(GuestStack::NoInstance) => text.push_str("    (no guest instance)\n"),
+                Some(GuestStack::NoEpochs) => {
+                    text.push_str("    (guest stacks need epoch interruption)\n");
+                }
+                None => {}
+            }
+            text.push('\n');
+            subtasks.push(json!({
+                "vertex": vertex.id,
+                "name": vertex.name,
+                "subtask": s,
+                "threadName": name,
+                "activity": activity,
+                "guest": guest,
+            }));
+        }
+    }
+    json!({ "subtasks": subtasks, "text": text })
+}
+
 /// The job's metrics by Flink's names, for `GET /jobs/:jobid/metrics` and Prometheus.
 pub fn job_metrics(now: &Now<'_>) -> Vec<(&'static str, f64)> {
     let s = &now.stats;
