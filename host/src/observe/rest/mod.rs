@@ -14,10 +14,12 @@
 //! - `prometheus.rs`: the text of `/metrics`.
 //! - `rates.rs`: busy, idle and back-pressured time per second over a sliding window.
 //! - `openapi.json`: the API's description, checked against the server in a test.
+//! - `web.rs`, `web/`: the page at `/`, which polls the API.
 
 mod prometheus;
 mod rates;
 pub mod views;
+mod web;
 
 use crate::job::RestConfig;
 use crate::observe::live::LiveJob;
@@ -303,6 +305,7 @@ fn router(app: App) -> Router {
             get(vertex_metrics),
         )
         .route("/metrics", get(prometheus_metrics))
+        .merge(web::web_routes())
         .fallback(not_found)
         .with_state(app)
 }
