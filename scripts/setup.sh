@@ -2,8 +2,9 @@
 # Installs what building and testing Weir needs on a fresh machine: libclang (the
 # rocksdb crate generates its bindings with it), the WASM target for Rust guests,
 # componentize-py for the Python guests, Node.js and ComponentizeJS for the JavaScript
-# guest, the S3-compatible server the tests start on 127.0.0.1, and headless Chromium for
-# the web page's test. Safe to run again.
+# guest, the S3-compatible server the tests start on 127.0.0.1, and what the REST tests
+# drive the server with: headless Chromium for the web page, schemathesis for the
+# OpenAPI contract and prometheus-client for the text of /metrics. Safe to run again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 step "libclang (RocksDB bindings)"
@@ -62,3 +63,14 @@ if ! command -v chromium >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 chromium --version
+
+step "schemathesis and prometheus-client (the REST contract test)"
+SCHEMATHESIS_VERSION=4.32.5
+PROMETHEUS_CLIENT_VERSION=0.26.0
+installed() { python3 -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p'; }
+if [[ "$(installed schemathesis)" != "$SCHEMATHESIS_VERSION" ||
+      "$(installed prometheus-client)" != "$PROMETHEUS_CLIENT_VERSION" ]]; then
+  python3 -m pip install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION" "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+fi
+schemathesis --version
