@@ -2,7 +2,9 @@
 # Installs what building and testing Weir needs on a fresh machine: libclang (the
 # rocksdb crate generates its bindings with it), the WASM target for Rust guests,
 # componentize-py for the Python guests, Node.js and ComponentizeJS for the JavaScript
-# guest, and the S3-compatible server the tests start on 127.0.0.1. Safe to run again.
+# guest, the S3-compatible server the tests start on 127.0.0.1, and what the REST tests
+# drive the server with: headless Chromium for the web page, schemathesis for the
+# OpenAPI contract and prometheus-client for the text of /metrics. Safe to run again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 step "libclang (RocksDB bindings)"
@@ -51,3 +53,24 @@ if [[ "$(s3s-fs --version 2>/dev/null || true)" != "s3s-fs $S3S_FS_VERSION" ]]; 
   cargo install s3s-fs --version "$S3S_FS_VERSION" --locked --features binary
 fi
 s3s-fs --version
+
+step "Chromium (the web page's test drives it headless)"
+if ! command -v chromium >/dev/null 2>&1; then
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  # Without the recommended desktop extras (notification daemon, printing, GL drivers):
+  # the test renders headless with the fonts the machine has.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+chromium --version
+
+step "schemathesis and prometheus-client (the REST contract test)"
+SCHEMATHESIS_VERSION=4.32.5
+PROMETHEUS_CLIENT_VERSION=0.26.0
+installed() { python3 -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p'; }
+if [[ "$(installed schemathesis)" != "$SCHEMATHESIS_VERSION" ||
+      "$(installed prometheus-client)" != "$PROMETHEUS_CLIENT_VERSION" ]]; then
+  python3 -m pip install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION" "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+fi
+schemathesis --version

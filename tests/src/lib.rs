@@ -1,10 +1,12 @@
 //! Shared helpers for the end-to-end tests: where the `weir` binary and the built guests
-//! are, a scratch directory to write job files and inputs into, and (in `s3`) an
-//! S3-compatible server on loopback with a fault-injecting proxy in front of it.
+//! are, a scratch directory to write job files and inputs into, (in `s3`) an
+//! S3-compatible server on loopback with a fault-injecting proxy in front of it, and (in
+//! `rest`) a running job with its REST server.
 //!
 //! The tests drive the real binary with real components; `scripts/test.sh` builds both
 //! before running them.
 
+pub mod rest;
 pub mod s3;
 
 use std::io::Read;

@@ -211,10 +211,13 @@ impl NodeMetrics {
 /// each run of a job (a restart is a new run, with counters from zero, as Flink's new
 /// task instances) replaces what the previous one published.
 #[derive(Clone, Debug, Default)]
-pub struct MetricsSlot(Arc<std::sync::RwLock<Option<Arc<[Arc<NodeMetrics>]>>>>);
+pub struct MetricsSlot(Arc<std::sync::RwLock<Option<RunMetrics>>>);
+
+/// One run's counters, per node in graph order.
+pub type RunMetrics = Arc<[Arc<NodeMetrics>]>;
 
 impl MetricsSlot {
-    pub(crate) fn publish(&self, nodes: Arc<[Arc<NodeMetrics>]>) {
+    pub(crate) fn publish(&self, nodes: RunMetrics) {
         if let Ok(mut slot) = self.0.write() {
             *slot = Some(nodes);
         }
@@ -222,7 +225,7 @@ impl MetricsSlot {
 
     /// The counters of the current run, per node in graph order; `None` before the
     /// first run started.
-    pub fn current(&self) -> Option<Arc<[Arc<NodeMetrics>]>> {
+    pub fn current(&self) -> Option<RunMetrics> {
         self.0.read().ok().and_then(|slot| slot.clone())
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use weir::checkpoint::metadata::CheckpointMetadata;
 use weir::job;
 use weir::launch::{JobOutcome, RunRequest, job_id, run_job};
+use weir::observe::LiveJob;
 use weir::runtime::CancelToken;
 use weir::storage::{CheckpointStorage, FsStorage};
 use weir::wasm::WasmRuntime;
@@ -27,7 +28,7 @@ pub fn run(
         &spec,
         wasm,
         io.handle(),
-        &CancelToken::default(),
+        &LiveJob::new(&spec, CancelToken::default()),
         &RunRequest::default(),
     )
     .expect("the job runs")

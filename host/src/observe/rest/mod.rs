@@ -15,11 +15,13 @@
 //! - `prometheus.rs`: the text of `/metrics`.
 //! - `rates.rs`: busy, idle and back-pressured time per second over a sliding window.
 //! - `openapi.json`: the API's description, checked against the server in a test.
+//! - `web.rs`, `web/`: the page at `/`, which polls the API.
 
 pub mod client;
 mod prometheus;
 mod rates;
 pub mod views;
+mod web;
 
 use crate::job::RestConfig;
 use crate::observe::LoadError;
@@ -344,8 +346,34 @@ fn router(app: App) -> Router {
         )
         .route("/jobs/{jobid}/stacks", get(stacks))
         .route("/metrics", get(prometheus_metrics))
+        .merge(web::web_routes())
         .fallback(not_found)
+        .layer(axum::middleware::map_response(json_rejections))
         .with_state(app)
+}
+
+/// Axum answers a path or query it cannot parse (`/checkpoints/details/-1`, a repeated
+/// `get`) itself, in plain text; this gives those answers the API's shape,
+/// `{"errors": [...]}`, as Flink gives its own.
+async fn json_rejections(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    let status = response.status();
+    if !(status.is_client_error() && plain) {
+        return response;
+    }
+    // Axum's rejection texts are a line; the limit only bounds what a bug could send.
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => status
+            .canonical_reason()
+            .unwrap_or("bad request")
+            .to_owned(),
+    };
+    ApiError(status, text).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -688,6 +716,9 @@ mod tests {
             "/jobs/{jobid}/vertices/{vertexid}/flamegraph",
             "/jobs/{jobid}/stacks",
             "/metrics",
+            "/openapi.json",
+            "/",
+            "/web/{file}",
         ] {
             assert!(paths.contains_key(path), "openapi.json lacks {path}");
         }
