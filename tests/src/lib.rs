@@ -358,6 +358,22 @@ impl RunningJob {
         }
     }
 
+    /// `http://<address><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Cancels job `job` through `PATCH /jobs/:id`, which must answer 202, and waits up
+    /// to `within` for `weir` to exit.
+    ///
+    /// # Panics
+    /// When the cancel is refused or `weir` does not exit in time.
+    pub fn cancel(self, job: &str, within: Duration) -> std::process::ExitStatus {
+        let (status, body) = self.request("PATCH", &format!("/jobs/{job}"), &[]);
+        assert_eq!(status, 202, "PATCH /jobs/{job}: {body}");
+        self.wait(within)
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use weir_tests::rest::{RunningJob, keyed_count_job};
+use weir_tests::RunningJob;
+use weir_tests::rest::keyed_count_job;
 use weir_tests::{Scratch, describe, eventually, repo};
 
 /// Long enough for a cold compile of the counter and the first checkpoints on a loaded
@@ -95,16 +96,16 @@ fn browse(script: &Value) -> Value {
 fn the_page_shows_the_graph_by_back_pressure_the_checkpoints_and_the_slowest_subtask() {
     let scratch = Scratch::new();
     scratch.write("job.toml", keyed_count_job("web-demo", "500ms"));
-    let job = RunningJob::start(&scratch, "job.toml", START);
+    let job = RunningJob::start(&scratch, &["run", "job.toml"]);
     assert!(
         eventually(START, || {
-            let (status, body) = job.get("/jobs/web-demo/checkpoints");
+            let (status, body) = job.request("GET", "/jobs/web-demo/checkpoints", &[]);
             status == 200 && body.contains("\"COMPLETED\"")
         }),
         "no checkpoint completed\n{}",
         job.log()
     );
-    let (status, page) = job.get("/");
+    let (status, page) = job.request("GET", "/", &[]);
     assert_eq!(status, 200);
     assert!(page.contains("/web/app.js"), "{page}");
 
@@ -251,6 +252,10 @@ fn the_page_shows_the_graph_by_back_pressure_the_checkpoints_and_the_slowest_sub
     std::fs::copy(&shot, &kept).expect("a copy of the screenshot in target/");
     eprintln!("screenshot: {}", kept.display());
 
-    let output = job.cancel("web-demo", START);
-    assert!(output.status.code().is_some(), "{}", describe(&output));
+    let status = job.cancel("web-demo", START);
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "a cancelled job exits as on Ctrl-C"
+    );
 }
