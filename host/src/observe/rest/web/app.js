@@ -137,6 +137,7 @@ async function poll() {
     remember(checkpoints);
     renderJob();
     renderGraph();
+    renderFlameChoices();
     renderCheckpoints();
     await refreshDetail();
     setConnection(null);
@@ -641,9 +642,47 @@ function vertexPart(part, worst) {
 }
 
 // ---------------------------------------------------------------------------------
-// Flame graph: the hook for `GET /jobs/:jobid/vertices/:vertexid/flamegraph`, which
-// answers Flink's `{endTimestamp, data: {name, value, children}}`. Nothing on the page
-// calls it yet; the endpoint's page wires a fetch of that body to it.
+// Flame graph: `GET /jobs/:jobid/vertices/:vertexid/flamegraph` answers Flink's
+// `{endTimestamp, data: {name, value, children}}`, with `endTimestamp` -3 while the
+// server samples; the page asks again each second until the graph is there.
+
+// The operators that run WebAssembly, as the choices of the flame graph's select.
+function renderFlameChoices() {
+  const select = byId("flame-vertex");
+  if (!select || select.options.length > 0 || !view.job) return;
+  for (const node of view.job.plan.nodes) {
+    if (!String(node.description).includes("(Operator:")) continue;
+    const vertex = view.job.vertices.find((v) => v.id === node.id);
+    select.append(h("option", { value: node.id }, vertex ? vertex.name : node.id));
+  }
+  byId("flame-sample").disabled = select.options.length === 0;
+}
+
+async function sampleFlameGraph() {
+  const vertex = byId("flame-vertex").value;
+  const hint = byId("flame-hint");
+  const button = byId("flame-sample");
+  if (!vertex || !view.jobId) return;
+  button.disabled = true;
+  hint.textContent = "Sampling…";
+  try {
+    const path = `/jobs/${view.jobId}/vertices/${vertex}/flamegraph`;
+    for (let tries = 0; tries < 60; tries++) {
+      const graph = await getJson(path);
+      if (graph.endTimestamp > 0) {
+        renderFlameGraph(graph, byId("flame"));
+        hint.textContent = `${graph.data.value} samples, taken until ${formatTime(graph.endTimestamp)}.`;
+        return;
+      }
+      await new Promise((done) => setTimeout(done, 1000));
+    }
+    hint.textContent = "No flame graph came within a minute.";
+  } catch (error) {
+    hint.textContent = `No flame graph: ${error.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
 
 const FLAME_ROW = 18;
 
@@ -717,4 +756,5 @@ function flameColour(name) {
 
 // ---------------------------------------------------------------------------------
 
+byId("flame-sample").addEventListener("click", sampleFlameGraph);
 poll();
