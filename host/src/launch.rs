@@ -5,6 +5,7 @@
 //! finished job written and retention applied at the end. This is the only place that
 //! knows all the parts; each part stays ignorant of the others.
 
+use crate::checkpoint::channel_state;
 use crate::checkpoint::coordinator::CoordinatorConfig;
 use crate::checkpoint::driver::DriverSetup;
 use crate::checkpoint::metadata::{CheckpointMetadata, TaskState};
@@ -20,12 +21,12 @@ use crate::job::{
     CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind, StateBackendKind,
 };
 use crate::observe::{JobState, LiveJob};
-use crate::runtime::executor::{OperatorFactory, Partitioner, RunReport};
+use crate::runtime::executor::{Debloat, Network, OperatorFactory, Partitioner, RunReport};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::now_ms;
 use crate::runtime::{
-    CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator, Restore,
-    RunError, RunOptions, Source,
+    CancelToken, ChannelState, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge,
+    Operator, Restore, RunError, RunOptions, Source,
 };
 use crate::runtime::{Fault, TaskError, TaskInfo};
 use crate::state::{HeapBackend, KeyedStateBackend, RestoredFiles, RocksDbBackend, RocksDbOptions};
@@ -138,6 +139,13 @@ pub fn build_graph(
     Ok(Graph {
         nodes,
         max_parallelism: spec.max_parallelism,
+        network: Network {
+            channel_capacity: spec.network.channel_capacity,
+            debloat: spec.network.debloat.map(|d| Debloat {
+                target: d.target,
+                period: d.period,
+            }),
+        },
     })
 }
 
@@ -530,12 +538,13 @@ fn run_attempts(
     let mut from = from;
     let mut attempt = 0u32;
     loop {
-        let (restore, restored) = match &from {
-            None => (HashMap::new(), None),
+        let (plan, restored) = match &from {
+            None => (Restored::default(), None),
             Some(which) => choose_restore(spec, storage, which, io)?,
         };
         let mut options = RunOptions {
-            restore,
+            restore: plan.tasks,
+            channel_state: plan.channel_state,
             metrics: Some(live.metrics.clone()),
             ..RunOptions::default()
         };
@@ -562,6 +571,7 @@ fn run_attempts(
                 next_id: CheckpointId(newest.map_or(1, |n| n.0 + 1)),
                 completed: completed.unwrap_or_else(|Unread(files)| files),
                 stats: live.stats.clone(),
+                unaligned_after: config.unaligned_after(),
             });
         }
         if let Some(id) = restored {
@@ -814,7 +824,16 @@ fn end_of_job(
 }
 
 /// What each subtask restores from, and the checkpoint it came from.
-type RestorePlan = (HashMap<(String, u32), Restore>, Option<CheckpointId>);
+/// What every subtask restores from one checkpoint.
+#[derive(Default)]
+struct Restored {
+    /// State, by node id and subtask index.
+    tasks: HashMap<(String, u32), Restore>,
+    /// Channel state to replay, by node id and subtask index.
+    channel_state: HashMap<(String, u32), ChannelState>,
+}
+
+type RestorePlan = (Restored, Option<CheckpointId>);
 
 /// Picks the checkpoint to restore from and loads every subtask's state, verified.
 /// With `latest`, a checkpoint that is incomplete or fails its checksums is skipped
@@ -854,7 +873,7 @@ fn choose_restore(
                 }
             }
             tracing::info!(storage = %storage.describe(), "no complete checkpoint to restore from; starting from the beginning");
-            Ok((HashMap::new(), None))
+            Ok((Restored::default(), None))
         }
         FromCheckpoint::Path(path) => {
             let (storage, id) = checkpoint_at(spec, path)?;
@@ -886,7 +905,7 @@ fn load_checkpoint(
     storage: &Arc<dyn CheckpointStorage>,
     id: CheckpointId,
     io: &Handle,
-) -> Result<HashMap<(String, u32), Restore>, Skip> {
+) -> Result<Restored, Skip> {
     let bytes = block_on_storage(io, storage, |s| async move { s.read_metadata(id).await })
         .map_err(|e| Skip::Unusable(e.to_string()))?;
     let metadata = CheckpointMetadata::from_bytes(&bytes).map_err(Skip::Unusable)?;
@@ -897,8 +916,33 @@ fn load_checkpoint(
             .map(|bytes| bytes.to_vec())
             .map_err(|e| Skip::Unusable(e.to_string()))
     };
-    let mut plan = HashMap::new();
+    let without_channel_state = spec
+        .checkpointing
+        .as_ref()
+        .and_then(|c| c.recover_without_channel_state);
+    let drop_channel_state = without_channel_state == Some(id.0);
+    if let Some(other) = without_channel_state.filter(|&n| n != id.0) {
+        tracing::warn!(
+            "recover-without-channel-state = {other}, but the job restores checkpoint {id}: its channel state is restored"
+        );
+    }
+    let mut plan = Restored::default();
     for task in &metadata.tasks {
+        if let Some(handle) = &task.channel_state {
+            if drop_channel_state {
+                tracing::warn!(
+                    task = %format!("{} ({}/{})", task.node, task.subtask + 1, task.parallelism),
+                    bytes = task.stats.persisted_in_flight,
+                    "restoring checkpoint {id} without its channel state, as recover-without-channel-state asks: the in-flight records it held are dropped"
+                );
+            } else {
+                let state = channel_state::decode(&read(handle)?).map_err(|e| {
+                    Skip::Unusable(format!("the channel state in {}: {e}", handle.path))
+                })?;
+                plan.channel_state
+                    .insert((task.node.clone(), task.subtask), state);
+            }
+        }
         let restore = match &task.state {
             TaskState::Finished => Restore::Finished,
             TaskState::File(handle) => Restore::State(read(handle)?),
@@ -920,7 +964,8 @@ fn load_checkpoint(
                 Restore::StateAndFiles(read(state)?, files)
             }
         };
-        plan.insert((task.node.clone(), task.subtask), restore);
+        plan.tasks
+            .insert((task.node.clone(), task.subtask), restore);
     }
     Ok(plan)
 }

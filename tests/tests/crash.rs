@@ -66,6 +66,8 @@ struct Setup {
     state: &'static str,
     /// The checkpoint directory, and the environment `weir` needs to reach it.
     storage: Storage,
+    /// More of `[checkpointing]`.
+    extra: &'static str,
 }
 
 enum Storage {
@@ -83,6 +85,7 @@ impl Setup {
             mode,
             state,
             storage: Storage::Local,
+            extra: "",
         }
     }
 
@@ -121,6 +124,7 @@ interval = "100ms"
 mode = "{mode}"
 num-retained = 2
 retention = "retain-on-cancellation"
+{extra}
 {checkpointing}
 {state}
 
@@ -150,6 +154,7 @@ inputs = ["count"]
 rate = 150000
 "#,
         mode = setup.mode,
+        extra = setup.extra,
         checkpointing = setup.checkpointing(),
         state = setup.state,
         tokenizer = toml_path(&guest("word_count_tokenizer")),
@@ -157,9 +162,33 @@ rate = 150000
     )
 }
 
-/// Runs the job, killing it `kills` times at random moments; returns the committed
-/// output lines (sorted) and how many kills landed before the job finished.
-fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> (Vec<String>, Vec<String>, u32) {
+/// What a run with kills saw.
+struct Killed {
+    /// The committed output lines, sorted.
+    lines: Vec<String>,
+    /// The failure-free output, sorted.
+    expected: Vec<String>,
+    /// How many kills landed before the job finished.
+    landed: u32,
+    /// After how many kills the latest completed checkpoint, the one the next run
+    /// resumes from, held channel state (the in-flight records of an unaligned one).
+    with_channel_state: u32,
+}
+
+/// Whether the latest completed checkpoint in `dir` holds channel state.
+fn latest_has_channel_state(dir: &std::path::Path) -> bool {
+    weir_tests::completed_checkpoints(dir)
+        .last()
+        .and_then(|(_, chk)| std::fs::read_dir(chk).ok())
+        .is_some_and(|files| {
+            files
+                .filter_map(Result::ok)
+                .any(|f| f.file_name().to_string_lossy().ends_with("-channels"))
+        })
+}
+
+/// Runs the job, killing it `kills` times at random moments.
+fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> Killed {
     let scratch = Scratch::new();
     let env = setup.env();
     let mut rng = XorShift(seed);
@@ -170,6 +199,7 @@ fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> (Vec<String>, Vec<Str
     let job = job.to_str().unwrap_or_default().to_owned();
 
     let mut landed = 0;
+    let mut with_channel_state = 0;
     let mut first = true;
     for _ in 0..kills {
         let mut args = vec!["run", job.as_str()];
@@ -192,6 +222,9 @@ fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> (Vec<String>, Vec<Str
         let _ = child.kill();
         let _ = child.wait();
         landed += 1;
+        if latest_has_channel_state(&scratch.path().join("checkpoints/crash")) {
+            with_channel_state += 1;
+        }
     }
     let output = scratch
         .weir(&["run", &job, "--from-checkpoint", "latest"])
@@ -217,7 +250,12 @@ fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> (Vec<String>, Vec<Str
         leftovers.is_empty(),
         "uncommitted files left behind (seed {seed}): {leftovers:?}"
     );
-    (lines, expected_lines(&texts), landed)
+    Killed {
+        lines,
+        expected: expected_lines(&texts),
+        landed,
+        with_channel_state,
+    }
 }
 
 fn kills() -> u32 {
@@ -242,9 +280,16 @@ fn seed() -> u64 {
 
 /// Runs the harness in exactly-once mode and checks the committed output is exactly the
 /// failure-free output.
-fn assert_exactly_once(setup: &Setup) {
+fn assert_exactly_once(setup: &Setup) -> Killed {
     let seed = seed();
-    let (lines, expected, landed) = run_with_kills(setup, kills(), seed);
+    let killed = run_with_kills(setup, kills(), seed);
+    let Killed {
+        lines,
+        expected,
+        landed,
+        ..
+    } = &killed;
+    let landed = *landed;
     println!("{landed} kills landed before the job finished");
     assert!(
         landed >= 5,
@@ -260,38 +305,63 @@ fn assert_exactly_once(setup: &Setup) {
             "committed output differs from the failure-free output (seed {seed}): {missing} lines missing, {extra} extra"
         );
     }
+    killed
 }
 
 #[test]
 fn exactly_once_output_survives_repeated_sigkill() {
-    assert_exactly_once(&Setup::local("exactly-once", HEAP));
+    let _ = assert_exactly_once(&Setup::local("exactly-once", HEAP));
 }
 
 #[test]
 fn exactly_once_output_survives_repeated_sigkill_with_incremental_rocksdb() {
-    assert_exactly_once(&Setup::local("exactly-once", ROCKSDB));
+    let _ = assert_exactly_once(&Setup::local("exactly-once", ROCKSDB));
 }
 
 #[test]
 fn exactly_once_output_survives_repeated_sigkill_with_full_rocksdb_checkpoints() {
-    assert_exactly_once(&Setup::local("exactly-once", ROCKSDB_FULL));
+    let _ = assert_exactly_once(&Setup::local("exactly-once", ROCKSDB_FULL));
 }
 
 #[test]
 fn exactly_once_output_survives_repeated_sigkill_with_checkpoints_on_s3() {
     let server = weir_tests::s3::S3Server::start();
-    assert_exactly_once(&Setup {
+    let _ = assert_exactly_once(&Setup {
         mode: "exactly-once",
         state: ROCKSDB,
         storage: Storage::S3(server),
+        extra: "",
     });
+}
+
+#[test]
+fn exactly_once_output_survives_repeated_sigkill_with_unaligned_checkpoints_under_backpressure() {
+    // The sink is paced below what the tokenizer emits, so the channels into the
+    // counters are full and every checkpoint persists some of them as channel state.
+    let killed = assert_exactly_once(&Setup {
+        extra: "unaligned = true",
+        ..Setup::local("exactly-once", HEAP)
+    });
+    println!(
+        "{} of the runs resumed from a checkpoint with channel state",
+        killed.with_channel_state
+    );
+    assert!(
+        killed.with_channel_state >= 1,
+        "no run resumed from a checkpoint with channel state"
+    );
 }
 
 #[test]
 fn at_least_once_output_loses_nothing_under_sigkill() {
     let seed = seed();
     let setup = Setup::local("at-least-once", HEAP);
-    let (lines, expected, landed) = run_with_kills(&setup, kills().min(10), seed);
+    let Killed {
+        lines,
+        expected,
+        landed,
+        ..
+    } = run_with_kills(&setup, kills().min(10), seed);
     println!("{landed} kills landed before the job finished");
     let missing: Vec<&String> = expected
         .iter()

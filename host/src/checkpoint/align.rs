@@ -1,31 +1,50 @@
 //! Barrier alignment for one subtask with several input channels: which channels to
-//! hold back and when to snapshot.
+//! hold back, when to snapshot, whether the snapshot is aligned or unaligned, and which
+//! in-flight data becomes channel state.
 //!
-//! The [`Aligner`] is driven by the subtask loop: it reports every barrier and every
-//! end of input, performs the [`BarrierAction`]s it gets back in order, and before
-//! reading asks [`Aligner::is_blocked`] which channels to leave alone. It owns no
-//! channel and reads no clock; the loop records the time of a
-//! [`BarrierAction::Started`] to measure the alignment.
+//! The [`Aligner`] is driven by the subtask loop. Every barrier comes twice: first
+//! *announced*, from the channel's priority lane, as soon as the producer sent it; then
+//! *reached*, once the subtask consumed every item the producer sent before it. The loop
+//! reports both, every channel that closes, every abort and the clock's ticks, performs
+//! the [`BarrierAction`]s it gets back in order, and before reading asks
+//! [`Aligner::is_blocked`] which channels to leave alone and [`Aligner::records`]
+//! whether a batch it consumed belongs to a checkpoint's channel state. It owns no
+//! channel and reads no clock: time comes in as arguments.
 //!
-//! Exactly-once (Flink's `SingleCheckpointBarrierHandler`, aligned): the first barrier of
-//! checkpoint *n* starts its alignment; each channel that delivered *n* is blocked, so
-//! its later records stay in its bounded queue (backpressure) while the others are
-//! read; when every open channel delivered *n* the subtask snapshots and everything is
-//! unblocked. A barrier of a newer checkpoint subsumes an unfinished alignment.
+//! Exactly-once, aligned (Flink's `SingleCheckpointBarrierHandler`): the first barrier
+//! of checkpoint *n* reached starts its alignment; each channel that reached *n* is
+//! blocked, so its later records stay in its bounded queue (backpressure) while the
+//! others are read; when every open channel reached *n* the subtask snapshots and
+//! everything is unblocked. A newer checkpoint that starts subsumes an unfinished one.
+//!
+//! Exactly-once, unaligned: a checkpoint whose barrier says so (`unaligned_after` of
+//! zero), or whose aligned phase ran past `unaligned_after` since its trigger (Flink's
+//! aligned-checkpoint timeout, checked on every announcement, reach and tick), is
+//! snapshotted at once, on the first barrier announced, and nothing is blocked. Its
+//! channel state is, per channel, everything the producer sent before the barrier that
+//! the subtask had not consumed at the snapshot: on a channel whose barrier was already
+//! announced that is what is queued before it ([`BarrierAction::Capture`]); on one
+//! whose barrier is still to come it is every batch consumed from then on
+//! ([`Aligner::records`]) and then, once the barrier is announced, what is queued before
+//! it. A channel that had reached the barrier owes nothing. When every open channel
+//! is settled, the channel state is complete ([`BarrierAction::ChannelStateDone`]).
 //!
 //! At-least-once (Flink's `CheckpointBarrierTracker`): nothing is ever blocked; several
-//! checkpoints are tracked at once and each is snapshotted when its barrier has come on
-//! every open channel. A completed checkpoint drops the older incomplete ones.
+//! checkpoints are tracked at once and each is snapshotted when its barrier was reached
+//! on every open channel. A completed checkpoint drops the older incomplete ones.
 //!
-//! In both modes a channel that ended counts as having delivered every barrier.
+//! A channel whose data ended still delivers barriers (its producer outlives its end of
+//! input until the job's final checkpoint), so only a *closed* channel — its producer
+//! gone — counts as having delivered every barrier, in every mode.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::job::CheckpointMode;
 use crate::runtime::CheckpointId;
 
-/// How many checkpoints at-least-once mode tracks at once. A channel that never
-/// delivers a barrier would otherwise grow the list without bound; 50 is Flink's
+/// How many checkpoints are tracked at once. A channel that never delivers a barrier
+/// would otherwise grow the list without bound; 50 is Flink's
 /// `CheckpointBarrierTracker.MAX_CHECKPOINTS_TO_TRACK`, far above any useful
 /// `max-concurrent`.
 pub const MAX_TRACKED: usize = 50;
@@ -33,8 +52,8 @@ pub const MAX_TRACKED: usize = 50;
 /// Whether the aligner blocks channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlignMode {
-    /// Block channels that delivered the barrier until all have: state and output
-    /// reflect every record exactly once.
+    /// Block channels that reached the barrier until all have (or overtake the data,
+    /// unaligned): state and output reflect every record exactly once.
     ExactlyOnce,
     /// Never block: snapshot when the barrier has come on every channel; records after
     /// a barrier may be in the snapshot and are seen again after recovery.
@@ -50,18 +69,37 @@ impl From<CheckpointMode> for AlignMode {
     }
 }
 
-/// What the subtask must do after a barrier or an end of input, in the order given.
+/// What the subtask must do, in the order given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarrierAction {
-    /// The first barrier of this checkpoint arrived: its alignment starts now (the
-    /// caller notes the time, and counts the bytes it processes until the snapshot).
+    /// The checkpoint starts here now: its alignment (the first barrier reached), or
+    /// its unaligned snapshot. The caller notes the time, and counts the bytes it
+    /// processes until the snapshot.
     Started(CheckpointId),
-    /// Every open channel delivered this checkpoint's barrier: take the snapshot and
-    /// forward the barrier downstream now, before reading anything else.
-    Snapshot(CheckpointId),
+    /// Take the snapshot and send the barrier downstream now, before reading anything
+    /// else. With `unaligned`, the barrier overtook data still in flight, which becomes
+    /// channel state: the snapshot's acknowledgement waits for
+    /// [`BarrierAction::ChannelStateDone`].
+    Snapshot {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// Whether it was taken before every channel reached the barrier.
+        unaligned: bool,
+    },
+    /// Copy what `channel` holds before its barrier of `checkpoint` into the
+    /// checkpoint's channel state: the in-flight data the barrier overtook.
+    Capture {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// The channel.
+        channel: usize,
+    },
+    /// Every open channel's in-flight data of this unaligned checkpoint is captured:
+    /// acknowledge the snapshot with its channel state.
+    ChannelStateDone(CheckpointId),
     /// This checkpoint can no longer complete here, because a newer one overtook it:
     /// decline it to the coordinator as subsumed (a decline that is not counted as a
-    /// failure).
+    /// failure), and drop its channel state.
     Abort {
         /// The checkpoint given up.
         checkpoint: CheckpointId,
@@ -70,25 +108,70 @@ pub enum BarrierAction {
     },
 }
 
+/// Where one channel stands in one checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// Nothing of the barrier yet.
+    Waiting,
+    /// The barrier was announced; data before it is still queued.
+    Announced,
+    /// The subtask consumed everything before the barrier.
+    Reached,
+    /// Unaligned: the barrier is still to come, and every batch consumed from the
+    /// channel belongs to the channel state.
+    Recording,
+    /// Unaligned: the in-flight data before the barrier is captured.
+    Captured,
+}
+
+/// How far a checkpoint got here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Known (a barrier was announced or reached), nothing done yet.
+    Pending,
+    /// Aligning: a barrier was reached.
+    Aligning,
+    /// Snapshotted unaligned; channel state still being captured.
+    Capturing,
+}
+
 /// One checkpoint whose barriers have started to arrive.
 #[derive(Clone, Debug)]
 struct Tracked {
     checkpoint: CheckpointId,
-    /// Per channel: whether its barrier arrived.
-    arrived: Vec<bool>,
+    channels: Vec<Progress>,
+    phase: Phase,
+    /// When it turns unaligned; `None` never (or at-least-once).
+    deadline: Option<Instant>,
+}
+
+impl Tracked {
+    fn settled(&self, open: &[bool]) -> bool {
+        self.channels
+            .iter()
+            .zip(open)
+            .all(|(p, &open)| !open || matches!(p, Progress::Reached | Progress::Captured))
+    }
+
+    fn all_reached(&self, open: &[bool]) -> bool {
+        self.channels
+            .iter()
+            .zip(open)
+            .all(|(p, &open)| !open || *p == Progress::Reached)
+    }
 }
 
 /// Barrier alignment state of one subtask. See the module docs for the rules.
 #[derive(Clone, Debug)]
 pub struct Aligner {
     mode: AlignMode,
-    /// Per channel: whether it is still open (has not delivered end of input).
+    /// Per channel: whether it is still open (its producer is there).
     open: Vec<bool>,
     /// The newest checkpoint that started or was aborted; barriers of older or equal
     /// checkpoints that are not tracked any more are stale and ignored.
     latest: Option<CheckpointId>,
-    /// The checkpoints being aligned, oldest first, ids increasing. Exactly-once keeps
-    /// at most one.
+    /// The checkpoints being tracked, oldest first, ids increasing. Exactly-once has
+    /// at most one started among them.
     tracked: VecDeque<Tracked>,
 }
 
@@ -108,66 +191,172 @@ impl Aligner {
         self.mode
     }
 
-    /// A barrier of `checkpoint` arrived on `channel`. Returns what the subtask must do,
-    /// in order; usually nothing or one action. A barrier of a checkpoint older than
-    /// the newest one seen, a repeated barrier, and a barrier on an ended or unknown
-    /// channel are ignored.
-    #[must_use = "the subtask must perform the actions"]
-    pub fn on_barrier(&mut self, channel: usize, checkpoint: CheckpointId) -> Vec<BarrierAction> {
-        if !self.open.get(channel).copied().unwrap_or(false) {
-            return Vec::new();
-        }
-        if let Some(tracked) = self.tracked.iter_mut().find(|t| t.checkpoint == checkpoint) {
-            if tracked.arrived[channel] {
-                return Vec::new();
-            }
-            tracked.arrived[channel] = true;
-            return self.complete_ready();
+    /// The entry of `checkpoint`, made when it is new; `None` when it is stale.
+    fn entry(&mut self, checkpoint: CheckpointId) -> Option<usize> {
+        if let Some(at) = self.tracked.iter().position(|t| t.checkpoint == checkpoint) {
+            return Some(at);
         }
         if self.latest.is_some_and(|latest| checkpoint <= latest) {
+            return None;
+        }
+        let at = self
+            .tracked
+            .iter()
+            .position(|t| t.checkpoint > checkpoint)
+            .unwrap_or(self.tracked.len());
+        self.tracked.insert(
+            at,
+            Tracked {
+                checkpoint,
+                channels: vec![Progress::Waiting; self.open.len()],
+                phase: Phase::Pending,
+                deadline: None,
+            },
+        );
+        // Announced checkpoints that never start (their coordinator's abort is what
+        // removes them) are bounded like tracked ones.
+        if self.tracked.len() > MAX_TRACKED
+            && let Some(oldest) = self.tracked.iter().position(|t| t.phase == Phase::Pending)
+            && oldest != at
+        {
+            self.tracked.remove(oldest);
+            return self.tracked.iter().position(|t| t.checkpoint == checkpoint);
+        }
+        Some(at)
+    }
+
+    /// The barrier of `checkpoint` was announced on `channel`'s priority lane, sent
+    /// `since_trigger` after the checkpoint's trigger; `unaligned_after` is the
+    /// barrier's own setting. Barriers of stale checkpoints and of closed or unknown
+    /// channels are ignored.
+    #[must_use = "the subtask must perform the actions"]
+    pub fn on_announced(
+        &mut self,
+        channel: usize,
+        checkpoint: CheckpointId,
+        unaligned_after: Option<Duration>,
+        since_trigger: Duration,
+        now: Instant,
+    ) -> Vec<BarrierAction> {
+        if self.mode == AlignMode::AtLeastOnce || !self.is_open(channel) {
             return Vec::new();
         }
-        self.latest = Some(checkpoint);
-        let mut actions = Vec::new();
-        let limit = match self.mode {
-            AlignMode::ExactlyOnce => 1,
-            AlignMode::AtLeastOnce => MAX_TRACKED,
+        let Some(at) = self.entry(checkpoint) else {
+            return Vec::new();
         };
-        while self.tracked.len() >= limit {
-            let Some(old) = self.tracked.pop_front() else {
-                break;
-            };
-            actions.push(BarrierAction::Abort {
-                checkpoint: old.checkpoint,
-                subsumed_by: checkpoint,
-            });
+        let tracked = &mut self.tracked[at];
+        if tracked.deadline.is_none()
+            && let Some(after) = unaligned_after
+        {
+            tracked.deadline = Some(now + after.saturating_sub(since_trigger));
         }
-        let mut arrived = vec![false; self.open.len()];
-        arrived[channel] = true;
-        self.tracked.push_back(Tracked {
-            checkpoint,
-            arrived,
-        });
-        actions.push(BarrierAction::Started(checkpoint));
+        let mut actions = Vec::new();
+        match tracked.channels[channel] {
+            Progress::Waiting => tracked.channels[channel] = Progress::Announced,
+            Progress::Recording => {
+                tracked.channels[channel] = Progress::Captured;
+                actions.push(BarrierAction::Capture {
+                    checkpoint,
+                    channel,
+                });
+            }
+            Progress::Announced | Progress::Reached | Progress::Captured => return actions,
+        }
+        if tracked.phase != Phase::Capturing && tracked.deadline.is_some_and(|d| d <= now) {
+            actions.extend(self.go_unaligned(at));
+        } else {
+            actions.extend(self.finish_capture(checkpoint));
+        }
+        actions
+    }
+
+    /// `channel`'s barrier of `checkpoint` was reached: everything sent before it was
+    /// consumed. Returns what the subtask must do, in order; usually nothing or one
+    /// action. A barrier of a checkpoint older than the newest one started, a repeated
+    /// barrier, and a barrier on a closed or unknown channel are ignored.
+    #[must_use = "the subtask must perform the actions"]
+    pub fn on_barrier(&mut self, channel: usize, checkpoint: CheckpointId) -> Vec<BarrierAction> {
+        if !self.is_open(channel) {
+            return Vec::new();
+        }
+        let Some(at) = self.entry(checkpoint) else {
+            return Vec::new();
+        };
+        let tracked = &mut self.tracked[at];
+        match tracked.channels[channel] {
+            Progress::Waiting | Progress::Announced => {}
+            // Unaligned: the barrier passes; what follows it is after the snapshot.
+            Progress::Recording | Progress::Captured | Progress::Reached => {
+                return Vec::new();
+            }
+        }
+        if tracked.phase == Phase::Capturing {
+            // Reached on a channel whose announcement was not seen: impossible over a
+            // real channel, handled as a capture of nothing more.
+            tracked.channels[channel] = Progress::Captured;
+            return self.finish_capture(checkpoint);
+        }
+        tracked.channels[channel] = Progress::Reached;
+        let mut actions = Vec::new();
+        if tracked.phase == Phase::Pending {
+            tracked.phase = Phase::Aligning;
+            actions.extend(self.start(checkpoint));
+        }
         actions.extend(self.complete_ready());
         actions
     }
 
-    /// `channel` delivered end of input: nothing more comes on it, and it counts as
-    /// having delivered every barrier still awaited, which may complete checkpoints.
+    /// The clock reached `now`: a checkpoint whose aligned phase ran out turns
+    /// unaligned.
     #[must_use = "the subtask must perform the actions"]
-    pub fn on_end_of_input(&mut self, channel: usize) -> Vec<BarrierAction> {
+    pub fn on_tick(&mut self, now: Instant) -> Vec<BarrierAction> {
+        let due = self.tracked.iter().position(|t| {
+            t.phase != Phase::Capturing && t.deadline.is_some_and(|d| d <= now) && {
+                t.phase == Phase::Aligning || t.channels.iter().any(|p| *p == Progress::Announced)
+            }
+        });
+        match due {
+            Some(at) => self.go_unaligned(at),
+            None => Vec::new(),
+        }
+    }
+
+    /// When [`Aligner::on_tick`] must be called next, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.tracked
+            .iter()
+            .filter(|t| t.phase != Phase::Capturing)
+            .filter_map(|t| t.deadline)
+            .min()
+    }
+
+    /// `channel` closed: its producer is gone and delivers no more barriers, so it
+    /// counts as having delivered every barrier still awaited, which may complete
+    /// checkpoints.
+    #[must_use = "the subtask must perform the actions"]
+    pub fn on_closed(&mut self, channel: usize) -> Vec<BarrierAction> {
         match self.open.get_mut(channel) {
             Some(open) if *open => *open = false,
             _ => return Vec::new(),
         }
-        self.complete_ready()
+        let mut actions = self.complete_ready();
+        let capturing: Vec<CheckpointId> = self
+            .tracked
+            .iter()
+            .filter(|t| t.phase == Phase::Capturing)
+            .map(|t| t.checkpoint)
+            .collect();
+        for checkpoint in capturing {
+            actions.extend(self.finish_capture(checkpoint));
+        }
+        actions
     }
 
-    /// The coordinator (or the subtask itself: a declined checkpoint, an alignment
-    /// timeout) aborted `checkpoint`: stop aligning it and every older checkpoint, and
-    /// ignore their barriers from now on. Returns the checkpoints whose alignment
-    /// stopped, oldest first; every channel they blocked is unblocked.
+    /// The coordinator (or the subtask itself: a declined checkpoint) aborted
+    /// `checkpoint`: stop aligning or capturing it and every older checkpoint, and
+    /// ignore their barriers from now on. Returns the checkpoints that stopped, oldest
+    /// first; every channel they blocked is unblocked, and their channel state is to be
+    /// dropped.
     pub fn abort(&mut self, checkpoint: CheckpointId) -> Vec<CheckpointId> {
         self.latest = self.latest.max(Some(checkpoint));
         let mut stopped = Vec::new();
@@ -175,23 +364,23 @@ impl Aligner {
             if front.checkpoint > checkpoint {
                 break;
             }
-            stopped.push(front.checkpoint);
+            if front.phase != Phase::Pending {
+                stopped.push(front.checkpoint);
+            }
             self.tracked.pop_front();
         }
         stopped
     }
 
     /// Whether records from `channel` must be held back now: in exactly-once mode, the
-    /// channel delivered the barrier of the checkpoint being aligned. The subtask does
+    /// channel reached the barrier of the checkpoint being aligned. The subtask does
     /// not read it, so its records wait in its bounded queue, and reads the others.
     pub fn is_blocked(&self, channel: usize) -> bool {
-        match (self.mode, self.tracked.front()) {
-            (AlignMode::ExactlyOnce, Some(tracked)) => {
-                tracked.arrived.get(channel).copied().unwrap_or(false)
-                    && self.open.get(channel).copied().unwrap_or(false)
-            }
-            _ => false,
-        }
+        self.mode == AlignMode::ExactlyOnce
+            && self.is_open(channel)
+            && self.tracked.iter().any(|t| {
+                t.phase == Phase::Aligning && t.channels.get(channel) == Some(&Progress::Reached)
+            })
     }
 
     /// The channels [`is_blocked`](Self::is_blocked) holds back, in increasing order.
@@ -203,50 +392,163 @@ impl Aligner {
     /// mode, which blocks nothing.
     pub fn aligning(&self) -> Option<CheckpointId> {
         match self.mode {
-            AlignMode::ExactlyOnce => self.tracked.front().map(|t| t.checkpoint),
+            AlignMode::ExactlyOnce => self
+                .tracked
+                .iter()
+                .find(|t| t.phase == Phase::Aligning)
+                .map(|t| t.checkpoint),
             AlignMode::AtLeastOnce => None,
         }
     }
 
-    /// Whether `channel` is still open (has not delivered end of input).
+    /// The unaligned checkpoint whose channel state a batch just consumed from
+    /// `channel` belongs to, if any.
+    pub fn records(&self, channel: usize) -> Option<CheckpointId> {
+        self.tracked
+            .iter()
+            .find(|t| t.channels.get(channel) == Some(&Progress::Recording))
+            .map(|t| t.checkpoint)
+    }
+
+    /// Whether `channel` is still open (its producer is there).
     pub fn is_open(&self, channel: usize) -> bool {
         self.open.get(channel).copied().unwrap_or(false)
     }
 
-    /// Snapshots every tracked checkpoint that all open channels delivered, oldest
-    /// first, and drops the incomplete ones older than the newest of them.
+    /// `checkpoint` starts here: it subsumes every older one that started, or will
+    /// never start now.
+    fn start(&mut self, checkpoint: CheckpointId) -> Vec<BarrierAction> {
+        self.latest = self.latest.max(Some(checkpoint));
+        let mut actions = Vec::new();
+        if self.mode == AlignMode::ExactlyOnce {
+            while let Some(front) = self.tracked.front() {
+                if front.checkpoint >= checkpoint {
+                    break;
+                }
+                if front.phase != Phase::Pending {
+                    actions.push(BarrierAction::Abort {
+                        checkpoint: front.checkpoint,
+                        subsumed_by: checkpoint,
+                    });
+                }
+                self.tracked.pop_front();
+            }
+        } else {
+            while self.tracked.len() > MAX_TRACKED {
+                if let Some(old) = self.tracked.pop_front() {
+                    actions.push(BarrierAction::Abort {
+                        checkpoint: old.checkpoint,
+                        subsumed_by: checkpoint,
+                    });
+                }
+            }
+        }
+        actions.push(BarrierAction::Started(checkpoint));
+        actions
+    }
+
+    /// Snapshots the checkpoint at `at` unaligned, now.
+    fn go_unaligned(&mut self, at: usize) -> Vec<BarrierAction> {
+        let checkpoint = self.tracked[at].checkpoint;
+        let mut actions = Vec::new();
+        if self.tracked[at].phase == Phase::Pending {
+            actions.extend(self.start(checkpoint));
+        }
+        let Some(at) = self.tracked.iter().position(|t| t.checkpoint == checkpoint) else {
+            return actions;
+        };
+        let open = self.open.clone();
+        let tracked = &mut self.tracked[at];
+        if tracked.all_reached(&open) {
+            // Nothing is in flight before the barrier: an aligned snapshot after all.
+            self.tracked.remove(at);
+            actions.push(BarrierAction::Snapshot {
+                checkpoint,
+                unaligned: false,
+            });
+            return actions;
+        }
+        tracked.phase = Phase::Capturing;
+        actions.push(BarrierAction::Snapshot {
+            checkpoint,
+            unaligned: true,
+        });
+        for (channel, progress) in tracked.channels.iter_mut().enumerate() {
+            if !open[channel] {
+                continue;
+            }
+            match *progress {
+                Progress::Waiting => *progress = Progress::Recording,
+                Progress::Announced => {
+                    *progress = Progress::Captured;
+                    actions.push(BarrierAction::Capture {
+                        checkpoint,
+                        channel,
+                    });
+                }
+                Progress::Reached | Progress::Recording | Progress::Captured => {}
+            }
+        }
+        actions.extend(self.finish_capture(checkpoint));
+        actions
+    }
+
+    /// Completes `checkpoint`'s channel state when every open channel is settled.
+    fn finish_capture(&mut self, checkpoint: CheckpointId) -> Vec<BarrierAction> {
+        let Some(at) = self.tracked.iter().position(|t| t.checkpoint == checkpoint) else {
+            return Vec::new();
+        };
+        let tracked = &self.tracked[at];
+        if tracked.phase != Phase::Capturing || !tracked.settled(&self.open) {
+            return Vec::new();
+        }
+        self.tracked.remove(at);
+        vec![BarrierAction::ChannelStateDone(checkpoint)]
+    }
+
+    /// Snapshots every started checkpoint that all open channels reached, oldest
+    /// first, and, at-least-once, drops the incomplete ones older than the newest of
+    /// them.
     fn complete_ready(&mut self) -> Vec<BarrierAction> {
         let open = &self.open;
-        let is_complete = |t: &Tracked| {
-            t.arrived
-                .iter()
-                .zip(open)
-                .all(|(&arrived, &open)| arrived || !open)
-        };
+        let is_complete = |t: &Tracked| t.phase == Phase::Aligning && t.all_reached(open);
         let Some(last) = self.tracked.iter().rposition(is_complete) else {
             return Vec::new();
         };
         let newest = self.tracked[last].checkpoint;
-        let done: Vec<Tracked> = self.tracked.drain(..=last).collect();
-        done.into_iter()
-            .map(|t| {
-                if is_complete(&t) {
-                    BarrierAction::Snapshot(t.checkpoint)
-                } else {
-                    BarrierAction::Abort {
-                        checkpoint: t.checkpoint,
-                        subsumed_by: newest,
-                    }
-                }
-            })
-            .collect()
+        let mut actions = Vec::new();
+        let mut kept = VecDeque::new();
+        for (i, t) in std::mem::take(&mut self.tracked).into_iter().enumerate() {
+            if i > last || t.phase == Phase::Capturing {
+                kept.push_back(t);
+            } else if is_complete(&t) {
+                actions.push(BarrierAction::Snapshot {
+                    checkpoint: t.checkpoint,
+                    unaligned: false,
+                });
+            } else if t.phase == Phase::Aligning {
+                actions.push(BarrierAction::Abort {
+                    checkpoint: t.checkpoint,
+                    subsumed_by: newest,
+                });
+            }
+        }
+        self.tracked = kept;
+        actions
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use BarrierAction::{Abort, Snapshot, Started};
+    use BarrierAction::{Abort, Started};
+
+    fn snapshot(checkpoint: CheckpointId) -> BarrierAction {
+        BarrierAction::Snapshot {
+            checkpoint,
+            unaligned: false,
+        }
+    }
 
     fn id(n: u64) -> CheckpointId {
         CheckpointId(n)
@@ -267,7 +569,7 @@ mod tests {
     #[test]
     fn with_one_channel_a_barrier_snapshots_at_once() {
         let mut a = exactly_once(1);
-        assert_eq!(a.on_barrier(0, id(1)), [Started(id(1)), Snapshot(id(1))]);
+        assert_eq!(a.on_barrier(0, id(1)), [Started(id(1)), snapshot(id(1))]);
         assert_eq!(blocked(&a), Vec::<usize>::new());
         assert_eq!(a.aligning(), None);
     }
@@ -295,7 +597,7 @@ mod tests {
         let mut a = exactly_once(3);
         let _ = a.on_barrier(1, id(1));
         let _ = a.on_barrier(2, id(1));
-        assert_eq!(a.on_barrier(0, id(1)), [Snapshot(id(1))]);
+        assert_eq!(a.on_barrier(0, id(1)), [snapshot(id(1))]);
         assert_eq!(blocked(&a), Vec::<usize>::new());
         assert_eq!(a.aligning(), None);
     }
@@ -353,7 +655,7 @@ mod tests {
         let mut a = exactly_once(2);
         let _ = a.on_barrier(0, id(1));
         let _ = a.on_barrier(1, id(2));
-        assert_eq!(a.on_barrier(0, id(2)), [Snapshot(id(2))]);
+        assert_eq!(a.on_barrier(0, id(2)), [snapshot(id(2))]);
         assert_eq!(a.on_barrier(1, id(1)), [], "the subsumed barrier is stale");
     }
 
@@ -362,7 +664,7 @@ mod tests {
         let mut a = exactly_once(3);
         let _ = a.on_barrier(0, id(1));
         let _ = a.on_barrier(1, id(1));
-        assert_eq!(a.on_end_of_input(2), [Snapshot(id(1))]);
+        assert_eq!(a.on_closed(2), [snapshot(id(1))]);
         assert_eq!(blocked(&a), Vec::<usize>::new());
     }
 
@@ -370,23 +672,23 @@ mod tests {
     fn end_of_input_on_another_channel_keeps_the_alignment_waiting() {
         let mut a = exactly_once(3);
         let _ = a.on_barrier(0, id(1));
-        assert_eq!(a.on_end_of_input(2), []);
+        assert_eq!(a.on_closed(2), []);
         assert_eq!(a.aligning(), Some(id(1)));
-        assert_eq!(a.on_barrier(1, id(1)), [Snapshot(id(1))]);
+        assert_eq!(a.on_barrier(1, id(1)), [snapshot(id(1))]);
     }
 
     #[test]
     fn an_ended_channel_counts_as_delivered_for_later_checkpoints() {
         let mut a = exactly_once(2);
-        assert_eq!(a.on_end_of_input(1), []);
-        assert_eq!(a.on_barrier(0, id(1)), [Started(id(1)), Snapshot(id(1))]);
-        assert_eq!(a.on_barrier(0, id(2)), [Started(id(2)), Snapshot(id(2))]);
+        assert_eq!(a.on_closed(1), []);
+        assert_eq!(a.on_barrier(0, id(1)), [Started(id(1)), snapshot(id(1))]);
+        assert_eq!(a.on_barrier(0, id(2)), [Started(id(2)), snapshot(id(2))]);
     }
 
     #[test]
     fn a_barrier_on_an_ended_channel_is_ignored() {
         let mut a = exactly_once(2);
-        let _ = a.on_end_of_input(1);
+        let _ = a.on_closed(1);
         assert_eq!(a.on_barrier(1, id(1)), []);
         assert_eq!(a.aligning(), None);
     }
@@ -395,7 +697,7 @@ mod tests {
     fn a_barrier_on_an_unknown_channel_is_ignored() {
         let mut a = exactly_once(2);
         assert_eq!(a.on_barrier(7, id(1)), []);
-        assert_eq!(a.on_end_of_input(7), []);
+        assert_eq!(a.on_closed(7), []);
         assert!(!a.is_blocked(7));
     }
 
@@ -403,16 +705,16 @@ mod tests {
     fn a_second_end_of_input_on_a_channel_is_ignored() {
         let mut a = exactly_once(2);
         let _ = a.on_barrier(0, id(1));
-        assert_eq!(a.on_end_of_input(1), [Snapshot(id(1))]);
-        assert_eq!(a.on_end_of_input(1), []);
+        assert_eq!(a.on_closed(1), [snapshot(id(1))]);
+        assert_eq!(a.on_closed(1), []);
         assert!(!a.is_open(1));
     }
 
     #[test]
     fn end_of_input_with_nothing_aligning_does_nothing() {
         let mut a = exactly_once(2);
-        assert_eq!(a.on_end_of_input(0), []);
-        assert_eq!(a.on_end_of_input(1), []);
+        assert_eq!(a.on_closed(0), []);
+        assert_eq!(a.on_closed(1), []);
     }
 
     #[test]
@@ -479,7 +781,7 @@ mod tests {
         assert_eq!(a.on_barrier(1, id(1)), []);
         assert_eq!(blocked(&a), Vec::<usize>::new());
         assert_eq!(a.aligning(), None);
-        assert_eq!(a.on_barrier(2, id(1)), [Snapshot(id(1))]);
+        assert_eq!(a.on_barrier(2, id(1)), [snapshot(id(1))]);
     }
 
     #[test]
@@ -487,8 +789,8 @@ mod tests {
         let mut a = at_least_once(2);
         assert_eq!(a.on_barrier(0, id(1)), [Started(id(1))]);
         assert_eq!(a.on_barrier(0, id(2)), [Started(id(2))]);
-        assert_eq!(a.on_barrier(1, id(1)), [Snapshot(id(1))]);
-        assert_eq!(a.on_barrier(1, id(2)), [Snapshot(id(2))]);
+        assert_eq!(a.on_barrier(1, id(1)), [snapshot(id(1))]);
+        assert_eq!(a.on_barrier(1, id(2)), [snapshot(id(2))]);
     }
 
     #[test]
@@ -503,7 +805,7 @@ mod tests {
                     checkpoint: id(1),
                     subsumed_by: id(2)
                 },
-                Snapshot(id(2))
+                snapshot(id(2))
             ]
         );
         assert_eq!(a.on_barrier(1, id(1)), [], "the dropped barrier is stale");
@@ -514,7 +816,7 @@ mod tests {
         let mut a = at_least_once(2);
         let _ = a.on_barrier(0, id(1));
         let _ = a.on_barrier(0, id(2));
-        assert_eq!(a.on_end_of_input(1), [Snapshot(id(1)), Snapshot(id(2))]);
+        assert_eq!(a.on_closed(1), [snapshot(id(1)), snapshot(id(2))]);
     }
 
     #[test]
@@ -532,7 +834,7 @@ mod tests {
         let _ = a.on_barrier(0, id(3));
         assert_eq!(a.abort(id(2)), [id(1), id(2)]);
         assert_eq!(a.on_barrier(1, id(2)), []);
-        assert_eq!(a.on_barrier(1, id(3)), [Snapshot(id(3))]);
+        assert_eq!(a.on_barrier(1, id(3)), [snapshot(id(3))]);
     }
 
     #[test]
@@ -556,74 +858,80 @@ mod tests {
 
     mod properties {
         //! Random interleavings of channels, read the way the subtask loop reads them:
-        //! only unblocked channels, in an order the test draws.
+        //! announcements from the priority lane at any moment after they were sent (and
+        //! always before the consumer passes them), data only from unblocked channels,
+        //! with aborts and the clock's ticks in between, in an order the test draws.
 
         use super::*;
         use proptest::prelude::*;
         use std::collections::{BTreeMap, BTreeSet};
 
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        enum Item {
-            /// A record: its position on its channel.
-            Record(usize),
-            Barrier(CheckpointId),
-            End,
-        }
-
         /// One channel's plan: records before each barrier and after the last, which
-        /// barriers a source skipped (declined), and after how many barriers it ends.
+        /// barriers a source skipped (declined), and whether it closes at the end.
         #[derive(Clone, Debug)]
         struct ChannelPlan {
             records: Vec<usize>,
             skipped: Vec<bool>,
-            ends_after: Option<usize>,
+            closes: bool,
         }
 
-        fn items(plan: &ChannelPlan, checkpoints: usize) -> Vec<Item> {
-            let mut items = Vec::new();
+        /// A channel as sent: its records count, and each barrier's position.
+        struct Sent {
+            records: usize,
+            barriers: Vec<(CheckpointId, usize)>,
+            closes: bool,
+        }
+
+        fn sent(plan: &ChannelPlan, checkpoints: usize) -> Sent {
             let mut position = 0;
-            let mut record = |items: &mut Vec<Item>, count: usize| {
-                for _ in 0..count {
-                    items.push(Item::Record(position));
-                    position += 1;
-                }
-            };
-            let last = plan.ends_after.unwrap_or(checkpoints);
-            for n in 0..last {
-                record(&mut items, plan.records[n]);
-                // A channel that never ends always delivers the last barrier, so that a
-                // blocked alignment can always make progress.
-                let must_deliver = plan.ends_after.is_none() && n + 1 == checkpoints;
+            let mut barriers = Vec::new();
+            for n in 0..checkpoints {
+                position += plan.records[n];
+                // A channel that never closes always delivers the last barrier, so that
+                // a blocked alignment can always make progress.
+                let must_deliver = !plan.closes && n + 1 == checkpoints;
                 if !plan.skipped[n] || must_deliver {
-                    items.push(Item::Barrier(CheckpointId(n as u64 + 1)));
+                    barriers.push((CheckpointId(n as u64 + 1), position));
                 }
             }
-            record(&mut items, plan.records[checkpoints]);
-            if plan.ends_after.is_some() {
-                items.push(Item::End);
+            Sent {
+                records: position + plan.records[checkpoints],
+                barriers,
+                closes: plan.closes,
             }
-            items
         }
 
         fn channel_plan(checkpoints: usize) -> impl Strategy<Value = ChannelPlan> {
             (
-                proptest::collection::vec(0usize..3, checkpoints + 1),
+                proptest::collection::vec(0usize..4, checkpoints + 1),
                 proptest::collection::vec(proptest::bool::weighted(0.15), checkpoints),
-                proptest::option::weighted(0.4, 0..=checkpoints),
+                proptest::bool::weighted(0.3),
             )
-                .prop_map(|(records, skipped, ends_after)| ChannelPlan {
+                .prop_map(|(records, skipped, closes)| ChannelPlan {
                     records,
                     skipped,
-                    ends_after,
+                    closes,
                 })
         }
 
-        fn scenario() -> impl Strategy<Value = (usize, Vec<ChannelPlan>, Vec<usize>)> {
+        /// Aligned, unaligned from the start, or unaligned after a timeout of ticks.
+        fn setting() -> impl Strategy<Value = Option<Duration>> {
+            prop_oneof![
+                Just(None),
+                Just(Some(Duration::ZERO)),
+                (1u64..6).prop_map(|ms| Some(Duration::from_millis(ms))),
+            ]
+        }
+
+        type Scenario = (usize, Vec<ChannelPlan>, Vec<usize>, Option<Duration>);
+
+        fn scenario() -> impl Strategy<Value = Scenario> {
             (1usize..=4, 1usize..=4).prop_flat_map(|(channels, checkpoints)| {
                 (
                     Just(checkpoints),
                     proptest::collection::vec(channel_plan(checkpoints), channels),
-                    proptest::collection::vec(0usize..64, 0..200),
+                    proptest::collection::vec(0usize..1000, 0..300),
+                    setting(),
                 )
             })
         }
@@ -634,127 +942,168 @@ mod tests {
             started: BTreeSet<CheckpointId>,
             resolved: BTreeSet<CheckpointId>,
             snapshots: Vec<CheckpointId>,
+            unaligned: BTreeSet<CheckpointId>,
         }
 
         /// Drives an aligner over the channels, checking the invariants after every
-        /// step.
+        /// step. With `aborts`, some choices abort a checkpoint as the coordinator would.
+        #[allow(clippy::too_many_lines)]
         fn run(
             mode: AlignMode,
-            checkpoints: usize,
-            plans: &[ChannelPlan],
-            choices: &[usize],
+            (checkpoints, plans, choices, unaligned_after): &Scenario,
+            aborts: bool,
         ) -> Result<Run, TestCaseError> {
-            let channels: Vec<Vec<Item>> = plans.iter().map(|p| items(p, checkpoints)).collect();
-            let mut next = vec![0usize; channels.len()];
-            let mut ended = vec![false; channels.len()];
-            // Per channel: the barriers it delivered, with the record position at which
-            // each arrived (how many records came before it).
-            let mut delivered: Vec<BTreeMap<CheckpointId, usize>> =
-                vec![BTreeMap::new(); channels.len()];
-            let mut processed = vec![0usize; channels.len()];
-            let mut aligner = Aligner::new(channels.len(), mode);
+            let sent: Vec<Sent> = plans.iter().map(|p| sent(p, *checkpoints)).collect();
+            let k = sent.len();
+            let start = Instant::now();
+            let mut clock = 0u64;
+            let mut announced = vec![0usize; k];
+            let mut reached = vec![0usize; k];
+            let mut consumed = vec![0usize; k];
+            let mut closed = vec![false; k];
+            let mut aligner = Aligner::new(k, mode);
             let mut observed = Run::default();
+            let mut snapshot_at: BTreeMap<CheckpointId, Vec<usize>> = BTreeMap::new();
+            let mut state: BTreeMap<CheckpointId, Vec<Vec<usize>>> = BTreeMap::new();
             let mut step = 0;
             loop {
-                let readable: Vec<usize> = (0..channels.len())
-                    .filter(|&c| next[c] < channels[c].len() && !aligner.is_blocked(c))
-                    .collect();
-                if mode == AlignMode::AtLeastOnce {
+                // What can happen next: per channel an announcement, the next barrier
+                // reached, a record, or its close.
+                let mut moves = Vec::new();
+                for c in 0..k {
+                    if closed[c] {
+                        continue;
+                    }
+                    if announced[c] < sent[c].barriers.len() {
+                        moves.push((c, 0));
+                    }
+                    let next_barrier = sent[c].barriers.get(reached[c]).map(|&(_, p)| p);
+                    let at_barrier = next_barrier == Some(consumed[c]);
+                    // The consumer cannot pass a barrier it has not seen announced.
+                    let seen = reached[c] < announced[c];
+                    if aligner.is_blocked(c) {
+                        continue;
+                    }
+                    if at_barrier && seen {
+                        moves.push((c, 1));
+                    } else if !at_barrier && consumed[c] < sent[c].records {
+                        moves.push((c, 2));
+                    } else if next_barrier.is_none()
+                        && consumed[c] == sent[c].records
+                        && sent[c].closes
+                    {
+                        moves.push((c, 3));
+                    }
+                }
+                if mode == AlignMode::AtLeastOnce || *unaligned_after == Some(Duration::ZERO) {
                     prop_assert_eq!(aligner.blocked_channels().count(), 0);
                 }
-                let Some(&channel) =
-                    readable.get(choices.get(step).copied().unwrap_or(0) % readable.len().max(1))
-                else {
-                    let left: Vec<usize> = (0..channels.len())
-                        .filter(|&c| next[c] < channels[c].len())
+                // Once the drawn choices run out, the channels are read to the end.
+                let drawn = choices.get(step).copied();
+                let choice = drawn.unwrap_or(0);
+                step += 1;
+                if aborts && drawn.is_some() && choice % 13 == 0 {
+                    let n = CheckpointId((choice / 13 % (*checkpoints + 1)) as u64);
+                    for stopped in aligner.abort(n) {
+                        prop_assert!(
+                            observed.resolved.insert(stopped),
+                            "{} stopped twice",
+                            stopped
+                        );
+                        state.remove(&stopped);
+                    }
+                    for n in observed.started.iter().filter(|m| **m <= n) {
+                        observed.resolved.insert(*n);
+                    }
+                    continue;
+                }
+                // A tick: time passes (every step, once the drawn choices run out).
+                if drawn.is_none_or(|choice| choice % 7 == 0) {
+                    clock += 1;
+                    let actions = aligner.on_tick(start + Duration::from_millis(clock));
+                    apply(
+                        actions,
+                        &mut observed,
+                        &mut snapshot_at,
+                        &mut state,
+                        &consumed,
+                        &closed,
+                        &sent,
+                        mode,
+                    )?;
+                    if drawn.is_some() {
+                        continue;
+                    }
+                }
+                let Some(&(c, kind)) = moves.get(choice % moves.len().max(1)) else {
+                    let left: Vec<usize> = (0..k)
+                        .filter(|&c| {
+                            consumed[c] < sent[c].records || (sent[c].closes && !closed[c])
+                        })
                         .collect();
-                    prop_assert!(left.is_empty(), "deadlock: channels {:?} blocked", left);
+                    prop_assert!(left.is_empty(), "deadlock: channels {:?} left", left);
                     break;
                 };
-                step += 1;
-                let item = channels[channel][next[channel]];
-                next[channel] += 1;
-                let actions = match item {
-                    Item::Record(position) => {
-                        prop_assert_eq!(position, processed[channel]);
+                let actions = match kind {
+                    0 => {
+                        let (n, _) = sent[c].barriers[announced[c]];
+                        announced[c] += 1;
+                        let triggered = Duration::from_millis(n.0 * 2);
+                        let now = Duration::from_millis(clock);
+                        aligner.on_announced(
+                            c,
+                            n,
+                            *unaligned_after,
+                            now.saturating_sub(triggered),
+                            start + now,
+                        )
+                    }
+                    1 => {
+                        let (n, _) = sent[c].barriers[reached[c]];
+                        reached[c] += 1;
+                        aligner.on_barrier(c, n)
+                    }
+                    2 => {
+                        let position = consumed[c];
                         if mode == AlignMode::ExactlyOnce {
-                            // Blocking is correct: every barrier this channel delivered
-                            // was resolved (or ignored) before a later record is read.
-                            for n in delivered[channel].keys() {
-                                prop_assert!(
-                                    !observed.started.contains(n) || observed.resolved.contains(n),
-                                    "record {} of channel {} read while {} aligns",
-                                    position,
-                                    channel,
-                                    n
-                                );
-                            }
-                        }
-                        processed[channel] += 1;
-                        Vec::new()
-                    }
-                    Item::Barrier(n) => {
-                        delivered[channel].insert(n, processed[channel]);
-                        aligner.on_barrier(channel, n)
-                    }
-                    Item::End => {
-                        ended[channel] = true;
-                        aligner.on_end_of_input(channel)
-                    }
-                };
-                for action in actions {
-                    match action {
-                        BarrierAction::Started(n) => {
-                            prop_assert!(observed.started.insert(n), "{} started twice", n);
-                        }
-                        BarrierAction::Snapshot(n) => {
-                            prop_assert!(observed.started.contains(&n));
-                            prop_assert!(observed.resolved.insert(n), "{} resolved twice", n);
-                            prop_assert!(
-                                observed.snapshots.last().is_none_or(|&last| last < n),
-                                "snapshot {} after {:?}",
-                                n,
-                                observed.snapshots
-                            );
-                            observed.snapshots.push(n);
-                            for c in 0..channels.len() {
-                                match delivered[c].get(&n) {
-                                    // The snapshot holds exactly the records before the
-                                    // barrier (exactly-once), or at least them.
-                                    Some(&before) if mode == AlignMode::ExactlyOnce => {
-                                        prop_assert_eq!(processed[c], before);
-                                    }
-                                    Some(&before) => prop_assert!(processed[c] >= before),
-                                    None => prop_assert!(
-                                        ended[c],
-                                        "snapshot {} without its barrier on open channel {}",
-                                        n,
-                                        c
-                                    ),
+                            // Blocking is correct: a record after an aligned barrier is
+                            // read only once that checkpoint was resolved here.
+                            for &(n, p) in &sent[c].barriers {
+                                if p <= position && observed.started.contains(&n) {
+                                    prop_assert!(
+                                        observed.resolved.contains(&n)
+                                            || observed.unaligned.contains(&n),
+                                        "record {} of channel {} read while {} aligns",
+                                        position,
+                                        c,
+                                        n
+                                    );
                                 }
                             }
                         }
-                        BarrierAction::Abort {
-                            checkpoint,
-                            subsumed_by,
-                        } => {
-                            prop_assert!(observed.started.contains(&checkpoint));
-                            prop_assert!(checkpoint < subsumed_by);
-                            prop_assert!(
-                                observed.resolved.insert(checkpoint),
-                                "{} resolved twice",
-                                checkpoint
-                            );
+                        if let Some(n) = aligner.records(c) {
+                            if let Some(channels) = state.get_mut(&n) {
+                                channels[c].push(position);
+                            }
                         }
+                        consumed[c] += 1;
+                        Vec::new()
                     }
-                }
-                // A started checkpoint that every open channel delivered has been
-                // snapshotted: a snapshot happens as soon as it can.
-                for n in observed.started.difference(&observed.resolved) {
-                    let complete =
-                        (0..channels.len()).all(|c| ended[c] || delivered[c].contains_key(n));
-                    prop_assert!(!complete, "{} complete but not snapshotted", n);
-                }
+                    _ => {
+                        closed[c] = true;
+                        aligner.on_closed(c)
+                    }
+                };
+                apply(
+                    actions,
+                    &mut observed,
+                    &mut snapshot_at,
+                    &mut state,
+                    &consumed,
+                    &closed,
+                    &sent,
+                    mode,
+                )?;
             }
             prop_assert_eq!(aligner.blocked_channels().count(), 0);
             prop_assert_eq!(
@@ -765,35 +1114,172 @@ mod tests {
             Ok(observed)
         }
 
+        #[allow(clippy::too_many_arguments)]
+        fn apply(
+            actions: Vec<BarrierAction>,
+            observed: &mut Run,
+            snapshot_at: &mut BTreeMap<CheckpointId, Vec<usize>>,
+            state: &mut BTreeMap<CheckpointId, Vec<Vec<usize>>>,
+            consumed: &[usize],
+            closed: &[bool],
+            sent: &[Sent],
+            mode: AlignMode,
+        ) -> Result<(), TestCaseError> {
+            let k = sent.len();
+            let position_of = |c: usize, n: CheckpointId| {
+                sent[c]
+                    .barriers
+                    .iter()
+                    .find(|(m, _)| *m == n)
+                    .map(|&(_, p)| p)
+            };
+            for action in actions {
+                match action {
+                    BarrierAction::Started(n) => {
+                        prop_assert!(observed.started.insert(n), "{} started twice", n);
+                    }
+                    BarrierAction::Snapshot {
+                        checkpoint: n,
+                        unaligned,
+                    } => {
+                        prop_assert!(observed.started.contains(&n));
+                        prop_assert!(
+                            observed.snapshots.last().is_none_or(|&last| last < n),
+                            "snapshot {} after {:?}",
+                            n,
+                            observed.snapshots
+                        );
+                        observed.snapshots.push(n);
+                        if unaligned {
+                            prop_assert_eq!(mode, AlignMode::ExactlyOnce);
+                            observed.unaligned.insert(n);
+                            snapshot_at.insert(n, consumed.to_vec());
+                            state.insert(n, vec![Vec::new(); k]);
+                            for c in 0..k {
+                                if let Some(p) = position_of(c, n) {
+                                    prop_assert!(
+                                        consumed[c] <= p,
+                                        "channel {} consumed past {}",
+                                        c,
+                                        n
+                                    );
+                                }
+                            }
+                            continue;
+                        }
+                        prop_assert!(observed.resolved.insert(n), "{} resolved twice", n);
+                        for c in 0..k {
+                            match position_of(c, n) {
+                                // The snapshot holds exactly the records before the
+                                // barrier (exactly-once), or at least them.
+                                Some(p) if mode == AlignMode::ExactlyOnce => {
+                                    prop_assert_eq!(consumed[c], p);
+                                }
+                                Some(p) => prop_assert!(consumed[c] >= p),
+                                None => prop_assert!(
+                                    closed[c],
+                                    "snapshot {} without its barrier on open channel {}",
+                                    n,
+                                    c
+                                ),
+                            }
+                        }
+                    }
+                    BarrierAction::Capture {
+                        checkpoint: n,
+                        channel: c,
+                    } => {
+                        let p = position_of(c, n);
+                        prop_assert!(
+                            p.is_some(),
+                            "capture of {} on channel {} without its barrier",
+                            n,
+                            c
+                        );
+                        let p = p.unwrap_or(0);
+                        prop_assert!(consumed[c] <= p);
+                        if let Some(channels) = state.get_mut(&n) {
+                            channels[c].extend(consumed[c]..p);
+                        }
+                    }
+                    BarrierAction::ChannelStateDone(n) => {
+                        prop_assert!(observed.unaligned.contains(&n));
+                        prop_assert!(observed.resolved.insert(n), "{} resolved twice", n);
+                        let (Some(at), Some(channels)) = (snapshot_at.get(&n), state.remove(&n))
+                        else {
+                            return Err(TestCaseError::fail(format!(
+                                "{n} done without its snapshot"
+                            )));
+                        };
+                        for c in 0..k {
+                            // The snapshot and the channel state hold every record
+                            // before the barrier exactly once: those consumed before the
+                            // snapshot in the state, the rest in the channel state.
+                            let until = position_of(c, n).unwrap_or(sent[c].records);
+                            let expected: Vec<usize> = (at[c]..until).collect();
+                            prop_assert_eq!(&channels[c], &expected, "channel {} of {}", c, n);
+                        }
+                    }
+                    BarrierAction::Abort {
+                        checkpoint,
+                        subsumed_by,
+                    } => {
+                        prop_assert!(observed.started.contains(&checkpoint));
+                        prop_assert!(checkpoint < subsumed_by);
+                        prop_assert!(
+                            observed.resolved.insert(checkpoint),
+                            "{} resolved twice",
+                            checkpoint
+                        );
+                        state.remove(&checkpoint);
+                    }
+                }
+            }
+            Ok(())
+        }
+
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(512))]
+            #![proptest_config(ProptestConfig::with_cases(1024))]
 
             #[test]
-            fn exactly_once_alignment_holds_over_random_interleavings(
-                (checkpoints, plans, choices) in scenario()
-            ) {
-                run(AlignMode::ExactlyOnce, checkpoints, &plans, &choices)?;
+            fn exactly_once_alignment_holds_over_random_interleavings(scenario in scenario()) {
+                run(AlignMode::ExactlyOnce, &scenario, false)?;
             }
 
             #[test]
-            fn at_least_once_tracking_holds_over_random_interleavings(
-                (checkpoints, plans, choices) in scenario()
-            ) {
-                run(AlignMode::AtLeastOnce, checkpoints, &plans, &choices)?;
+            fn exactly_once_holds_with_aborts_and_timeouts(scenario in scenario()) {
+                run(AlignMode::ExactlyOnce, &scenario, true)?;
+            }
+
+            #[test]
+            fn at_least_once_tracking_holds_over_random_interleavings(scenario in scenario()) {
+                run(AlignMode::AtLeastOnce, &scenario, false)?;
             }
 
             #[test]
             fn a_checkpoint_no_channel_skipped_is_snapshotted_in_exactly_once_mode(
-                (checkpoints, mut plans, choices) in scenario()
+                (checkpoints, mut plans, choices, after) in scenario()
             ) {
                 for plan in &mut plans {
                     plan.skipped.iter_mut().for_each(|s| *s = false);
                 }
-                let observed = run(AlignMode::ExactlyOnce, checkpoints, &plans, &choices)?;
-                // Without skipped barriers no alignment is ever subsumed: every
-                // checkpoint whose barrier came on some channel is snapshotted.
+                let observed = run(AlignMode::ExactlyOnce, &(checkpoints, plans, choices, after), false)?;
+                // Without skipped barriers or aborts no checkpoint is ever subsumed:
+                // every checkpoint that started here is snapshotted.
                 let snapshots: BTreeSet<CheckpointId> = observed.snapshots.iter().copied().collect();
                 prop_assert_eq!(snapshots, observed.started);
+            }
+
+            #[test]
+            fn unaligned_from_the_start_never_blocks(
+                (checkpoints, plans, choices, _) in scenario()
+            ) {
+                // `run` checks that no channel is ever blocked.
+                run(
+                    AlignMode::ExactlyOnce,
+                    &(checkpoints, plans, choices, Some(Duration::ZERO)),
+                    true,
+                )?;
             }
         }
     }

@@ -102,6 +102,10 @@ pub struct SubtaskStats {
     pub processed_in_flight: u64,
     /// Bytes of in-flight records persisted as channel state (unaligned checkpoints).
     pub persisted_in_flight: u64,
+    /// Whether the subtask took the checkpoint unaligned: its barrier overtook data
+    /// in flight (Flink's `unalignedCheckpoint`).
+    #[serde(default)]
+    pub unaligned: bool,
     /// Fuel the guest spent in the synchronous phase, when fuel metering is on.
     pub sync_fuel: Option<u64>,
     /// From the trigger to the coordinator's receipt of this subtask's acknowledgement
@@ -1294,6 +1298,7 @@ mod tests {
             max_concurrent: 1,
             tolerable_failed: 4,
             unaligned: false,
+            recover_without_channel_state: None,
             aligned_timeout: Duration::ZERO,
             retention: crate::job::Retention::RetainOnCancellation,
             num_retained: 3,

@@ -7,20 +7,25 @@
 //! sources, collects acknowledgements, writes `_metadata` (the commit point), tells
 //! every subtask the outcome, and applies retention.
 
+use crate::checkpoint::channel_state;
 use crate::checkpoint::coordinator::{
     AckOutcome, CoordinatorConfig, CoordinatorState, Decision, DeclineReason, SubtaskStats, TaskRef,
 };
 use crate::checkpoint::metadata::{CheckpointMetadata, FORMAT_VERSION, TaskEntry, TaskState};
 use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
 use crate::checkpoint::stats::{CheckpointStats, StatsTracker};
+use crate::runtime::channel::ControlSender;
 use crate::runtime::record::{Barrier, Control};
-use crate::runtime::{CheckpointId, CheckpointSink, Snapshot, SnapshotWriter, now_ms};
+use crate::runtime::{
+    ChannelState, CheckpointId, CheckpointSink, Snapshot, SnapshotWriter, now_ms,
+};
 use crate::state::{LocalFile, LocalFiles, LocalSnapshot, StoredFile, Upload};
-use crate::storage::{CheckpointStorage, JobRecord};
+use crate::storage::{CheckpointStorage, FileHandle, JobRecord};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 use tokio::runtime::Handle;
 
@@ -35,6 +40,8 @@ pub enum CoordinatorMessage {
         checkpoint: CheckpointId,
         /// Where its state is.
         state: TaskState,
+        /// Where its channel state is, when the checkpoint was unaligned here.
+        channel_state: Option<FileHandle>,
         /// How it went.
         stats: SubtaskStats,
     },
@@ -72,6 +79,7 @@ impl CheckpointSink for SnapshotUploader {
         task: TaskRef,
         checkpoint: CheckpointId,
         snapshot: Snapshot,
+        channel_state: ChannelState,
         mut stats: SubtaskStats,
     ) {
         let (writer, files) = match snapshot {
@@ -80,6 +88,7 @@ impl CheckpointSink for SnapshotUploader {
                     task,
                     checkpoint,
                     state: TaskState::Finished,
+                    channel_state: None,
                     stats,
                 });
                 return;
@@ -99,20 +108,28 @@ impl CheckpointSink for SnapshotUploader {
         let (messages, storage) = (self.messages.clone(), self.storage.clone());
         self.io.spawn(async move {
             let started = Instant::now();
-            let stored = store_snapshot(storage, checkpoint, &name, writer, files).await;
-            let message = match stored {
-                Ok(Stored {
-                    state,
-                    full_size,
-                    uploaded,
-                }) => {
+            let (stored, channels) = tokio::join!(
+                store_snapshot(storage.clone(), checkpoint, &name, writer, files),
+                store_channel_state(&storage, checkpoint, &name, channel_state),
+            );
+            let message = match stored.and_then(|s| Ok((s, channels?))) {
+                Ok((
+                    Stored {
+                        state,
+                        full_size,
+                        uploaded,
+                    },
+                    channel_state,
+                )) => {
+                    let channel_bytes = channel_state.as_ref().map_or(0, |h| h.size);
                     stats.async_duration = started.elapsed();
-                    stats.state_size = full_size;
-                    stats.checkpointed_size = uploaded;
+                    stats.state_size = full_size + channel_bytes;
+                    stats.checkpointed_size = uploaded + channel_bytes;
                     CoordinatorMessage::Ack {
                         task,
                         checkpoint,
                         state,
+                        channel_state,
                         stats,
                     }
                 }
@@ -152,6 +169,26 @@ pub struct Stored {
     pub full_size: u64,
     /// Bytes this checkpoint wrote (less than `full_size` when files were reused).
     pub uploaded: u64,
+}
+
+/// Stores a subtask's channel state as `<name>-channels`, when it has any.
+async fn store_channel_state(
+    storage: &Arc<dyn CheckpointStorage>,
+    checkpoint: CheckpointId,
+    name: &str,
+    state: ChannelState,
+) -> Result<Option<FileHandle>, String> {
+    if state.iter().all(Vec::is_empty) {
+        return Ok(None);
+    }
+    let bytes = tokio::task::spawn_blocking(move || channel_state::encode(&state))
+        .await
+        .map_err(|e| format!("the channel state encoder stopped: {e}"))?;
+    storage
+        .write(checkpoint, &format!("{name}-channels"), Bytes::from(bytes))
+        .await
+        .map(Some)
+        .map_err(|e| format!("writing the channel state failed: {e}"))
 }
 
 /// Backend files uploaded at once per subtask: enough to keep a remote store busy,
@@ -371,6 +408,9 @@ pub struct DriverSetup {
     pub completed: Vec<CheckpointFiles>,
     /// Where the driver reports what becomes of each checkpoint.
     pub stats: StatsTracker,
+    /// When a checkpoint turns unaligned after its trigger: `None` never (aligned),
+    /// zero at once (`unaligned`), else `aligned-timeout`.
+    pub unaligned_after: Option<Duration>,
 }
 
 /// Every subtask as the driver addresses it.
@@ -378,7 +418,7 @@ pub struct DriverTask {
     /// The subtask.
     pub task: TaskRef,
     /// Its control channel.
-    pub control: Sender<Control>,
+    pub control: ControlSender,
     /// Whether it is a source (sources get the triggers).
     pub is_source: bool,
     /// Its node's parallelism.
@@ -394,8 +434,8 @@ pub struct CheckpointFailure(pub String);
 struct Collected {
     /// When the checkpoint was triggered, in milliseconds since the Unix epoch.
     triggered_at_ms: i64,
-    /// Each subtask's state and statistics.
-    tasks: BTreeMap<TaskRef, (TaskState, SubtaskStats)>,
+    /// Each subtask's state, channel state and statistics.
+    tasks: BTreeMap<TaskRef, (TaskState, Option<FileHandle>, SubtaskStats)>,
 }
 
 /// The checkpoint coordinator of one run of a job.
@@ -508,17 +548,25 @@ impl CheckpointDriver {
         if self.next_trigger().is_some_and(|due| due <= now)
             && let Ok(id) = self.coordinator.trigger(now)
         {
+            let last = self.final_checkpoint.is_none() && self.all_sources_exhausted();
+            if last {
+                self.final_checkpoint = Some(id);
+            }
             let barrier = Barrier {
                 checkpoint: id,
                 triggered_at_ms: now_ms(),
+                // The final checkpoint is always aligned: the job ends when it completes,
+                // so nothing may be left in flight behind its barriers.
+                unaligned_after: if last {
+                    None
+                } else {
+                    self.setup.unaligned_after
+                },
             };
             tracing::debug!(checkpoint = id.0, "triggering checkpoint");
             self.setup
                 .stats
                 .update(|s| s.triggered(id.0, barrier.triggered_at_ms, &self.vertices));
-            if self.final_checkpoint.is_none() && self.all_sources_exhausted() {
-                self.final_checkpoint = Some(id);
-            }
             self.acks.insert(
                 id,
                 Collected {
@@ -527,7 +575,7 @@ impl CheckpointDriver {
                 },
             );
             for task in self.tasks.iter().filter(|t| t.is_source) {
-                let _ = task.control.send(Control::Trigger(barrier));
+                task.control.send(Control::Trigger(barrier));
             }
         }
         Ok(())
@@ -573,6 +621,7 @@ impl CheckpointDriver {
                 task,
                 checkpoint,
                 state,
+                channel_state,
                 stats,
             } => {
                 let mut stats = stats;
@@ -585,7 +634,9 @@ impl CheckpointDriver {
                     self.setup.stats.update(|s| {
                         s.acknowledged(checkpoint.0, node, task.subtask.0, at, &stats);
                     });
-                    collected.tasks.insert(task, (state, stats.clone()));
+                    collected
+                        .tasks
+                        .insert(task, (state, channel_state, stats.clone()));
                 }
                 match self.coordinator.acknowledge(checkpoint, task, stats, now) {
                     AckOutcome::Complete(_) => self.commit(checkpoint),
@@ -617,7 +668,7 @@ impl CheckpointDriver {
         };
         let tasks = tasks
             .into_iter()
-            .map(|(task, (state, stats))| TaskEntry {
+            .map(|(task, (state, channel_state, stats))| TaskEntry {
                 node: self.node_ids.get(task.node).cloned().unwrap_or_default(),
                 subtask: task.subtask.0,
                 parallelism: self
@@ -626,6 +677,7 @@ impl CheckpointDriver {
                     .find(|t| t.task == task)
                     .map_or(0, |t| t.parallelism),
                 state,
+                channel_state,
                 stats,
             })
             .collect();
@@ -677,6 +729,8 @@ impl CheckpointDriver {
                     checkpoint = id.0,
                     end_to_end_ms = metadata.end_to_end_ms(),
                     state_bytes = metadata.state_size(),
+                    unaligned = metadata.is_unaligned(),
+                    persisted_in_flight_bytes = metadata.persisted_in_flight(),
                     "checkpoint completed"
                 );
                 let path = self.setup.storage.checkpoint_url(id);
@@ -686,9 +740,9 @@ impl CheckpointDriver {
                 self.completed.push(metadata.files());
                 let last = self.final_checkpoint.is_some_and(|f| id >= f);
                 for task in &self.tasks {
-                    let _ = task.control.send(Control::Complete(id));
+                    task.control.send(Control::Complete(id));
                     if last {
-                        let _ = task.control.send(Control::Finish);
+                        task.control.send(Control::Finish);
                     }
                 }
                 self.retain();
@@ -759,7 +813,7 @@ impl CheckpointDriver {
                         self.final_checkpoint = None;
                     }
                     for task in &self.tasks {
-                        let _ = task.control.send(Control::Abort(checkpoint));
+                        task.control.send(Control::Abort(checkpoint));
                     }
                 }
                 Decision::FailJob(why) => return Err(CheckpointFailure(why.to_string())),
@@ -781,7 +835,7 @@ impl CheckpointDriver {
             .acks
             .values()
             .flat_map(|c| c.tasks.values())
-            .flat_map(|(state, _)| state.shared_files())
+            .flat_map(|(state, _, _)| state.shared_files())
             .collect();
         let plan = plan_retention(&self.completed, self.setup.num_retained, &in_flight);
         self.completed.retain(|c| plan.retain.contains(&c.id));

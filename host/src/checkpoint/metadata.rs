@@ -49,6 +49,10 @@ pub struct TaskEntry {
     pub parallelism: u32,
     /// Where the subtask's state is.
     pub state: TaskState,
+    /// Where its channel state is: the in-flight data an unaligned checkpoint
+    /// persisted, replayed before any new input on restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_state: Option<FileHandle>,
     /// How the subtask's part of the checkpoint went.
     pub stats: SubtaskStats,
 }
@@ -121,6 +125,16 @@ impl CheckpointMetadata {
         self.tasks.iter().map(|t| t.stats.checkpointed_size).sum()
     }
 
+    /// Whether any subtask took it unaligned.
+    pub fn is_unaligned(&self) -> bool {
+        self.tasks.iter().any(|t| t.stats.unaligned)
+    }
+
+    /// Bytes of in-flight data persisted as channel state, over all subtasks.
+    pub fn persisted_in_flight(&self) -> u64 {
+        self.tasks.iter().map(|t| t.stats.persisted_in_flight).sum()
+    }
+
     /// This checkpoint with the shared files it references, for retention.
     pub fn files(&self) -> CheckpointFiles {
         CheckpointFiles {
@@ -156,6 +170,7 @@ mod tests {
                     size: 10,
                     checksum: 42,
                 }),
+                channel_state: None,
                 stats: SubtaskStats {
                     state_size: 10,
                     ..SubtaskStats::default()

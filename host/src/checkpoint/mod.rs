@@ -11,7 +11,8 @@
 //!
 //! # Layout
 //! - `align`: [`Aligner`], barrier alignment of one subtask over its input channels
-//!   (exactly-once blocks, at-least-once tracks).
+//!   (exactly-once blocks or overtakes, at-least-once tracks).
+//! - `channel_state`: the encoding of the in-flight data unaligned checkpoints persist.
 //! - `coordinator`: [`CoordinatorState`], when to trigger, when a checkpoint is
 //!   complete or aborted, when failures fail the job; the statistics subtasks report.
 //! - `restart`: [`RestartTracker`], the restart strategies (`none`, `fixed-delay`,
@@ -22,6 +23,7 @@
 //!   cancelled job leaves behind, which checkpoints a restore may use.
 
 pub mod align;
+pub mod channel_state;
 pub mod coordinator;
 pub mod driver;
 pub mod metadata;

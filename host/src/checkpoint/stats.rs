@@ -320,6 +320,7 @@ impl CheckpointStats {
             return;
         };
         record.latest_ack_ms = record.latest_ack_ms.max(at_ms);
+        record.unaligned |= stats.unaligned;
         let slot = record
             .vertices
             .iter_mut()
@@ -618,6 +619,7 @@ mod tests {
                 subtask: 0,
                 parallelism: 1,
                 state: TaskState::Finished,
+                channel_state: None,
                 stats: stats(7),
             }],
         };

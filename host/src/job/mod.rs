@@ -51,10 +51,10 @@ pub use overrides::{Override, OverrideSyntaxError};
 pub use sections::storage_url;
 pub use size::{format_size, parse_size};
 pub use spec::{
-    CheckpointMode, CheckpointingConfig, DirGrant, FileSourceSpec, GeneratorSpec, JobSpec, Node,
-    NodeKind, OperatorSpec, Partition, RestConfig, RestartStrategy, Retention, RunawayPolicy,
-    S3Settings, SandboxSpec, SinkKind, SinkSpec, SourceKind, StateBackendKind, StateConfig,
-    StorageUrl,
+    CheckpointMode, CheckpointingConfig, DebloatConfig, DirGrant, FileSourceSpec, GeneratorSpec,
+    JobSpec, NetworkConfig, Node, NodeKind, OperatorSpec, Partition, RestConfig, RestartStrategy,
+    Retention, RunawayPolicy, S3Settings, SandboxSpec, SinkKind, SinkSpec, SourceKind,
+    StateBackendKind, StateConfig, StorageUrl,
 };
 
 use doc::{Doc, normalize};
@@ -107,6 +107,7 @@ pub fn parse(text: &str, origin: &Path, overrides: &[Override]) -> Result<JobSpe
     let checkpointing = sections::checkpointing(&doc)?;
     let restart = sections::restart(&doc, checkpointing.is_some())?;
     let state = sections::state(&doc)?;
+    let network = sections::network(&doc)?;
     let rest = sections::rest(&doc)?;
     let nodes = graph::nodes(&doc, &job)?;
     Ok(JobSpec {
@@ -117,6 +118,7 @@ pub fn parse(text: &str, origin: &Path, overrides: &[Override]) -> Result<JobSpe
         checkpointing,
         restart,
         state,
+        network,
         rest,
         nodes,
     })

@@ -45,11 +45,12 @@ pub(crate) fn text_or_integer<'de, D: Deserializer<'de>>(
 }
 
 /// The tables of a job file, in the order they are documented.
-pub(crate) const SECTIONS: [&str; 8] = [
+pub(crate) const SECTIONS: [&str; 9] = [
     "job",
     "checkpointing",
     "restart",
     "state",
+    "network",
     "rest",
     "source",
     "operator",
@@ -91,6 +92,16 @@ pub(crate) mod defaults {
     pub const UNALIGNED: bool = false;
     /// `execution.checkpointing.aligned-checkpoint-timeout`.
     pub const ALIGNED_TIMEOUT: Duration = Duration::ZERO;
+    /// Batches a channel holds before its producer blocks (Flink's
+    /// `taskmanager.network.memory.buffers-per-channel` plus its floating buffers).
+    pub const CHANNEL_CAPACITY: usize = 4;
+    /// The most `network.channel-capacity` may be: a channel of more batches only
+    /// delays checkpoints under backpressure.
+    pub const CHANNEL_CAPACITY_LIMIT: usize = 1024;
+    /// `taskmanager.network.memory.buffer-debloat.target`.
+    pub const DEBLOAT_TARGET: Duration = Duration::from_secs(1);
+    /// `taskmanager.network.memory.buffer-debloat.period`.
+    pub const DEBLOAT_PERIOD: Duration = Duration::from_millis(200);
     /// Flink keeps no checkpoint of a cancelled job unless told to.
     pub const RETENTION: Retention = Retention::DeleteOnCancellation;
     /// `state.checkpoints.num-retained`.
@@ -204,6 +215,7 @@ pub(crate) struct RawCheckpointing {
     pub tolerable_failed: Option<u32>,
     pub unaligned: Option<bool>,
     pub aligned_timeout: Option<DurationText>,
+    pub recover_without_channel_state: Option<u64>,
     pub retention: Option<Retention>,
     pub num_retained: Option<u32>,
     pub dir: Option<String>,
@@ -313,6 +325,23 @@ pub(crate) struct RawState {
     pub dir: Option<String>,
     pub heap_limit: Option<SizeText>,
     pub timer_limit: Option<u64>,
+}
+
+/// `[network]`, as Flink's `taskmanager.network.*`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawNetwork {
+    pub channel_capacity: Option<usize>,
+    pub buffer_debloat: Option<RawDebloat>,
+}
+
+/// `[network.buffer-debloat]`, as Flink's `taskmanager.network.memory.buffer-debloat.*`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawDebloat {
+    pub enabled: Option<bool>,
+    pub target: Option<DurationText>,
+    pub period: Option<DurationText>,
 }
 
 /// `[rest]`, as Flink's `rest.*`.

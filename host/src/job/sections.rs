@@ -1,4 +1,5 @@
-//! The settings tables: `[job]`, `[checkpointing]`, `[restart]`, `[state]` and `[rest]`.
+//! The settings tables: `[job]`, `[checkpointing]`, `[restart]`, `[state]`, `[network]`
+//! and `[rest]`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,13 +11,13 @@ use super::doc::{Doc, Seg, is_table};
 use super::duration::{DurationText, parse_duration};
 use super::error::JobError;
 use super::raw::{
-    PortText, RawCheckpointing, RawExponentialDelay, RawFailureRate, RawFixedDelay, RawJob,
-    RawNoRestart, RawRest, RawS3, RawState, StrategyName, defaults, fields_of,
+    PortText, RawCheckpointing, RawDebloat, RawExponentialDelay, RawFailureRate, RawFixedDelay,
+    RawJob, RawNetwork, RawNoRestart, RawRest, RawS3, RawState, StrategyName, defaults, fields_of,
 };
 use super::size::{SizeText, parse_size};
 use super::spec::{
-    CheckpointMode, CheckpointingConfig, RestConfig, RestartStrategy, S3Settings, StateBackendKind,
-    StateConfig, StorageUrl,
+    CheckpointMode, CheckpointingConfig, DebloatConfig, NetworkConfig, RestConfig, RestartStrategy,
+    S3Settings, StateBackendKind, StateConfig, StorageUrl,
 };
 
 /// `[job]`, validated.
@@ -198,6 +199,14 @@ pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>
             "unaligned checkpoints need mode = \"exactly-once\": at-least-once never aligns barriers, so there is nothing to unalign. Set unaligned = false or mode = \"exactly-once\".".to_owned(),
         ));
     }
+    if raw.aligned_timeout.is_some() && !unaligned {
+        return Err(invalid(
+            doc,
+            S,
+            "aligned-timeout",
+            "`aligned-timeout` is how long a checkpoint stays aligned before it turns unaligned, so it needs unaligned = true. Set unaligned = true, or remove aligned-timeout.".to_owned(),
+        ));
+    }
     if unaligned && max_concurrent > 1 {
         return Err(invalid(
             doc,
@@ -239,6 +248,7 @@ pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>
         tolerable_failed: raw.tolerable_failed.unwrap_or(defaults::TOLERABLE_FAILED),
         unaligned,
         aligned_timeout,
+        recover_without_channel_state: raw.recover_without_channel_state,
         retention: raw.retention.unwrap_or(defaults::RETENTION),
         num_retained,
         dir,
@@ -569,6 +579,90 @@ pub(crate) fn state(doc: &Doc<'_>) -> Result<StateConfig, JobError> {
         dir: raw.dir.as_deref().map(|dir| doc.resolve(dir)),
         heap_limit,
         timer_limit: raw.timer_limit.unwrap_or(defaults::TIMER_LIMIT),
+    })
+}
+
+pub(crate) fn network(doc: &Doc<'_>) -> Result<NetworkConfig, JobError> {
+    const S: &str = "network";
+    if let Some(item) = doc.root.get(S).and_then(|c| c.get("buffer-debloat")) {
+        doc.check_keys(
+            item,
+            fields_of::<RawDebloat>(),
+            "[network.buffer-debloat]",
+            &[],
+        )?;
+    }
+    let raw: RawNetwork = section(doc, S)?;
+    let channel_capacity = raw.channel_capacity.unwrap_or(defaults::CHANNEL_CAPACITY);
+    if !(1..=defaults::CHANNEL_CAPACITY_LIMIT).contains(&channel_capacity) {
+        return Err(invalid(
+            doc,
+            S,
+            "channel-capacity",
+            format!(
+                "`channel-capacity` is {channel_capacity}, but a channel holds between 1 and {} batches. Set e.g. channel-capacity = 4; buffer-debloat bounds channels by time instead.",
+                defaults::CHANNEL_CAPACITY_LIMIT
+            ),
+        ));
+    }
+    let Some(raw) = raw.buffer_debloat else {
+        return Ok(NetworkConfig {
+            channel_capacity,
+            debloat: None,
+        });
+    };
+    let at = |key: &str| doc.at(&[Seg::Key(S), Seg::Key("buffer-debloat"), Seg::Key(key)]);
+    let setting = |key: &str, value: Option<&DurationText>, default: Duration, example: &str| {
+        let Some(DurationText(text)) = value else {
+            return Ok(default);
+        };
+        match parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(JobError::Invalid {
+                at: at(key),
+                message: format!(
+                    "`{key}` is zero. Set a positive duration, e.g. {key} = \"{example}\"."
+                ),
+            }),
+            Err(reason) => Err(JobError::Invalid {
+                at: at(key),
+                message: format!(
+                    "invalid duration \"{text}\" for `{key}` in [network.buffer-debloat]: {reason}."
+                ),
+            }),
+        }
+    };
+    let target = setting(
+        "target",
+        raw.target.as_ref(),
+        defaults::DEBLOAT_TARGET,
+        "1s",
+    )?;
+    let period = setting(
+        "period",
+        raw.period.as_ref(),
+        defaults::DEBLOAT_PERIOD,
+        "200ms",
+    )?;
+    if raw.enabled != Some(true) {
+        if let Some(key) = [
+            ("target", raw.target.is_some()),
+            ("period", raw.period.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(key, set)| set.then_some(key))
+        {
+            return Err(JobError::Invalid {
+                at: at(key),
+                message: format!(
+                    "`{key}` only applies when buffer debloating is on. Set enabled = true in [network.buffer-debloat], or remove {key}."
+                ),
+            });
+        }
+    }
+    Ok(NetworkConfig {
+        channel_capacity,
+        debloat: (raw.enabled == Some(true)).then_some(DebloatConfig { target, period }),
     })
 }
 

@@ -26,6 +26,8 @@ pub struct JobSpec {
     pub restart: RestartStrategy,
     /// `[state]`: the keyed-state backend.
     pub state: StateConfig,
+    /// `[network]`: the channels between subtasks.
+    pub network: NetworkConfig,
     /// `[rest]`: where the job's REST API and web page are served.
     pub rest: RestConfig,
     /// The nodes, topologically sorted: every node comes after all its inputs.
@@ -279,6 +281,9 @@ pub struct CheckpointingConfig {
     /// With `unaligned`, how long a checkpoint stays aligned before switching;
     /// zero starts unaligned at once.
     pub aligned_timeout: Duration,
+    /// The checkpoint to restore without its channel state (Flink's
+    /// `execution.checkpointing.recover-without-channel-state.checkpoint-id`).
+    pub recover_without_channel_state: Option<u64>,
     /// Whether completed checkpoints outlive a cancelled job.
     pub retention: Retention,
     /// How many completed checkpoints to keep, at least 1.
@@ -287,6 +292,33 @@ pub struct CheckpointingConfig {
     pub dir: StorageUrl,
     /// How to reach S3, for an `s3://` `dir`.
     pub s3: S3Settings,
+}
+
+impl CheckpointingConfig {
+    /// When a checkpoint turns unaligned after its trigger: never without `unaligned`,
+    /// else after `aligned-timeout` (at once when it is zero).
+    pub fn unaligned_after(&self) -> Option<Duration> {
+        self.unaligned.then_some(self.aligned_timeout)
+    }
+}
+
+/// `[network]`, named as Flink's `taskmanager.network.*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Batches a channel holds before its producer blocks.
+    pub channel_capacity: usize,
+    /// `buffer-debloat`, when `enabled`.
+    pub debloat: Option<DebloatConfig>,
+}
+
+/// `[network.buffer-debloat]` with `enabled = true`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebloatConfig {
+    /// What may be in flight on a subtask's input channels: this long of its
+    /// throughput.
+    pub target: Duration,
+    /// How often the throughput is measured.
+    pub period: Duration,
 }
 
 /// `[checkpointing.s3]`. Credentials are not here: they come from the standard AWS

@@ -726,7 +726,7 @@ fn an_unknown_top_level_table_is_rejected() {
         "[[operators]]",
         &[
             "unknown key `operators` in the job file (top level)",
-            "Known keys: job, checkpointing, restart, state, rest, source, operator, sink",
+            "Known keys: job, checkpointing, restart, state, network, rest, source, operator, sink",
             "Did you mean `operator`?",
         ],
     );
@@ -1272,7 +1272,6 @@ min-pause = "500ms"
 max-concurrent = 2
 tolerable-failed = 3
 unaligned = false
-aligned-timeout = "0"
 retention = "retain-on-cancellation"
 num-retained = 3
 dir = "file:///var/lib/weir/checkpoints"
@@ -1293,6 +1292,7 @@ fn a_full_checkpointing_table_is_read() {
             tolerable_failed: 3,
             unaligned: false,
             aligned_timeout: Duration::ZERO,
+            recover_without_channel_state: None,
             retention: Retention::RetainOnCancellation,
             num_retained: 3,
             dir: StorageUrl::File(PathBuf::from("/var/lib/weir/checkpoints")),
@@ -2403,4 +2403,114 @@ fn chaining_that_is_not_a_boolean_is_refused_on_its_line() {
     );
     let err = f.err(&text);
     assert_eq!(err.location().line(), Some(line_of(&text, "chaining")));
+}
+
+#[test]
+fn aligned_timeout_without_unaligned_is_refused() {
+    let f = Fixture::new();
+    let text = format!("[checkpointing]\ninterval = \"1s\"\naligned-timeout = \"1s\"\n{MINIMAL}");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "aligned-timeout",
+        &["needs unaligned = true"],
+    );
+}
+
+#[test]
+fn unaligned_turns_checkpoints_unaligned_after_the_aligned_timeout() {
+    let f = Fixture::new();
+    let c = |extra: &str| {
+        f.ok(&format!(
+            "[checkpointing]\ninterval = \"1s\"\n{extra}{MINIMAL}"
+        ))
+        .checkpointing
+        .expect("on")
+        .unaligned_after()
+    };
+    assert_eq!(c(""), None);
+    assert_eq!(c("unaligned = true\n"), Some(Duration::ZERO));
+    assert_eq!(
+        c("unaligned = true\naligned-timeout = \"30ms\"\n"),
+        Some(Duration::from_millis(30))
+    );
+}
+
+#[test]
+fn recover_without_channel_state_names_a_checkpoint() {
+    let f = Fixture::new();
+    let text = format!(
+        "[checkpointing]\ninterval = \"1s\"\nunaligned = true\nrecover-without-channel-state = 7\n{MINIMAL}"
+    );
+    let c = f.ok(&text).checkpointing.expect("on");
+    assert_eq!(c.recover_without_channel_state, Some(7));
+}
+
+#[test]
+fn the_network_defaults_to_four_batches_a_channel_without_debloating() {
+    let f = Fixture::new();
+    let network = f.ok(MINIMAL).network;
+    assert_eq!(
+        network,
+        NetworkConfig {
+            channel_capacity: 4,
+            debloat: None
+        }
+    );
+}
+
+#[test]
+fn buffer_debloating_takes_flinks_target_and_period() {
+    let f = Fixture::new();
+    let on = |extra: &str| {
+        f.ok(&format!(
+            "[network]\nchannel-capacity = 8\n\n[network.buffer-debloat]\nenabled = true\n{extra}\n{MINIMAL}"
+        ))
+        .network
+    };
+    let network = on("");
+    assert_eq!(network.channel_capacity, 8);
+    assert_eq!(
+        network.debloat,
+        Some(DebloatConfig {
+            target: Duration::from_secs(1),
+            period: Duration::from_millis(200),
+        })
+    );
+    let network = on("target = \"100ms\"\nperiod = \"50ms\"");
+    assert_eq!(
+        network.debloat,
+        Some(DebloatConfig {
+            target: Duration::from_millis(100),
+            period: Duration::from_millis(50),
+        })
+    );
+}
+
+#[test]
+fn a_debloat_setting_without_enabled_is_refused() {
+    let f = Fixture::new();
+    let text = format!("[network.buffer-debloat]\ntarget = \"100ms\"\n{MINIMAL}");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "target",
+        &["only applies when buffer debloating is on"],
+    );
+}
+
+#[test]
+fn bad_network_settings_are_refused_with_the_fix() {
+    let f = Fixture::new();
+    let text = format!("[network]\nchannel-capacity = 0\n{MINIMAL}");
+    assert_error(
+        &f.err(&text),
+        &text,
+        "channel-capacity",
+        &["between 1 and 1024 batches"],
+    );
+    let text = format!("[network.buffer-debloat]\nenabled = true\nperiod = \"0s\"\n{MINIMAL}");
+    assert_error(&f.err(&text), &text, "period", &["`period` is zero"]);
+    let text = format!("[network.buffer-debloat]\nenabled = true\ntargt = \"1s\"\n{MINIMAL}");
+    assert_error(&f.err(&text), &text, "targt", &["[network.buffer-debloat]"]);
 }

@@ -736,6 +736,7 @@ mod tests {
                 size: stats.state_size,
                 checksum: 0,
             }),
+            channel_state: None,
             stats,
         }
     }

@@ -483,8 +483,8 @@ const SLOWEST_MARK: &str = " *";
 /// none when the stage took no time anywhere), and a legend says so.
 ///
 /// ```text
-/// SUBTASK        START DELAY  ALIGNMENT  SYNC      ASYNC    END-TO-END  STATE SIZE  PROCESSED IN-FLIGHT  SYNC FUEL
-/// count (1/2)    350µs        0s         12.3ms *  1.20s *  1.21s *     12.3 MiB    0 B                  -
+/// SUBTASK        START DELAY  ALIGNMENT  SYNC      ASYNC    END-TO-END  STATE SIZE  PROCESSED IN-FLIGHT  PERSISTED IN-FLIGHT  UNALIGNED  SYNC FUEL
+/// count (1/2)    350µs        0s         12.3ms *  1.20s *  1.21s *     12.3 MiB    0 B                  0 B                  no         -
 /// count (2/2)    finished
 /// ```
 pub fn show_table(metadata: &CheckpointMetadata) -> String {
@@ -519,6 +519,8 @@ pub fn show_table(metadata: &CheckpointMetadata) -> String {
             }
             row.push(human_size(task.stats.state_size));
             row.push(human_size(task.stats.processed_in_flight));
+            row.push(human_size(task.stats.persisted_in_flight));
+            row.push(if task.stats.unaligned { "yes" } else { "no" }.to_owned());
             row.push(task.stats.sync_fuel.map_or_else(|| "-".to_owned(), grouped));
             row
         })
@@ -539,6 +541,17 @@ pub fn show_table(metadata: &CheckpointMetadata) -> String {
             vec!["end-to-end".to_owned(), millis(metadata.end_to_end_ms())],
             vec!["state size".to_owned(), human_size(metadata.state_size())],
             vec![
+                "unaligned".to_owned(),
+                if metadata.is_unaligned() {
+                    format!(
+                        "yes, {} of in-flight records persisted",
+                        human_size(metadata.persisted_in_flight())
+                    )
+                } else {
+                    "no".to_owned()
+                },
+            ],
+            vec![
                 "subtasks".to_owned(),
                 subtask_count(metadata.tasks.len(), finished),
             ],
@@ -547,7 +560,13 @@ pub fn show_table(metadata: &CheckpointMetadata) -> String {
     out.push('\n');
     let mut header = vec!["SUBTASK"];
     header.extend(STAGES.iter().map(|(name, _)| *name));
-    header.extend(["STATE SIZE", "PROCESSED IN-FLIGHT", "SYNC FUEL"]);
+    header.extend([
+        "STATE SIZE",
+        "PROCESSED IN-FLIGHT",
+        "PERSISTED IN-FLIGHT",
+        "UNALIGNED",
+        "SYNC FUEL",
+    ]);
     out.push_str(&table(&header, &rows));
     if any_marked {
         out.push_str("\n* the slowest subtask of the stage\n");
@@ -748,6 +767,7 @@ mod tests {
                 size: stats.state_size,
                 checksum: 0,
             }),
+            channel_state: None,
             stats,
         }
     }
@@ -758,6 +778,7 @@ mod tests {
             subtask,
             parallelism,
             state: TaskState::Finished,
+            channel_state: None,
             stats: SubtaskStats::default(),
         }
     }

@@ -14,7 +14,7 @@ use crate::runtime::metrics::SubtaskMetrics;
 use crate::runtime::output::Output;
 use crate::runtime::record::Message;
 use crate::runtime::task::Restore;
-use crate::runtime::{CheckpointId, CheckpointSink, Operator, Snapshot, TaskError};
+use crate::runtime::{ChannelState, CheckpointId, CheckpointSink, Operator, Snapshot, TaskError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,19 @@ pub struct BarrierTiming {
     pub alignment_duration: Duration,
     /// Bytes processed while aligning.
     pub processed_in_flight: u64,
+    /// Whether the barrier overtook data in flight (an unaligned checkpoint).
+    pub unaligned: bool,
+}
+
+/// The head's snapshot of an unaligned checkpoint, held until its channel state is
+/// complete.
+pub struct HeldSnapshot {
+    /// The head's subtask.
+    pub task: TaskRef,
+    /// What its synchronous phase captured.
+    pub snapshot: Snapshot,
+    /// How the synchronous phase went.
+    pub stats: SubtaskStats,
 }
 
 /// The operators of one subtask thread, in order.
@@ -279,12 +292,18 @@ impl Chain {
     /// The synchronous phase of `checkpoint` for every member, each acknowledged as its
     /// own subtask. The chain holds no records between members at a barrier: every batch
     /// went all the way down before the barrier was taken.
+    ///
+    /// With `hold_head` the head's snapshot is not submitted but returned, to be
+    /// submitted with its channel state once that is complete (unaligned); a declined
+    /// one is declined at once and `None` comes back.
     pub fn snapshot(
         &mut self,
         checkpoint: CheckpointId,
         timing: BarrierTiming,
         sink: Option<&Arc<dyn CheckpointSink>>,
-    ) -> Result<(), TaskError> {
+        hold_head: bool,
+    ) -> Result<Option<HeldSnapshot>, TaskError> {
+        let mut held = None;
         for at in 0..self.members.len() {
             let started = Instant::now();
             let member = &mut self.members[at];
@@ -304,6 +323,7 @@ impl Chain {
                 sync_duration: started.elapsed(),
                 sync_fuel,
                 processed_in_flight: timing.processed_in_flight,
+                unaligned: timing.unaligned,
                 ..SubtaskStats::default()
             };
             if let Some(sink) = sink {
@@ -316,11 +336,26 @@ impl Chain {
                         );
                         sink.decline(member.task, checkpoint, DeclineReason::Failed(why));
                     }
-                    snapshot => sink.submit(member.task, checkpoint, snapshot, stats),
+                    snapshot if hold_head && at == 0 => {
+                        held = Some(HeldSnapshot {
+                            task: member.task,
+                            snapshot,
+                            stats,
+                        });
+                    }
+                    snapshot => {
+                        sink.submit(
+                            member.task,
+                            checkpoint,
+                            snapshot,
+                            ChannelState::new(),
+                            stats,
+                        );
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(held)
     }
 
     /// Declines `checkpoint` for every member.

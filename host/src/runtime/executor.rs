@@ -5,25 +5,48 @@ use crate::checkpoint::AlignMode;
 use crate::checkpoint::coordinator::TaskRef;
 use crate::checkpoint::driver::{CheckpointDriver, CheckpointFailure, DriverSetup, DriverTask};
 use crate::runtime::chain::{Chain, Member};
+use crate::runtime::channel::{ChannelReceiver, ChannelSender, ControlSender, Wake, channel};
 use crate::runtime::input::InputGate;
 use crate::runtime::metrics::{MetricsSlot, NodeMetrics, SubtaskMetrics, TaskTimes};
 use crate::runtime::output::{Output, OutputEdge};
 use crate::runtime::record::Control;
-use crate::runtime::record::Message;
 use crate::runtime::task::{Restore, TaskContext, run_operator, run_source};
-use crate::runtime::{CANCEL_POLL, Operator, Source, SubtaskIndex, TaskError, TaskInfo};
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crate::runtime::{
+    CANCEL_POLL, ChannelState, Operator, Source, SubtaskIndex, TaskError, TaskInfo,
+};
+use crossbeam_channel::Receiver;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use crate::runtime::input::Debloat;
 pub use crate::runtime::output::Partitioner;
 
-/// Batches a channel holds before its producer blocks. Two would keep both sides busy
-/// with one batch in flight; four absorb jitter in a guest's batch time, and the memory a
-/// job can buffer stays `channels × 4 × batch-size` records.
-const CHANNEL_CAPACITY: usize = 4;
+/// How the channels between subtasks are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    /// Batches a channel holds before its producer blocks.
+    pub channel_capacity: usize,
+    /// Buffer debloating, when on.
+    pub debloat: Option<Debloat>,
+}
+
+impl Network {
+    /// Batches a channel holds by default. Two would keep both sides busy with one batch
+    /// in flight; four absorb jitter in a guest's batch time, and the memory a job can
+    /// buffer stays `channels × 4 × batch-size` records.
+    pub const CHANNEL_CAPACITY: usize = 4;
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            channel_capacity: Self::CHANNEL_CAPACITY,
+            debloat: None,
+        }
+    }
+}
 
 /// How often the executor logs the progress of a running job.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
@@ -78,6 +101,8 @@ pub struct Graph {
     pub nodes: Vec<GraphNode>,
     /// The job's number of key groups.
     pub max_parallelism: u32,
+    /// How its channels are made.
+    pub network: Network,
 }
 
 /// Stops a running job from another thread (Ctrl-C, a failure, a test).
@@ -157,6 +182,9 @@ pub struct RunOptions {
     pub mode: Option<AlignMode>,
     /// What each subtask restores, by node id and subtask index.
     pub restore: HashMap<(String, u32), Restore>,
+    /// The channel state each operator subtask replays before any new input, by node
+    /// id and subtask index.
+    pub channel_state: HashMap<(String, u32), ChannelState>,
     /// Where the run publishes its counters, when someone reads them.
     pub metrics: Option<MetricsSlot>,
 }
@@ -211,7 +239,10 @@ pub fn chains(graph: &Graph) -> Vec<Vec<usize>> {
 
 struct Wiring {
     /// Per node, per subtask: the receivers of its input channels.
-    inputs: Vec<Vec<Vec<Receiver<Message>>>>,
+    inputs: Vec<Vec<Vec<ChannelReceiver>>>,
+    /// Per node, per subtask: what wakes it when its input channels or its control
+    /// channel have something.
+    wakes: Vec<Vec<Arc<Wake>>>,
     /// Per node, per subtask: its output edges.
     outputs: Vec<Vec<Vec<OutputEdge>>>,
 }
@@ -243,7 +274,7 @@ impl Executor {
         for (n, node) in graph.nodes.iter().enumerate() {
             let mut node_controls = Vec::new();
             for s in 0..node.parallelism {
-                let (tx, rx) = crossbeam_channel::unbounded();
+                let (tx, rx) = ControlSender::new(wiring.wakes[n][s as usize].clone());
                 let task = TaskRef {
                     node: n,
                     subtask: SubtaskIndex(s),
@@ -276,10 +307,12 @@ impl Executor {
             let inputs = std::mem::take(&mut wiring.inputs[head]);
             let outputs = std::mem::take(&mut wiring.outputs[tail]);
             let head_controls = std::mem::take(&mut controls[head]);
-            for (s, ((receivers, edges), control)) in inputs
+            let wakes = std::mem::take(&mut wiring.wakes[head]);
+            for (s, (((receivers, edges), control), wake)) in inputs
                 .into_iter()
                 .zip(outputs)
                 .zip(head_controls)
+                .zip(wakes)
                 .enumerate()
             {
                 let index = u32::try_from(s).unwrap_or(u32::MAX);
@@ -295,6 +328,10 @@ impl Executor {
                     .collect();
                 let name = thread_name(&infos);
                 let head_name = infos[0].name();
+                let replay = options
+                    .channel_state
+                    .remove(&(graph.nodes[head].id.clone(), index))
+                    .unwrap_or_default();
                 let restores: Vec<Restore> = chain
                     .iter()
                     .map(|&n| {
@@ -320,8 +357,16 @@ impl Executor {
                     .collect();
                 let times = metrics[head].subtasks[s].times.clone();
                 let mut output = Output::new(edges, cancel.clone(), times.clone());
-                let mut gate =
-                    InputGate::new(receivers, control.clone(), cancel.clone(), times.clone());
+                let mut gate = InputGate::new(
+                    receivers,
+                    control.clone(),
+                    wake,
+                    cancel.clone(),
+                    times.clone(),
+                );
+                if let Some(debloat) = graph.network.debloat {
+                    gate.debloat(debloat);
+                }
                 let done = done_tx.clone();
                 let task_name = name.clone();
                 let spawned = std::thread::Builder::new()
@@ -334,6 +379,7 @@ impl Executor {
                             bodies,
                             &infos,
                             restores,
+                            replay,
                             &mut gate,
                             &mut output,
                             &control,
@@ -456,6 +502,7 @@ fn run_chain(
     bodies: Vec<(usize, NodeBody, usize)>,
     infos: &[TaskInfo],
     mut restores: Vec<Restore>,
+    replay: ChannelState,
     gate: &mut InputGate,
     output: &mut Output,
     control: &Receiver<Control>,
@@ -478,7 +525,7 @@ fn run_chain(
                 restores,
             )
         }
-        None => run_operator(&mut chain.1, gate, output, ctx, restores),
+        None => run_operator(&mut chain.1, gate, output, ctx, restores, replay),
     };
     (chain.1.failed_member().map(str::to_owned), result)
 }
@@ -570,7 +617,13 @@ fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
             .iter()
             .any(|c| c.windows(2).any(|w| w[0] == from && w[1] == to))
     };
-    let mut inputs: Vec<Vec<Vec<Receiver<Message>>>> = graph
+    let wakes: Vec<Vec<Arc<Wake>>> = graph
+        .nodes
+        .iter()
+        .map(|n| (0..n.parallelism).map(|_| Arc::default()).collect())
+        .collect();
+    let capacity = graph.network.channel_capacity;
+    let mut inputs: Vec<Vec<Vec<ChannelReceiver>>> = graph
         .nodes
         .iter()
         .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
@@ -588,14 +641,14 @@ fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
             let upstream = &graph.nodes[edge.from];
             for u in 0..upstream.parallelism as usize {
                 let batch_size = node.batch_size;
-                let channels: Vec<Sender<Message>> = if edge.partitioner == Partitioner::Forward {
-                    let (tx, rx) = bounded(CHANNEL_CAPACITY);
+                let channels: Vec<ChannelSender> = if edge.partitioner == Partitioner::Forward {
+                    let (tx, rx) = channel(capacity, wakes[d][u].clone());
                     inputs[d][u].push(rx);
                     vec![tx]
                 } else {
                     (0..node.parallelism as usize)
                         .map(|s| {
-                            let (tx, rx) = bounded(CHANNEL_CAPACITY);
+                            let (tx, rx) = channel(capacity, wakes[d][s].clone());
                             inputs[d][s].push(rx);
                             tx
                         })
@@ -610,7 +663,11 @@ fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
             }
         }
     }
-    Wiring { inputs, outputs }
+    Wiring {
+        inputs,
+        wakes,
+        outputs,
+    }
 }
 
 #[cfg(test)]
@@ -638,6 +695,7 @@ mod tests {
         Graph {
             nodes,
             max_parallelism: 128,
+            network: Network::default(),
         }
     }
 

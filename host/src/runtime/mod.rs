@@ -3,15 +3,17 @@
 //! Every subtask runs on its own OS thread, so that a guest busy with a batch never
 //! stalls another subtask or the async I/O runtime; nodes joined by a `forward` edge of
 //! equal parallelism share one (Flink's operator chaining). Subtasks talk only through bounded
-//! channels of [`Message`]s — data batches, barriers, watermarks and end-of-input in
-//! one stream — so a slow consumer back-pressures its producers all the way to the
-//! sources. The runtime knows nothing of WASM or of the job file's syntax: nodes come
-//! as [`Operator`] and [`Source`] factories.
+//! channels of [`Message`]s — data batches, watermarks and end-of-input in one stream,
+//! barriers on a priority lane beside it — so a slow consumer back-pressures its
+//! producers all the way to the sources, and a barrier can still overtake the data.
+//! The runtime knows nothing of WASM or of the job file's syntax: nodes come as
+//! [`Operator`] and [`Source`] factories.
 //!
 //! # Layout
 //! - `ids`: newtypes for checkpoint ids, subtask indices, key groups.
 //! - `batch`: [`Batch`], records in contiguous buffers: the unit of the data plane.
-//! - `record`: [`Record`] and the one [`Message`] type.
+//! - `record`: [`Record`], the data lane's [`Message`] and the barrier.
+//! - `channel`: the bounded channel between two subtasks, with its priority lane.
 //! - `keygroup`: key → key group → subtask, as Flink.
 //! - `output`: partitioners and per-channel batch buffers of a producing subtask.
 //! - `metrics`: records in and out and busy, idle and back-pressured time per subtask.
@@ -23,6 +25,7 @@
 
 pub mod batch;
 mod chain;
+pub mod channel;
 pub mod executor;
 pub mod ids;
 mod input;
@@ -134,6 +137,11 @@ impl TaskInfo {
 /// captured. It runs on the I/O runtime while the subtask goes on processing.
 pub type SnapshotWriter = Box<dyn FnOnce() -> Result<Vec<u8>, TaskError> + Send>;
 
+/// The in-flight data an unaligned checkpoint persisted for one subtask: per input
+/// channel, in the channel's order, the batches sent before the barrier that the
+/// subtask had not consumed when it took its snapshot. Empty for an aligned checkpoint.
+pub type ChannelState = Vec<Vec<Batch>>;
+
 /// What a subtask hands over in the synchronous phase of a checkpoint.
 pub enum Snapshot {
     /// The subtask's input ended and its logic has closed: on restore it is not run
@@ -216,6 +224,7 @@ pub trait CheckpointSink: Send + Sync {
         task: TaskRef,
         checkpoint: CheckpointId,
         snapshot: Snapshot,
+        channel_state: ChannelState,
         stats: SubtaskStats,
     );
     /// `task` will not take part in `checkpoint`.

@@ -9,11 +9,11 @@
 //! go to every channel: they never overtake the records emitted before them.
 
 use crate::runtime::batch::Batch;
+use crate::runtime::channel::{ChannelSender, SendError};
 use crate::runtime::keygroup::{key_group_of, subtask_for};
 use crate::runtime::metrics::{Activity, TaskTimes};
-use crate::runtime::record::Message;
+use crate::runtime::record::{Barrier, Message};
 use crate::runtime::{CANCEL_POLL, Fault, TaskError};
-use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,7 +37,7 @@ pub enum Partitioner {
 pub struct OutputEdge {
     target: String,
     partitioner: Partitioner,
-    channels: Vec<Sender<Message>>,
+    channels: Vec<ChannelSender>,
     buffers: Vec<Batch>,
     batch_size: usize,
     next: usize,
@@ -51,7 +51,7 @@ impl OutputEdge {
     pub fn new(
         target: String,
         partitioner: Partitioner,
-        channels: Vec<Sender<Message>>,
+        channels: Vec<ChannelSender>,
         batch_size: usize,
     ) -> Self {
         let buffers = channels.iter().map(|_| Batch::new()).collect();
@@ -120,13 +120,30 @@ impl Output {
         Ok(())
     }
 
-    /// Flushes, then sends `message` (a barrier, watermark or end of input) on every
-    /// channel.
+    /// Flushes, then sends `message` (a watermark or the end of input) on every channel.
     pub fn broadcast(&mut self, message: &Message) -> Result<(), TaskError> {
         self.flush()?;
         for edge in &self.edges {
             for channel in &edge.channels {
                 send(channel, message.clone(), &self.waits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `barrier` on every channel's priority lane, right behind the records
+    /// emitted before it; it waits for nothing.
+    pub fn barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
+        for edge in &mut self.edges {
+            for (channel, buffer) in edge.channels.iter().zip(&mut edge.buffers) {
+                if !buffer.is_empty() {
+                    channel
+                        .force(Message::Batch(std::mem::take(buffer)))
+                        .map_err(|_| TaskError::Disconnected)?;
+                }
+                channel
+                    .announce(barrier)
+                    .map_err(|_| TaskError::Disconnected)?;
             }
         }
         Ok(())
@@ -200,9 +217,11 @@ fn route(
     Ok(())
 }
 
-/// Sends the buffer of `channel` once it holds a batch's worth of records.
+/// Sends the buffer of `channel` once it holds a batch's worth of records, or as many
+/// as the channel may hold when that is less (buffer debloating).
 fn ship_if_full(edge: &mut OutputEdge, channel: usize, waits: &Waits) -> Result<(), TaskError> {
-    if edge.buffers[channel].len() >= edge.batch_size {
+    let full = edge.batch_size.min(edge.channels[channel].record_limit());
+    if edge.buffers[channel].len() >= full {
         let batch = std::mem::take(&mut edge.buffers[channel]);
         send(&edge.channels[channel], Message::Batch(batch), waits)?;
     }
@@ -211,18 +230,18 @@ fn ship_if_full(edge: &mut OutputEdge, channel: usize, waits: &Waits) -> Result<
 
 /// Sends `message`, blocking while the channel is full (that is the backpressure, and
 /// the time it takes is back-pressured time), but giving up when the job is cancelled.
-fn send(channel: &Sender<Message>, message: Message, waits: &Waits) -> Result<(), TaskError> {
+fn send(channel: &ChannelSender, message: Message, waits: &Waits) -> Result<(), TaskError> {
     let mut message = match channel.try_send(message) {
         Ok(()) => return Ok(()),
-        Err(TrySendError::Disconnected(_)) => return Err(TaskError::Disconnected),
-        Err(TrySendError::Full(back)) => back,
+        Err(SendError::Disconnected) => return Err(TaskError::Disconnected),
+        Err(SendError::Full(back)) => back,
     };
     waits.times.waiting(Activity::BackPressured, || {
         loop {
             match channel.send_timeout(message, CANCEL_POLL) {
                 Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Disconnected(_)) => return Err(TaskError::Disconnected),
-                Err(SendTimeoutError::Timeout(back)) => {
+                Err(SendError::Disconnected) => return Err(TaskError::Disconnected),
+                Err(SendError::Full(back)) => {
                     if waits.cancel.load(Ordering::Relaxed) {
                         return Err(TaskError::Cancelled);
                     }
@@ -237,21 +256,31 @@ fn send(channel: &Sender<Message>, message: Message, waits: &Waits) -> Result<()
 mod tests {
     use super::*;
     use crate::runtime::Record;
-    use crossbeam_channel::{Receiver, bounded};
+    use crate::runtime::channel::{ChannelReceiver, Polled, channel};
     use std::time::Duration;
 
     const BATCH: usize = 7;
 
-    fn edge(partitioner: Partitioner, n: usize) -> (OutputEdge, Vec<Receiver<Message>>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded(64)).unzip();
+    fn edge(partitioner: Partitioner, n: usize) -> (OutputEdge, Vec<ChannelReceiver>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| channel(64, Arc::default())).unzip();
         (
             OutputEdge::new("next".into(), partitioner, senders, BATCH),
             receivers,
         )
     }
 
-    fn drain(rx: &Receiver<Message>) -> Vec<Record> {
-        rx.try_iter()
+    fn messages(rx: &ChannelReceiver) -> Vec<Message> {
+        std::iter::from_fn(|| match rx.poll(true) {
+            Polled::Item(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+    }
+
+    fn drain(rx: &ChannelReceiver) -> Vec<Record> {
+        messages(rx)
+            .into_iter()
             .flat_map(|m| match m {
                 Message::Batch(b) => b.to_records(),
                 _ => Vec::new(),
@@ -325,8 +354,41 @@ mod tests {
         let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
         out.emit(&mut keyed(5))?;
         out.broadcast(&Message::EndOfInput)?;
-        let messages: Vec<Message> = rx[0].try_iter().collect();
+        let messages = messages(&rx[0]);
         assert!(matches!(&messages[..], [Message::Batch(b), Message::EndOfInput] if b.len() == 5));
+        Ok(())
+    }
+
+    #[test]
+    fn a_barrier_stands_right_behind_the_buffered_records_and_waits_for_no_room()
+    -> Result<(), TaskError> {
+        let (tx, rx) = channel(1, Arc::default());
+        let edge = OutputEdge::new("n".into(), Partitioner::Forward, vec![tx], BATCH);
+        let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
+        out.emit(&mut keyed(BATCH))?;
+        out.emit(&mut keyed(3))?;
+        let barrier = Barrier {
+            checkpoint: crate::runtime::CheckpointId(1),
+            triggered_at_ms: 0,
+            unaligned_after: Some(Duration::ZERO),
+        };
+        out.barrier(barrier)?;
+        let Polled::Announcement(a) = rx.poll(true) else {
+            panic!("the barrier is on the priority lane");
+        };
+        assert_eq!((a.barrier, a.position), (barrier, 2));
+        assert_eq!(drain(&rx).len(), BATCH + 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_debloated_channel_gets_smaller_batches() -> Result<(), TaskError> {
+        let (tx, rx) = channel(64, Arc::default());
+        rx.set_record_limit(3);
+        let edge = OutputEdge::new("n".into(), Partitioner::Forward, vec![tx], BATCH);
+        let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
+        out.emit(&mut keyed(3))?;
+        assert!(matches!(rx.poll(true), Polled::Item(Message::Batch(b)) if b.len() == 3));
         Ok(())
     }
 
@@ -346,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_full_channel_gives_up_when_the_job_is_cancelled() {
-        let (tx, _rx) = bounded(1);
+        let (tx, _rx) = channel(1, Arc::default());
         let cancel = Arc::new(AtomicBool::new(true));
         let times = Arc::new(TaskTimes::default());
         let mut out = Output::new(

@@ -3,6 +3,7 @@
 
 use crate::runtime::batch::{Batch, RecordRef};
 use crate::runtime::ids::CheckpointId;
+use std::time::Duration;
 
 /// One element of a stream, as the WIT contract's `record`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,7 +66,8 @@ impl Batch {
     }
 }
 
-/// A checkpoint barrier, injected by the sources and carried in-band.
+/// A checkpoint barrier, injected by the sources and carried on every channel's
+/// priority lane, stamped with its place among the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Barrier {
     /// The checkpoint the barrier belongs to.
@@ -73,6 +75,10 @@ pub struct Barrier {
     /// When the coordinator triggered the checkpoint, in milliseconds since the Unix
     /// epoch (as Flink's barrier timestamp); subtasks measure their start delay from it.
     pub triggered_at_ms: i64,
+    /// When the checkpoint turns unaligned, counted from its trigger: `None` keeps it
+    /// aligned (and at-least-once ignores it), zero makes it unaligned from the start,
+    /// and anything else is Flink's aligned-checkpoint timeout.
+    pub unaligned_after: Option<Duration>,
 }
 
 /// What the checkpoint coordinator tells a subtask, outside the data channels.
@@ -88,14 +94,12 @@ pub enum Control {
     Finish,
 }
 
-/// Everything a channel carries, in order. Data, barriers, watermarks and the end of the
-/// input share one channel, so that a barrier can never overtake the records before it.
+/// What a channel's data lane carries, in order. Barriers travel beside it, on the
+/// priority lane, with their place in this order ([`crate::runtime::channel`]).
 #[derive(Clone, Debug)]
 pub enum Message {
     /// A batch of records, moved by its buffers.
     Batch(Batch),
-    /// A checkpoint barrier.
-    Barrier(Barrier),
     /// Event time advanced to this many milliseconds.
     Watermark(i64),
     /// The upstream subtask has no more records. With checkpointing on, barriers may

@@ -10,16 +10,18 @@
 use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use crate::checkpoint::{AlignMode, Aligner, BarrierAction};
 use crate::runtime::batch::Batch;
-use crate::runtime::chain::{BarrierTiming, Chain};
+use crate::runtime::chain::{BarrierTiming, Chain, HeldSnapshot};
 use crate::runtime::input::{Event, InputGate};
 use crate::runtime::metrics::{Activity, SubtaskMetrics};
 use crate::runtime::output::Output;
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{
-    CheckpointId, CheckpointSink, Fault, Snapshot, Source, SourcePoll, TaskError, now_ms,
+    ChannelState, CheckpointId, CheckpointSink, Fault, Snapshot, Source, SourcePoll, TaskError,
+    now_ms,
 };
 use crate::state::RestoredFiles;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -142,20 +144,21 @@ fn source_loop(
                 let started = Instant::now();
                 let writer = source.snapshot(barrier.checkpoint)?;
                 let sync_duration = started.elapsed();
-                output.broadcast(&Message::Barrier(barrier))?;
+                output.barrier(barrier)?;
                 if let Some(sink) = &ctx.checkpoints {
                     let stats = SubtaskStats {
                         start_delay,
                         sync_duration,
                         ..SubtaskStats::default()
                     };
-                    sink.submit(ctx.task, barrier.checkpoint, Snapshot::State(writer), stats);
+                    let snapshot = Snapshot::State(writer);
+                    sink.submit(ctx.task, barrier.checkpoint, snapshot, Vec::new(), stats);
                 }
                 let timing = BarrierTiming {
                     start_delay,
                     ..BarrierTiming::default()
                 };
-                chain.snapshot(barrier.checkpoint, timing, ctx.checkpoints.as_ref())?;
+                chain.snapshot(barrier.checkpoint, timing, ctx.checkpoints.as_ref(), false)?;
             }
             Some(Control::Finish) => return Ok(()),
             Some(Control::Complete(id)) => chain.notify(id, true)?,
@@ -207,6 +210,32 @@ struct Alignment {
     processed_bytes: u64,
 }
 
+/// The most bytes of channel state one subtask holds for an unaligned checkpoint. What
+/// a barrier overtakes is bounded by the channels' capacity; what is recorded while a
+/// barrier is still to come is bounded by this, so that a producer whose barrier never
+/// comes cannot grow the host's memory: past it the checkpoint is declined.
+const CHANNEL_STATE_LIMIT: u64 = 256 << 20;
+
+/// An unaligned snapshot waiting for its channel state.
+struct Capturing {
+    checkpoint: CheckpointId,
+    /// Per input channel, the batches in order.
+    channels: ChannelState,
+    /// Their bytes of keys and values.
+    bytes: u64,
+    /// The head's snapshot, submitted with the channel state.
+    held: Option<HeldSnapshot>,
+}
+
+impl Capturing {
+    fn add(&mut self, channel: usize, batches: impl IntoIterator<Item = Batch>) {
+        for batch in batches {
+            self.bytes += u64::try_from(batch.payload_bytes()).unwrap_or(u64::MAX);
+            self.channels[channel].push(batch);
+        }
+    }
+}
+
 /// An operator subtask thread: the chain of operators it runs.
 struct OperatorTask<'a> {
     chain: &'a mut Chain,
@@ -214,18 +243,24 @@ struct OperatorTask<'a> {
     ctx: &'a TaskContext,
     aligner: Aligner,
     alignment: Option<Alignment>,
+    capturing: Option<Capturing>,
+    /// The barriers seen of checkpoints not yet resolved, to send on as they came.
+    barriers: BTreeMap<CheckpointId, Barrier>,
     /// The end of input went downstream.
     ended: bool,
 }
 
 /// Runs an operator (or sink) subtask, and the operators chained to it, until all its
 /// inputs have ended (and, with checkpointing on, its final checkpoint is complete).
+/// `replay` is the channel state of the checkpoint it restores from: it is processed
+/// before any new input, and before any watermark.
 pub fn run_operator(
     chain: &mut Chain,
     gate: &mut InputGate,
     output: &mut Output,
     ctx: &TaskContext,
     restores: Vec<Restore>,
+    replay: ChannelState,
 ) -> Result<(), TaskError> {
     chain.open(restores)?;
     let mut task = OperatorTask {
@@ -234,9 +269,11 @@ pub fn run_operator(
         ctx,
         aligner: Aligner::new(gate.len(), ctx.mode),
         alignment: None,
+        capturing: None,
+        barriers: BTreeMap::new(),
         ended: false,
     };
-    let result = task.run(gate);
+    let result = task.replay(replay).and_then(|()| task.run(gate));
     if matches!(result, Err(TaskError::Cancelled)) {
         task.chain.abandon();
     }
@@ -244,23 +281,51 @@ pub fn run_operator(
 }
 
 impl OperatorTask<'_> {
+    fn replay(&mut self, replay: ChannelState) -> Result<(), TaskError> {
+        for batch in replay.iter().flatten() {
+            self.chain.process(batch, self.output)?;
+        }
+        Ok(())
+    }
+
     fn run(&mut self, gate: &mut InputGate) -> Result<(), TaskError> {
         loop {
-            let deadline = self.chain.next_processing_timer();
+            let deadline = match (
+                self.chain.next_processing_timer(),
+                self.aligner.next_deadline(),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let output = &mut *self.output;
             let event = gate.next(deadline, || output.flush())?;
             match event {
-                Event::Batch(batch) => {
+                Event::Batch { channel, batch } => {
                     if let Some(alignment) = &mut self.alignment {
                         alignment.processed_bytes +=
                             u64::try_from(batch.payload_bytes()).unwrap_or(0);
                     }
+                    if let Some(checkpoint) = self.aligner.records(channel) {
+                        self.record(checkpoint, channel, &batch, gate)?;
+                    }
                     self.chain.process(&batch, self.output)?;
                 }
                 Event::Watermark(watermark) => self.chain.watermark(watermark, self.output)?,
+                Event::Announced { channel, barrier } => {
+                    self.barriers.entry(barrier.checkpoint).or_insert(barrier);
+                    let actions = self.aligner.on_announced(
+                        channel,
+                        barrier.checkpoint,
+                        barrier.unaligned_after,
+                        since_ms(barrier.triggered_at_ms),
+                        Instant::now(),
+                    );
+                    self.on_actions(actions, gate)?;
+                }
                 Event::Barrier { channel, barrier } => {
+                    self.barriers.entry(barrier.checkpoint).or_insert(barrier);
                     let actions = self.aligner.on_barrier(channel, barrier.checkpoint);
-                    self.on_actions(actions, barrier.triggered_at_ms)?;
+                    self.on_actions(actions, gate)?;
                 }
                 Event::Ended { .. } => {
                     // Not an end for the aligner: an upstream subtask outlives its end of
@@ -275,14 +340,83 @@ impl OperatorTask<'_> {
                         self.chain.watermark(w, self.output)?;
                     }
                 }
+                Event::Closed { channel } => {
+                    let actions = self.aligner.on_closed(channel);
+                    self.on_actions(actions, gate)?;
+                }
                 Event::Control(Control::Complete(id)) => self.chain.notify(id, true)?,
                 Event::Control(Control::Finish) => return Ok(()),
-                Event::Control(Control::Abort(id)) => self.chain.notify(id, false)?,
+                Event::Control(Control::Abort(id)) => {
+                    // An aborted or expired checkpoint unblocks its channels at once.
+                    let _ = self.aligner.abort(id);
+                    self.forget(id);
+                    self.chain.notify(id, false)?;
+                }
                 Event::Control(Control::Trigger(_)) => {}
-                Event::Deadline => self.chain.on_processing_time(Instant::now(), self.output)?,
+                Event::Deadline => {
+                    let now = Instant::now();
+                    let actions = self.aligner.on_tick(now);
+                    self.on_actions(actions, gate)?;
+                    if self.chain.next_processing_timer().is_some_and(|t| t <= now) {
+                        self.chain.on_processing_time(now, self.output)?;
+                    }
+                }
             }
             gate.set_blocked(self.aligner.blocked_channels());
         }
+    }
+
+    /// Drops what this subtask keeps of `checkpoint` and older ones: their alignment,
+    /// channel state and barriers.
+    fn forget(&mut self, checkpoint: CheckpointId) {
+        if self
+            .alignment
+            .as_ref()
+            .is_some_and(|a| a.checkpoint <= checkpoint)
+        {
+            self.alignment = None;
+        }
+        if self
+            .capturing
+            .as_ref()
+            .is_some_and(|c| c.checkpoint <= checkpoint)
+        {
+            self.capturing = None;
+        }
+        self.barriers = self.barriers.split_off(&CheckpointId(checkpoint.0 + 1));
+    }
+
+    /// A batch consumed from `channel` belongs to `checkpoint`'s channel state.
+    fn record(
+        &mut self,
+        checkpoint: CheckpointId,
+        channel: usize,
+        batch: &Batch,
+        gate: &mut InputGate,
+    ) -> Result<(), TaskError> {
+        let Some(capturing) = self
+            .capturing
+            .as_mut()
+            .filter(|c| c.checkpoint == checkpoint)
+        else {
+            return Ok(());
+        };
+        capturing.add(channel, [batch.clone()]);
+        if capturing.bytes > CHANNEL_STATE_LIMIT {
+            let why = format!(
+                "the in-flight data of unaligned checkpoint {checkpoint} grew past {} MiB while a barrier was still to come on input channel {channel}",
+                CHANNEL_STATE_LIMIT >> 20
+            );
+            tracing::warn!(checkpoint = checkpoint.0, "declining the checkpoint: {why}");
+            let _ = self.aligner.abort(checkpoint);
+            self.forget(checkpoint);
+            if let Some(sink) = &self.ctx.checkpoints {
+                self.chain
+                    .decline(checkpoint, &DeclineReason::Failed(why), sink);
+            }
+            gate.set_blocked(self.aligner.blocked_channels());
+        }
+        Ok(())
     }
 
     /// All inputs ended: the operators emit what they have left and close (unless they
@@ -297,11 +431,15 @@ impl OperatorTask<'_> {
     fn on_actions(
         &mut self,
         actions: Vec<BarrierAction>,
-        triggered_at_ms: i64,
+        gate: &mut InputGate,
     ) -> Result<(), TaskError> {
         for action in actions {
             match action {
                 BarrierAction::Started(checkpoint) => {
+                    let triggered_at_ms = self
+                        .barriers
+                        .get(&checkpoint)
+                        .map_or_else(now_ms, |b| b.triggered_at_ms);
                     self.alignment = Some(Alignment {
                         checkpoint,
                         first_barrier: Instant::now(),
@@ -309,17 +447,35 @@ impl OperatorTask<'_> {
                         processed_bytes: 0,
                     });
                 }
-                BarrierAction::Snapshot(checkpoint) => {
-                    self.snapshot(checkpoint, triggered_at_ms)?
+                BarrierAction::Snapshot {
+                    checkpoint,
+                    unaligned,
+                } => self.snapshot(checkpoint, unaligned, gate.len())?,
+                BarrierAction::Capture {
+                    checkpoint,
+                    channel,
+                } => {
+                    if let Some(capturing) = self
+                        .capturing
+                        .as_mut()
+                        .filter(|c| c.checkpoint == checkpoint)
+                    {
+                        capturing.add(channel, gate.in_flight(channel, checkpoint));
+                    }
+                }
+                BarrierAction::ChannelStateDone(checkpoint) => {
+                    let done = self.capturing.take_if(|c| c.checkpoint == checkpoint);
+                    if let (Some(done), Some(sink)) = (done, &self.ctx.checkpoints)
+                        && let Some(held) = done.held
+                    {
+                        let mut stats = held.stats;
+                        stats.persisted_in_flight = done.bytes;
+                        sink.submit(held.task, checkpoint, held.snapshot, done.channels, stats);
+                    }
+                    self.barriers = self.barriers.split_off(&CheckpointId(checkpoint.0 + 1));
                 }
                 BarrierAction::Abort { checkpoint, .. } => {
-                    if self
-                        .alignment
-                        .as_ref()
-                        .is_some_and(|a| a.checkpoint == checkpoint)
-                    {
-                        self.alignment = None;
-                    }
+                    self.forget(checkpoint);
                     if let Some(sink) = &self.ctx.checkpoints {
                         self.chain
                             .decline(checkpoint, &DeclineReason::Subsumed, sink);
@@ -330,30 +486,49 @@ impl OperatorTask<'_> {
         Ok(())
     }
 
-    /// The synchronous phase: forward the barrier, snapshot, hand the rest off.
+    /// The synchronous phase: forward the barrier, snapshot, hand the rest off (or,
+    /// unaligned, hold the head's snapshot until its channel state is captured).
     fn snapshot(
         &mut self,
         checkpoint: CheckpointId,
-        triggered_at_ms: i64,
+        unaligned: bool,
+        channels: usize,
     ) -> Result<(), TaskError> {
+        let barrier = self.barriers.get(&checkpoint).copied().unwrap_or(Barrier {
+            checkpoint,
+            triggered_at_ms: now_ms(),
+            unaligned_after: None,
+        });
         let alignment = self.alignment.take().filter(|a| a.checkpoint == checkpoint);
         let timing = match &alignment {
             Some(a) => BarrierTiming {
                 start_delay: a.start_delay,
                 alignment_duration: a.first_barrier.elapsed(),
                 processed_in_flight: a.processed_bytes,
+                unaligned,
             },
             None => BarrierTiming {
-                start_delay: since_ms(triggered_at_ms),
+                start_delay: since_ms(barrier.triggered_at_ms),
+                unaligned,
                 ..BarrierTiming::default()
             },
         };
-        // Downstream can start aligning while this subtask snapshots.
-        self.output.broadcast(&Message::Barrier(Barrier {
-            checkpoint,
-            triggered_at_ms,
-        }))?;
-        self.chain
-            .snapshot(checkpoint, timing, self.ctx.checkpoints.as_ref())
+        // Downstream can start aligning while this subtask snapshots; an unaligned
+        // barrier overtakes everything this subtask's output channels hold.
+        self.output.barrier(barrier)?;
+        let held =
+            self.chain
+                .snapshot(checkpoint, timing, self.ctx.checkpoints.as_ref(), unaligned)?;
+        if unaligned {
+            self.capturing = Some(Capturing {
+                checkpoint,
+                channels: vec![Vec::new(); channels],
+                bytes: 0,
+                held,
+            });
+        } else {
+            self.barriers = self.barriers.split_off(&CheckpointId(checkpoint.0 + 1));
+        }
+        Ok(())
     }
 }

@@ -552,7 +552,7 @@ pub fn checkpoint_subtasks(c: &CheckpointRecord, vertex: &Vertex) -> Value {
                     "duration": ms(a.stats.alignment_duration),
                 },
                 "start_delay": ms(a.stats.start_delay),
-                "unaligned_checkpoint": c.unaligned,
+                "unaligned_checkpoint": a.stats.unaligned,
                 "aborted": c.status == CheckpointStatus::Failed,
                 "sync_fuel": a.stats.sync_fuel,
             }),
