@@ -145,6 +145,44 @@ pub fn completed_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
+/// Runs the job file `text` (named `name`, checkpointing into `checkpoints`) in
+/// `scratch` until `done` holds for its completed checkpoints (oldest first), then kills
+/// it: a kill keeps the checkpoints. Returns its log.
+///
+/// # Panics
+/// When the job ends or `done` does not hold within `wait`, with the log.
+pub fn run_until_checkpoints(
+    scratch: &Scratch,
+    name: &str,
+    text: &str,
+    wait: Duration,
+    done: impl Fn(&[(u64, PathBuf)]) -> bool,
+) -> String {
+    let job = scratch.write("job.toml", text);
+    let log = scratch.path().join("weir.log");
+    let child = scratch
+        .weir(&["run", job.to_str().unwrap_or_default()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .spawn()
+        .expect("weir starts");
+    let child = std::cell::RefCell::new(child);
+    let dir = scratch.path().join("checkpoints").join(name);
+    let ended = || child.borrow_mut().try_wait().ok().flatten().is_some();
+    let reached = eventually(wait, || done(&completed_checkpoints(&dir)) || ended());
+    let still_running = !ended();
+    let mut child = child.into_inner();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        reached && still_running,
+        "the job {} before its checkpoints were there:\n{log}",
+        if reached { "ended" } else { "took too long" },
+    );
+    log
+}
+
 /// A scratch directory for one test, with its own compile cache.
 pub struct Scratch {
     dir: tempfile::TempDir,

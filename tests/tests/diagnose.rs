@@ -4,11 +4,9 @@
 //! runs until a few checkpoints have completed and is then killed; the diagnosis reads
 //! the latest completed one, as a user's would.
 
-use std::cell::RefCell;
-use std::fs::File;
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
-use weir_tests::{Scratch, completed_checkpoints, describe, eventually, guest, toml_path};
+use weir_tests::{Scratch, describe, guest, run_until_checkpoints, toml_path};
 
 /// How long a test waits for checkpoints a job completes within a second or two.
 const WAIT: Duration = Duration::from_secs(60);
@@ -16,40 +14,12 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Exit code of a checkpoint that cannot be read.
 const EXIT_FAILED: i32 = 1;
 
-/// Runs the job `text` (named `name`, checkpointing into `checkpoints`) until its
-/// checkpoint `checkpoint` (or a later one: retention keeps only the latest) has
-/// completed, then kills it: a kill keeps the checkpoints.
-///
-/// # Panics
-/// When the job ends or takes longer than [`WAIT`], with its log.
+/// Runs the job `text` (named `name`) until its checkpoint `checkpoint` (or a later one:
+/// retention keeps only the latest) has completed, then kills it.
 fn run_until_checkpoint(scratch: &Scratch, name: &str, text: &str, checkpoint: u64) {
-    let job = scratch.write("job.toml", text);
-    let log = scratch.path().join("weir.log");
-    let child: Child = scratch
-        .weir(&["run", job.to_str().unwrap_or_default()])
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).expect("a log file"))
-        .spawn()
-        .expect("weir starts");
-    let child = RefCell::new(child);
-    let dir = scratch.path().join("checkpoints").join(name);
-    let ended = || child.borrow_mut().try_wait().ok().flatten().is_some();
-    let done = eventually(WAIT, || {
-        completed_checkpoints(&dir)
-            .last()
-            .is_some_and(|(n, _)| *n >= checkpoint)
-            || ended()
+    run_until_checkpoints(scratch, name, text, WAIT, |done| {
+        done.last().is_some_and(|(n, _)| *n >= checkpoint)
     });
-    let still_running = !ended();
-    let mut child = child.into_inner();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        done && still_running,
-        "the job {} before checkpoint {checkpoint} completed:\n{}",
-        if done { "ended" } else { "took too long" },
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
 }
 
 /// `weir checkpoints diagnose checkpoints`, as text (for a person, and for failure

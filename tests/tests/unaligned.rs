@@ -5,12 +5,9 @@
 //! checkpoint's channel state replays on restore, or is dropped when
 //! `recover-without-channel-state` names it.
 
-use std::cell::RefCell;
-use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
-use weir_tests::{Scratch, completed_checkpoints, describe, eventually, toml_path};
+use weir_tests::{Scratch, completed_checkpoints, describe, run_until_checkpoints, toml_path};
 
 /// How long a test waits for checkpoints that take a second or two each.
 const WAIT: Duration = Duration::from_secs(90);
@@ -62,36 +59,9 @@ partition = "rebalance"
 const SLOW_BLACKHOLE: &str = "kind = \"blackhole\"\nrate = 3000";
 
 /// Runs `text` until `checkpoints` checkpoints have completed, then kills it (a kill
-/// keeps every checkpoint). Returns the log.
-///
-/// # Panics
-/// When the job ends or takes longer than [`WAIT`], with its log.
-fn run_until(scratch: &Scratch, name: &str, text: &str, checkpoints: usize) -> String {
-    let job = scratch.write("job.toml", text);
-    let log = scratch.path().join("weir.log");
-    let child: Child = scratch
-        .weir(&["run", job.to_str().unwrap_or_default()])
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).expect("a log file"))
-        .spawn()
-        .expect("weir starts");
-    let child = RefCell::new(child);
-    let dir = scratch.path().join("checkpoints").join(name);
-    let ended = || child.borrow_mut().try_wait().ok().flatten().is_some();
-    let done = eventually(WAIT, || {
-        completed_checkpoints(&dir).len() >= checkpoints || ended()
-    });
-    let still_running = !ended();
-    let mut child = child.into_inner();
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        done && still_running,
-        "the job {} before {checkpoints} checkpoints completed:\n{log}",
-        if done { "ended" } else { "took too long" },
-    );
-    log
+/// keeps every checkpoint).
+fn run_until(scratch: &Scratch, name: &str, text: &str, checkpoints: usize) {
+    run_until_checkpoints(scratch, name, text, WAIT, |done| done.len() >= checkpoints);
 }
 
 /// `weir checkpoints show` of every completed checkpoint of job `name`: (id, report).

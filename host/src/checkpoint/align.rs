@@ -241,8 +241,10 @@ impl Aligner {
         if self.mode == AlignMode::AtLeastOnce || !self.is_open(channel) {
             return Vec::new();
         }
+        // An older checkpoint whose aligned phase ran out turns unaligned first.
+        let mut actions = self.on_tick(now);
         let Some(at) = self.entry(checkpoint) else {
-            return Vec::new();
+            return actions;
         };
         let tracked = &mut self.tracked[at];
         if tracked.deadline.is_none()
@@ -250,7 +252,7 @@ impl Aligner {
         {
             tracked.deadline = Some(now + after.saturating_sub(since_trigger));
         }
-        let mut actions = Vec::new();
+
         match tracked.channels[channel] {
             Progress::Waiting => tracked.channels[channel] = Progress::Announced,
             Progress::Recording => {
@@ -310,15 +312,15 @@ impl Aligner {
     /// unaligned.
     #[must_use = "the subtask must perform the actions"]
     pub fn on_tick(&mut self, now: Instant) -> Vec<BarrierAction> {
-        let due = self.tracked.iter().position(|t| {
+        let mut actions = Vec::new();
+        while let Some(at) = self.tracked.iter().position(|t| {
             t.phase != Phase::Capturing && t.deadline.is_some_and(|d| d <= now) && {
                 t.phase == Phase::Aligning || t.channels.iter().any(|p| *p == Progress::Announced)
             }
-        });
-        match due {
-            Some(at) => self.go_unaligned(at),
-            None => Vec::new(),
+        }) {
+            actions.extend(self.go_unaligned(at));
         }
+        actions
     }
 
     /// When [`Aligner::on_tick`] must be called next, if ever.

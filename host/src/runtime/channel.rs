@@ -104,7 +104,11 @@ struct Lanes {
 struct Shared {
     lanes: Mutex<Lanes>,
     room: Condvar,
+    /// The consumer's.
     wake: Arc<Wake>,
+    /// The producer's: it waits for room in its own [`Wake`] when it would rather see
+    /// its barriers and control meanwhile ([`ChannelSender::has_room`]).
+    producer: Arc<Wake>,
     /// Data items the lane holds before the producer blocks.
     capacity: usize,
     /// Records the lane holds before the producer blocks (buffer debloating); an empty
@@ -142,12 +146,18 @@ pub struct ChannelSender(Arc<Shared>);
 #[derive(Debug)]
 pub struct ChannelReceiver(Arc<Shared>);
 
-/// A channel holding at most `capacity` data items, whose consumer `wake` wakes.
-pub fn channel(capacity: usize, wake: Arc<Wake>) -> (ChannelSender, ChannelReceiver) {
+/// A channel holding at most `capacity` data items, whose consumer `wake` wakes and whose
+/// producer `producer` wakes when room frees up.
+pub fn channel(
+    capacity: usize,
+    wake: Arc<Wake>,
+    producer: Arc<Wake>,
+) -> (ChannelSender, ChannelReceiver) {
     let shared = Arc::new(Shared {
         lanes: Mutex::new(Lanes::default()),
         room: Condvar::new(),
         wake,
+        producer,
         capacity: capacity.max(1),
         record_limit: AtomicUsize::new(usize::MAX),
     });
@@ -235,6 +245,20 @@ impl ChannelSender {
         Ok(())
     }
 
+    /// Whether the lane has room for another batch now. When it has not, the producer
+    /// is woken (through its own [`Wake`]) once it has.
+    pub fn has_room(&self) -> bool {
+        let mut lanes = self.0.lock();
+        let room = lanes.receiver_gone
+            || (lanes.data.len() < self.0.capacity
+                && (lanes.records == 0
+                    || lanes.records < self.0.record_limit.load(Ordering::Relaxed)));
+        if !room {
+            lanes.sender_waiting = true;
+        }
+        room
+    }
+
     /// The records a batch may hold so that the lane takes it (the debloated size).
     pub fn record_limit(&self) -> usize {
         self.0.record_limit.load(Ordering::Relaxed)
@@ -267,6 +291,7 @@ impl ChannelReceiver {
                 if lanes.sender_waiting {
                     lanes.sender_waiting = false;
                     self.0.room.notify_one();
+                    self.0.producer.wake();
                 }
                 Polled::Item(message)
             }
@@ -297,6 +322,7 @@ impl ChannelReceiver {
         let lanes = self.0.lock();
         if lanes.sender_waiting {
             self.0.room.notify_one();
+            self.0.producer.wake();
         }
     }
 
@@ -312,6 +338,7 @@ impl Drop for ChannelReceiver {
         lanes.receiver_gone = true;
         lanes.data.clear();
         self.0.room.notify_all();
+        self.0.producer.wake();
     }
 }
 
@@ -361,7 +388,7 @@ mod tests {
     }
 
     fn pair(capacity: usize) -> (ChannelSender, ChannelReceiver) {
-        channel(capacity, Arc::default())
+        channel(capacity, Arc::default(), Arc::default())
     }
 
     #[test]
@@ -437,6 +464,24 @@ mod tests {
     }
 
     #[test]
+    fn a_producer_without_room_is_woken_when_the_consumer_pops() {
+        let producer = Arc::new(Wake::default());
+        let (tx, rx) = channel(1, Arc::default(), producer.clone());
+        assert!(tx.try_send(batch(1)).is_ok());
+        let waiter = std::thread::spawn(move || {
+            producer.register();
+            let until = Instant::now() + Duration::from_secs(10);
+            while !tx.has_room() {
+                producer.wait_until(until);
+            }
+            Instant::now() < until
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(matches!(rx.poll(true), Polled::Item(_)));
+        assert!(waiter.join().unwrap_or(false));
+    }
+
+    #[test]
     fn force_ignores_the_capacity() {
         let (tx, rx) = pair(1);
         assert!(tx.try_send(batch(1)).is_ok());
@@ -464,7 +509,7 @@ mod tests {
     #[test]
     fn a_send_wakes_the_registered_consumer() {
         let wake = Arc::new(Wake::default());
-        let (tx, rx) = channel(1, wake.clone());
+        let (tx, rx) = channel(1, wake.clone(), Arc::default());
         let consumer = std::thread::spawn(move || {
             wake.register();
             let until = Instant::now() + Duration::from_secs(10);

@@ -349,6 +349,7 @@ impl Executor {
                     checkpoints: sink.clone(),
                     mode,
                     metrics: metrics[head].subtasks[s].clone(),
+                    wake: wake.clone(),
                     cancel: cancel.clone(),
                 };
                 let bodies: Vec<(usize, NodeBody, usize)> = chain
@@ -623,6 +624,13 @@ fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
         .map(|n| (0..n.parallelism).map(|_| Arc::default()).collect())
         .collect();
     let capacity = graph.network.channel_capacity;
+    // A channel's producer is the thread of the chain its node is in: the chain's head.
+    let mut head_of = vec![0; graph.nodes.len()];
+    for chain in chains {
+        for &n in chain {
+            head_of[n] = chain[0];
+        }
+    }
     let mut inputs: Vec<Vec<Vec<ChannelReceiver>>> = graph
         .nodes
         .iter()
@@ -641,14 +649,15 @@ fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
             let upstream = &graph.nodes[edge.from];
             for u in 0..upstream.parallelism as usize {
                 let batch_size = node.batch_size;
+                let producer = &wakes[head_of[edge.from]][u];
                 let channels: Vec<ChannelSender> = if edge.partitioner == Partitioner::Forward {
-                    let (tx, rx) = channel(capacity, wakes[d][u].clone());
+                    let (tx, rx) = channel(capacity, wakes[d][u].clone(), producer.clone());
                     inputs[d][u].push(rx);
                     vec![tx]
                 } else {
                     (0..node.parallelism as usize)
                         .map(|s| {
-                            let (tx, rx) = channel(capacity, wakes[d][s].clone());
+                            let (tx, rx) = channel(capacity, wakes[d][s].clone(), producer.clone());
                             inputs[d][s].push(rx);
                             tx
                         })

@@ -17,6 +17,7 @@
 use crate::runtime::batch::Batch;
 use crate::runtime::channel::{Announcement, ChannelReceiver, Polled, Wake};
 use crate::runtime::metrics::{Activity, TaskTimes};
+use crate::runtime::output::Output;
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{CANCEL_POLL, CheckpointId, TaskError};
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -199,28 +200,31 @@ impl InputGate {
         }
     }
 
-    /// The next event. When nothing is ready it calls `idle` once (the subtask flushes
-    /// its output there), then waits until `deadline` at the latest.
+    /// The next event. Data is read only while `output` has room for what processing it
+    /// emits (Flink's output availability): a back-pressured subtask waits here, not in
+    /// a send, so that it still sees barriers and control. When nothing is ready it
+    /// flushes `output` once, then waits until `deadline` at the latest.
     pub fn next(
         &mut self,
         deadline: Option<Instant>,
-        mut idle: impl FnMut() -> Result<(), TaskError>,
+        output: &mut Output,
     ) -> Result<Event, TaskError> {
         if !self.registered {
             self.wake.register();
             self.registered = true;
         }
-        let mut idled = false;
+        let mut flushed = false;
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(TaskError::Cancelled);
             }
-            if let Some(event) = self.poll()? {
+            let room = output.has_room();
+            if let Some(event) = self.poll(room)? {
                 return Ok(event);
             }
-            if !idled {
-                idle()?;
-                idled = true;
+            if room && !flushed {
+                output.flush()?;
+                flushed = true;
                 continue;
             }
             let now = Instant::now();
@@ -228,14 +232,18 @@ impl InputGate {
                 return Ok(Event::Deadline);
             }
             let wake = deadline.map_or(now + CANCEL_POLL, |d| d.min(now + CANCEL_POLL));
-            self.times
-                .waiting(Activity::Idle, || self.wake.wait_until(wake));
+            let waiting = if room {
+                Activity::Idle
+            } else {
+                Activity::BackPressured
+            };
+            self.times.waiting(waiting, || self.wake.wait_until(wake));
         }
     }
 
     /// One look at the control channel and every channel, in turn from the one after
-    /// the last that had something.
-    fn poll(&mut self) -> Result<Option<Event>, TaskError> {
+    /// the last that had something; data only with `data`.
+    fn poll(&mut self, data: bool) -> Result<Option<Event>, TaskError> {
         match self.control.try_recv() {
             Ok(control) => return Ok(Some(Event::Control(control))),
             // The executor is gone: nobody will ever tell this subtask anything again.
@@ -262,7 +270,7 @@ impl InputGate {
                     }));
                 }
             }
-            match self.channels[channel].poll(!s.blocked && !at_barrier) {
+            match self.channels[channel].poll(data && !s.blocked && !at_barrier) {
                 Polled::Announcement(a) => {
                     s.announced.push_back(a);
                     self.next = channel + 1;
@@ -358,7 +366,9 @@ mod tests {
 
     fn gate(n: usize) -> (InputGate, Vec<ChannelSender>, ControlSender) {
         let wake = Arc::new(Wake::default());
-        let (tx, rx): (Vec<_>, Vec<_>) = (0..n).map(|_| channel(16, wake.clone())).unzip();
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| channel(16, wake.clone(), Arc::default()))
+            .unzip();
         let (ctx, crx) = ControlSender::new(wake.clone());
         (
             InputGate::new(rx, crx, wake, Arc::default(), Arc::default()),
@@ -367,8 +377,9 @@ mod tests {
         )
     }
 
-    fn no_idle() -> Result<(), TaskError> {
-        Ok(())
+    /// A subtask without output: it always has room.
+    fn no_output() -> Output {
+        Output::new(Vec::new(), Arc::default(), Arc::default())
     }
 
     fn barrier(n: u64) -> Barrier {
@@ -391,18 +402,21 @@ mod tests {
             .try_send(Message::Watermark(10))
             .map_err(|e| format!("{e:?}"))?;
         assert!(
-            g.next(Some(Instant::now()), no_idle)
+            g.next(Some(Instant::now()), &mut no_output())
                 .is_ok_and(|e| matches!(e, Event::Deadline))
         );
         tx[1]
             .try_send(Message::Watermark(5))
             .map_err(|e| format!("{e:?}"))?;
-        assert!(matches!(g.next(None, no_idle)?, Event::Watermark(5)));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
+            Event::Watermark(5)
+        ));
         tx[1]
             .try_send(Message::EndOfInput)
             .map_err(|e| format!("{e:?}"))?;
         assert!(matches!(
-            g.next(None, no_idle)?,
+            g.next(None, &mut no_output())?,
             Event::Ended { channel: 1 }
         ));
         assert!(matches!(g.advance_watermark(), Some(Event::Watermark(10))));
@@ -417,7 +431,7 @@ mod tests {
             .try_send(Message::EndOfInput)
             .map_err(|e| format!("{e:?}"))?;
         assert!(matches!(
-            g.next(None, no_idle)?,
+            g.next(None, &mut no_output())?,
             Event::Ended { channel: 0 }
         ));
         assert!(!g.all_ended());
@@ -425,7 +439,7 @@ mod tests {
             .try_send(Message::EndOfInput)
             .map_err(|e| format!("{e:?}"))?;
         assert!(matches!(
-            g.next(None, no_idle)?,
+            g.next(None, &mut no_output())?,
             Event::Ended { channel: 1 }
         ));
         assert!(g.all_ended());
@@ -438,21 +452,21 @@ mod tests {
         tx[0].try_send(held()).map_err(|e| format!("{e:?}"))?;
         g.set_blocked([0]);
         assert!(matches!(
-            g.next(Some(Instant::now()), no_idle)?,
+            g.next(Some(Instant::now()), &mut no_output())?,
             Event::Deadline
         ));
         tx[1].announce(barrier(1)).map_err(|e| format!("{e:?}"))?;
         assert!(matches!(
-            g.next(None, no_idle)?,
+            g.next(None, &mut no_output())?,
             Event::Announced { channel: 1, .. }
         ));
         assert!(matches!(
-            g.next(None, no_idle)?,
+            g.next(None, &mut no_output())?,
             Event::Barrier { channel: 1, .. }
         ));
         g.set_blocked([]);
         assert!(
-            matches!(g.next(None, no_idle)?, Event::Batch { channel: 0, batch } if batch.get(0).value == b"held")
+            matches!(g.next(None, &mut no_output())?, Event::Batch { channel: 0, batch } if batch.get(0).value == b"held")
         );
         Ok(())
     }
@@ -464,12 +478,24 @@ mod tests {
         tx[0].try_send(held()).map_err(|e| format!("{e:?}"))?;
         tx[0].announce(barrier(1)).map_err(|e| format!("{e:?}"))?;
         tx[0].try_send(held()).map_err(|e| format!("{e:?}"))?;
-        assert!(matches!(g.next(None, no_idle)?, Event::Announced { .. }));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
+            Event::Announced { .. }
+        ));
         assert_eq!(g.in_flight(0, CheckpointId(1)).len(), 1);
-        assert!(matches!(g.next(None, no_idle)?, Event::Batch { .. }));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
+            Event::Batch { .. }
+        ));
         assert!(g.in_flight(0, CheckpointId(1)).is_empty());
-        assert!(matches!(g.next(None, no_idle)?, Event::Barrier { .. }));
-        assert!(matches!(g.next(None, no_idle)?, Event::Batch { .. }));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
+            Event::Barrier { .. }
+        ));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
+            Event::Batch { .. }
+        ));
         Ok(())
     }
 
@@ -479,9 +505,12 @@ mod tests {
         tx[0].try_send(held()).map_err(|e| format!("{e:?}"))?;
         tx[0].announce(barrier(2)).map_err(|e| format!("{e:?}"))?;
         g.set_blocked([0]);
-        assert!(matches!(g.next(None, no_idle)?, Event::Announced { .. }));
         assert!(matches!(
-            g.next(Some(Instant::now()), no_idle)?,
+            g.next(None, &mut no_output())?,
+            Event::Announced { .. }
+        ));
+        assert!(matches!(
+            g.next(Some(Instant::now()), &mut no_output())?,
             Event::Deadline
         ));
         Ok(())
@@ -494,10 +523,16 @@ mod tests {
             .try_send(Message::EndOfInput)
             .map_err(|e| format!("{e:?}"))?;
         tx[0].announce(barrier(9)).map_err(|e| format!("{e:?}"))?;
-        assert!(matches!(g.next(None, no_idle)?, Event::Announced { .. }));
-        assert!(matches!(g.next(None, no_idle)?, Event::Ended { .. }));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
+            Event::Announced { .. }
+        ));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
+            Event::Ended { .. }
+        ));
         assert!(
-            matches!(g.next(None, no_idle)?, Event::Barrier { barrier, .. } if barrier.checkpoint == CheckpointId(9))
+            matches!(g.next(None, &mut no_output())?, Event::Barrier { barrier, .. } if barrier.checkpoint == CheckpointId(9))
         );
         Ok(())
     }
@@ -507,23 +542,45 @@ mod tests {
         let (mut g, _tx, control) = gate(1);
         control.send(Control::Complete(CheckpointId(3)));
         assert!(matches!(
-            g.next(None, no_idle)?,
+            g.next(None, &mut no_output())?,
             Event::Control(Control::Complete(CheckpointId(3)))
         ));
         Ok(())
     }
 
     #[test]
-    fn an_empty_gate_calls_idle_once_and_reports_the_deadline()
-    -> Result<(), Box<dyn std::error::Error>> {
+    fn an_empty_gate_reports_the_deadline() -> Result<(), Box<dyn std::error::Error>> {
         let (mut g, _tx, _c) = gate(2);
-        let mut idles = 0;
-        let event = g.next(Some(Instant::now()), || {
-            idles += 1;
-            Ok(())
-        })?;
+        let event = g.next(Some(Instant::now()), &mut no_output())?;
         assert!(matches!(event, Event::Deadline));
-        assert_eq!(idles, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_subtask_whose_output_is_full_reads_barriers_but_no_data()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (mut g, tx, _c) = gate(1);
+        let (out_tx, out_rx) = channel(1, Arc::default(), Arc::default());
+        out_tx.try_send(held()).map_err(|e| format!("{e:?}"))?;
+        let mut full = Output::new(
+            vec![crate::runtime::output::OutputEdge::new(
+                "next".into(),
+                crate::runtime::output::Partitioner::Forward,
+                vec![out_tx],
+                16,
+            )],
+            Arc::default(),
+            Arc::default(),
+        );
+        tx[0].try_send(held()).map_err(|e| format!("{e:?}"))?;
+        tx[0].announce(barrier(1)).map_err(|e| format!("{e:?}"))?;
+        assert!(matches!(g.next(None, &mut full)?, Event::Announced { .. }));
+        assert!(matches!(
+            g.next(Some(Instant::now()), &mut full)?,
+            Event::Deadline
+        ));
+        assert!(matches!(out_rx.poll(true), Polled::Item(_)));
+        assert!(matches!(g.next(None, &mut full)?, Event::Batch { .. }));
         Ok(())
     }
 
@@ -532,7 +589,7 @@ mod tests {
         let (mut g, tx, _c) = gate(1);
         drop(tx);
         assert!(matches!(
-            g.next(None, no_idle),
+            g.next(None, &mut no_output()),
             Err(TaskError::Disconnected)
         ));
     }
@@ -545,13 +602,16 @@ mod tests {
             .try_send(Message::EndOfInput)
             .map_err(|e| format!("{e:?}"))?;
         drop(tx);
-        assert!(matches!(g.next(None, no_idle)?, Event::Ended { .. }));
         assert!(matches!(
-            g.next(None, no_idle)?,
+            g.next(None, &mut no_output())?,
+            Event::Ended { .. }
+        ));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
             Event::Closed { channel: 0 }
         ));
         assert!(matches!(
-            g.next(Some(Instant::now()), no_idle)?,
+            g.next(Some(Instant::now()), &mut no_output())?,
             Event::Deadline
         ));
         Ok(())
@@ -574,7 +634,10 @@ mod tests {
             .try_send(Message::Batch(batch))
             .map_err(|e| format!("{e:?}"))?;
         std::thread::sleep(Duration::from_millis(5));
-        assert!(matches!(g.next(None, no_idle)?, Event::Batch { .. }));
+        assert!(matches!(
+            g.next(None, &mut no_output())?,
+            Event::Batch { .. }
+        ));
         // At most 1000 records in about 5 ms busy: 200,000/s, a tenth of a second of it
         // shared by two channels is at most 10,000 each.
         let limit = tx[0].record_limit();

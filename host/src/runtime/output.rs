@@ -107,6 +107,16 @@ impl Output {
         Ok(())
     }
 
+    /// Whether every channel has room for another batch: the subtask reads its next
+    /// input only then, so that it seldom blocks while sending and sees its barriers
+    /// and control meanwhile (Flink's output availability). When not, the subtask's
+    /// [`Wake`](crate::runtime::channel::Wake) wakes it once there is room.
+    pub fn has_room(&self) -> bool {
+        self.edges
+            .iter()
+            .all(|edge| edge.channels.iter().all(ChannelSender::has_room))
+    }
+
     /// Sends every non-empty buffer.
     pub fn flush(&mut self) -> Result<(), TaskError> {
         for edge in &mut self.edges {
@@ -262,8 +272,9 @@ mod tests {
     const BATCH: usize = 7;
 
     fn edge(partitioner: Partitioner, n: usize) -> (OutputEdge, Vec<ChannelReceiver>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..n).map(|_| channel(64, Arc::default())).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| channel(64, Arc::default(), Arc::default()))
+            .unzip();
         (
             OutputEdge::new("next".into(), partitioner, senders, BATCH),
             receivers,
@@ -362,7 +373,7 @@ mod tests {
     #[test]
     fn a_barrier_stands_right_behind_the_buffered_records_and_waits_for_no_room()
     -> Result<(), TaskError> {
-        let (tx, rx) = channel(1, Arc::default());
+        let (tx, rx) = channel(1, Arc::default(), Arc::default());
         let edge = OutputEdge::new("n".into(), Partitioner::Forward, vec![tx], BATCH);
         let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
         out.emit(&mut keyed(BATCH))?;
@@ -383,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_debloated_channel_gets_smaller_batches() -> Result<(), TaskError> {
-        let (tx, rx) = channel(64, Arc::default());
+        let (tx, rx) = channel(64, Arc::default(), Arc::default());
         rx.set_record_limit(3);
         let edge = OutputEdge::new("n".into(), Partitioner::Forward, vec![tx], BATCH);
         let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
@@ -408,7 +419,7 @@ mod tests {
 
     #[test]
     fn a_full_channel_gives_up_when_the_job_is_cancelled() {
-        let (tx, _rx) = channel(1, Arc::default());
+        let (tx, _rx) = channel(1, Arc::default(), Arc::default());
         let cancel = Arc::new(AtomicBool::new(true));
         let times = Arc::new(TaskTimes::default());
         let mut out = Output::new(

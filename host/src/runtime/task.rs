@@ -11,6 +11,7 @@ use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use crate::checkpoint::{AlignMode, Aligner, BarrierAction};
 use crate::runtime::batch::Batch;
 use crate::runtime::chain::{BarrierTiming, Chain, HeldSnapshot};
+use crate::runtime::channel::Wake;
 use crate::runtime::input::{Event, InputGate};
 use crate::runtime::metrics::{Activity, SubtaskMetrics};
 use crate::runtime::output::Output;
@@ -56,6 +57,8 @@ pub struct TaskContext {
     pub mode: AlignMode,
     /// The counters of the thread's head.
     pub metrics: Arc<SubtaskMetrics>,
+    /// Wakes the thread when its control channel has something, or its output room.
+    pub wake: Arc<Wake>,
     /// Set when the job is cancelled.
     pub cancel: Arc<AtomicBool>,
 }
@@ -103,6 +106,7 @@ fn source_loop(
         }
     }
     chain.open(chain_restores)?;
+    ctx.wake.register();
     let mut buffer = Batch::new();
     let mut exhausted = false;
     let mut idle_until: Option<Instant> = None;
@@ -177,6 +181,14 @@ fn source_loop(
             continue;
         }
         idle_until = None;
+        if !output.has_room() {
+            // Back-pressured: wait for room here, where a trigger is seen at once.
+            let until = Instant::now() + IDLE_POLL;
+            ctx.metrics
+                .times
+                .waiting(Activity::BackPressured, || ctx.wake.wait_until(until));
+            continue;
+        }
         let poll = source.poll(&mut buffer, SOURCE_BATCH)?;
         ctx.metrics.add_out(buffer.len());
         chain.emit(&mut buffer, output)?;
@@ -297,8 +309,7 @@ impl OperatorTask<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let output = &mut *self.output;
-            let event = gate.next(deadline, || output.flush())?;
+            let event = gate.next(deadline, self.output)?;
             match event {
                 Event::Batch { channel, batch } => {
                     if let Some(alignment) = &mut self.alignment {

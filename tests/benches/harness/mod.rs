@@ -87,6 +87,7 @@ pub fn graph(input: &Input, operators: Vec<(OperatorFactory, Partitioner)>) -> G
     Graph {
         nodes,
         max_parallelism: MAX_PARALLELISM,
+        network: weir::runtime::executor::Network::default(),
     }
 }
 
