@@ -967,6 +967,11 @@ fn load_checkpoint(
         plan.tasks
             .insert((task.node.clone(), task.subtask), restore);
     }
+    if drop_channel_state && metadata.tasks.iter().all(|t| t.channel_state.is_none()) {
+        tracing::warn!(
+            "recover-without-channel-state = {id}, but checkpoint {id} has no channel state: it is restored whole"
+        );
+    }
     Ok(plan)
 }
 

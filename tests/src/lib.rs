@@ -183,6 +183,18 @@ pub fn run_until_checkpoints(
     log
 }
 
+/// How many channel-state files (the in-flight records of an unaligned checkpoint,
+/// `<node>-<subtask>-channels`) the checkpoint directory `chk` holds.
+pub fn channel_state_files(chk: &Path) -> usize {
+    std::fs::read_dir(chk)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with("-channels"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// A scratch directory for one test, with its own compile cache.
 pub struct Scratch {
     dir: tempfile::TempDir,

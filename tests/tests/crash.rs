@@ -179,12 +179,7 @@ struct Killed {
 fn latest_has_channel_state(dir: &std::path::Path) -> bool {
     weir_tests::completed_checkpoints(dir)
         .last()
-        .and_then(|(_, chk)| std::fs::read_dir(chk).ok())
-        .is_some_and(|files| {
-            files
-                .filter_map(Result::ok)
-                .any(|f| f.file_name().to_string_lossy().ends_with("-channels"))
-        })
+        .is_some_and(|(_, chk)| weir_tests::channel_state_files(chk) > 0)
 }
 
 /// Runs the job, killing it `kills` times at random moments.

@@ -7,7 +7,9 @@
 
 use std::path::Path;
 use std::time::Duration;
-use weir_tests::{Scratch, completed_checkpoints, describe, run_until_checkpoints, toml_path};
+use weir_tests::{
+    Scratch, channel_state_files, completed_checkpoints, describe, run_until_checkpoints, toml_path,
+};
 
 /// How long a test waits for checkpoints that take a second or two each.
 const WAIT: Duration = Duration::from_secs(90);
@@ -123,13 +125,7 @@ fn unaligned_checkpoints_complete_under_backpressure_and_carry_the_in_flight_rec
         .path()
         .join("checkpoints/unaligned")
         .join(format!("chk-{id}"));
-    let channel_files = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with("-channels"))
-                .count()
-        })
-        .unwrap_or(0);
+    let channel_files = channel_state_files(&dir);
     assert!(
         channel_files >= 1,
         "no channel state file in {}:\n{report}",

@@ -327,7 +327,8 @@ impl ChannelReceiver {
     }
 
     /// The records queued now.
-    pub fn queued_records(&self) -> usize {
+    #[cfg(test)]
+    fn queued_records(&self) -> usize {
         self.0.lock().records
     }
 }
@@ -401,12 +402,19 @@ mod tests {
         assert!(tx.try_send(batch(1)).is_ok());
     }
 
+    /// Waits until the producer of `rx`'s channel waits for room.
+    fn until_the_producer_waits(rx: &ChannelReceiver) {
+        while !rx.0.lock().sender_waiting {
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn a_waiting_sender_gets_in_when_the_consumer_pops() {
         let (tx, rx) = pair(1);
         assert!(tx.try_send(batch(1)).is_ok());
         let consumer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
+            until_the_producer_waits(&rx);
             let popped = matches!(rx.poll(true), Polled::Item(_));
             (popped, rx)
         });
@@ -476,7 +484,7 @@ mod tests {
             }
             Instant::now() < until
         });
-        std::thread::sleep(Duration::from_millis(20));
+        until_the_producer_waits(&rx);
         assert!(matches!(rx.poll(true), Polled::Item(_)));
         assert!(waiter.join().unwrap_or(false));
     }
@@ -510,6 +518,7 @@ mod tests {
     fn a_send_wakes_the_registered_consumer() {
         let wake = Arc::new(Wake::default());
         let (tx, rx) = channel(1, wake.clone(), Arc::default());
+        let registered = wake.clone();
         let consumer = std::thread::spawn(move || {
             wake.register();
             let until = Instant::now() + Duration::from_secs(10);
@@ -520,7 +529,9 @@ mod tests {
                 wake.wait_until(until);
             }
         });
-        std::thread::sleep(Duration::from_millis(20));
+        while registered.thread.get().is_none() {
+            std::thread::yield_now();
+        }
         assert!(tx.try_send(batch(1)).is_ok());
         assert!(consumer.join().unwrap_or(false));
     }

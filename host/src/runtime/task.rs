@@ -394,6 +394,11 @@ impl OperatorTask<'_> {
         {
             self.capturing = None;
         }
+        self.drop_barriers_up_to(checkpoint);
+    }
+
+    /// Forgets the barriers of `checkpoint` and older ones: they are resolved here.
+    fn drop_barriers_up_to(&mut self, checkpoint: CheckpointId) {
         self.barriers = self.barriers.split_off(&CheckpointId(checkpoint.0 + 1));
     }
 
@@ -483,7 +488,7 @@ impl OperatorTask<'_> {
                         stats.persisted_in_flight = done.bytes;
                         sink.submit(held.task, checkpoint, held.snapshot, done.channels, stats);
                     }
-                    self.barriers = self.barriers.split_off(&CheckpointId(checkpoint.0 + 1));
+                    self.drop_barriers_up_to(checkpoint);
                 }
                 BarrierAction::Abort { checkpoint, .. } => {
                     self.forget(checkpoint);
@@ -538,7 +543,7 @@ impl OperatorTask<'_> {
                 held,
             });
         } else {
-            self.barriers = self.barriers.split_off(&CheckpointId(checkpoint.0 + 1));
+            self.drop_barriers_up_to(checkpoint);
         }
         Ok(())
     }
