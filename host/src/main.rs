@@ -52,8 +52,28 @@ enum Command {
         ///
         /// A job that finished leaves a record of it, and `latest` then says so and
         /// exits 0 without running anything.
-        #[arg(long, value_name = "latest|PATH")]
+        #[arg(long, value_name = "latest|PATH", conflicts_with = "from_savepoint")]
         from_checkpoint: Option<FromCheckpoint>,
+        /// Restore from a savepoint (`…/savepoint-<job>-<n>`, local or s3://) or a
+        /// retained checkpoint (`<dir>/<job>/chk-<n>`), as Flink's `-s`.
+        ///
+        /// Any node may run with another parallelism than the snapshot's: keyed state
+        /// moves by key group, operator state goes to every new subtask (union), sources
+        /// take over the splits they now own. A canonical savepoint restores into either
+        /// state backend. max-parallelism cannot change.
+        #[arg(short = 's', long, value_name = "PATH")]
+        from_savepoint: Option<String>,
+        /// Restore although the snapshot holds state of operators the job no longer
+        /// has (matched by id): that state is skipped. Without this flag such a restore
+        /// is refused, naming the operator.
+        #[arg(long)]
+        allow_non_restored_state: bool,
+        /// With --from-checkpoint latest: when the job's checkpoint storage holds
+        /// checkpoints but none can be restored (all corrupt or incompatible), start the
+        /// job without state instead of failing. For when the state is the problem; the
+        /// checkpoints stay where they are.
+        #[arg(long)]
+        start_without_state: bool,
         /// Run although a file sink's directory holds output committed after the point
         /// this run starts from (after the restored checkpoint, or any committed output
         /// on a fresh start). The records in it are written again: duplicates. Without
@@ -174,12 +194,20 @@ fn main() -> ExitCode {
         Command::Run {
             job,
             from_checkpoint,
+            from_savepoint,
             allow_duplicates,
+            allow_non_restored_state,
+            start_without_state,
         } => run(
             &job,
             &RunRequest {
-                from: from_checkpoint,
+                from: from_savepoint
+                    .as_deref()
+                    .map(FromCheckpoint::snapshot_at)
+                    .or(from_checkpoint),
                 allow_duplicates,
+                allow_non_restored_state,
+                start_without_state,
             },
         ),
         Command::Validate(args) => validate(&args),
@@ -460,6 +488,7 @@ fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
     live.set_state(match &outcome {
         Ok(JobOutcome::Finished(_) | JobOutcome::AlreadyFinished(_)) => JobState::Finished,
         Ok(JobOutcome::Cancelled) => JobState::Canceled,
+        Ok(JobOutcome::Stopped(_)) => JobState::Finished,
         Err(_) => JobState::Failed,
     });
     drop(server);
@@ -486,6 +515,15 @@ fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
         Ok(JobOutcome::Cancelled) => {
             tracing::warn!(job = %spec.name, "job cancelled");
             ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Ok(JobOutcome::Stopped(location)) => {
+            tracing::info!(
+                job = %spec.name,
+                savepoint = %location,
+                "job stopped with a savepoint at {location}; resume it with `weir run {} -s {location}`",
+                args.job.display()
+            );
+            ExitCode::SUCCESS
         }
         Err(e @ (LaunchError::Wasm(_) | LaunchError::Storage(_) | LaunchError::Restore(_))) => {
             eprintln!("error: {e}");

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use weir::checkpoint::metadata::{CheckpointMetadata, TaskState};
+use weir::checkpoint::snapshot::{KeyedPart, StateParts};
 use weir::storage::{CheckpointStorage, FsStorage};
 use weir_tests::{Scratch, describe, guest, peak_rss_kib, toml_path};
 
@@ -113,7 +114,15 @@ fn an_incremental_checkpoint_of_a_small_change_uploads_far_less_than_the_state()
         .filter(|m| {
             m.tasks
                 .iter()
-                .any(|t| matches!(t.state, TaskState::WithFiles { .. }))
+                .any(|t| {
+                    matches!(
+                        &t.state,
+                        TaskState::Parts(StateParts {
+                            keyed: Some(KeyedPart::Native { .. }),
+                            ..
+                        })
+                    )
+                })
         })
         .collect();
     assert!(
@@ -144,11 +153,7 @@ fn a_full_rocksdb_checkpoint_uploads_the_whole_state_every_time() {
         let (state, written) = sizes(m);
         assert_eq!(state, written, "checkpoint {} is not full", m.checkpoint);
         assert!(
-            m.tasks.iter().all(|t| !matches!(
-                &t.state,
-                weir::checkpoint::metadata::TaskState::WithFiles { files, .. }
-                    if files.iter().any(|f| f.handle.path.starts_with("shared/"))
-            )),
+            m.tasks.iter().all(|t| t.state.shared_files().next().is_none()),
             "a full checkpoint references shared files"
         );
     }

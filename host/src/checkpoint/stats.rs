@@ -80,6 +80,9 @@ pub struct CheckpointRecord {
     pub external_path: Option<String>,
     /// Whether it was unaligned.
     pub unaligned: bool,
+    /// A savepoint's format (Flink's `CANONICAL`, `NATIVE`); `None` for a checkpoint.
+    #[serde(default)]
+    pub savepoint_format: Option<String>,
     /// Per node id, in the job's order of nodes.
     pub vertices: Vec<(String, VertexRecord)>,
 }
@@ -266,6 +269,13 @@ impl CheckpointStats {
         self.history.iter_mut().find(|c| c.id == id)
     }
 
+    /// Checkpoint `id` is a savepoint of this format (`CANONICAL`, `NATIVE`).
+    pub fn savepoint(&mut self, id: u64, format: &str) {
+        if let Some(c) = self.get_mut(id) {
+            c.savepoint_format = Some(format.to_owned());
+        }
+    }
+
     /// Checkpoint `id` was triggered at `at_ms`, over `vertices` (node id and
     /// parallelism).
     pub fn triggered(&mut self, id: u64, at_ms: i64, vertices: &[(String, u32)]) {
@@ -278,6 +288,7 @@ impl CheckpointStats {
             failure: None,
             external_path: None,
             unaligned: false,
+            savepoint_format: None,
             vertices: vertices
                 .iter()
                 .map(|(node, parallelism)| {
@@ -610,6 +621,8 @@ mod tests {
             version: FORMAT_VERSION,
             job: "wc".into(),
             checkpoint: id,
+            kind: crate::checkpoint::metadata::SnapshotKind::Checkpoint,
+            max_parallelism: 128,
             backend: "heap".into(),
             mode: "exactly-once".into(),
             triggered_at_ms: 2000,

@@ -82,8 +82,8 @@ impl FileSource {
 }
 
 impl Source for FileSource {
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
-        let Some(bytes) = restored else {
+    fn open(&mut self, restored: Option<Vec<Vec<u8>>>) -> Result<(), TaskError> {
+        let Some(bytes) = restored.and_then(|b| b.into_iter().next()) else {
             return Ok(());
         };
         let position: FilePosition = postcard::from_bytes(&bytes).map_err(|e| {
@@ -246,7 +246,7 @@ mod tests {
         assert!(first.position().offset > 0);
         first.poll(&mut Batch::new(), 5)?;
         let mut second = FileSource::new(&paths, &info(0, 1));
-        second.open(Some(state))?;
+        second.open(Some(vec![state]))?;
         let mut all: Vec<Vec<u8>> = before.values.iter().map(<[u8]>::to_vec).collect();
         all.extend(drain(&mut second, 4)?);
         assert_eq!(all.len(), 30);
@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(first.position(), FilePosition { file: 1, offset: 0 });
         let state = first.snapshot(CheckpointId(2))?()?;
         let mut second = FileSource::new(&paths, &info(0, 1));
-        second.open(Some(state))?;
+        second.open(Some(vec![state]))?;
         let after = drain(&mut second, 1)?;
         assert_eq!(
             after,
@@ -288,7 +288,7 @@ mod tests {
         drain(&mut first, 10)?;
         let state = first.snapshot(CheckpointId(3))?()?;
         let mut second = FileSource::new(&paths, &info(0, 1));
-        second.open(Some(state))?;
+        second.open(Some(vec![state]))?;
         assert_eq!(second.poll(&mut Batch::new(), 10)?, SourcePoll::Finished);
         Ok(())
     }
@@ -299,7 +299,7 @@ mod tests {
         let paths = three_files(dir.path(), 1)?;
         let state = postcard::to_allocvec(&FilePosition { file: 4, offset: 0 })?;
         let mut source = FileSource::new(&paths, &info(0, 1));
-        assert!(source.open(Some(state)).is_err());
+        assert!(source.open(Some(vec![state])).is_err());
         Ok(())
     }
 

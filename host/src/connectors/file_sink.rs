@@ -31,8 +31,10 @@
 
 use crate::connectors::rate::Pacer;
 use crate::connectors::sinks::write_lines;
+use crate::checkpoint::snapshot::SnapshotType;
 use crate::runtime::{
-    Batch, CheckpointId, Fault, Operator, Snapshot, SubtaskIndex, TaskError, TaskInfo,
+    Batch, CheckpointId, Fault, Operator, RestoredParts, Snapshot, SubtaskIndex, TaskError,
+    TaskInfo,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -403,9 +405,9 @@ impl Operator for FileSink {
     /// (see the module docs), commits the pending files of the restored checkpoint,
     /// deletes this subtask's other hidden files (on a fresh start too: they are left by
     /// a run that never completed a checkpoint).
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, restored: Option<RestoredParts>) -> Result<(), TaskError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| external("create", &self.dir, &e))?;
-        let state = match restored {
+        let state = match restored.and_then(|r| r.operator.into_iter().next()) {
             Some(bytes) => postcard::from_bytes::<SinkState>(&bytes).map_err(|e| {
                 TaskError::failed(
                     Fault::Host,
@@ -467,7 +469,11 @@ impl Operator for FileSink {
     /// The pre-commit: seals the in-progress file as pending for `checkpoint`. The sync
     /// phase only flushes and renames; the writer syncs the pending files and the
     /// directory, so they are durable before the checkpoint can complete.
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        _kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
         if let Some((seq, file)) = self.finish_current()? {
             drop(file);
             let from = self.path(seq, Stage::InProgress);
@@ -579,7 +585,7 @@ mod tests {
 
     /// Takes the snapshot of `checkpoint` and runs its writer, as the runtime would.
     fn snapshot(sink: &mut FileSink, checkpoint: u64) -> Result<Vec<u8>, TaskError> {
-        match sink.snapshot(CheckpointId(checkpoint))? {
+        match sink.snapshot(CheckpointId(checkpoint), SnapshotType::Checkpoint)? {
             Snapshot::State(writer) => writer(),
             _ => Err(TaskError::failed(Fault::Host, "no state")),
         }
@@ -721,7 +727,7 @@ mod tests {
         // its pending file again: a no-op.
         drop(s);
         let mut restored = FileSink::new(dir.path(), &info(0), 0, true, ExistingOutput::Append);
-        restored.open(Some(state))?;
+        restored.open(Some(RestoredParts { operator: vec![state], ..RestoredParts::default() }))?;
         assert_eq!(output(dir.path(), 0)?, "a\nb\n");
         assert_eq!(names(dir.path())?, vec!["part-0-0", "part-0-1"]);
         Ok(())
@@ -745,7 +751,7 @@ mod tests {
             vec![".part-0-1.pending", ".part-0-2.inprogress", "part-0-0"]
         );
         let mut restored = sink(dir.path(), 0);
-        restored.open(Some(state))?;
+        restored.open(Some(RestoredParts { operator: vec![state], ..RestoredParts::default() }))?;
         assert_eq!(names(dir.path())?, vec!["part-0-0"]);
         assert_eq!(output(dir.path(), 0)?, "a\nb\n");
         // The replayed records go to new files.
@@ -770,7 +776,7 @@ mod tests {
         // Checkpoint 2's metadata was committed, then the process died before notifying.
         drop(s);
         let mut restored = sink(dir.path(), 0);
-        restored.open(Some(state))?;
+        restored.open(Some(RestoredParts { operator: vec![state], ..RestoredParts::default() }))?;
         assert_eq!(names(dir.path())?, vec!["part-0-0", "part-0-1"]);
         assert_eq!(output(dir.path(), 0)?, "a\nb\n");
         Ok(())
@@ -806,14 +812,14 @@ mod tests {
         write(&mut s, &["a"])?;
         snapshot(&mut s, 1)?;
         write(&mut s, &["b"])?;
-        let Snapshot::State(writer) = s.snapshot(CheckpointId(2))? else {
+        let Snapshot::State(writer) = s.snapshot(CheckpointId(2), SnapshotType::Checkpoint)? else {
             return Err("no state".into());
         };
         complete(&mut s, 1)?;
         let state = writer()?;
         drop(s);
         let mut restored = sink(dir.path(), 0);
-        restored.open(Some(state))?;
+        restored.open(Some(RestoredParts { operator: vec![state], ..RestoredParts::default() }))?;
         assert_eq!(output(dir.path(), 0)?, "a\nb\n");
         Ok(())
     }
@@ -839,7 +845,7 @@ mod tests {
         snapshot(&mut s, 2)?;
         drop(s);
         let mut restored = sink(dir.path(), 1);
-        restored.open(Some(state))?;
+        restored.open(Some(RestoredParts { operator: vec![state], ..RestoredParts::default() }))?;
         let mut expected = theirs;
         expected.push("part-1-0".into());
         expected.sort();
@@ -886,7 +892,10 @@ mod tests {
         snapshot(&mut s, 3)?;
         complete(&mut s, 3)?;
         drop(s);
-        let message = refusal(sink(dir.path(), 0).open(Some(older.clone())))?;
+        let message = refusal(sink(dir.path(), 0).open(Some(RestoredParts {
+            operator: vec![older.clone()],
+            ..RestoredParts::default()
+        })))?;
         assert!(message.contains("restores checkpoint 1"), "{message}");
         assert!(
             message.contains("2 files, part-0-1 to part-0-2"),
@@ -896,7 +905,7 @@ mod tests {
         // Without the files committed after it, the restore goes on: they are replayed.
         std::fs::remove_file(dir.path().join("part-0-1"))?;
         std::fs::remove_file(dir.path().join("part-0-2"))?;
-        sink(dir.path(), 0).open(Some(older))?;
+        sink(dir.path(), 0).open(Some(RestoredParts { operator: vec![older], ..RestoredParts::default() }))?;
         Ok(())
     }
 
@@ -913,7 +922,7 @@ mod tests {
         complete(&mut s, 2)?;
         write(&mut s, &["lost"])?;
         drop(s);
-        sink(dir.path(), 0).open(Some(latest))?;
+        sink(dir.path(), 0).open(Some(RestoredParts { operator: vec![latest], ..RestoredParts::default() }))?;
         assert_eq!(output(dir.path(), 0)?, "a\nb\n");
         Ok(())
     }
@@ -984,7 +993,7 @@ mod tests {
         let state = snapshot(&mut s, 1)?;
         drop(s);
         std::fs::remove_file(dir.path().join(".part-0-0.pending"))?;
-        let Err(TaskError::Failed { fault, message }) = sink(dir.path(), 0).open(Some(state))
+        let Err(TaskError::Failed { fault, message }) = sink(dir.path(), 0).open(Some(RestoredParts { operator: vec![state], ..RestoredParts::default() }))
         else {
             return Err("restored without its pending file".into());
         };

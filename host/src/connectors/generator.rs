@@ -113,8 +113,8 @@ pub fn mix(seed: u64, n: u64) -> u64 {
 }
 
 impl Source for Generator {
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
-        let Some(bytes) = restored else {
+    fn open(&mut self, restored: Option<Vec<Vec<u8>>>) -> Result<(), TaskError> {
+        let Some(bytes) = restored.and_then(|b| b.into_iter().next()) else {
             return Ok(());
         };
         let state: GeneratorState = postcard::from_bytes(&bytes).map_err(|e| {
@@ -254,7 +254,7 @@ mod tests {
         let state = first.snapshot(CheckpointId(1))?()?;
         first.poll(&mut Batch::new(), 50)?;
         let mut second = Generator::new(settings(1000), &info(1, 3));
-        second.open(Some(state))?;
+        second.open(Some(vec![state]))?;
         let after = drain(&mut second)?;
         assert_eq!(before.len(), 100);
         before.extend(after);
@@ -268,7 +268,7 @@ mod tests {
         drain(&mut first)?;
         let state = first.snapshot(CheckpointId(4))?()?;
         let mut second = Generator::new(settings(10), &info(0, 1));
-        second.open(Some(state))?;
+        second.open(Some(vec![state]))?;
         assert_eq!(second.poll(&mut Batch::new(), 64)?, SourcePoll::Finished);
         Ok(())
     }
@@ -277,7 +277,7 @@ mod tests {
     fn a_generator_refuses_the_offset_of_another_subtask() -> Result<(), TaskError> {
         let state = Generator::new(settings(10), &info(0, 2)).snapshot(CheckpointId(1))?()?;
         let mut other = Generator::new(settings(10), &info(1, 2));
-        assert!(other.open(Some(state)).is_err());
+        assert!(other.open(Some(vec![state])).is_err());
         Ok(())
     }
 

@@ -120,6 +120,8 @@ pub struct LiveJob {
     pub metrics: MetricsSlot,
     /// Cancels the job.
     pub cancel: CancelToken,
+    /// TEMPORARY until the REST side lands.
+    pub savepoints: TempQueue,
     /// Samples its guests' stacks.
     pub profiler: Profiler,
     /// Where its checkpoints are, once the launcher opened the storage.
@@ -166,6 +168,25 @@ fn description(kind: &NodeKind) -> (String, bool) {
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// TEMPORARY.
+#[derive(Debug)]
+pub struct TempQueue(
+    crossbeam_channel::Sender<crate::checkpoint::driver::SavepointRequest>,
+    crossbeam_channel::Receiver<crate::checkpoint::driver::SavepointRequest>,
+);
+impl Default for TempQueue {
+    fn default() -> Self {
+        let (a, b) = crossbeam_channel::unbounded();
+        Self(a, b)
+    }
+}
+impl TempQueue {
+    /// TEMPORARY.
+    pub fn receiver(&self) -> crossbeam_channel::Receiver<crate::checkpoint::driver::SavepointRequest> {
+        self.1.clone()
+    }
 }
 
 impl LiveJob {
@@ -226,6 +247,7 @@ impl LiveJob {
             stats: StatsTracker::default(),
             metrics: MetricsSlot::default(),
             cancel,
+            savepoints: TempQueue::default(),
             profiler: Profiler::default(),
             storage: OnceLock::new(),
         }

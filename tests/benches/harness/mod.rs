@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use weir::connectors::{BlackholeSink, FileSource, Generator, GeneratorSettings};
 use weir::runtime::executor::{OperatorFactory, Partitioner};
+use weir::checkpoint::snapshot::{SnapshotType};
 use weir::runtime::{
     Batch, CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator,
-    RunOptions, Snapshot, Source, TaskError,
-};
+    RunOptions, Snapshot, Source, TaskError,, RestoredParts};
 
 /// Records per batch on every edge.
 pub const BATCH: usize = 1024;
@@ -108,7 +108,7 @@ struct Timed {
 }
 
 impl Operator for Timed {
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, restored: Option<RestoredParts>) -> Result<(), TaskError> {
         self.inner.open(restored)
     }
     fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {
@@ -118,8 +118,12 @@ impl Operator for Timed {
         self.nanos.fetch_add(spent, Ordering::Relaxed);
         result
     }
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
-        self.inner.snapshot(checkpoint)
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
+        self.inner.snapshot(checkpoint, kind)
     }
     fn close(&mut self, out: &mut Batch) -> Result<(), TaskError> {
         self.inner.close(out)
