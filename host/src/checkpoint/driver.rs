@@ -81,8 +81,9 @@ pub struct SnapshotUploader {
     backend: String,
 }
 
-/// A savepoint's format, as Flink's `SavepointFormatType`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A savepoint's format, as Flink's `SavepointFormatType` (`formatType` in the REST API).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum SavepointFormat {
     /// Keyed state in the canonical format: any backend restores it.
     #[default]
