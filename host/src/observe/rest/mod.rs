@@ -385,6 +385,15 @@ impl App {
                 ),
             ));
         }
+        if self.job.checkpointing.is_none() {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "job {} runs without checkpointing, and savepoints are taken by the checkpoint coordinator: set [checkpointing] interval in the job file",
+                    self.job.name
+                ),
+            ));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let id = self.savepoints.lock().trigger(trigger.stop);
         let request = SavepointRequest {
