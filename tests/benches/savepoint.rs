@@ -177,15 +177,20 @@ fn savepoint(
         job.log()
     );
     let location = savepoint_location(&taken, scratch.path());
+    // The entry is found by its path, since that is what makes it this savepoint.
     let history = job.json("/jobs/bench/checkpoints");
     let listed = history["history"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| c["is_savepoint"] == true && c["status"] == "COMPLETED")
-        .filter_map(|c| Some((c["id"].as_u64()?, c["end_to_end_duration"].as_u64()?)))
-        .max()
-        .map(|(_, ms)| Duration::from_millis(ms));
+        .find(|c| {
+            c["status"] == "COMPLETED"
+                && c["external_path"]
+                    .as_str()
+                    .is_some_and(|p| Path::new(p.strip_prefix("file://").unwrap_or(p)) == location)
+        })
+        .and_then(|c| c["end_to_end_duration"].as_u64())
+        .map(Duration::from_millis);
     (elapsed, listed, location)
 }
 

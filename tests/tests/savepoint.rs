@@ -205,6 +205,19 @@ fn committed_files(scratch: &Scratch) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The sink's hidden files: pending (sealed for a checkpoint, not yet committed) and
+/// in progress.
+fn uncommitted_files(scratch: &Scratch) -> Vec<String> {
+    std::fs::read_dir(scratch.path().join("out"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".part-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -247,16 +260,22 @@ fn start(scratch: &Scratch, job: Job, from: Option<&Path>) -> RunningJob {
     RunningJob::start(scratch, &args)
 }
 
-/// Stops `running` with a savepoint through `weir stop` with `stop_args` before its
-/// address, and checks that the run ended as a stop with a savepoint must: exit 0,
+/// The place of the job's address in the arguments of [`stop`].
+const URL: &str = "<url>";
+
+/// Stops `running` with a savepoint through `weir stop` with `stop_args` (its address
+/// where they say [`URL`]), and checks that the run ended as a stop with a savepoint must: exit 0,
 /// saying where the savepoint is, with more of its output committed and the input not
 /// at its end. The savepoint.
 fn stop(scratch: &Scratch, running: RunningJob, stop_args: &[&str]) -> PathBuf {
     let before = committed_so_far(scratch);
     let url = running.url("");
     let mut args = vec!["stop"];
-    args.extend_from_slice(stop_args);
-    args.push(&url);
+    args.extend(
+        stop_args
+            .iter()
+            .map(|&a| if a == URL { url.as_str() } else { a }),
+    );
     let stopped = scratch.run(&args);
     assert!(
         stopped.status.success(),
@@ -280,6 +299,11 @@ fn stop(scratch: &Scratch, running: RunningJob, stop_args: &[&str]) -> PathBuf {
         "the run does not say it stopped with savepoint {name}:\n{log}"
     );
     assert_self_contained(&savepoint);
+    let uncommitted = uncommitted_files(scratch);
+    assert!(
+        uncommitted.is_empty(),
+        "the stop left output of the sink uncommitted: {uncommitted:?}\n{log}"
+    );
     let after = committed_so_far(scratch);
     assert!(
         after.len() > before.len(),
@@ -386,7 +410,7 @@ fn a_savepoint_commits_nothing_and_a_stop_with_one_resumes_at_parallelism_1_3_an
     // The stop commits (see `stop`), and Weir never deletes a savepoint.
     let stops = scratch.path().join("stops");
     let stops = stops.to_string_lossy();
-    let savepoint = stop(&scratch, running, &["--savepoint", &stops]);
+    let savepoint = stop(&scratch, running, &["--savepoint", &stops, URL]);
     assert!(
         savepoint.starts_with(scratch.path().join("stops")),
         "{} is not in the directory the stop named",
@@ -435,7 +459,7 @@ fn canonical_savepoints_move_state_from_heap_to_rocksdb_and_back() {
         Job::PACED,
         None,
         started,
-        &["--savepoint", "--type", "canonical"],
+        &["--savepoint", "--type", "canonical", URL],
     );
     assert!(
         on_heap.starts_with(scratch.path().join("savepoints")),
@@ -454,7 +478,7 @@ fn canonical_savepoints_move_state_from_heap_to_rocksdb_and_back() {
         rocksdb,
         Some(&on_heap),
         |_| scratch.committed_lines("out").len() > after_heap + 1_000,
-        &["--savepoint", "--type", "canonical"],
+        &["--savepoint", "--type", "canonical", URL],
     );
     let resumed = resume(&scratch, Job::TO_THE_END, &on_rocksdb, &[]);
     assert!(resumed.status.success(), "{}", describe(&resumed));
@@ -471,7 +495,7 @@ fn a_savepoint_moved_to_another_directory_restores() {
         Job::PACED,
         None,
         started,
-        &["--savepoint", &stops],
+        &["--savepoint", &stops, URL],
     );
     let elsewhere = Scratch::new();
     let moved = elsewhere
@@ -489,7 +513,8 @@ fn a_savepoint_moved_to_another_directory_restores() {
 #[test]
 fn state_of_an_operator_the_job_no_longer_has_is_refused_naming_it_unless_allowed() {
     let scratch = Scratch::new();
-    let savepoint = run_and_stop(&scratch, Job::PACED, None, started, &["--savepoint"]);
+    // The address before a bare `--savepoint`: after it, it would be its directory.
+    let savepoint = run_and_stop(&scratch, Job::PACED, None, started, &[URL, "--savepoint"]);
     let before = scratch.committed_lines("out");
     let (allowed, allowed_savepoint) = copy_of(&scratch, &savepoint);
     // The counter under another id: the savepoint's `tally` has no operator to go to.
@@ -551,7 +576,7 @@ fn largest_file(savepoint: &Path) -> PathBuf {
 #[test]
 fn a_savepoint_file_with_a_flipped_byte_or_truncated_is_refused_naming_the_file() {
     let scratch = Scratch::new();
-    let savepoint = run_and_stop(&scratch, Job::PACED, None, started, &["--savepoint"]);
+    let savepoint = run_and_stop(&scratch, Job::PACED, None, started, &[URL, "--savepoint"]);
     let before = scratch.committed_lines("out");
     let (flipped, flipped_savepoint) = copy_of(&scratch, &savepoint);
     let (truncated, truncated_savepoint) = copy_of(&scratch, &savepoint);
@@ -639,7 +664,7 @@ fn a_native_savepoint_of_rocksdb_restores_into_rocksdb_and_is_refused_by_the_hea
         rocksdb,
         None,
         started,
-        &["--savepoint", "--type", "native"],
+        &["--savepoint", "--type", "native", URL],
     );
     let before = scratch.committed_lines("out");
     let (heap, heap_savepoint) = copy_of(&scratch, &savepoint);
