@@ -9,11 +9,13 @@ use crate::checkpoint::channel_state;
 use crate::checkpoint::coordinator::CoordinatorConfig;
 use crate::checkpoint::driver::DriverSetup;
 use crate::checkpoint::metadata::{CheckpointMetadata, TaskState};
-use crate::checkpoint::restore::{self, JobShape, KeyedSource, PlanOptions, StatePlan, SubtaskPlan};
-use crate::checkpoint::snapshot::{self, KeyedPart, KeyedSections, StateParts};
+use crate::checkpoint::restore::{
+    self, JobShape, KeyedSource, PlanOptions, StatePlan, SubtaskPlan,
+};
 use crate::checkpoint::retention::{
     CheckpointFiles, EndAction, JobEnd, ListedCheckpoint, on_job_end, orphans, restore_candidates,
 };
+use crate::checkpoint::snapshot::{self, KeyedPart, KeyedSections, StateParts};
 use crate::checkpoint::stats::CheckpointStats;
 use crate::checkpoint::{AlignMode, RestartDecision, RestartTracker};
 use crate::connectors::{
@@ -23,6 +25,7 @@ use crate::job::{
     CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind, StateBackendKind,
 };
 use crate::observe::{JobState, LiveJob};
+use crate::runtime::RestoredParts;
 use crate::runtime::executor::{Debloat, Network, OperatorFactory, Partitioner, RunReport};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::now_ms;
@@ -31,7 +34,6 @@ use crate::runtime::{
     Operator, Restore, RunError, RunOptions, Source,
 };
 use crate::runtime::{Fault, TaskError, TaskInfo};
-use crate::runtime::RestoredParts;
 use crate::state::{
     HeapBackend, KeyedStateBackend, RestoredFiles, RestoredState, RocksDbBackend, RocksDbOptions,
 };
@@ -590,7 +592,11 @@ fn run_attempts(
         });
         if let (Some(config), Some(storage)) = (&spec.checkpointing, storage) {
             let listing = block_on_storage(io, storage, |s| async move { s.list().await })?;
-            let newest = listing.iter().map(|l| l.checkpoint).chain(restored_id).max();
+            let newest = listing
+                .iter()
+                .map(|l| l.checkpoint)
+                .chain(restored_id)
+                .max();
             discard_incomplete(storage, &listing, io);
             let completed = completed_files(storage, &listing, io);
             if attempt == 0 {
@@ -1126,8 +1132,12 @@ impl PartReader<'_> {
             return Ok(bytes.clone());
         }
         let read = handle.clone();
-        let bytes = block_on_storage(self.io, self.storage, |s| async move { s.read(&read).await })
-            .map_err(|e| Skip::Unusable(e.to_string()))?;
+        let bytes = block_on_storage(
+            self.io,
+            self.storage,
+            |s| async move { s.read(&read).await },
+        )
+        .map_err(|e| Skip::Unusable(e.to_string()))?;
         self.files.insert(handle.path.clone(), bytes.clone());
         Ok(bytes)
     }
@@ -1153,7 +1163,10 @@ impl PartReader<'_> {
         parts: &StateParts,
     ) -> Result<bytes::Bytes, Skip> {
         snapshot::slice(file, offset, len, what).map_err(|e| {
-            let name = parts.file.as_ref().map_or("the state file", |f| f.path.as_str());
+            let name = parts
+                .file
+                .as_ref()
+                .map_or("the state file", |f| f.path.as_str());
             Skip::Unusable(format!("{name}: {e}"))
         })
     }

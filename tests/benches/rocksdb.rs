@@ -75,7 +75,9 @@ fn checkpoint(
     io: &tokio::runtime::Runtime,
 ) -> (Duration, Duration, u64, u64) {
     let started = Instant::now();
-    let Ok(BackendSnapshot::Files(files)) = backend.snapshot(id, weir::checkpoint::snapshot::SnapshotType::Checkpoint) else {
+    let Ok(BackendSnapshot::Files(files)) =
+        backend.snapshot(id, weir::checkpoint::snapshot::SnapshotType::Checkpoint)
+    else {
         panic!("RocksDB snapshots are files");
     };
     let sync = started.elapsed();

@@ -22,12 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
+use weir::checkpoint::snapshot::SnapshotType;
 use weir::job::{RunawayPolicy, SandboxSpec};
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::keygroup::KeyGroupRange;
-use weir::checkpoint::snapshot::{SnapshotType};
 use weir::runtime::{
-    Batch, CheckpointId, Operator, Record, Snapshot, SubtaskIndex, TaskError, TaskInfo,, RestoredParts};
+    Batch, CheckpointId, Operator, Record, RestoredParts, Snapshot, SubtaskIndex, TaskError,
+    TaskInfo,
+};
 use weir::state::HeapBackend;
 use weir::wasm::{EPOCH_TICK, GuestSettings, Metering, OperatorComponent, Profiler, WasmRuntime};
 

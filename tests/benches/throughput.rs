@@ -15,12 +15,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use weir::checkpoint::snapshot::{SnapshotParts, SnapshotType};
 use weir::job::SandboxSpec;
 use weir::runtime::batch::MaybeBlobs;
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
-use weir::checkpoint::snapshot::{SnapshotParts, SnapshotType};
-use weir::runtime::{Batch, Blobs, CheckpointId, KeyGroup, Operator, Snapshot, TaskError, RestoredParts};
+use weir::runtime::{
+    Batch, Blobs, CheckpointId, KeyGroup, Operator, RestoredParts, Snapshot, TaskError,
+};
 use weir::state::GroupedKeys;
 use weir::state::{
     BackendSnapshot, HeapBackend, KeyedStateBackend, RocksDbBackend, RocksDbOptions, StateId,

@@ -112,17 +112,15 @@ fn an_incremental_checkpoint_of_a_small_change_uploads_far_less_than_the_state()
     let running: Vec<&CheckpointMetadata> = retained
         .iter()
         .filter(|m| {
-            m.tasks
-                .iter()
-                .any(|t| {
-                    matches!(
-                        &t.state,
-                        TaskState::Parts(StateParts {
-                            keyed: Some(KeyedPart::Native { .. }),
-                            ..
-                        })
-                    )
-                })
+            m.tasks.iter().any(|t| {
+                matches!(
+                    &t.state,
+                    TaskState::Parts(StateParts {
+                        keyed: Some(KeyedPart::Native { .. }),
+                        ..
+                    })
+                )
+            })
         })
         .collect();
     assert!(
@@ -153,7 +151,9 @@ fn a_full_rocksdb_checkpoint_uploads_the_whole_state_every_time() {
         let (state, written) = sizes(m);
         assert_eq!(state, written, "checkpoint {} is not full", m.checkpoint);
         assert!(
-            m.tasks.iter().all(|t| t.state.shared_files().next().is_none()),
+            m.tasks
+                .iter()
+                .all(|t| t.state.shared_files().next().is_none()),
             "a full checkpoint references shared files"
         );
     }

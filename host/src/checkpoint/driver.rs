@@ -14,10 +14,10 @@ use crate::checkpoint::coordinator::{
 use crate::checkpoint::metadata::{
     CheckpointMetadata, FORMAT_VERSION, SnapshotKind, TaskEntry, TaskState,
 };
+use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
 use crate::checkpoint::snapshot::{
     self, GroupRange, KeyedPart, SnapshotParts, SnapshotType, StateParts,
 };
-use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
 use crate::checkpoint::stats::{CheckpointStats, StatsTracker};
 use crate::runtime::channel::ControlSender;
 use crate::runtime::record::{Barrier, Control};
@@ -71,6 +71,15 @@ pub enum CoordinatorMessage {
 /// Which storage each savepoint in progress goes to; checkpoints go to the job's.
 type Targets = Arc<std::sync::Mutex<BTreeMap<CheckpointId, Arc<dyn CheckpointStorage>>>>;
 
+/// The targets, locked; a panic elsewhere leaves the map usable.
+fn targets(
+    targets: &Targets,
+) -> std::sync::MutexGuard<'_, BTreeMap<CheckpointId, Arc<dyn CheckpointStorage>>> {
+    targets
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs the asynchronous phase of subtasks' snapshots on the I/O runtime.
 pub struct SnapshotUploader {
     messages: Sender<CoordinatorMessage>,
@@ -109,9 +118,8 @@ pub struct SavepointRequest {
 /// Opens the storage of the job's savepoint with the given id under a directory or URL
 /// (`<dir>/savepoint-<job>-<n>`): provided by the composition root, which knows URLs and
 /// S3 settings.
-pub type SavepointOpener = Arc<
-    dyn Fn(&str, CheckpointId) -> Result<Arc<dyn CheckpointStorage>, String> + Send + Sync,
->;
+pub type SavepointOpener =
+    Arc<dyn Fn(&str, CheckpointId) -> Result<Arc<dyn CheckpointStorage>, String> + Send + Sync>;
 
 /// A savepoint requested, not triggered yet.
 struct Requested {
@@ -149,8 +157,7 @@ impl CheckpointSink for SnapshotUploader {
                 return;
             }
             Snapshot::State(writer) => {
-                let parts: PartsWriter =
-                    Box::new(move || writer().map(SnapshotParts::operator));
+                let parts: PartsWriter = Box::new(move || writer().map(SnapshotParts::operator));
                 (parts, None)
             }
             Snapshot::Parts(writer) => (writer, None),
@@ -165,10 +172,7 @@ impl CheckpointSink for SnapshotUploader {
             self.node_ids.get(task.node).map_or("task", String::as_str),
             task.subtask.0
         );
-        let storage = self
-            .targets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let storage = targets(&self.targets)
             .get(&checkpoint)
             .cloned()
             .unwrap_or_else(|| self.storage.clone());
@@ -311,10 +315,10 @@ pub async fn store_snapshot(
         let backend_bytes: u64 = stored.iter().map(|f| f.handle.size).sum();
         let native = KeyedPart::Native {
             backend: backend.to_owned(),
-            key_groups: parts.key_groups.map(GroupRange::from).unwrap_or(GroupRange {
-                start: 0,
-                end: 0,
-            }),
+            key_groups: parts
+                .key_groups
+                .map(GroupRange::from)
+                .unwrap_or(GroupRange { start: 0, end: 0 }),
             files: stored.clone(),
         };
         let (index, size) = store_parts(&storage, checkpoint, name, parts, Some(native)).await?;
@@ -814,10 +818,7 @@ impl CheckpointDriver {
                     kind: request.kind,
                     stop: request.stop,
                 };
-                self.targets
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(id, savepoint.storage.clone());
+                targets(&self.targets).insert(id, savepoint.storage.clone());
                 self.savepoints.insert(id, savepoint);
                 self.start(barrier);
             }
@@ -828,16 +829,22 @@ impl CheckpointDriver {
         }
     }
 
+    /// The savepoint `id`, if it is one, no longer in progress: its files no longer go
+    /// to its storage.
+    fn take_savepoint(&mut self, id: CheckpointId) -> Option<Savepoint> {
+        let savepoint = self.savepoints.remove(&id)?;
+        targets(&self.targets).remove(&id);
+        Some(savepoint)
+    }
+
     /// A savepoint ended without completing: answer its request, drop what it wrote.
     fn savepoint_failed(&mut self, id: CheckpointId, why: &str) {
-        let Some(savepoint) = self.savepoints.remove(&id) else {
+        let Some(savepoint) = self.take_savepoint(id) else {
             return;
         };
-        self.targets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
-        let _ = savepoint.reply.send(Err(format!("savepoint {id} failed: {why}")));
+        let _ = savepoint
+            .reply
+            .send(Err(format!("savepoint {id} failed: {why}")));
         let storage = savepoint.storage;
         self.setup.io.spawn(async move {
             let _ = storage.delete_checkpoint(id).await;
@@ -1038,13 +1045,9 @@ impl CheckpointDriver {
     /// committed by the next checkpoint. Stop-with-savepoint commits them, then stops
     /// every subtask.
     fn savepoint_completed(&mut self, id: CheckpointId, metadata: &CheckpointMetadata) {
-        let Some(savepoint) = self.savepoints.remove(&id) else {
+        let Some(savepoint) = self.take_savepoint(id) else {
             return;
         };
-        self.targets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
         let location = savepoint.storage.describe();
         tracing::info!(
             savepoint = id.0,
@@ -1099,9 +1102,9 @@ impl CheckpointDriver {
         }
         self.store_stats();
         for (_, savepoint) in std::mem::take(&mut self.savepoints) {
-            let _ = savepoint
-                .reply
-                .send(Err("the job ended before the savepoint completed".to_owned()));
+            let _ = savepoint.reply.send(Err(
+                "the job ended before the savepoint completed".to_owned()
+            ));
         }
         let Self {
             setup,

@@ -230,15 +230,15 @@ mod tests {
                 backend: "rocksdb".into(),
                 key_groups: crate::checkpoint::snapshot::GroupRange { start: 0, end: 128 },
                 files: vec![
-                StoredFile {
-                    name: "000009.sst".into(),
-                    handle: handle("shared/count-0-ab-000009.sst"),
-                },
-                StoredFile {
-                    name: "MANIFEST-000004".into(),
-                    handle: handle("chk-7/count-0-MANIFEST-000004"),
-                },
-            ],
+                    StoredFile {
+                        name: "000009.sst".into(),
+                        handle: handle("shared/count-0-ab-000009.sst"),
+                    },
+                    StoredFile {
+                        name: "MANIFEST-000004".into(),
+                        handle: handle("chk-7/count-0-MANIFEST-000004"),
+                    },
+                ],
             }),
             ..StateParts::default()
         });

@@ -151,7 +151,16 @@ pub fn plan(
                 old.len()
             ));
         }
-        plan_node(metadata, job, options, &what, node, parallelism, old, &mut out)?;
+        plan_node(
+            metadata,
+            job,
+            options,
+            &what,
+            node,
+            parallelism,
+            old,
+            &mut out,
+        )?;
         if old_parallelism != parallelism {
             out.rescaled
                 .push((node.to_owned(), old_parallelism, parallelism));
@@ -437,7 +446,10 @@ mod tests {
         let err = plan(&m, &shape(vec![("count", 2)], 256), PlanOptions::default())
             .err()
             .unwrap_or_default();
-        assert!(err.contains("max-parallelism 128") && err.contains("cannot change"), "{err}");
+        assert!(
+            err.contains("max-parallelism 128") && err.contains("cannot change"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -446,8 +458,13 @@ mod tests {
         tasks.extend(keyed_tasks("old", 1, 128));
         let m = metadata(tasks, 128);
         let job = shape(vec![("count", 1), ("new", 2)], 128);
-        let err = plan(&m, &job, PlanOptions::default()).err().unwrap_or_default();
-        assert!(err.contains("`old`") && err.contains("--allow-non-restored-state"), "{err}");
+        let err = plan(&m, &job, PlanOptions::default())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("`old`") && err.contains("--allow-non-restored-state"),
+            "{err}"
+        );
         let p = plan(
             &m,
             &job,
@@ -479,7 +496,10 @@ mod tests {
         )
         .err()
         .unwrap_or_default();
-        assert!(err.contains("native") && err.contains("canonical savepoint"), "{err}");
+        assert!(
+            err.contains("native") && err.contains("canonical savepoint"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -499,17 +519,27 @@ mod tests {
         job.backend = "rocksdb";
         let p = plan(&metadata(tasks, 128), &job, PlanOptions::default())?;
         // 0..43, 43..86, 86..128 against 0..64, 64..128.
-        assert_eq!(state(&p, "count", 0).keyed, [KeyedSource::Native { task: 0 }]);
+        assert_eq!(
+            state(&p, "count", 0).keyed,
+            [KeyedSource::Native { task: 0 }]
+        );
         assert_eq!(
             state(&p, "count", 1).keyed,
-            [KeyedSource::Native { task: 0 }, KeyedSource::Native { task: 1 }]
+            [
+                KeyedSource::Native { task: 0 },
+                KeyedSource::Native { task: 1 }
+            ]
         );
-        assert_eq!(state(&p, "count", 2).keyed, [KeyedSource::Native { task: 1 }]);
+        assert_eq!(
+            state(&p, "count", 2).keyed,
+            [KeyedSource::Native { task: 1 }]
+        );
         Ok(())
     }
 
     #[test]
-    fn channel_state_restores_at_the_same_parallelism_and_refuses_a_rescale() -> Result<(), String> {
+    fn channel_state_restores_at_the_same_parallelism_and_refuses_a_rescale() -> Result<(), String>
+    {
         let mut tasks = keyed_tasks("count", 2, 128);
         tasks[1].channel_state = Some(FileHandle {
             path: "chk-4/count-1-channels".into(),
@@ -522,7 +552,10 @@ mod tests {
         let err = plan(&m, &shape(vec![("count", 4)], 128), PlanOptions::default())
             .err()
             .unwrap_or_default();
-        assert!(err.contains("in-flight") && err.contains("recover-without-channel-state"), "{err}");
+        assert!(
+            err.contains("in-flight") && err.contains("recover-without-channel-state"),
+            "{err}"
+        );
         let dropped = plan(
             &m,
             &shape(vec![("count", 4)], 128),

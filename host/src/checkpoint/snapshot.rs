@@ -248,10 +248,10 @@ pub struct KeyedState {
 /// `_metadata` records (its `file` left for the caller to fill in once stored). A
 /// native keyed part is passed in as it is.
 pub fn lay_out(parts: SnapshotParts, native: Option<KeyedPart>) -> (Vec<u8>, StateParts) {
-    let range = parts.key_groups.map(GroupRange::from).unwrap_or(GroupRange {
-        start: 0,
-        end: 0,
-    });
+    let range = parts
+        .key_groups
+        .map(GroupRange::from)
+        .unwrap_or(GroupRange { start: 0, end: 0 });
     let (mut file, keyed) = match parts.keyed {
         Some(KeyedState { states, sections }) => (
             sections.bytes,
@@ -546,6 +546,15 @@ pub fn entries<'a>(
     states: &'a [StateDecl],
     section: &'a [u8],
 ) -> impl Iterator<Item = Result<Entry<'a>, FormatError>> + 'a {
+    items(section, move |r| read_entry(states, r))
+}
+
+/// The items `read` reads one after another from `section`, until it ends or one does
+/// not decode (that error is the last item).
+fn items<'a, T>(
+    section: &'a [u8],
+    mut read: impl FnMut(&mut Reader<'a>) -> Result<T, FormatError> + 'a,
+) -> impl Iterator<Item = Result<T, FormatError>> + 'a {
     let mut r = Reader {
         bytes: section,
         at: 0,
@@ -555,9 +564,9 @@ pub fn entries<'a>(
         if failed || r.done() {
             return None;
         }
-        let entry = read_entry(states, &mut r);
-        failed = entry.is_err();
-        Some(entry)
+        let item = read(&mut r);
+        failed = item.is_err();
+        Some(item)
     })
 }
 
@@ -601,31 +610,19 @@ pub enum TimerDomain {
 pub fn timers(
     section: &[u8],
 ) -> impl Iterator<Item = Result<(TimerDomain, i64, &[u8]), FormatError>> + '_ {
-    let mut r = Reader {
-        bytes: section,
-        at: 0,
-    };
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if failed || r.done() {
-            return None;
-        }
-        let timer = (|| {
-            let domain = match r.take(1)?[0] {
-                0 => TimerDomain::EventTime,
-                1 => TimerDomain::ProcessingTime,
-                other => {
-                    return Err(FormatError(format!(
-                        "a timer at byte {} has domain {other}, which is neither 0 nor 1",
-                        r.at - 1
-                    )));
-                }
-            };
-            let time = i64::from_le_bytes(r.take(8)?.try_into().unwrap_or_default());
-            Ok((domain, time, r.bytes()?))
-        })();
-        failed = timer.is_err();
-        Some(timer)
+    items(section, |r| {
+        let domain = match r.take(1)?[0] {
+            0 => TimerDomain::EventTime,
+            1 => TimerDomain::ProcessingTime,
+            other => {
+                return Err(FormatError(format!(
+                    "a timer at byte {} has domain {other}, which is neither 0 nor 1",
+                    r.at - 1
+                )));
+            }
+        };
+        let time = i64::from_le_bytes(r.take(8)?.try_into().unwrap_or_default());
+        Ok((domain, time, r.bytes()?))
     })
 }
 
@@ -727,7 +724,11 @@ mod tests {
                 (TimerDomain::ProcessingTime, 1 << 40, &b""[..])
             ]
         );
-        assert!(timers(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0]).next().is_some_and(|t| t.is_err()));
+        assert!(
+            timers(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                .next()
+                .is_some_and(|t| t.is_err())
+        );
         Ok(())
     }
 
@@ -758,7 +759,10 @@ mod tests {
         let t = index.timers.ok_or(FormatError("no timers".into()))?;
         assert_eq!(t.key_groups, GroupRange { start: 4, end: 8 });
         let g = t.groups[0];
-        assert_eq!(&slice(&file, g.offset, g.len, "t")?[..], &timer_bytes.bytes[..]);
+        assert_eq!(
+            &slice(&file, g.offset, g.len, "t")?[..],
+            &timer_bytes.bytes[..]
+        );
         assert!(slice(&file, 0, 1_000, "the keyed state").is_err());
         assert_eq!(index.records_in, 12);
         Ok(())

@@ -6,8 +6,8 @@
 //! to stdout is therefore at-least-once across a restore (the records after the restored
 //! checkpoint are printed again).
 
-use crate::connectors::rate::Pacer;
 use crate::checkpoint::snapshot::SnapshotType;
+use crate::connectors::rate::Pacer;
 use crate::runtime::{Batch, CheckpointId, Fault, Operator, RestoredParts, Snapshot, TaskError};
 use std::io::{BufWriter, Write};
 
@@ -130,7 +130,8 @@ mod tests {
     #[test]
     fn a_stateless_sink_snapshots_nothing_and_restores_from_nothing() -> Result<(), TaskError> {
         let mut sink = BlackholeSink::new(0);
-        let Snapshot::State(writer) = sink.snapshot(CheckpointId(1), SnapshotType::Checkpoint)? else {
+        let Snapshot::State(writer) = sink.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?
+        else {
             return Err(TaskError::failed(Fault::Host, "a blackhole finished"));
         };
         let state = writer()?;

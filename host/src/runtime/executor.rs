@@ -422,7 +422,9 @@ impl Executor {
                 .and_then(CheckpointDriver::next_deadline)
                 .map_or(now + CANCEL_POLL, |d| d.min(now + CANCEL_POLL));
             let messages = driver.as_ref().map_or(&never, |d| d.messages());
-            let savepoints = driver.as_ref().map_or(&never_savepoint, |d| d.savepoint_requests());
+            let savepoints = driver
+                .as_ref()
+                .map_or(&never_savepoint, |d| d.savepoint_requests());
             crossbeam_channel::select! {
                 recv(done_rx) -> finished => {
                     let Ok((task, result)) = finished else { break };

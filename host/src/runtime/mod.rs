@@ -192,8 +192,11 @@ pub trait Operator: Send {
     /// The synchronous phase of checkpoint `checkpoint`: capture a consistent view of
     /// the state, quickly, and return how to serialise it. `kind` says whether it is a
     /// savepoint, which a keyed backend writes in the canonical format (or natively).
-    fn snapshot(&mut self, checkpoint: CheckpointId, kind: SnapshotType)
-    -> Result<Snapshot, TaskError>;
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError>;
     /// Fuel the last [`Operator::snapshot`] spent, when the operator meters fuel.
     fn sync_fuel(&self) -> Option<u64> {
         None

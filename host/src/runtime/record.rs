@@ -1,8 +1,8 @@
 //! The one message type that travels between subtasks, and [`Record`], an owned record
 //! for tests, dead letters and other places off the data path.
 
-use crate::runtime::batch::{Batch, RecordRef};
 use crate::checkpoint::snapshot::SnapshotType;
+use crate::runtime::batch::{Batch, RecordRef};
 use crate::runtime::ids::CheckpointId;
 use std::time::Duration;
 

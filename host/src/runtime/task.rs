@@ -17,8 +17,7 @@ use crate::runtime::metrics::{Activity, SubtaskMetrics};
 use crate::runtime::output::Output;
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{
-    ChannelState, CheckpointId, CheckpointSink, Snapshot, Source, SourcePoll, TaskError,
-    now_ms,
+    ChannelState, CheckpointId, CheckpointSink, Snapshot, Source, SourcePoll, TaskError, now_ms,
 };
 use crate::state::RestoredState;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -549,9 +548,9 @@ impl OperatorTask<'_> {
         // Downstream can start aligning while this subtask snapshots; an unaligned
         // barrier overtakes everything this subtask's output channels hold.
         self.output.barrier(barrier)?;
-        let held = self
-            .chain
-            .snapshot(barrier, timing, self.ctx.checkpoints.as_ref(), unaligned)?;
+        let held =
+            self.chain
+                .snapshot(barrier, timing, self.ctx.checkpoints.as_ref(), unaligned)?;
         if unaligned {
             self.capturing = Some(Capturing {
                 checkpoint,

@@ -12,13 +12,13 @@
 //! [`StateError::OverLimit`]: a guest cannot grow the host without bound. A key group
 //! being copied after a snapshot briefly exists twice; the limit counts it once.
 
+use crate::checkpoint::snapshot::{
+    EntryValue, KeyedSections, KeyedState, SectionWriter, SnapshotType, StateDecl, entries,
+};
 use crate::runtime::batch::{Blobs, MaybeBlobs};
 use crate::runtime::ids::CheckpointId;
 use crate::runtime::ids::KeyGroup;
 use crate::runtime::keygroup::KeyGroupRange;
-use crate::checkpoint::snapshot::{
-    EntryValue, KeyedSections, KeyedState, SectionWriter, SnapshotType, StateDecl, entries,
-};
 use crate::state::{
     BackendSnapshot, GroupedKeys, KeyedStateBackend, MapEntries, RestoredState, StateError,
     StateId, StateKind, StateWriter,
@@ -544,9 +544,8 @@ impl HeapBackend {
                     continue;
                 };
                 for entry in entries(&old.states, section) {
-                    let entry = entry.map_err(|e| {
-                        StateError::Corrupt(format!("key group {}: {e}", group.0))
-                    })?;
+                    let entry = entry
+                        .map_err(|e| StateError::Corrupt(format!("key group {}: {e}", group.0)))?;
                     let id = ids[entry.state as usize];
                     let table = &mut self.states[id.0 as usize].table;
                     match (table, entry.value) {
@@ -554,13 +553,17 @@ impl HeapBackend {
                             Arc::make_mut(&mut maps[slot]).insert(entry.key.to_vec(), v.to_vec());
                         }
                         (Table::List(maps), EntryValue::List(l)) => {
-                            Arc::make_mut(&mut maps[slot])
-                                .insert(entry.key.to_vec(), l.into_iter().map(<[u8]>::to_vec).collect());
+                            Arc::make_mut(&mut maps[slot]).insert(
+                                entry.key.to_vec(),
+                                l.into_iter().map(<[u8]>::to_vec).collect(),
+                            );
                         }
                         (Table::Map(maps), EntryValue::Map(m)) => {
                             Arc::make_mut(&mut maps[slot]).insert(
                                 entry.key.to_vec(),
-                                m.into_iter().map(|(u, v)| (u.to_vec(), v.to_vec())).collect(),
+                                m.into_iter()
+                                    .map(|(u, v)| (u.to_vec(), v.to_vec()))
+                                    .collect(),
                             );
                         }
                         _ => {

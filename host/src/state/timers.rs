@@ -153,8 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn timers_go_into_the_section_of_their_keys_group_and_come_back() -> Result<(), FormatError>
-    {
+    fn timers_go_into_the_section_of_their_keys_group_and_come_back() -> Result<(), FormatError> {
         let mut t = Timers::default();
         t.register(Domain::EventTime, b"b".to_vec(), 2);
         t.register(Domain::EventTime, b"a".to_vec(), 1);
@@ -172,7 +171,10 @@ mod tests {
         }
         assert_eq!(back, t);
         assert!(only_a.contains(Domain::EventTime, b"a", 1));
-        assert!(!only_a.contains(Domain::ProcessingTime, b"c", 3) || key_group_of(b"c", 128) == key_group_of(b"a", 128));
+        assert!(
+            !only_a.contains(Domain::ProcessingTime, b"c", 3)
+                || key_group_of(b"c", 128) == key_group_of(b"a", 128)
+        );
         Ok(())
     }
 

@@ -15,8 +15,8 @@
 //! The dead-letter file is written when the record is skipped, not transactionally: a
 //! restart from an older checkpoint that replays the record writes it again.
 
-use crate::runtime::{Batch, CheckpointId, Record, TaskInfo};
 use crate::checkpoint::snapshot::KeyedSections;
+use crate::runtime::{Batch, CheckpointId, Record, TaskInfo};
 use crate::state::{StateError, StateWriter, Timers};
 use serde::Serialize;
 use std::io::Write;

@@ -7,14 +7,16 @@
 //! operator dead-letters runaway records, in which case a new instance takes its place
 //! (see `dead_letter`).
 
+use crate::checkpoint::snapshot::{SnapshotParts, SnapshotType};
 use crate::job::{RunawayPolicy, SandboxSpec};
 use crate::runtime::keygroup::KeyGroupRange;
-use crate::checkpoint::snapshot::{SnapshotParts, SnapshotType};
 use crate::runtime::{
     Batch, Blobs, CheckpointId, Fault, Operator, PartsWriter, Record, RestoredParts, Snapshot,
     TaskError, TaskInfo, now_ms,
 };
-use crate::state::{BackendSnapshot, Domain, HeapBackend, KeyedStateBackend, RestoredState, Timers};
+use crate::state::{
+    BackendSnapshot, Domain, HeapBackend, KeyedStateBackend, RestoredState, Timers,
+};
 use crate::wasm::OperatorComponent;
 use crate::wasm::bindings::weir::operator::types as wit;
 use crate::wasm::bindings::{self, GuestError, TimeDomain};

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use weir::checkpoint::snapshot::SnapshotType;
 use weir::connectors::{BlackholeSink, FileSource, Generator, GeneratorSettings};
 use weir::runtime::executor::{OperatorFactory, Partitioner};
-use weir::checkpoint::snapshot::{SnapshotType};
 use weir::runtime::{
     Batch, CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator,
-    RunOptions, Snapshot, Source, TaskError,, RestoredParts};
+    RestoredParts, RunOptions, Snapshot, Source, TaskError,
+};
 
 /// Records per batch on every edge.
 pub const BATCH: usize = 1024;

@@ -1097,7 +1097,7 @@ mod tests {
 
     /// A job of a generator into a blackhole, and its server on a free loopback port.
     fn serve(io: &tokio::runtime::Runtime) -> (Arc<LiveJob>, RestServer) {
-        let text = "[job]\nname = \"sp\"\n[rest]\nport = 0\n[[source]]\nid = \"gen\"\nkind = \"generator\"\n[[sink]]\nid = \"out\"\nkind = \"blackhole\"\ninputs = [\"gen\"]\n";
+        let text = "[job]\nname = \"sp\"\n[checkpointing]\ninterval = \"1h\"\ndir = \"ckpt\"\n[rest]\nport = 0\n[[source]]\nid = \"gen\"\nkind = \"generator\"\n[[sink]]\nid = \"out\"\nkind = \"blackhole\"\ninputs = [\"gen\"]\n";
         let spec = crate::job::parse(text, std::path::Path::new("sp.toml"), &[]).expect("a job");
         let job = Arc::new(LiveJob::new(&spec, crate::runtime::CancelToken::default()));
         let server = start(&spec.rest, None, job.clone(), io.handle()).expect("a server");
