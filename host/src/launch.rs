@@ -8,7 +8,7 @@
 use crate::checkpoint::channel_state;
 use crate::checkpoint::coordinator::CoordinatorConfig;
 use crate::checkpoint::driver::DriverSetup;
-use crate::checkpoint::metadata::{CheckpointMetadata, TaskState};
+use crate::checkpoint::metadata::{CheckpointMetadata, SnapshotKind, TaskState};
 use crate::checkpoint::restore::{
     self, JobShape, KeyedSource, PlanOptions, StatePlan, SubtaskPlan,
 };
@@ -581,6 +581,7 @@ fn run_attempts(
             savepoint = Some((which.clone(), *id));
         }
         let restored_id = restored.as_ref().map(|(id, _)| *id);
+        let is_savepoint = plan.is_savepoint;
         let mut options = RunOptions {
             restore: plan.tasks,
             channel_state: plan.channel_state,
@@ -623,7 +624,8 @@ fn run_attempts(
         }
         if let Some((id, path)) = restored {
             tracing::info!(checkpoint = id.0, location = %path, "restoring from {path}");
-            live.stats.update(|s| s.restored(id.0, now_ms(), path));
+            live.stats
+                .update(|s| s.restored(id.0, now_ms(), path, is_savepoint));
         }
         live.set_state(JobState::Running);
         let result = Executor::new(cancel.clone()).run(graph, options);
@@ -917,6 +919,8 @@ struct Restored {
     tasks: HashMap<(String, u32), Restore>,
     /// Channel state to replay, by node id and subtask index.
     channel_state: HashMap<(String, u32), ChannelState>,
+    /// Whether it is a savepoint.
+    is_savepoint: bool,
 }
 
 /// What a run restores, and the snapshot it came from: its id and where it is.
@@ -1093,7 +1097,10 @@ fn load_snapshot(
         metadata: &metadata,
         files: HashMap::new(),
     };
-    let mut out = Restored::default();
+    let mut out = Restored {
+        is_savepoint: metadata.kind == SnapshotKind::Savepoint,
+        ..Restored::default()
+    };
     for ((node, subtask), planned) in plan.subtasks {
         let key = (node, subtask);
         let state = match planned {

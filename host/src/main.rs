@@ -1,7 +1,7 @@
 //! `weir`: the command line of the Weir host.
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -130,8 +130,8 @@ enum Command {
     Stop {
         /// Where to write the savepoint: a directory or an s3:// URL (a relative path
         /// is taken from the current directory). Without it, or with --savepoint alone,
-        /// the job's [checkpointing] savepoint-dir. `--savepoint JOB.toml` would read the
-        /// job file as DIR: write the job first, or `--savepoint=DIR`.
+        /// the job's [checkpointing] savepoint-dir. `weir stop --savepoint JOB` takes
+        /// the one value as the job.
         #[arg(long, value_name = "DIR", num_args = 0..=1)]
         savepoint: Option<Option<String>>,
         #[command(flatten)]
@@ -139,7 +139,7 @@ enum Command {
         /// The running job, as for `weir stack`: its job file or its REST address, e.g.
         /// http://127.0.0.1:8081.
         #[arg(value_name = "JOB.toml|URL")]
-        target: String,
+        target: Option<String>,
     },
 }
 
@@ -332,12 +332,21 @@ fn main() -> ExitCode {
             savepoint,
             format,
             target,
-        } => outcome(take_savepoint(
-            &target,
-            savepoint.flatten(),
-            format.kind,
-            true,
-        )),
+        } => {
+            // `--savepoint` takes an optional value, so `weir stop --savepoint JOB` reads
+            // the job as the directory: one value alone is the job.
+            let (target, directory) = match (target, savepoint.flatten()) {
+                (Some(target), directory) => (target, directory),
+                (None, Some(target)) => (target, None),
+                (None, None) => Cli::command()
+                    .error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "name the running job: weir stop [--savepoint [DIR]] <JOB.toml|URL>",
+                    )
+                    .exit(),
+            };
+            outcome(take_savepoint(&target, directory, format.kind, true))
+        }
         Command::Checkpoints(command) => outcome(checkpoints(command)),
     }
 }

@@ -478,7 +478,8 @@ fn canonical_savepoints_move_state_from_heap_to_rocksdb_and_back() {
         rocksdb,
         Some(&on_heap),
         |_| scratch.committed_lines("out").len() > after_heap + 1_000,
-        &["--savepoint", "--type", "canonical", URL],
+        // One value after --savepoint is the job, not a directory.
+        &["--type", "canonical", "--savepoint", URL],
     );
     let resumed = resume(&scratch, Job::TO_THE_END, &on_rocksdb, &[]);
     assert!(resumed.status.success(), "{}", describe(&resumed));

@@ -1021,12 +1021,7 @@ impl CheckpointDriver {
                     .update(|s| s.completed(id.0, metadata.completed_at_ms, path));
                 self.completed.push(metadata.files());
                 let last = self.final_checkpoint.is_some_and(|f| id >= f);
-                for task in &self.tasks {
-                    task.control.send(Control::Complete(id));
-                    if last {
-                        task.control.send(Control::Finish);
-                    }
-                }
+                self.notify_complete(id, last);
                 self.retain();
                 self.coordinator.committed(id, now)
             }
@@ -1062,13 +1057,24 @@ impl CheckpointDriver {
             .stats
             .update(|s| s.completed(id.0, metadata.completed_at_ms, path));
         if savepoint.stop {
-            for task in &self.tasks {
-                task.control.send(Control::Complete(id));
-                task.control.send(Control::Finish);
-            }
+            self.notify_complete(id, true);
             self.stopped_with = Some(location.clone());
         }
         let _ = savepoint.reply.send(Ok(location));
+    }
+
+    /// Tells every task that `id` is complete and, with `finish`, then every task to
+    /// finish: each hears of the completion (a sink commits) before any upstream task
+    /// can exit.
+    fn notify_complete(&self, id: CheckpointId, finish: bool) {
+        for task in &self.tasks {
+            task.control.send(Control::Complete(id));
+        }
+        if finish {
+            for task in &self.tasks {
+                task.control.send(Control::Finish);
+            }
+        }
     }
 
     /// Hands the statistics to their writer; a write still running is followed by one

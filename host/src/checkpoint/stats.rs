@@ -148,6 +148,9 @@ pub struct RestoredRecord {
     pub restore_ms: i64,
     /// Where it is stored.
     pub external_path: String,
+    /// Whether it is a savepoint.
+    #[serde(default)]
+    pub is_savepoint: bool,
 }
 
 /// The figures of one completed checkpoint that the summary is over.
@@ -235,8 +238,11 @@ pub struct CheckpointStats {
     pub counts: Counts,
     /// The most recent checkpoints, oldest first, at most [`HISTORY`].
     pub history: VecDeque<CheckpointRecord>,
-    /// The latest completed checkpoint.
+    /// The latest completed checkpoint, savepoints not counted.
     pub latest_completed: Option<CheckpointRecord>,
+    /// The latest completed savepoint.
+    #[serde(default)]
+    pub latest_savepoint: Option<CheckpointRecord>,
     /// The latest failed checkpoint.
     pub latest_failed: Option<CheckpointRecord>,
     /// The checkpoint the current run restored.
@@ -365,7 +371,11 @@ impl CheckpointStats {
         if self.window.len() > SUMMARY_WINDOW {
             self.window.pop_front();
         }
-        self.latest_completed = Some(record);
+        if record.savepoint_format.is_some() {
+            self.latest_savepoint = Some(record);
+        } else {
+            self.latest_completed = Some(record);
+        }
     }
 
     /// Checkpoint `id` failed at `at_ms` because of `reason`; `counted` unless it was
@@ -399,12 +409,13 @@ impl CheckpointStats {
     }
 
     /// The run restored checkpoint `id` from `path` at `at_ms`.
-    pub fn restored(&mut self, id: u64, at_ms: i64, path: String) {
+    pub fn restored(&mut self, id: u64, at_ms: i64, path: String, is_savepoint: bool) {
         self.counts.restored += 1;
         self.restored = Some(RestoredRecord {
             id,
             restore_ms: at_ms,
             external_path: path,
+            is_savepoint,
         });
     }
 
@@ -650,7 +661,7 @@ mod tests {
         complete(&mut s, 1, 1000);
         s.triggered(2, 2000, &vertices());
         s.failed(2, 2100, "expired".into(), true);
-        s.restored(1, 3000, "file:///c/chk-1".into());
+        s.restored(1, 3000, "file:///c/chk-1".into(), false);
         let json = serde_json::to_vec(&s).expect("serialises");
         let back: CheckpointStats = serde_json::from_slice(&json).expect("reads back");
         assert_eq!(back, s);

@@ -31,8 +31,8 @@ pub enum StorageError {
     /// or changed on disk. The storage's (disk, filesystem, object store) fault; a retry
     /// does not help, but an older complete checkpoint can be restored instead.
     #[error(
-        "{location} is corrupt: {reason}. The checkpoint that uses it cannot be restored; \
-         an older complete checkpoint can."
+        "{location} is corrupt: {reason}. The checkpoint or savepoint that uses it cannot be \
+         restored."
     )]
     Corrupt {
         /// The corrupt file.

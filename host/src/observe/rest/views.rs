@@ -365,7 +365,9 @@ fn class_name(status: CheckpointStatus) -> &'static str {
 }
 
 fn checkpoint_type(c: &CheckpointRecord) -> &'static str {
-    if c.unaligned {
+    if c.savepoint_format.is_some() {
+        "SAVEPOINT"
+    } else if c.unaligned {
         "UNALIGNED_CHECKPOINT"
     } else {
         "CHECKPOINT"
@@ -407,8 +409,8 @@ pub fn checkpoint(job: &LiveJob, c: &CheckpointRecord) -> Value {
         "className": class_name(c.status),
         "id": c.id,
         "status": c.status,
-        "is_savepoint": false,
-        "savepointFormat": null,
+        "is_savepoint": c.savepoint_format.is_some(),
+        "savepointFormat": c.savepoint_format,
         "trigger_timestamp": c.trigger_ms,
         "latest_ack_timestamp": c.latest_ack_ms,
         "checkpointed_size": c.checkpointed_size(),
@@ -457,12 +459,12 @@ pub fn checkpoints(job: &LiveJob, stats: &CheckpointStats) -> Value {
         },
         "latest": {
             "completed": stats.latest_completed.as_ref().map(|c| checkpoint(job, c)),
-            "savepoint": null,
+            "savepoint": stats.latest_savepoint.as_ref().map(|c| checkpoint(job, c)),
             "failed": stats.latest_failed.as_ref().map(|c| checkpoint(job, c)),
             "restored": stats.restored.as_ref().map(|r| json!({
                 "id": r.id,
                 "restore_timestamp": r.restore_ms,
-                "is_savepoint": false,
+                "is_savepoint": r.is_savepoint,
                 "external_path": r.external_path,
             })),
         },
