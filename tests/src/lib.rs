@@ -329,8 +329,16 @@ impl RunningJob {
     /// # Panics
     /// When `weir` does not start or logs no address within a minute.
     pub fn start(scratch: &Scratch, args: &[&str]) -> Self {
-        let mut child = scratch
-            .weir(args)
+        Self::spawn(scratch.weir(args))
+    }
+
+    /// [`start`](Self::start) with a `weir run` command made by [`Scratch::weir`] and
+    /// given more, e.g. an environment.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -41,8 +41,8 @@ pub enum CoordinatorMessage {
         task: TaskRef,
         /// The checkpoint.
         checkpoint: CheckpointId,
-        /// Where its state is.
-        state: TaskState,
+        /// Where its state is (boxed: the other messages are small).
+        state: Box<TaskState>,
         /// Where its channel state is, when the checkpoint was unaligned here.
         channel_state: Option<FileHandle>,
         /// How it went.
@@ -150,7 +150,7 @@ impl CheckpointSink for SnapshotUploader {
                 let _ = self.messages.send(CoordinatorMessage::Ack {
                     task,
                     checkpoint,
-                    state: TaskState::Finished,
+                    state: Box::new(TaskState::Finished),
                     channel_state: None,
                     stats,
                 });
@@ -200,7 +200,7 @@ impl CheckpointSink for SnapshotUploader {
                     CoordinatorMessage::Ack {
                         task,
                         checkpoint,
-                        state,
+                        state: Box::new(state),
                         channel_state,
                         stats,
                     }
@@ -906,7 +906,7 @@ impl CheckpointDriver {
                     });
                     collected
                         .tasks
-                        .insert(task, (state, channel_state, stats.clone()));
+                        .insert(task, (*state, channel_state, stats.clone()));
                 }
                 match self.coordinator.acknowledge(checkpoint, task, stats, now) {
                     AckOutcome::Complete(_) => self.commit(checkpoint),

@@ -276,12 +276,12 @@ fn plan_node(
                         plan.keyed.push(KeyedSource::Canonical { task: i, groups });
                     }
                 }
-                Some(KeyedPart::Native { key_groups, .. }) => {
-                    if key_groups.start < range.end && range.start < key_groups.end {
-                        plan.keyed.push(KeyedSource::Native { task: i });
-                    }
+                Some(KeyedPart::Native { key_groups, .. })
+                    if key_groups.start < range.end && range.start < key_groups.end =>
+                {
+                    plan.keyed.push(KeyedSource::Native { task: i });
                 }
-                None => {}
+                Some(KeyedPart::Native { .. }) | None => {}
             }
             if let Some(t) = &p.timers {
                 let groups = within(&t.groups);

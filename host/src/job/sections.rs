@@ -656,21 +656,20 @@ pub(crate) fn network(doc: &Doc<'_>) -> Result<NetworkConfig, JobError> {
         defaults::DEBLOAT_PERIOD,
         "200ms",
     )?;
-    if raw.enabled != Some(true) {
-        if let Some(key) = [
+    if raw.enabled != Some(true)
+        && let Some(key) = [
             ("target", raw.target.is_some()),
             ("period", raw.period.is_some()),
         ]
         .into_iter()
         .find_map(|(key, set)| set.then_some(key))
-        {
-            return Err(JobError::Invalid {
-                at: at(key),
-                message: format!(
-                    "`{key}` only applies when buffer debloating is on. Set enabled = true in [network.buffer-debloat], or remove {key}."
-                ),
-            });
-        }
+    {
+        return Err(JobError::Invalid {
+            at: at(key),
+            message: format!(
+                "`{key}` only applies when buffer debloating is on. Set enabled = true in [network.buffer-debloat], or remove {key}."
+            ),
+        });
     }
     Ok(NetworkConfig {
         channel_capacity,

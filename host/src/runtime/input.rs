@@ -265,15 +265,16 @@ impl InputGate {
                 .announced
                 .front()
                 .is_some_and(|a| a.position == s.consumed);
-            if at_barrier && !s.blocked {
-                if let Some(a) = s.announced.pop_front() {
-                    s.stopped = a.barrier.stop;
-                    self.next = channel + 1;
-                    return Ok(Some(Event::Barrier {
-                        channel,
-                        barrier: a.barrier,
-                    }));
-                }
+            if at_barrier
+                && !s.blocked
+                && let Some(a) = s.announced.pop_front()
+            {
+                s.stopped = a.barrier.stop;
+                self.next = channel + 1;
+                return Ok(Some(Event::Barrier {
+                    channel,
+                    barrier: a.barrier,
+                }));
             }
             match self.channels[channel].poll(data && !s.blocked && !at_barrier) {
                 Polled::Announcement(a) => {
