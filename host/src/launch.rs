@@ -623,7 +623,11 @@ fn run_attempts(
             });
         }
         if let Some((id, path)) = restored {
-            tracing::info!(checkpoint = id.0, location = %path, "restoring from {path}");
+            if is_savepoint {
+                tracing::info!(checkpoint = id.0, location = %path, "restoring from savepoint {path}");
+            } else {
+                tracing::info!(checkpoint = id.0, location = %path, "restoring from checkpoint {id} at {path}");
+            }
             live.stats
                 .update(|s| s.restored(id.0, now_ms(), path, is_savepoint));
         }
@@ -969,8 +973,9 @@ fn choose_restore(
                     }
                     Err(Skip::Unusable(reason)) => {
                         tracing::warn!(
-                            "skipping checkpoint {id} in {}: {reason}. It stays there for inspection until retention deletes it; trying the next older one",
-                            storage.describe()
+                            "skipping checkpoint {id} in {}: {}. It stays there for inspection until retention deletes it; trying the next older one",
+                            storage.describe(),
+                            reason.trim_end_matches('.')
                         );
                     }
                     Err(Skip::Incompatible(reason)) => return Err(LaunchError::Restore(reason)),

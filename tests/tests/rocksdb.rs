@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 use weir::checkpoint::metadata::{CheckpointMetadata, TaskState};
 use weir::checkpoint::snapshot::{KeyedPart, StateParts};
@@ -265,28 +265,57 @@ inputs = ["latest"]
     );
 }
 
-#[test]
-fn a_heap_checkpoint_is_refused_by_a_rocksdb_job_with_the_reason() {
+/// Runs `from` (a job file) to its end in a scratch of its own, then `to` from the newest
+/// retained checkpoint that holds keyed state, by path (`latest` of the finished job
+/// would only say that it finished).
+fn restore_into(from: &str, to: &str) -> Output {
     let scratch = Scratch::new();
-    let heap = fill_and_trickle("[state]\nbackend = \"heap\"", 1_000);
-    let retained = run_to_end(&scratch, &heap);
-    let newest = retained.last().expect("a retained checkpoint").checkpoint;
-    let rocks = fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 1_000);
-    let path = scratch.write("job.toml", rocks);
-    // By path: `latest` of the finished job would only say that it finished.
+    let retained = run_to_end(&scratch, from);
+    let newest = retained
+        .iter()
+        .rev()
+        .find(|m| {
+            m.tasks.iter().any(|t| {
+                matches!(
+                    &t.state,
+                    TaskState::Parts(StateParts { keyed: Some(_), .. })
+                )
+            })
+        })
+        .expect("a retained checkpoint with keyed state")
+        .checkpoint;
+    let path = scratch.write("job.toml", to);
     let checkpoint = scratch
         .path()
         .join(format!("checkpoints/incremental/chk-{newest}"));
-    let output = scratch.run(&[
+    scratch.run(&[
         "run",
         path.to_str().unwrap_or_default(),
         "--from-checkpoint",
         checkpoint.to_str().unwrap_or_default(),
-    ]);
+    ])
+}
+
+/// The heap backend's checkpoints are in the canonical format, which RocksDB reads;
+/// RocksDB's are its native files, which the heap backend refuses with the way out.
+#[test]
+fn a_heap_checkpoint_restores_into_rocksdb_and_a_rocksdb_one_is_refused_by_the_heap_with_the_reason()
+ {
+    let heap = fill_and_trickle("[state]\nbackend = \"heap\"", 1_000);
+    let rocks = fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 1_000);
+
+    let output = restore_into(&heap, &rocks);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(stderr.contains("restoring from checkpoint"), "{stderr}");
+
+    let output = restore_into(&rocks, &heap);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{}", describe(&output));
     assert!(
-        stderr.contains("written by the heap state backend") && stderr.contains("rocksdb"),
+        stderr.contains("in rocksdb's native format")
+            && stderr.contains("uses the heap state backend")
+            && stderr.contains("canonical savepoint"),
         "{stderr}"
     );
 }

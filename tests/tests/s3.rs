@@ -417,7 +417,9 @@ fn a_stop_with_a_savepoint_on_s3_resumes_from_it_at_another_parallelism_exactly_
     command.envs(server.env_with_endpoint(&server.endpoint()));
     let running = RunningJob::spawn(command);
     assert!(
-        eventually(|| scratch.committed_lines("out").len() > 2_000),
+        eventually(
+            || scratch.path().join("out").is_dir() && scratch.committed_lines("out").len() > 2_000
+        ),
         "nothing was committed:\n{}",
         running.log()
     );

@@ -3186,6 +3186,22 @@ mod tests {
         Ok(lines)
     }
 
+    /// `n` keys spread over key groups 0 to 7.
+    fn keys_in_eight_groups(n: u32) -> Vec<(KeyGroup, Vec<u8>)> {
+        (0..n)
+            .map(|i| (KeyGroup((i % 8) as u16), i.to_be_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Opens a value, a list and a map state, `v`, `l` and `m`.
+    fn open_value_list_map(b: &mut dyn KeyedStateBackend) -> Result<[StateId; 3], StateError> {
+        Ok([
+            b.open_state("v", StateKind::Value)?,
+            b.open_state("l", StateKind::List)?,
+            b.open_state("m", StateKind::Map)?,
+        ])
+    }
+
     #[test]
     fn a_canonical_savepoint_holds_what_the_heap_writes_and_restores_into_either_backend()
     -> TestResult {
@@ -3193,18 +3209,9 @@ mod tests {
         let store = root.path().join("store");
         let mut rocks = backend(root.path(), "canonical", false)?;
         let mut heap = HeapBackend::new(all_groups(), u64::MAX);
-        let keys: Vec<(KeyGroup, Vec<u8>)> = (0..600u32)
-            .map(|i| (KeyGroup((i % 8) as u16), i.to_be_bytes().to_vec()))
-            .collect();
-        let open = |b: &mut dyn KeyedStateBackend| -> Result<[StateId; 3], StateError> {
-            Ok([
-                b.open_state("v", StateKind::Value)?,
-                b.open_state("l", StateKind::List)?,
-                b.open_state("m", StateKind::Map)?,
-            ])
-        };
-        let states = open(&mut rocks)?;
-        open(&mut heap)?;
+        let keys = keys_in_eight_groups(600);
+        let states = open_value_list_map(&mut rocks)?;
+        open_value_list_map(&mut heap)?;
         for round in 0..2 {
             interval(&mut rocks, states, &keys, round)?;
             interval(&mut heap, states, &keys, round)?;
@@ -3239,7 +3246,7 @@ mod tests {
         // Into the heap backend, and from there back into RocksDB.
         let mut into_heap = HeapBackend::new(all_groups(), u64::MAX);
         into_heap.restore(RestoredState::Canonical(vec![from_rocks.into_sections()]))?;
-        assert_eq!(open(&mut into_heap)?, states);
+        assert_eq!(open_value_list_map(&mut into_heap)?, states);
         assert_eq!(
             first_difference(
                 &dump(&into_heap, states, &keys)?,
@@ -3251,7 +3258,7 @@ mod tests {
         let mut back = backend(root.path(), "canonical-back", false)?;
         back.open_state("gone", StateKind::Value)?;
         back.restore(RestoredState::Canonical(vec![again.into_sections()]))?;
-        assert_eq!(open(&mut back)?, states);
+        assert_eq!(open_value_list_map(&mut back)?, states);
         assert_eq!(
             first_difference(&dump(&back, states, &keys)?, &dump(&heap, states, &keys)?),
             None
@@ -3999,18 +4006,9 @@ mod tests {
         options.write_behind_bytes = write_behind_bytes;
         let mut rocks = RocksDbBackend::open(all_groups(), options)?;
         let mut heap = HeapBackend::new(all_groups(), u64::MAX);
-        let keys: Vec<(KeyGroup, Vec<u8>)> = (0..3000u32)
-            .map(|i| (KeyGroup((i % 8) as u16), i.to_be_bytes().to_vec()))
-            .collect();
-        let open = |b: &mut dyn KeyedStateBackend| -> Result<[StateId; 3], StateError> {
-            Ok([
-                b.open_state("v", StateKind::Value)?,
-                b.open_state("l", StateKind::List)?,
-                b.open_state("m", StateKind::Map)?,
-            ])
-        };
-        let states = open(&mut rocks)?;
-        open(&mut heap)?;
+        let keys = keys_in_eight_groups(3000);
+        let states = open_value_list_map(&mut rocks)?;
+        open_value_list_map(&mut heap)?;
         for round in 0..2 {
             interval(&mut rocks, states, &keys, round)?;
             interval(&mut heap, states, &keys, round)?;
@@ -4069,9 +4067,9 @@ mod tests {
         }]))?;
         let mut heap_restored = HeapBackend::new(all_groups(), u64::MAX);
         heap_restored.restore(RestoredState::Canonical(vec![at_snapshot.into_sections()]))?;
-        let restored_states = open(&mut restored)?;
+        let restored_states = open_value_list_map(&mut restored)?;
         assert_eq!(restored_states, states);
-        open(&mut heap_restored)?;
+        open_value_list_map(&mut heap_restored)?;
         assert_eq!(
             first_difference(
                 &dump(&restored, states, &keys)?,
