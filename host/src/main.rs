@@ -338,12 +338,16 @@ fn main() -> ExitCode {
             let (target, directory) = match (target, savepoint.flatten()) {
                 (Some(target), directory) => (target, directory),
                 (None, Some(target)) => (target, None),
-                (None, None) => Cli::command()
-                    .error(
+                (None, None) => {
+                    let mut cli = Cli::command();
+                    cli.build();
+                    let mut stop = cli.find_subcommand("stop").cloned().unwrap_or(cli);
+                    stop.error(
                         clap::error::ErrorKind::MissingRequiredArgument,
-                        "name the running job: weir stop [--savepoint [DIR]] <JOB.toml|URL>",
+                        "name the running job: its job file or its REST address",
                     )
-                    .exit(),
+                    .exit()
+                }
             };
             outcome(take_savepoint(&target, directory, format.kind, true))
         }
