@@ -37,9 +37,11 @@ use crate::{Batch, CheckpointId, Context, Output, Result, Timers};
 ///         Ok(self.seen.to_le_bytes().to_vec())
 ///     }
 ///
+///     // After a rescale every subtask receives every old subtask's state, one call
+///     // each: adding them up keeps the total.
 ///     fn restore_state(&mut self, state: Vec<u8>) -> Result<()> {
 ///         let bytes = state.try_into().map_err(|_| "the snapshot is not 8 bytes long")?;
-///         self.seen = u64::from_le_bytes(bytes);
+///         self.seen += u64::from_le_bytes(bytes);
 ///         Ok(())
 ///     }
 /// }
@@ -84,8 +86,13 @@ pub trait Operator: Sized + 'static {
         Ok(Vec::new())
     }
 
-    /// Receives what [`Operator::snapshot_state`] returned for the checkpoint the job
-    /// restores from, right after `open` and before any record.
+    /// Receives what [`Operator::snapshot_state`] returned for the checkpoint or
+    /// savepoint the job restores from, right after `open` and before any record.
+    ///
+    /// At the same parallelism it is called once, with this subtask's own state. After
+    /// a rescale it is called once per old subtask, with each one's state (union state,
+    /// as Flink's): keep what this subtask needs. Keyed state needs none of this; the
+    /// host moves it by key group.
     fn restore_state(&mut self, state: Vec<u8>) -> Result<()> {
         let _ = state;
         Ok(())

@@ -16,8 +16,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use weir::checkpoint::driver::store_snapshot;
+use weir::checkpoint::snapshot::{SnapshotParts, SnapshotType};
 use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
-use weir::runtime::{CheckpointId, Fault, SubtaskIndex, TaskError};
+use weir::runtime::{CheckpointId, Fault, PartsWriter, SubtaskIndex, TaskError};
 use weir::state::{
     BackendSnapshot, HeapBackend, KeyedStateBackend, RocksDbBackend, RocksDbOptions, StateKind,
 };
@@ -44,14 +45,25 @@ struct Figures {
     updates_per_s: f64,
 }
 
-fn run(
-    backend: &mut dyn KeyedStateBackend,
+/// What both backends' runs share.
+struct Setup<'a> {
     keys: u64,
     snapshots: u64,
     interval: Duration,
-    storage: &Arc<dyn CheckpointStorage>,
-    io: &tokio::runtime::Runtime,
-) -> Figures {
+    range: KeyGroupRange,
+    storage: &'a Arc<dyn CheckpointStorage>,
+    io: &'a tokio::runtime::Runtime,
+}
+
+fn run(backend: &mut dyn KeyedStateBackend, name: &'static str, setup: &Setup<'_>) -> Figures {
+    let Setup {
+        keys,
+        snapshots,
+        interval,
+        range,
+        storage,
+        io,
+    } = *setup;
     let state = backend
         .open_state("count", StateKind::Value)
         .expect("a state");
@@ -93,28 +105,41 @@ fn run(
         let updated = started.elapsed();
         let id = CheckpointId(round + 1);
         let before = Instant::now();
-        let snapshot = backend.snapshot(id).expect("a snapshot");
+        let snapshot = backend
+            .snapshot(id, SnapshotType::Checkpoint)
+            .expect("a snapshot");
         let took = before.elapsed();
         if round > 0 {
             sync.push(took);
             updating += updated;
         }
-        let (writer, files) = match snapshot {
+        let (writer, files): (PartsWriter, _) = match snapshot {
             BackendSnapshot::Encoded(encode) => (
                 Box::new(move || {
-                    encode().map_err(|e| TaskError::failed(Fault::Host, e.to_string()))
-                }) as weir::runtime::SnapshotWriter,
+                    let keyed =
+                        encode().map_err(|e| TaskError::failed(Fault::Host, e.to_string()))?;
+                    Ok(SnapshotParts {
+                        keyed: Some(keyed),
+                        key_groups: Some(range),
+                        ..SnapshotParts::default()
+                    })
+                }),
                 None,
             ),
             BackendSnapshot::Files(files) => (
-                Box::new(|| Ok(Vec::new())) as weir::runtime::SnapshotWriter,
+                Box::new(move || {
+                    Ok(SnapshotParts {
+                        key_groups: Some(range),
+                        ..SnapshotParts::default()
+                    })
+                }),
                 Some(files),
             ),
         };
         let (storage, done) = (storage.clone(), done_tx.clone());
         io.spawn(async move {
             let started = Instant::now();
-            store_snapshot(storage, id, "bench-0", writer, files)
+            store_snapshot(storage, id, "bench-0", name, writer, files)
                 .await
                 .expect("the snapshot is stored");
             let _ = done.send((id, started.elapsed()));
@@ -158,15 +183,16 @@ fn main() {
     let mut options = RocksDbOptions::new(dir.path().join("db"), "bench");
     options.incremental = true;
     let mut rocks = RocksDbBackend::open(range, options).expect("RocksDB opens");
-    let rocks = run(&mut rocks, keys, snapshots, interval, &storage, &io);
-    let heap = run(
-        &mut HeapBackend::new(range, u64::MAX),
+    let setup = Setup {
         keys,
         snapshots,
         interval,
-        &storage,
-        &io,
-    );
+        range,
+        storage: &storage,
+        io: &io,
+    };
+    let rocks = run(&mut rocks, "rocksdb", &setup);
+    let heap = run(&mut HeapBackend::new(range, u64::MAX), "heap", &setup);
     for (name, f) in [("RocksDB", &rocks), ("heap", &heap)] {
         println!(
             "   {name:<8} sync p50 {:>9.2?}  p99 {:>9.2?}   async p50 {:>9.2?}  p99 {:>9.2?}   \

@@ -8,10 +8,14 @@
 use crate::checkpoint::channel_state;
 use crate::checkpoint::coordinator::CoordinatorConfig;
 use crate::checkpoint::driver::DriverSetup;
-use crate::checkpoint::metadata::{CheckpointMetadata, TaskState};
+use crate::checkpoint::metadata::{CheckpointMetadata, SnapshotKind, TaskState};
+use crate::checkpoint::restore::{
+    self, JobShape, KeyedSource, PlanOptions, StatePlan, SubtaskPlan,
+};
 use crate::checkpoint::retention::{
     CheckpointFiles, EndAction, JobEnd, ListedCheckpoint, on_job_end, orphans, restore_candidates,
 };
+use crate::checkpoint::snapshot::{self, KeyedPart, KeyedSections, StateParts};
 use crate::checkpoint::stats::CheckpointStats;
 use crate::checkpoint::{AlignMode, RestartDecision, RestartTracker};
 use crate::connectors::{
@@ -21,6 +25,7 @@ use crate::job::{
     CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind, StateBackendKind,
 };
 use crate::observe::{JobState, LiveJob};
+use crate::runtime::RestoredParts;
 use crate::runtime::executor::{Debloat, Network, OperatorFactory, Partitioner, RunReport};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::now_ms;
@@ -29,7 +34,9 @@ use crate::runtime::{
     Operator, Restore, RunError, RunOptions, Source,
 };
 use crate::runtime::{Fault, TaskError, TaskInfo};
-use crate::state::{HeapBackend, KeyedStateBackend, RestoredFiles, RocksDbBackend, RocksDbOptions};
+use crate::state::{
+    HeapBackend, KeyedStateBackend, RestoredFiles, RestoredState, RocksDbBackend, RocksDbOptions,
+};
 use crate::storage::{
     CheckpointStorage, FileHandle, FsStorage, JobLock, JobRecord, LockHolder, StorageError,
 };
@@ -281,6 +288,21 @@ pub enum FromCheckpoint {
     Latest,
     /// A checkpoint directory `<dir>/<job-id>/chk-<n>` (or its `_metadata`).
     Path(PathBuf),
+    /// A savepoint directory `…/savepoint-<job>-<n>` (or its `_metadata`), local or
+    /// `s3://`.
+    Savepoint(String),
+}
+
+impl FromCheckpoint {
+    /// What `weir run -s <location>` names: a retained checkpoint when it is one
+    /// (`…/chk-<n>`), else a savepoint.
+    pub fn snapshot_at(location: &str) -> Self {
+        if !location.starts_with("s3://") && parse_checkpoint_path(Path::new(location)).is_ok() {
+            Self::Path(PathBuf::from(location))
+        } else {
+            Self::Savepoint(location.to_owned())
+        }
+    }
 }
 
 impl std::str::FromStr for FromCheckpoint {
@@ -303,6 +325,10 @@ pub struct RunRequest {
     /// Go on although file sinks hold output committed after the point the run starts
     /// from, whose records are then written again (`--allow-duplicates`).
     pub allow_duplicates: bool,
+    /// Skip the state of operators the job no longer has (`--allow-non-restored-state`).
+    pub allow_non_restored_state: bool,
+    /// Start without state when no checkpoint can be restored (`--start-without-state`).
+    pub start_without_state: bool,
 }
 
 /// How a job ended without an error.
@@ -312,6 +338,8 @@ pub enum JobOutcome {
     Finished(RunReport),
     /// It was cancelled (Ctrl-C).
     Cancelled,
+    /// It stopped with a savepoint, at this location.
+    Stopped(String),
     /// It was asked to resume, but it had finished already: nothing ran.
     AlreadyFinished(FinishedRecord),
 }
@@ -388,7 +416,7 @@ pub fn run_job(
     let graph = build_graph(spec, wasm, existing, &live.profiler)?;
     let Some(config) = &spec.checkpointing else {
         clear_working_dir(spec);
-        return run_attempts(spec, &graph, io, live, request.from.clone(), None);
+        return run_attempts(spec, &graph, io, live, request, None);
     };
     let storage = crate::storage::open(&config.dir, &job_id(spec), &config.s3)?;
     let checked = storage.clone();
@@ -438,7 +466,7 @@ fn run_locked(
         }
         live.stats.update(|s| *s = stats);
     }
-    run_attempts(spec, graph, io, live, request.from.clone(), Some(storage))
+    run_attempts(spec, graph, io, live, request, Some(storage))
 }
 
 /// The completed checkpoints in storage newer than the latest that `stats` knows (the
@@ -530,18 +558,30 @@ fn run_attempts(
     graph: &Graph,
     io: &Handle,
     live: &LiveJob,
-    from: Option<FromCheckpoint>,
+    request: &RunRequest,
     storage: Option<&Arc<dyn CheckpointStorage>>,
 ) -> Result<JobOutcome, LaunchError> {
     let cancel = &live.cancel;
     let mut tracker = RestartTracker::new(spec.restart.clone());
-    let mut from = from;
+    let mut from = request.from.clone();
+    let fit = Fit {
+        allow_non_restored_state: request.allow_non_restored_state,
+        start_without_state: request.start_without_state,
+    };
     let mut attempt = 0u32;
+    // The savepoint the run started from: a restart before the first checkpoint after
+    // it restores it again.
+    let mut savepoint: Option<(FromCheckpoint, CheckpointId)> = None;
     loop {
         let (plan, restored) = match &from {
             None => (Restored::default(), None),
-            Some(which) => choose_restore(spec, storage, which, io)?,
+            Some(which) => choose_restore(spec, storage, which, fit, io)?,
         };
+        if let (Some(which @ FromCheckpoint::Savepoint(_)), Some((id, _))) = (&from, &restored) {
+            savepoint = Some((which.clone(), *id));
+        }
+        let restored_id = restored.as_ref().map(|(id, _)| *id);
+        let is_savepoint = plan.is_savepoint;
         let mut options = RunOptions {
             restore: plan.tasks,
             channel_state: plan.channel_state,
@@ -553,7 +593,11 @@ fn run_attempts(
         });
         if let (Some(config), Some(storage)) = (&spec.checkpointing, storage) {
             let listing = block_on_storage(io, storage, |s| async move { s.list().await })?;
-            let newest = listing.iter().map(|l| l.checkpoint).chain(restored).max();
+            let newest = listing
+                .iter()
+                .map(|l| l.checkpoint)
+                .chain(restored_id)
+                .max();
             discard_incomplete(storage, &listing, io);
             let completed = completed_files(storage, &listing, io);
             if attempt == 0 {
@@ -572,18 +616,31 @@ fn run_attempts(
                 completed: completed.unwrap_or_else(|Unread(files)| files),
                 stats: live.stats.clone(),
                 unaligned_after: config.unaligned_after(),
+                max_parallelism: spec.max_parallelism,
+                savepoints: live.savepoints.receiver(),
+                savepoint_dir: config.savepoint_dir.as_ref().map(ToString::to_string),
+                open_savepoint: savepoint_opener(spec),
             });
         }
-        if let Some(id) = restored {
-            tracing::info!(checkpoint = id.0, "restoring from checkpoint {id}");
-            if let Some(storage) = storage {
-                let path = storage.checkpoint_url(id);
-                live.stats.update(|s| s.restored(id.0, now_ms(), path));
+        if let Some((id, path)) = restored {
+            if is_savepoint {
+                tracing::info!(checkpoint = id.0, location = %path, "restoring from savepoint {path}");
+            } else {
+                tracing::info!(checkpoint = id.0, location = %path, "restoring from checkpoint {id} at {path}");
             }
+            live.stats
+                .update(|s| s.restored(id.0, now_ms(), path, is_savepoint));
         }
         live.set_state(JobState::Running);
         let result = Executor::new(cancel.clone()).run(graph, options);
         match result {
+            Ok(RunReport {
+                stopped_with_savepoint: Some(location),
+                ..
+            }) => {
+                end_of_job(spec, storage, io, JobEnd::Cancelled);
+                return Ok(JobOutcome::Stopped(location));
+            }
             Ok(report) => {
                 if let Some(storage) = storage {
                     record_finish(storage, io)?;
@@ -614,7 +671,7 @@ fn run_attempts(
                         if !sleep_unless_cancelled(after, cancel) {
                             return Ok(JobOutcome::Cancelled);
                         }
-                        from = storage.map(|_| FromCheckpoint::Latest);
+                        from = restart_point(storage, savepoint.as_ref(), io);
                     }
                     RestartDecision::GiveUp(reason) => {
                         return Err(LaunchError::Failed {
@@ -626,6 +683,42 @@ fn run_attempts(
             }
         }
     }
+}
+
+/// Where a restart restores from: the latest checkpoint, unless the run started from a
+/// savepoint and has completed no checkpoint after it.
+fn restart_point(
+    storage: Option<&Arc<dyn CheckpointStorage>>,
+    savepoint: Option<&(FromCheckpoint, CheckpointId)>,
+    io: &Handle,
+) -> Option<FromCheckpoint> {
+    let storage = storage?;
+    if let Some((which, id)) = savepoint {
+        let listing = block_on_storage(io, storage, |s| async move { s.list().await });
+        let newer = listing.is_ok_and(|l| l.iter().any(|c| c.has_metadata && c.checkpoint > *id));
+        if !newer {
+            return Some(which.clone());
+        }
+    }
+    Some(FromCheckpoint::Latest)
+}
+
+/// Opens a savepoint's storage for the driver: `<dir>/savepoint-<job>-<n>`, with the
+/// job's S3 settings.
+fn savepoint_opener(spec: &JobSpec) -> crate::checkpoint::driver::SavepointOpener {
+    let job = job_id(spec);
+    let s3 = spec
+        .checkpointing
+        .as_ref()
+        .map(|c| c.s3.clone())
+        .unwrap_or_default();
+    Arc::new(move |dir: &str, id: CheckpointId| {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let url = crate::job::storage_url(dir, &cwd)
+            .map_err(|e| format!("the savepoint directory \"{dir}\": {e}"))?;
+        crate::storage::open_savepoint(&url, &format!("savepoint-{job}-{}", id.0), &s3)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Writes the record of the job's finish, naming its final checkpoint, before retention
@@ -823,27 +916,39 @@ fn end_of_job(
     }
 }
 
-/// What each subtask restores from, and the checkpoint it came from.
-/// What every subtask restores from one checkpoint.
+/// What every subtask restores from one snapshot.
 #[derive(Default)]
 struct Restored {
     /// State, by node id and subtask index.
     tasks: HashMap<(String, u32), Restore>,
     /// Channel state to replay, by node id and subtask index.
     channel_state: HashMap<(String, u32), ChannelState>,
+    /// Whether it is a savepoint.
+    is_savepoint: bool,
 }
 
-type RestorePlan = (Restored, Option<CheckpointId>);
+/// What a run restores, and the snapshot it came from: its id and where it is.
+type RestoreChoice = (Restored, Option<(CheckpointId, String)>);
 
-/// Picks the checkpoint to restore from and loads every subtask's state, verified.
+/// How the run treats what does not fit the job (`weir run` flags).
+#[derive(Clone, Copy, Debug, Default)]
+struct Fit {
+    allow_non_restored_state: bool,
+    start_without_state: bool,
+}
+
+/// Picks the snapshot to restore from and loads every subtask's parts, verified.
 /// With `latest`, a checkpoint that is incomplete or fails its checksums is skipped
-/// with a message naming it, and the next older one is tried.
+/// with a message naming it, and the next older one is tried; when there are
+/// checkpoints but none can be restored, the run fails unless it may start without
+/// state: a job never starts afresh silently.
 fn choose_restore(
     spec: &JobSpec,
     storage: Option<&Arc<dyn CheckpointStorage>>,
     which: &FromCheckpoint,
+    fit: Fit,
     io: &Handle,
-) -> Result<RestorePlan, LaunchError> {
+) -> Result<RestoreChoice, LaunchError> {
     match which {
         FromCheckpoint::Latest => {
             let Some(storage) = storage else {
@@ -860,27 +965,42 @@ fn choose_restore(
                     has_metadata: l.has_metadata,
                 })
                 .collect();
-            for id in restore_candidates(&listed) {
-                match load_checkpoint(spec, storage, id, io) {
-                    Ok(plan) => return Ok((plan, Some(id))),
+            let candidates = restore_candidates(&listed);
+            for &id in &candidates {
+                match load_snapshot(spec, storage, id, fit, io) {
+                    Ok((restored, id)) => {
+                        return Ok((restored, Some((id, storage.checkpoint_url(id)))));
+                    }
                     Err(Skip::Unusable(reason)) => {
                         tracing::warn!(
-                            "skipping checkpoint {id} in {}: {reason}. It stays there for inspection until retention deletes it; trying the next older one",
-                            storage.describe()
+                            "skipping checkpoint {id} in {}: {}. It stays there for inspection until retention deletes it; trying the next older one",
+                            storage.describe(),
+                            reason.trim_end_matches('.')
                         );
                     }
                     Err(Skip::Incompatible(reason)) => return Err(LaunchError::Restore(reason)),
                 }
             }
-            tracing::info!(storage = %storage.describe(), "no complete checkpoint to restore from; starting from the beginning");
+            if !candidates.is_empty() && !fit.start_without_state {
+                return Err(LaunchError::Restore(format!(
+                    "none of the {} complete checkpoints in {} can be restored (see the warnings above). Run with --start-without-state to start the job without state; the checkpoints stay there",
+                    candidates.len(),
+                    storage.describe()
+                )));
+            }
+            if candidates.is_empty() {
+                tracing::info!(storage = %storage.describe(), "no complete checkpoint to restore from; starting from the beginning");
+            } else {
+                tracing::warn!(storage = %storage.describe(), "no checkpoint can be restored; starting without state, as --start-without-state asks");
+            }
             Ok((Restored::default(), None))
         }
         FromCheckpoint::Path(path) => {
             let (storage, id) = checkpoint_at(spec, path)?;
             let checked = storage.clone();
             io.block_on(async move { checked.check().await })?;
-            match load_checkpoint(spec, &storage, id, io) {
-                Ok(plan) => Ok((plan, Some(id))),
+            match load_snapshot(spec, &storage, id, fit, io) {
+                Ok((restored, id)) => Ok((restored, Some((id, storage.checkpoint_url(id))))),
                 Err(Skip::Unusable(reason) | Skip::Incompatible(reason)) => {
                     Err(LaunchError::Restore(format!(
                         "checkpoint {id} at {}: {reason}",
@@ -889,10 +1009,24 @@ fn choose_restore(
                 }
             }
         }
+        FromCheckpoint::Savepoint(location) => {
+            let s3 = spec
+                .checkpointing
+                .as_ref()
+                .map(|c| c.s3.clone())
+                .unwrap_or_default();
+            let storage = crate::storage::savepoint_at(location, &s3)?;
+            match load_snapshot(spec, &storage, CheckpointId(0), fit, io) {
+                Ok((restored, id)) => Ok((restored, Some((id, storage.describe())))),
+                Err(Skip::Unusable(reason) | Skip::Incompatible(reason)) => Err(
+                    LaunchError::Restore(format!("the savepoint at {location}: {reason}")),
+                ),
+            }
+        }
     }
 }
 
-/// Why a checkpoint was not restored.
+/// Why a snapshot was not restored.
 enum Skip {
     /// It is incomplete or corrupt: an older one may do.
     Unusable(String),
@@ -900,22 +1034,19 @@ enum Skip {
     Incompatible(String),
 }
 
-fn load_checkpoint(
+/// Reads snapshot `id` of `storage`, plans its restore into the job and reads every
+/// part the plan names; returns them with the snapshot's own id.
+fn load_snapshot(
     spec: &JobSpec,
     storage: &Arc<dyn CheckpointStorage>,
     id: CheckpointId,
+    fit: Fit,
     io: &Handle,
-) -> Result<Restored, Skip> {
+) -> Result<(Restored, CheckpointId), Skip> {
     let bytes = block_on_storage(io, storage, |s| async move { s.read_metadata(id).await })
         .map_err(|e| Skip::Unusable(e.to_string()))?;
     let metadata = CheckpointMetadata::from_bytes(&bytes).map_err(Skip::Unusable)?;
-    check_compatible(spec, &metadata).map_err(Skip::Incompatible)?;
-    let read = |handle: &FileHandle| {
-        let handle = handle.clone();
-        block_on_storage(io, storage, |s| async move { s.read(&handle).await })
-            .map(|bytes| bytes.to_vec())
-            .map_err(|e| Skip::Unusable(e.to_string()))
-    };
+    let id = CheckpointId(metadata.checkpoint);
     let without_channel_state = spec
         .checkpointing
         .as_ref()
@@ -926,53 +1057,221 @@ fn load_checkpoint(
             "recover-without-channel-state = {other}, but the job restores checkpoint {id}: its channel state is restored"
         );
     }
-    let mut plan = Restored::default();
-    for task in &metadata.tasks {
-        if let Some(handle) = &task.channel_state {
-            if drop_channel_state {
-                tracing::warn!(
-                    task = %format!("{} ({}/{})", task.node, task.subtask + 1, task.parallelism),
-                    bytes = task.stats.persisted_in_flight,
-                    "restoring checkpoint {id} without its channel state, as recover-without-channel-state asks: the in-flight records it held are dropped"
-                );
-            } else {
-                let state = channel_state::decode(&read(handle)?).map_err(|e| {
-                    Skip::Unusable(format!("the channel state in {}: {e}", handle.path))
-                })?;
-                plan.channel_state
-                    .insert((task.node.clone(), task.subtask), state);
-            }
-        }
-        let restore = match &task.state {
-            TaskState::Finished => Restore::Finished,
-            TaskState::File(handle) => Restore::State(read(handle)?),
-            TaskState::WithFiles { state, files } => {
-                let dir = state_settings(spec).dir.join(format!(
-                    "restore-{}-{}-{}",
-                    task.node,
-                    task.subtask,
-                    unique_suffix()
-                ));
-                let files = RestoredFiles {
-                    dir,
-                    files: files.clone(),
-                };
-                let stored = storage.clone();
-                let download = files.clone();
-                io.block_on(async move { download_files(stored, &download).await })
-                    .map_err(Skip::Unusable)?;
-                Restore::StateAndFiles(read(state)?, files)
-            }
-        };
-        plan.tasks
-            .insert((task.node.clone(), task.subtask), restore);
-    }
-    if drop_channel_state && metadata.tasks.iter().all(|t| t.channel_state.is_none()) {
+    let shape = JobShape {
+        nodes: spec
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.parallelism))
+            .collect(),
+        max_parallelism: spec.max_parallelism,
+        backend: backend_name(spec.state.backend),
+    };
+    let options = PlanOptions {
+        allow_non_restored_state: fit.allow_non_restored_state,
+        drop_channel_state,
+    };
+    let plan = restore::plan(&metadata, &shape, options).map_err(Skip::Incompatible)?;
+    for node in &plan.not_restored {
         tracing::warn!(
-            "recover-without-channel-state = {id}, but checkpoint {id} has no channel state: it is restored whole"
+            "the state of operator `{node}` is not restored: the job has no operator of that id (--allow-non-restored-state)"
         );
     }
-    Ok(plan)
+    for node in &plan.new_operators {
+        tracing::info!("operator `{node}` has no state in the snapshot and starts empty");
+    }
+    for (node, old, new) in &plan.rescaled {
+        tracing::info!("rescaling `{node}` from parallelism {old} to {new}");
+    }
+    if drop_channel_state {
+        for task in metadata.tasks.iter().filter(|t| t.channel_state.is_some()) {
+            tracing::warn!(
+                task = %format!("{} ({}/{})", task.node, task.subtask + 1, task.parallelism),
+                bytes = task.stats.persisted_in_flight,
+                "restoring checkpoint {id} without its channel state, as recover-without-channel-state asks: the in-flight records it held are dropped"
+            );
+        }
+        if metadata.tasks.iter().all(|t| t.channel_state.is_none()) {
+            tracing::warn!(
+                "recover-without-channel-state = {id}, but checkpoint {id} has no channel state: it is restored whole"
+            );
+        }
+    }
+    let mut reader = PartReader {
+        storage,
+        io,
+        metadata: &metadata,
+        files: HashMap::new(),
+    };
+    let mut out = Restored {
+        is_savepoint: metadata.kind == SnapshotKind::Savepoint,
+        ..Restored::default()
+    };
+    for ((node, subtask), planned) in plan.subtasks {
+        let key = (node, subtask);
+        let state = match planned {
+            SubtaskPlan::Finished => {
+                out.tasks.insert(key, Restore::Finished);
+                continue;
+            }
+            SubtaskPlan::State(state) => state,
+        };
+        if let Some(i) = state.channel_state
+            && let Some(handle) = &metadata.tasks[i].channel_state
+        {
+            let bytes = reader.read(handle)?;
+            let decoded = channel_state::decode(&bytes).map_err(|e| {
+                Skip::Unusable(format!("the channel state in {}: {e}", handle.path))
+            })?;
+            out.channel_state.insert(key.clone(), decoded);
+        }
+        let parts = reader.parts(spec, &key, &state)?;
+        out.tasks.insert(key, Restore::State(parts));
+    }
+    Ok((out, id))
+}
+
+/// Reads the parts a restore plan names, each stored file once.
+struct PartReader<'a> {
+    storage: &'a Arc<dyn CheckpointStorage>,
+    io: &'a Handle,
+    metadata: &'a CheckpointMetadata,
+    files: HashMap<String, bytes::Bytes>,
+}
+
+impl PartReader<'_> {
+    fn read(&mut self, handle: &FileHandle) -> Result<bytes::Bytes, Skip> {
+        if let Some(bytes) = self.files.get(&handle.path) {
+            return Ok(bytes.clone());
+        }
+        let read = handle.clone();
+        let bytes = block_on_storage(
+            self.io,
+            self.storage,
+            |s| async move { s.read(&read).await },
+        )
+        .map_err(|e| Skip::Unusable(e.to_string()))?;
+        self.files.insert(handle.path.clone(), bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Old subtask `task`'s parts and state file.
+    fn file_of(&mut self, task: usize) -> Result<(&StateParts, bytes::Bytes), Skip> {
+        let metadata = self.metadata;
+        let TaskState::Parts(parts) = &metadata.tasks[task].state else {
+            return Err(Skip::Unusable("a finished subtask has no parts".to_owned()));
+        };
+        let bytes = match &parts.file {
+            Some(handle) => self.read(handle)?,
+            None => bytes::Bytes::new(),
+        };
+        Ok((parts, bytes))
+    }
+
+    fn slice(
+        file: &bytes::Bytes,
+        offset: u64,
+        len: u64,
+        what: &str,
+        parts: &StateParts,
+    ) -> Result<bytes::Bytes, Skip> {
+        snapshot::slice(file, offset, len, what).map_err(|e| {
+            let name = parts
+                .file
+                .as_ref()
+                .map_or("the state file", |f| f.path.as_str());
+            Skip::Unusable(format!("{name}: {e}"))
+        })
+    }
+
+    /// What new subtask `key` restores, as `state` plans it.
+    fn parts(
+        &mut self,
+        spec: &JobSpec,
+        key: &(String, u32),
+        state: &StatePlan,
+    ) -> Result<RestoredParts, Skip> {
+        let mut restored = RestoredParts {
+            records_in: state.records_in,
+            ..RestoredParts::default()
+        };
+        for &task in &state.operator {
+            let (parts, file) = self.file_of(task)?;
+            if let Some(span) = parts.operator {
+                let bytes = Self::slice(&file, span.offset, span.len, "the operator state", parts)?;
+                restored.operator.push(bytes.to_vec());
+            }
+        }
+        let mut canonical = Vec::new();
+        let mut native = Vec::new();
+        for source in &state.keyed {
+            match source {
+                KeyedSource::Canonical { task, groups } => {
+                    let (parts, file) = self.file_of(*task)?;
+                    let Some(KeyedPart::Canonical { states, .. }) = &parts.keyed else {
+                        continue;
+                    };
+                    let states = states.clone();
+                    let sections = groups
+                        .iter()
+                        .map(|g| {
+                            Self::slice(&file, g.offset, g.len, "a key group's state", parts)
+                                .map(|b| (crate::runtime::KeyGroup(g.group), b))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    canonical.push(KeyedSections {
+                        states,
+                        groups: sections,
+                    });
+                }
+                KeyedSource::Native { task } => {
+                    let entry = &self.metadata.tasks[*task];
+                    let TaskState::Parts(StateParts {
+                        keyed: Some(KeyedPart::Native { files, .. }),
+                        ..
+                    }) = &entry.state
+                    else {
+                        continue;
+                    };
+                    let dir = state_settings(spec).dir.join(format!(
+                        "restore-{}-{}-from-{}-{}",
+                        key.0,
+                        key.1,
+                        entry.subtask,
+                        unique_suffix()
+                    ));
+                    let files = RestoredFiles {
+                        dir,
+                        files: files.clone(),
+                    };
+                    let stored = self.storage.clone();
+                    let download = files.clone();
+                    self.io
+                        .block_on(async move { download_files(stored, &download).await })
+                        .map_err(Skip::Unusable)?;
+                    native.push(files);
+                }
+            }
+        }
+        restored.keyed = match (canonical.is_empty(), native.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(RestoredState::Canonical(canonical)),
+            (true, false) => Some(RestoredState::Files(native)),
+            (false, false) => {
+                return Err(Skip::Unusable(format!(
+                    "the snapshot holds the keyed state of `{}` partly canonical and partly native",
+                    key.0
+                )));
+            }
+        };
+        for (task, groups) in &state.timers {
+            let (parts, file) = self.file_of(*task)?;
+            for g in groups {
+                let bytes = Self::slice(&file, g.offset, g.len, "a key group's timers", parts)?;
+                restored.timers.push(bytes);
+            }
+        }
+        Ok(restored)
+    }
 }
 
 /// Backend files downloaded at once: as many as are uploaded at once.
@@ -1016,39 +1315,6 @@ async fn download_into(
         while let Some(done) = downloads.join_next().await {
             done.map_err(|e| format!("a download stopped: {e}"))??;
         }
-    }
-    Ok(())
-}
-
-/// A checkpoint fits the job when it has the same nodes with the same parallelism and
-/// was written by the same state backend.
-fn check_compatible(spec: &JobSpec, metadata: &CheckpointMetadata) -> Result<(), String> {
-    let backend = backend_name(spec.state.backend);
-    if metadata.backend != backend {
-        return Err(format!(
-            "checkpoint {} was written by the {} state backend and this job uses {backend}; switching backends needs a canonical savepoint, which Weir does not support yet. Set [state] backend = \"{}\" to restore it",
-            metadata.checkpoint, metadata.backend, metadata.backend
-        ));
-    }
-    for node in &spec.nodes {
-        let count = metadata.tasks.iter().filter(|t| t.node == node.id).count();
-        let parallelism = usize::try_from(node.parallelism).unwrap_or(usize::MAX);
-        if count != parallelism {
-            return Err(format!(
-                "checkpoint {} holds {count} subtasks of `{}` but the job runs it with parallelism {}; changing the parallelism of a checkpointed job needs a savepoint, which Weir does not support yet",
-                metadata.checkpoint, node.id, node.parallelism
-            ));
-        }
-    }
-    if let Some(extra) = metadata
-        .tasks
-        .iter()
-        .find(|t| !spec.nodes.iter().any(|n| n.id == t.node))
-    {
-        return Err(format!(
-            "checkpoint {} has state for `{}`, which is not in the job any more",
-            metadata.checkpoint, extra.node
-        ));
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! `weir`: the command line of the Weir host.
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 use weir::connectors::ExistingOutput;
 use weir::job::{self, Override};
 use weir::launch::{FromCheckpoint, JobOutcome, LaunchError, RunRequest, build_graph, run_job};
@@ -24,6 +25,16 @@ const EXIT_INVALID: u8 = 2;
 const EXIT_FAILED: u8 = 1;
 /// Exit code after Ctrl-C, as a shell reports a process ended by SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
+
+/// Between two polls of a savepoint's status: a small savepoint's location is printed
+/// within a fifth of a second of its completion, and five requests a second are nothing
+/// for the server.
+const SAVEPOINT_POLL: Duration = Duration::from_millis(200);
+/// How long a job that ended keeps its REST server up until each savepoint's outcome was
+/// read once: `weir savepoint` and `weir stop` poll every [`SAVEPOINT_POLL`], so they
+/// read it within a fraction of this, as does a script polling every few seconds. It
+/// delays the exit only when whoever asked for a savepoint stopped asking how it went.
+const SAVEPOINT_OUTCOME_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -52,8 +63,28 @@ enum Command {
         ///
         /// A job that finished leaves a record of it, and `latest` then says so and
         /// exits 0 without running anything.
-        #[arg(long, value_name = "latest|PATH")]
+        #[arg(long, value_name = "latest|PATH", conflicts_with = "from_savepoint")]
         from_checkpoint: Option<FromCheckpoint>,
+        /// Restore from a savepoint (`…/savepoint-<job>-<n>`, local or s3://) or a
+        /// retained checkpoint (`<dir>/<job>/chk-<n>`), as Flink's `-s`.
+        ///
+        /// Any node may run with another parallelism than the snapshot's: keyed state
+        /// moves by key group, operator state goes to every new subtask (union), sources
+        /// take over the splits they now own. A canonical savepoint restores into either
+        /// state backend. max-parallelism cannot change.
+        #[arg(short = 's', long, value_name = "PATH")]
+        from_savepoint: Option<String>,
+        /// Restore although the snapshot holds state of operators the job no longer
+        /// has (matched by id): that state is skipped. Without this flag such a restore
+        /// is refused, naming the operator.
+        #[arg(long)]
+        allow_non_restored_state: bool,
+        /// With --from-checkpoint latest: when the job's checkpoint storage holds
+        /// checkpoints but none can be restored (all corrupt or incompatible), start the
+        /// job without state instead of failing. For when the state is the problem; the
+        /// checkpoints stay where they are.
+        #[arg(long)]
+        start_without_state: bool,
         /// Run although a file sink's directory holds output committed after the point
         /// this run starts from (after the restored checkpoint, or any committed output
         /// on a fresh start). The records in it are written again: duplicates. Without
@@ -76,6 +107,96 @@ enum Command {
         #[arg(value_name = "JOB.toml|URL")]
         target: String,
     },
+    /// Take a savepoint of a running job and print where it is; or delete one
+    /// (`weir savepoint dispose <PATH>`).
+    ///
+    /// Asks the job through its REST API (`POST /jobs/:id/savepoints`, found as `weir
+    /// stack` finds it), then polls until the savepoint is complete, showing a dot a
+    /// second on stderr. Prints the savepoint's location on stdout and exits 0; when the
+    /// savepoint fails, prints why and exits 1. The job keeps running.
+    ///
+    /// Changing the job through a server that listens beyond loopback needs its token:
+    /// the job file's [rest] token, or WEIR_REST_TOKEN.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Savepoint(SavepointArgs),
+    /// Stop a running job with a savepoint (Flink's stop-with-savepoint) and print where
+    /// the savepoint is.
+    ///
+    /// Asks the job through its REST API (`POST /jobs/:id/stop`, found as `weir stack`
+    /// finds it): the job takes a savepoint and stops once it is complete, without
+    /// ending its input first (Weir does not drain). Polls until then, showing a dot a
+    /// second on stderr; prints the location on stdout and exits 0. When the savepoint
+    /// fails the job keeps running, and this prints why and exits 1.
+    Stop {
+        /// Where to write the savepoint: a directory or an s3:// URL (a relative path
+        /// is taken from the current directory). Without it, or with --savepoint alone,
+        /// the job's [checkpointing] savepoint-dir. `weir stop --savepoint JOB` takes
+        /// the one value as the job.
+        #[arg(long, value_name = "DIR", num_args = 0..=1)]
+        savepoint: Option<Option<String>>,
+        #[command(flatten)]
+        format: SavepointTypeArg,
+        /// The running job, as for `weir stack`: its job file or its REST address, e.g.
+        /// http://127.0.0.1:8081.
+        #[arg(value_name = "JOB.toml|URL")]
+        target: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct SavepointArgs {
+    #[command(subcommand)]
+    command: Option<SavepointCommand>,
+    /// The running job, as for `weir stack`: its job file (its [rest] address and ports
+    /// are searched for the server of the job with that name) or its REST address as
+    /// logged at start, e.g. http://127.0.0.1:8081.
+    #[arg(value_name = "JOB.toml|URL", required = true)]
+    target: Option<String>,
+    /// Where to write the savepoint: a directory or an s3:// URL (a relative path is
+    /// taken from the current directory); by default the job's [checkpointing]
+    /// savepoint-dir.
+    #[arg(value_name = "DIR")]
+    directory: Option<String>,
+    #[command(flatten)]
+    format: SavepointTypeArg,
+}
+
+#[derive(Subcommand)]
+enum SavepointCommand {
+    /// Delete a savepoint: the directory `weir savepoint` or `weir stop` printed.
+    ///
+    /// Refuses a directory that holds no `_metadata`, which is not a savepoint. Exits 0
+    /// once it is deleted, 1 when it cannot be.
+    Dispose {
+        /// The savepoint's location, as printed when it was taken.
+        path: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct SavepointTypeArg {
+    /// The savepoint's format: canonical, which any state backend restores, or native,
+    /// the state backend's own files (faster to take and restore, restored only by the
+    /// same backend).
+    #[arg(long = "type", value_name = "TYPE", value_enum, default_value_t = SavepointType::Canonical)]
+    kind: SavepointType,
+}
+
+/// `--type`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SavepointType {
+    Canonical,
+    Native,
+}
+
+impl SavepointType {
+    /// Flink's `formatType`.
+    fn flink_name(self) -> &'static str {
+        match self {
+            Self::Canonical => "CANONICAL",
+            Self::Native => "NATIVE",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -174,36 +295,94 @@ fn main() -> ExitCode {
         Command::Run {
             job,
             from_checkpoint,
+            from_savepoint,
             allow_duplicates,
+            allow_non_restored_state,
+            start_without_state,
         } => run(
             &job,
             &RunRequest {
-                from: from_checkpoint,
+                from: from_savepoint
+                    .as_deref()
+                    .map(FromCheckpoint::snapshot_at)
+                    .or(from_checkpoint),
                 allow_duplicates,
+                allow_non_restored_state,
+                start_without_state,
             },
         ),
         Command::Validate(args) => validate(&args),
-        Command::Stack { target } => match stack(&target) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                report(&e);
-                ExitCode::from(EXIT_FAILED)
-            }
-        },
-        Command::Checkpoints(command) => match checkpoints(command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                report(&e);
-                ExitCode::from(EXIT_FAILED)
-            }
-        },
+        Command::Stack { target } => outcome(stack(&target)),
+        Command::Savepoint(SavepointArgs {
+            command: Some(SavepointCommand::Dispose { path }),
+            ..
+        }) => outcome(dispose(&path)),
+        Command::Savepoint(SavepointArgs {
+            command: None,
+            target,
+            directory,
+            format,
+        }) => outcome(take_savepoint(
+            target.as_deref().unwrap_or_default(),
+            directory,
+            format.kind,
+            false,
+        )),
+        Command::Stop {
+            savepoint,
+            format,
+            target,
+        } => {
+            // `--savepoint` takes an optional value, so `weir stop --savepoint JOB` reads
+            // the job as the directory: one value alone is the job.
+            let (target, directory) = match (target, savepoint.flatten()) {
+                (Some(target), directory) => (target, directory),
+                (None, Some(target)) => (target, None),
+                (None, None) => {
+                    let mut cli = Cli::command();
+                    cli.build();
+                    let mut stop = cli.find_subcommand("stop").cloned().unwrap_or(cli);
+                    stop.error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "name the running job: its job file or its REST address",
+                    )
+                    .exit()
+                }
+            };
+            outcome(take_savepoint(&target, directory, format.kind, true))
+        }
+        Command::Checkpoints(command) => outcome(checkpoints(command)),
     }
 }
 
-/// `weir stack`: finds the job's server and prints its stack dump.
-fn stack(target: &str) -> anyhow::Result<()> {
+/// Exit 0, or report the error and exit 1.
+fn outcome(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// A running job's REST server, as a job file or a URL names it.
+struct Server {
+    /// `host:port`.
+    address: String,
+    /// The job's id or name.
+    job: String,
+    /// The token to change the job with, when one is known: the job file's `[rest]
+    /// token`, else `WEIR_REST_TOKEN`.
+    token: Option<String>,
+}
+
+/// Finds the server of the running job `target` names: a URL, or a job file whose
+/// `[rest]` ports are searched for the job of that name.
+fn find_server(target: &str) -> anyhow::Result<Server> {
     use weir::observe::rest::client::request;
-    let (address, job) = if let Some(rest) = target.strip_prefix("http://") {
+    let env_token = std::env::var(weir::observe::rest::TOKEN_ENV).ok();
+    if let Some(rest) = target.strip_prefix("http://") {
         let address = rest.trim_end_matches('/').to_owned();
         let (status, body) = request(&address, "GET", "/jobs", &[])
             .with_context(|| format!("no REST server answers at {target}"))?;
@@ -213,13 +392,17 @@ fn stack(target: &str) -> anyhow::Result<()> {
             .as_str()
             .with_context(|| format!("{target} runs no job"))?
             .to_owned();
-        (address, id)
+        Ok(Server {
+            address,
+            job: id,
+            token: env_token,
+        })
     } else {
         let spec = job::load(Path::new(target), &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (first, last) = spec.rest.ports;
         if first == 0 {
             anyhow::bail!(
-                "job `{}` listens on any free port ([rest] port = 0): pass the address from its log, e.g. weir stack http://127.0.0.1:PORT",
+                "job `{}` listens on any free port ([rest] port = 0): pass the address from its log instead of the job file, e.g. http://127.0.0.1:PORT",
                 spec.name
             );
         }
@@ -238,8 +421,18 @@ fn stack(target: &str) -> anyhow::Result<()> {
                 spec.name
             )
         })?;
-        (address, spec.name)
-    };
+        Ok(Server {
+            address,
+            job: spec.name,
+            token: spec.rest.token.or(env_token),
+        })
+    }
+}
+
+/// `weir stack`: finds the job's server and prints its stack dump.
+fn stack(target: &str) -> anyhow::Result<()> {
+    use weir::observe::rest::client::request;
+    let Server { address, job, .. } = find_server(target)?;
     let (status, body) = request(&address, "GET", &format!("/jobs/{job}/stacks"), &[])
         .with_context(|| format!("the server at {address} stopped answering"))?;
     let dump: serde_json::Value = serde_json::from_str(&body)
@@ -249,6 +442,163 @@ fn stack(target: &str) -> anyhow::Result<()> {
         None => anyhow::bail!("{address} answered the stack dump with {status}: {body}"),
     }
     Ok(())
+}
+
+/// The sentence of an error answer (`{"errors": [...]}`), or the answer itself.
+fn refusal(status: u16, body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["errors"][0].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("the server answered {status}: {body}"))
+}
+
+/// `weir savepoint <JOB> [DIR]` and, with `stop`, `weir stop`: triggers a savepoint
+/// through the job's REST API, polls until it is complete and prints its location.
+fn take_savepoint(
+    target: &str,
+    directory: Option<String>,
+    kind: SavepointType,
+    stop: bool,
+) -> anyhow::Result<()> {
+    use weir::observe::rest::client::{request, request_with_body};
+    let server = find_server(target)?;
+    let directory = directory.map(|d| target_directory(&d)).transpose()?;
+    let (path, body) = if stop {
+        (
+            format!("/jobs/{}/stop", server.job),
+            serde_json::json!({
+                "targetDirectory": directory,
+                "drain": false,
+                "formatType": kind.flink_name(),
+            }),
+        )
+    } else {
+        (
+            format!("/jobs/{}/savepoints", server.job),
+            serde_json::json!({
+                "target-directory": directory,
+                "cancel-job": false,
+                "formatType": kind.flink_name(),
+            }),
+        )
+    };
+    let authorization = server.token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(authorization) = &authorization {
+        headers.push(("Authorization", authorization));
+    }
+    let address = &server.address;
+    let (status, answer) = request_with_body(address, "POST", &path, &headers, &body.to_string())
+        .with_context(|| format!("the server at {address} stopped answering"))?;
+    if status != 202 {
+        let why = refusal(status, &answer);
+        if status == 401 {
+            anyhow::bail!(
+                "{why}: set [rest] token in the job file or {}",
+                weir::observe::rest::TOKEN_ENV
+            );
+        }
+        anyhow::bail!("{why}");
+    }
+    let answer: serde_json::Value = serde_json::from_str(&answer)
+        .with_context(|| format!("{address} answered the trigger with {answer}"))?;
+    let trigger = answer["request-id"]
+        .as_str()
+        .with_context(|| format!("{address} answered the trigger without a request-id: {answer}"))?
+        .to_owned();
+    let into = directory.as_deref().unwrap_or("the job's savepoint-dir");
+    eprint!(
+        "savepoint {trigger} of job `{}` into {into} triggered{}; waiting",
+        server.job,
+        if stop {
+            ", the job stops once it is complete"
+        } else {
+            ""
+        }
+    );
+    let started = Instant::now();
+    let mut dots = 0;
+    let status_path = format!("/jobs/{}/savepoints/{trigger}", server.job);
+    let outcome = loop {
+        std::thread::sleep(SAVEPOINT_POLL);
+        let elapsed = started.elapsed().as_secs();
+        while dots < elapsed {
+            eprint!(".");
+            dots += 1;
+        }
+        let (status, body) = match request(address, "GET", &status_path, &[]) {
+            Ok(answer) => answer,
+            Err(e) => {
+                eprintln!();
+                anyhow::bail!(
+                    "job `{}` ended before the savepoint completed: its server at {address} stopped answering ({e})",
+                    server.job
+                );
+            }
+        };
+        if status != 200 {
+            eprintln!();
+            anyhow::bail!("{}", refusal(status, &body));
+        }
+        let body: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("{address} answered the savepoint's status with {body}"))?;
+        if body["status"]["id"] == "COMPLETED" {
+            break body;
+        }
+    };
+    eprintln!(" {:.1}s", started.elapsed().as_secs_f64());
+    let operation = &outcome["operation"];
+    if let Some(location) = operation["location"].as_str() {
+        println!("{location}");
+        return Ok(());
+    }
+    let cause = &operation["failure-cause"];
+    let why = cause["message"]
+        .as_str()
+        .or_else(|| cause["stack-trace"].as_str())
+        .map_or_else(|| outcome.to_string(), str::to_owned);
+    anyhow::bail!("the savepoint failed: {why}");
+}
+
+/// A savepoint directory the job can find: a URL as it is, a path made absolute here,
+/// since the job may run from another directory.
+fn target_directory(directory: &str) -> anyhow::Result<String> {
+    if directory.contains("://") {
+        return Ok(directory.to_owned());
+    }
+    let absolute = std::path::absolute(directory)
+        .with_context(|| format!("{directory} cannot be made an absolute path"))?;
+    absolute
+        .to_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{} is not UTF-8", absolute.display()))
+}
+
+/// `weir savepoint dispose <PATH>`.
+fn dispose(location: &str) -> anyhow::Result<()> {
+    dispose_savepoint(location, &job::S3Settings::default())?;
+    eprintln!("savepoint {location} deleted");
+    Ok(())
+}
+
+/// Deletes the savepoint at `location` (its directory with `_metadata`, as `weir
+/// savepoint` printed it, local or s3://), refusing a location that is not a savepoint.
+fn dispose_savepoint(location: &str, s3: &job::S3Settings) -> anyhow::Result<()> {
+    use weir::runtime::CheckpointId;
+    let storage = weir::storage::savepoint_at(location, s3)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("the I/O runtime could not start")?;
+    runtime.block_on(async {
+        storage.read_metadata(CheckpointId(0)).await.with_context(|| {
+            format!("{location} is not a savepoint (it holds no readable _metadata), so it was not deleted")
+        })?;
+        storage
+            .delete_checkpoint(CheckpointId(0))
+            .await
+            .with_context(|| format!("the savepoint at {location} could not be deleted"))
+    })
 }
 
 /// Prints an error the way the user should read it: one sentence per cause.
@@ -460,9 +810,10 @@ fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
     live.set_state(match &outcome {
         Ok(JobOutcome::Finished(_) | JobOutcome::AlreadyFinished(_)) => JobState::Finished,
         Ok(JobOutcome::Cancelled) => JobState::Canceled,
+        Ok(JobOutcome::Stopped(_)) => JobState::Finished,
         Err(_) => JobState::Failed,
     });
-    drop(server);
+    server.close(SAVEPOINT_OUTCOME_GRACE);
     match outcome {
         Ok(JobOutcome::Finished(report)) => {
             tracing::info!(job = %spec.name, elapsed = ?report.elapsed, "job finished");
@@ -486,6 +837,15 @@ fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
         Ok(JobOutcome::Cancelled) => {
             tracing::warn!(job = %spec.name, "job cancelled");
             ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Ok(JobOutcome::Stopped(location)) => {
+            tracing::info!(
+                job = %spec.name,
+                savepoint = %location,
+                "job stopped with a savepoint at {location}; resume it with `weir run {} -s {location}`",
+                args.job.display()
+            );
+            ExitCode::SUCCESS
         }
         Err(e @ (LaunchError::Wasm(_) | LaunchError::Storage(_) | LaunchError::Restore(_))) => {
             eprintln!("error: {e}");

@@ -16,6 +16,7 @@ mod jobs;
 use jobs::{checkpoints, percentile, run};
 use std::time::{Duration, Instant};
 use weir::checkpoint::metadata::CheckpointMetadata;
+use weir::checkpoint::snapshot::SnapshotType;
 use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
 use weir::runtime::{CheckpointId, SubtaskIndex};
 use weir::state::{Domain, HeapBackend, KeyedStateBackend, StateKind, Timers};
@@ -46,7 +47,9 @@ fn backend_sync(keys: u64) -> (Duration, Duration) {
             put(&mut backend, (round * 7919 + k * 104_729) % keys);
         }
         let started = Instant::now();
-        let writer = backend.snapshot(CheckpointId(round)).expect("a snapshot");
+        let writer = backend
+            .snapshot(CheckpointId(round), SnapshotType::Checkpoint)
+            .expect("a snapshot");
         samples.push(started.elapsed());
         // Keep the last few snapshots alive, as the asynchronous phase would.
         writers.push(writer);

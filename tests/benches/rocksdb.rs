@@ -75,7 +75,9 @@ fn checkpoint(
     io: &tokio::runtime::Runtime,
 ) -> (Duration, Duration, u64, u64) {
     let started = Instant::now();
-    let Ok(BackendSnapshot::Files(files)) = backend.snapshot(id) else {
+    let Ok(BackendSnapshot::Files(files)) =
+        backend.snapshot(id, weir::checkpoint::snapshot::SnapshotType::Checkpoint)
+    else {
         panic!("RocksDB snapshots are files");
     };
     let sync = started.elapsed();
@@ -85,7 +87,8 @@ fn checkpoint(
             storage.clone(),
             id,
             "bench-0",
-            Box::new(|| Ok(Vec::new())),
+            "rocksdb",
+            Box::new(|| Ok(weir::checkpoint::snapshot::SnapshotParts::default())),
             Some(files),
         ))
         .expect("the checkpoint is stored");

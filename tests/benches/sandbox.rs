@@ -22,11 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
+use weir::checkpoint::snapshot::SnapshotType;
 use weir::job::{RunawayPolicy, SandboxSpec};
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::keygroup::KeyGroupRange;
 use weir::runtime::{
-    Batch, CheckpointId, Operator, Record, Snapshot, SubtaskIndex, TaskError, TaskInfo,
+    Batch, CheckpointId, Operator, Record, RestoredParts, Snapshot, SubtaskIndex, TaskError,
+    TaskInfo,
 };
 use weir::state::HeapBackend;
 use weir::wasm::{EPOCH_TICK, GuestSettings, Metering, OperatorComponent, Profiler, WasmRuntime};
@@ -106,15 +108,19 @@ struct OnCpu {
 }
 
 impl Operator for OnCpu {
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, restored: Option<RestoredParts>) -> Result<(), TaskError> {
         self.opened = Some((std::thread::current().id(), thread_cpu()));
         self.inner.open(restored)
     }
     fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {
         self.inner.process(batch, out)
     }
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
-        self.inner.snapshot(checkpoint)
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
+        self.inner.snapshot(checkpoint, kind)
     }
     fn close(&mut self, out: &mut Batch) -> Result<(), TaskError> {
         let result = self.inner.close(out);

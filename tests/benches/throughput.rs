@@ -15,11 +15,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use weir::checkpoint::snapshot::{SnapshotParts, SnapshotType};
 use weir::job::SandboxSpec;
 use weir::runtime::batch::MaybeBlobs;
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::keygroup::{KeyGroupRange, key_group_of};
-use weir::runtime::{Batch, Blobs, CheckpointId, KeyGroup, Operator, Snapshot, TaskError};
+use weir::runtime::{
+    Batch, Blobs, CheckpointId, KeyGroup, Operator, RestoredParts, Snapshot, TaskError,
+};
 use weir::state::GroupedKeys;
 use weir::state::{
     BackendSnapshot, HeapBackend, KeyedStateBackend, RocksDbBackend, RocksDbOptions, StateId,
@@ -31,10 +34,14 @@ use weir::wasm::{CompileCache, GuestSettings, Metering, Profiler, WasmRuntime};
 struct NativeMap(map_filter::MapFilter);
 
 impl Operator for NativeMap {
-    fn open(&mut self, _restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, _restored: Option<RestoredParts>) -> Result<(), TaskError> {
         Ok(())
     }
-    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+    fn snapshot(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
         Ok(Snapshot::State(Box::new(|| Ok(Vec::new()))))
     }
     fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {
@@ -59,20 +66,28 @@ struct NativeCounter {
 }
 
 impl Operator for NativeCounter {
-    fn open(&mut self, _restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, _restored: Option<RestoredParts>) -> Result<(), TaskError> {
         Ok(())
     }
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
         let fail = |e: weir::state::StateError| {
             TaskError::failed(weir::runtime::Fault::Host, e.to_string())
         };
-        match self.backend.snapshot(checkpoint).map_err(fail)? {
-            BackendSnapshot::Encoded(writer) => {
-                Ok(Snapshot::State(Box::new(move || writer().map_err(fail))))
-            }
-            BackendSnapshot::Files(files) => {
-                Ok(Snapshot::StateAndFiles(Box::new(|| Ok(Vec::new())), files))
-            }
+        match self.backend.snapshot(checkpoint, kind).map_err(fail)? {
+            BackendSnapshot::Encoded(writer) => Ok(Snapshot::Parts(Box::new(move || {
+                Ok(SnapshotParts {
+                    keyed: Some(writer().map_err(fail)?),
+                    ..SnapshotParts::default()
+                })
+            }))),
+            BackendSnapshot::Files(files) => Ok(Snapshot::PartsAndFiles(
+                Box::new(|| Ok(SnapshotParts::default())),
+                files,
+            )),
         }
     }
     fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {
@@ -152,10 +167,14 @@ struct NativeTokenizer {
 }
 
 impl Operator for NativeTokenizer {
-    fn open(&mut self, _restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, _restored: Option<RestoredParts>) -> Result<(), TaskError> {
         Ok(())
     }
-    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+    fn snapshot(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
         Ok(Snapshot::State(Box::new(|| Ok(Vec::new()))))
     }
     fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {

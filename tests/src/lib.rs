@@ -329,8 +329,16 @@ impl RunningJob {
     /// # Panics
     /// When `weir` does not start or logs no address within a minute.
     pub fn start(scratch: &Scratch, args: &[&str]) -> Self {
-        let mut child = scratch
-            .weir(args)
+        Self::spawn(scratch.weir(args))
+    }
+
+    /// [`start`](Self::start) with a `weir run` command made by [`Scratch::weir`] and
+    /// given more, e.g. an environment.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -448,4 +456,101 @@ pub fn http(
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
     weir::observe::rest::client::request(address, method, path, headers)
+}
+
+impl RunningJob {
+    /// Waits for the process to end by itself within `timeout`, then for its log to be
+    /// read to the end: the exit status and the whole log, its last lines included.
+    ///
+    /// # Panics
+    /// When it does not end in time.
+    pub fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir did not end within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread holds the other handle on the log until the pipe is at its
+        // end, which is after the process's last line.
+        let read = eventually(Duration::from_secs(10), || {
+            std::sync::Arc::strong_count(&self.stderr) == 1
+        });
+        assert!(read, "the log of the ended weir was not read to its end");
+        (status, self.log())
+    }
+
+    /// The exit status, once the process ended.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The records each subtask of `vertex` of job `job` took in, from the REST API;
+    /// none while the server does not know the vertex yet.
+    pub fn records_in(&self, job: &str, vertex: &str) -> Vec<u64> {
+        let Ok((200, body)) = http(
+            &self.address,
+            "GET",
+            &format!("/jobs/{job}/vertices/{vertex}"),
+            &[],
+        ) else {
+            return Vec::new();
+        };
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        value["subtasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["metrics"]["read-records"].as_u64().unwrap_or(0))
+            .collect()
+    }
+}
+
+/// Copies everything in directory `from` into directory `to` (which must exist),
+/// recursively, keeping modification times.
+///
+/// # Panics
+/// When `cp` fails.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from.join("."))
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(
+        status.success(),
+        "cp -a {}/. {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// Where the savepoint is that `weir savepoint` or `weir stop --savepoint` printed: the
+/// one line of its stdout, a path or a `file://` URL, a relative path taken from `cwd`.
+///
+/// # Panics
+/// When stdout is not one line.
+pub fn savepoint_location(output: &Output, cwd: &Path) -> PathBuf {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let [line] = lines[..] else {
+        panic!("not one line of stdout:\n{}", describe(output));
+    };
+    let path = PathBuf::from(line.strip_prefix("file://").unwrap_or(line));
+    if path.is_absolute() {
+        path
+    } else {
+        cwd.join(path)
+    }
 }

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 use weir::checkpoint::metadata::{CheckpointMetadata, TaskState};
+use weir::checkpoint::snapshot::{KeyedPart, StateParts};
 use weir::storage::{CheckpointStorage, FsStorage};
 use weir_tests::{Scratch, describe, guest, peak_rss_kib, toml_path};
 
@@ -111,9 +112,15 @@ fn an_incremental_checkpoint_of_a_small_change_uploads_far_less_than_the_state()
     let running: Vec<&CheckpointMetadata> = retained
         .iter()
         .filter(|m| {
-            m.tasks
-                .iter()
-                .any(|t| matches!(t.state, TaskState::WithFiles { .. }))
+            m.tasks.iter().any(|t| {
+                matches!(
+                    &t.state,
+                    TaskState::Parts(StateParts {
+                        keyed: Some(KeyedPart::Native { .. }),
+                        ..
+                    })
+                )
+            })
         })
         .collect();
     assert!(
@@ -144,11 +151,9 @@ fn a_full_rocksdb_checkpoint_uploads_the_whole_state_every_time() {
         let (state, written) = sizes(m);
         assert_eq!(state, written, "checkpoint {} is not full", m.checkpoint);
         assert!(
-            m.tasks.iter().all(|t| !matches!(
-                &t.state,
-                weir::checkpoint::metadata::TaskState::WithFiles { files, .. }
-                    if files.iter().any(|f| f.handle.path.starts_with("shared/"))
-            )),
+            m.tasks
+                .iter()
+                .all(|t| t.state.shared_files().next().is_none()),
             "a full checkpoint references shared files"
         );
     }
@@ -260,28 +265,57 @@ inputs = ["latest"]
     );
 }
 
-#[test]
-fn a_heap_checkpoint_is_refused_by_a_rocksdb_job_with_the_reason() {
+/// Runs `from` (a job file) to its end in a scratch of its own, then `to` from the newest
+/// retained checkpoint that holds keyed state, by path (`latest` of the finished job
+/// would only say that it finished).
+fn restore_into(from: &str, to: &str) -> Output {
     let scratch = Scratch::new();
-    let heap = fill_and_trickle("[state]\nbackend = \"heap\"", 1_000);
-    let retained = run_to_end(&scratch, &heap);
-    let newest = retained.last().expect("a retained checkpoint").checkpoint;
-    let rocks = fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 1_000);
-    let path = scratch.write("job.toml", rocks);
-    // By path: `latest` of the finished job would only say that it finished.
+    let retained = run_to_end(&scratch, from);
+    let newest = retained
+        .iter()
+        .rev()
+        .find(|m| {
+            m.tasks.iter().any(|t| {
+                matches!(
+                    &t.state,
+                    TaskState::Parts(StateParts { keyed: Some(_), .. })
+                )
+            })
+        })
+        .expect("a retained checkpoint with keyed state")
+        .checkpoint;
+    let path = scratch.write("job.toml", to);
     let checkpoint = scratch
         .path()
         .join(format!("checkpoints/incremental/chk-{newest}"));
-    let output = scratch.run(&[
+    scratch.run(&[
         "run",
         path.to_str().unwrap_or_default(),
         "--from-checkpoint",
         checkpoint.to_str().unwrap_or_default(),
-    ]);
+    ])
+}
+
+/// The heap backend's checkpoints are in the canonical format, which RocksDB reads;
+/// RocksDB's are its native files, which the heap backend refuses with the way out.
+#[test]
+fn a_heap_checkpoint_restores_into_rocksdb_and_a_rocksdb_one_is_refused_by_the_heap_with_the_reason()
+ {
+    let heap = fill_and_trickle("[state]\nbackend = \"heap\"", 1_000);
+    let rocks = fill_and_trickle("[state]\nbackend = \"rocksdb\"\ndir = \"state\"", 1_000);
+
+    let output = restore_into(&heap, &rocks);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(stderr.contains("restoring from checkpoint"), "{stderr}");
+
+    let output = restore_into(&rocks, &heap);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{}", describe(&output));
     assert!(
-        stderr.contains("written by the heap state backend") && stderr.contains("rocksdb"),
+        stderr.contains("in rocksdb's native format")
+            && stderr.contains("uses the heap state backend")
+            && stderr.contains("canonical savepoint"),
         "{stderr}"
     );
 }

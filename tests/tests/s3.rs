@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use weir_tests::s3::{BUCKET, Fault, FaultProxy, Logged, Outcome, S3Server};
-use weir_tests::{Scratch, describe, guest, toml_path};
+use weir_tests::{RunningJob, Scratch, describe, guest, toml_path};
 
 /// Records the job's generator produces.
 const RECORDS: u64 = 24_000;
@@ -405,4 +405,64 @@ fn a_second_run_of_a_running_job_is_refused_and_a_killed_runs_lease_is_taken_ove
         !server.object_path("checkpoints/s3-job/_lock").exists(),
         "the finished job did not release its lease"
     );
+}
+
+#[test]
+fn a_stop_with_a_savepoint_on_s3_resumes_from_it_at_another_parallelism_exactly_once() {
+    let server = S3Server::start();
+    let scratch = Scratch::new();
+    let job = scratch.write("job.toml", format!("{}\n[rest]\nport = 0\n", job()));
+    let job = job.to_str().unwrap_or_default().to_owned();
+    let mut command = scratch.weir(&["run", &job]);
+    command.envs(server.env_with_endpoint(&server.endpoint()));
+    let running = RunningJob::spawn(command);
+    assert!(
+        eventually(
+            || scratch.path().join("out").is_dir() && scratch.committed_lines("out").len() > 2_000
+        ),
+        "nothing was committed:\n{}",
+        running.log()
+    );
+    let directory = format!("s3://{BUCKET}/savepoints");
+    let stopped = scratch.run(&["stop", "--savepoint", &directory, &running.url("")]);
+    assert!(
+        stopped.status.success(),
+        "{}\n--- the job's log ---\n{}",
+        describe(&stopped),
+        running.log()
+    );
+    let location = String::from_utf8_lossy(&stopped.stdout).trim().to_owned();
+    assert!(
+        location.starts_with(&format!("{directory}/savepoint-s3-job-")),
+        "the stop printed {location:?}, not a savepoint in {directory}"
+    );
+    let (status, log) = running.finish(WAIT);
+    assert!(
+        status.success(),
+        "a stop with a savepoint exits 0: {status}\n{log}"
+    );
+    let committed = scratch.committed_lines("out").len() as u64;
+    assert!(
+        committed < RECORDS,
+        "the job had ended before the stop:\n{log}"
+    );
+    let key = location.trim_start_matches(&format!("s3://{BUCKET}/"));
+    assert!(
+        server.object_path(&format!("{key}/_metadata")).is_file(),
+        "no _metadata in the bucket at {key}"
+    );
+
+    let resumed = start(
+        &scratch,
+        &server.endpoint(),
+        &server,
+        &["run", &job, "-s", &location, "-D", "job.parallelism=3"],
+    );
+    let (ok, stderr) = finish(resumed);
+    assert!(ok, "the resume from {location} failed:\n{stderr}");
+    assert!(
+        stderr.contains("rescaling `count` from parallelism 1 to 3"),
+        "the resume did not rescale:\n{stderr}"
+    );
+    assert_exactly_once(&scratch);
 }

@@ -315,7 +315,7 @@ impl Aligner {
         let mut actions = Vec::new();
         while let Some(at) = self.tracked.iter().position(|t| {
             t.phase != Phase::Capturing && t.deadline.is_some_and(|d| d <= now) && {
-                t.phase == Phase::Aligning || t.channels.iter().any(|p| *p == Progress::Announced)
+                t.phase == Phase::Aligning || t.channels.contains(&Progress::Announced)
             }
         }) {
             actions.extend(self.go_unaligned(at));
@@ -1083,10 +1083,10 @@ mod tests {
                                 }
                             }
                         }
-                        if let Some(n) = aligner.records(c) {
-                            if let Some(channels) = state.get_mut(&n) {
-                                channels[c].push(position);
-                            }
+                        if let Some(n) = aligner.records(c)
+                            && let Some(channels) = state.get_mut(&n)
+                        {
+                            channels[c].push(position);
                         }
                         consumed[c] += 1;
                         Vec::new()

@@ -425,6 +425,20 @@ impl CoordinatorState {
     /// ([`next_trigger_time`](Self::next_trigger_time)) and is not checked here;
     /// `max-concurrent` and `min-pause` are.
     pub fn trigger(&mut self, now: Instant) -> Result<CheckpointId, TriggerRefusal> {
+        self.trigger_at(now, true)
+    }
+
+    /// Triggers a savepoint at `now`: as [`trigger`](Self::trigger), but without the
+    /// minimum pause, which is for periodic checkpoints (as Flink's savepoints).
+    pub fn trigger_savepoint(&mut self, now: Instant) -> Result<CheckpointId, TriggerRefusal> {
+        self.trigger_at(now, false)
+    }
+
+    fn trigger_at(
+        &mut self,
+        now: Instant,
+        min_pause: bool,
+    ) -> Result<CheckpointId, TriggerRefusal> {
         if self.running_since.is_none() {
             return Err(TriggerRefusal::Suspended);
         }
@@ -441,6 +455,7 @@ impl CoordinatorState {
         if let Some(until) = self
             .last_commit
             .map(|end| after(end, self.config.min_pause))
+            && min_pause
             && now < until
         {
             return Err(TriggerRefusal::MinPause { until });
@@ -1303,6 +1318,7 @@ mod tests {
             retention: crate::job::Retention::RetainOnCancellation,
             num_retained: 3,
             dir: crate::job::StorageUrl::File("/tmp".into()),
+            savepoint_dir: None,
             s3: crate::job::S3Settings::default(),
         };
         let cfg = CoordinatorConfig::from(&job);

@@ -11,14 +11,17 @@ use crate::checkpoint::channel_state;
 use crate::checkpoint::coordinator::{
     AckOutcome, CoordinatorConfig, CoordinatorState, Decision, DeclineReason, SubtaskStats, TaskRef,
 };
-use crate::checkpoint::metadata::{CheckpointMetadata, FORMAT_VERSION, TaskEntry, TaskState};
+use crate::checkpoint::metadata::{
+    CheckpointMetadata, FORMAT_VERSION, SnapshotKind, TaskEntry, TaskState,
+};
 use crate::checkpoint::retention::{CheckpointFiles, plan_retention};
+use crate::checkpoint::snapshot::{
+    self, GroupRange, KeyedPart, SnapshotParts, SnapshotType, StateParts,
+};
 use crate::checkpoint::stats::{CheckpointStats, StatsTracker};
 use crate::runtime::channel::ControlSender;
 use crate::runtime::record::{Barrier, Control};
-use crate::runtime::{
-    ChannelState, CheckpointId, CheckpointSink, Snapshot, SnapshotWriter, now_ms,
-};
+use crate::runtime::{ChannelState, CheckpointId, CheckpointSink, PartsWriter, Snapshot, now_ms};
 use crate::state::{LocalFile, LocalFiles, LocalSnapshot, StoredFile, Upload};
 use crate::storage::{CheckpointStorage, FileHandle, JobRecord};
 use bytes::Bytes;
@@ -38,8 +41,8 @@ pub enum CoordinatorMessage {
         task: TaskRef,
         /// The checkpoint.
         checkpoint: CheckpointId,
-        /// Where its state is.
-        state: TaskState,
+        /// Where its state is (boxed: the other messages are small).
+        state: Box<TaskState>,
         /// Where its channel state is, when the checkpoint was unaligned here.
         channel_state: Option<FileHandle>,
         /// How it went.
@@ -65,12 +68,72 @@ pub enum CoordinatorMessage {
     },
 }
 
+/// Which storage each savepoint in progress goes to; checkpoints go to the job's.
+type Targets = Arc<std::sync::Mutex<BTreeMap<CheckpointId, Arc<dyn CheckpointStorage>>>>;
+
+/// The targets, locked; a panic elsewhere leaves the map usable.
+fn targets(
+    targets: &Targets,
+) -> std::sync::MutexGuard<'_, BTreeMap<CheckpointId, Arc<dyn CheckpointStorage>>> {
+    targets
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs the asynchronous phase of subtasks' snapshots on the I/O runtime.
 pub struct SnapshotUploader {
     messages: Sender<CoordinatorMessage>,
     storage: Arc<dyn CheckpointStorage>,
+    targets: Targets,
     io: Handle,
     node_ids: Arc<[String]>,
+    backend: String,
+}
+
+/// A savepoint's format, as Flink's `SavepointFormatType` (`formatType` in the REST API).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SavepointFormat {
+    /// Keyed state in the canonical format: any backend restores it.
+    #[default]
+    Canonical,
+    /// The backend's own files: faster for RocksDB, restored only by it.
+    Native,
+}
+
+/// A request for a savepoint of the running job (from its REST API).
+#[derive(Debug)]
+pub struct SavepointRequest {
+    /// The directory (or `s3://` URL) to write it under; `None` takes the job's
+    /// `[checkpointing] savepoint-dir`.
+    pub directory: Option<String>,
+    /// Its format.
+    pub format: SavepointFormat,
+    /// Stop the job once it is complete (stop-with-savepoint).
+    pub stop: bool,
+    /// Where the outcome goes: the savepoint's location, or why it failed.
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
+/// Opens the storage of the job's savepoint with the given id under a directory or URL
+/// (`<dir>/savepoint-<job>-<n>`): provided by the composition root, which knows URLs and
+/// S3 settings.
+pub type SavepointOpener =
+    Arc<dyn Fn(&str, CheckpointId) -> Result<Arc<dyn CheckpointStorage>, String> + Send + Sync>;
+
+/// A savepoint requested, not triggered yet.
+struct Requested {
+    directory: String,
+    kind: SnapshotType,
+    stop: bool,
+    reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
+/// A savepoint triggered or being committed.
+struct Savepoint {
+    storage: Arc<dyn CheckpointStorage>,
+    stop: bool,
+    reply: tokio::sync::oneshot::Sender<Result<String, String>>,
 }
 
 impl CheckpointSink for SnapshotUploader {
@@ -87,14 +150,18 @@ impl CheckpointSink for SnapshotUploader {
                 let _ = self.messages.send(CoordinatorMessage::Ack {
                     task,
                     checkpoint,
-                    state: TaskState::Finished,
+                    state: Box::new(TaskState::Finished),
                     channel_state: None,
                     stats,
                 });
                 return;
             }
-            Snapshot::State(writer) => (writer, None),
-            Snapshot::StateAndFiles(writer, files) => (writer, Some(files)),
+            Snapshot::State(writer) => {
+                let parts: PartsWriter = Box::new(move || writer().map(SnapshotParts::operator));
+                (parts, None)
+            }
+            Snapshot::Parts(writer) => (writer, None),
+            Snapshot::PartsAndFiles(writer, files) => (writer, Some(files)),
             Snapshot::Declined(why) => {
                 self.decline(task, checkpoint, DeclineReason::Failed(why));
                 return;
@@ -105,11 +172,16 @@ impl CheckpointSink for SnapshotUploader {
             self.node_ids.get(task.node).map_or("task", String::as_str),
             task.subtask.0
         );
-        let (messages, storage) = (self.messages.clone(), self.storage.clone());
+        let storage = targets(&self.targets)
+            .get(&checkpoint)
+            .cloned()
+            .unwrap_or_else(|| self.storage.clone());
+        let messages = self.messages.clone();
+        let backend = self.backend.clone();
         self.io.spawn(async move {
             let started = Instant::now();
             let (stored, channels) = tokio::join!(
-                store_snapshot(storage.clone(), checkpoint, &name, writer, files),
+                store_snapshot(storage.clone(), checkpoint, &name, &backend, writer, files),
                 store_channel_state(&storage, checkpoint, &name, channel_state),
             );
             let message = match stored.and_then(|s| Ok((s, channels?))) {
@@ -128,7 +200,7 @@ impl CheckpointSink for SnapshotUploader {
                     CoordinatorMessage::Ack {
                         task,
                         checkpoint,
-                        state,
+                        state: Box::new(state),
                         channel_state,
                         stats,
                     }
@@ -201,33 +273,30 @@ const PARALLEL_UPLOADS: usize = 4;
 /// of state peaked at 630 MB of RSS with 64 MiB SSTs, 410 MB with 16 MiB ones and this).
 const UPLOAD_BYTES_IN_FLIGHT: u64 = 32 << 20;
 
-/// The asynchronous phase of one subtask's snapshot: encodes its state and stores it as
-/// `name`, with its state backend's files when there are any. The backend's files are
-/// made first, beside the encoding (the backend may be waiting for them), and their
-/// local directory is removed afterwards, whether storing worked or not.
+/// The asynchronous phase of one subtask's snapshot: produces its parts, lays them out
+/// in the one snapshot format and stores the state file as `name`, with its state
+/// backend's native files when there are any (the keyed part, written by `backend`).
+/// The backend's files are made first, beside the parts (the backend may be waiting
+/// for them), and their local directory is removed afterwards, whether storing worked
+/// or not.
 pub async fn store_snapshot(
     storage: Arc<dyn CheckpointStorage>,
     checkpoint: CheckpointId,
     name: &str,
-    writer: SnapshotWriter,
+    backend: &str,
+    writer: PartsWriter,
     files: Option<LocalSnapshot>,
 ) -> Result<Stored, String> {
-    let state = async {
-        let bytes = tokio::task::spawn_blocking(writer)
+    let parts = async {
+        tokio::task::spawn_blocking(writer)
             .await
             .map_err(|e| format!("the snapshot encoder stopped: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-        storage
-            .write(checkpoint, name, Bytes::from(bytes))
-            .await
-            .map(|handle| (handle, size))
             .map_err(|e| e.to_string())
     };
     let Some(LocalSnapshot { prepare, uploaded }) = files else {
-        let (handle, size) = state.await?;
+        let (index, size) = store_parts(&storage, checkpoint, name, parts.await?, None).await?;
         return Ok(Stored {
-            state: TaskState::File(handle),
+            state: TaskState::Parts(index),
             full_size: size,
             uploaded: size,
         });
@@ -235,33 +304,60 @@ pub async fn store_snapshot(
     let prepared = async {
         tokio::task::spawn_blocking(prepare)
             .await
-            .map_err(|e| format!("making the state backend's files stopped: {e}"))?
+            .map_err(|e| format!("making the state backend's files failed to run: {e}"))?
             .map_err(|e| format!("making the state backend's files failed: {e}"))
     };
-    let (state, prepared) = tokio::join!(state, prepared);
+    let (parts, prepared) = tokio::join!(parts, prepared);
     let LocalFiles { dir, files } = prepared?;
     let result = async {
-        let (handle, size) = state?;
+        let parts = parts?;
         let (stored, written) = upload_files(&storage, checkpoint, name, &files).await?;
-        Ok(Stored {
-            full_size: size + stored.iter().map(|f| f.handle.size).sum::<u64>(),
-            uploaded: size + written,
-            state: TaskState::WithFiles {
-                state: handle,
-                files: stored,
+        let backend_bytes: u64 = stored.iter().map(|f| f.handle.size).sum();
+        let native = KeyedPart::Native {
+            backend: backend.to_owned(),
+            key_groups: parts
+                .key_groups
+                .map(GroupRange::from)
+                .unwrap_or(GroupRange { start: 0, end: 0 }),
+            files: stored.clone(),
+        };
+        let (index, size) = store_parts(&storage, checkpoint, name, parts, Some(native)).await?;
+        Ok((
+            Stored {
+                full_size: size + backend_bytes,
+                uploaded: size + written,
+                state: TaskState::Parts(index),
             },
-        })
+            stored,
+        ))
     }
     .await;
-    if let Ok(Stored {
-        state: TaskState::WithFiles { files, .. },
-        ..
-    }) = &result
-    {
+    if let Ok((_, files)) = &result {
         uploaded(files);
     }
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-    result
+    result.map(|(stored, _)| stored)
+}
+
+/// Lays out `parts` and writes the state file, unless it is empty; returns the index
+/// `_metadata` records and the file's size.
+async fn store_parts(
+    storage: &Arc<dyn CheckpointStorage>,
+    checkpoint: CheckpointId,
+    name: &str,
+    parts: SnapshotParts,
+    native: Option<KeyedPart>,
+) -> Result<(StateParts, u64), String> {
+    let (bytes, mut index) = snapshot::lay_out(parts, native);
+    let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if !bytes.is_empty() {
+        let handle = storage
+            .write(checkpoint, name, Bytes::from(bytes))
+            .await
+            .map_err(|e| e.to_string())?;
+        index.file = Some(handle);
+    }
+    Ok((index, size))
 }
 
 /// Stores a backend's files, [`PARALLEL_UPLOADS`] (and at most [`UPLOAD_BYTES_IN_FLIGHT`])
@@ -411,6 +507,15 @@ pub struct DriverSetup {
     /// When a checkpoint turns unaligned after its trigger: `None` never (aligned),
     /// zero at once (`unaligned`), else `aligned-timeout`.
     pub unaligned_after: Option<Duration>,
+    /// The job's number of key groups, recorded in `_metadata`.
+    pub max_parallelism: u32,
+    /// Requests for savepoints.
+    pub savepoints: Receiver<SavepointRequest>,
+    /// `[checkpointing] savepoint-dir`: where a savepoint goes when its request names
+    /// no directory.
+    pub savepoint_dir: Option<String>,
+    /// Opens a savepoint's storage.
+    pub open_savepoint: SavepointOpener,
 }
 
 /// Every subtask as the driver addresses it.
@@ -424,6 +529,10 @@ pub struct DriverTask {
     /// Its node's parallelism.
     pub parallelism: u32,
 }
+
+/// How often a requested savepoint tries again to trigger while a checkpoint is in
+/// progress.
+const SAVEPOINT_RETRY: Duration = Duration::from_millis(20);
 
 /// Why the driver fails the job.
 #[derive(Debug, thiserror::Error)]
@@ -467,6 +576,14 @@ pub struct CheckpointDriver {
     completed: Vec<CheckpointFiles>,
     /// When the run started: a moment that is always past, for "due at once".
     started: Instant,
+    /// Savepoints requested but not triggered yet, oldest first.
+    requested: std::collections::VecDeque<Requested>,
+    /// Savepoints triggered, by id.
+    savepoints: BTreeMap<CheckpointId, Savepoint>,
+    /// Where the uploader sends each savepoint's files.
+    targets: Targets,
+    /// Set once a stop-with-savepoint completed: its location.
+    stopped_with: Option<String>,
 }
 
 impl CheckpointDriver {
@@ -479,11 +596,14 @@ impl CheckpointDriver {
     ) -> (Self, Arc<dyn CheckpointSink>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (stats_writer, stats_task) = spawn_stats_writer(&setup.storage, &setup.io);
+        let targets = Targets::default();
         let uploader = SnapshotUploader {
             messages: tx.clone(),
             storage: setup.storage.clone(),
+            targets: targets.clone(),
             io: setup.io.clone(),
             node_ids: node_ids.clone(),
+            backend: setup.backend.clone(),
         };
         let coordinator = CoordinatorState::new(
             setup.config.clone(),
@@ -516,6 +636,10 @@ impl CheckpointDriver {
             stats_task,
             completed,
             started: now,
+            requested: std::collections::VecDeque::new(),
+            savepoints: BTreeMap::new(),
+            targets,
+            stopped_with: None,
         };
         (driver, Arc::new(uploader))
     }
@@ -535,16 +659,27 @@ impl CheckpointDriver {
     /// When the driver next has something to do without a message: a trigger or an
     /// expiry.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.requested.is_empty() {
+            return Some(Instant::now() + SAVEPOINT_RETRY);
+        }
         match (self.next_trigger(), self.coordinator.next_expiry()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Triggers and expires what is due at `now`.
+    /// Triggers and expires what is due at `now`: a requested savepoint first, then the
+    /// periodic checkpoint.
     pub fn on_tick(&mut self, now: Instant) -> Result<(), CheckpointFailure> {
         let decisions = self.coordinator.expire(now);
         self.apply(decisions)?;
+        if self.stopping() {
+            return Ok(());
+        }
+        if !self.requested.is_empty() {
+            self.trigger_savepoint(now);
+            return Ok(());
+        }
         if self.next_trigger().is_some_and(|due| due <= now)
             && let Ok(id) = self.coordinator.trigger(now)
         {
@@ -552,33 +687,168 @@ impl CheckpointDriver {
             if last {
                 self.final_checkpoint = Some(id);
             }
-            let barrier = Barrier {
-                checkpoint: id,
-                triggered_at_ms: now_ms(),
-                // The final checkpoint is always aligned: the job ends when it completes,
-                // so nothing may be left in flight behind its barriers.
-                unaligned_after: if last {
-                    None
-                } else {
-                    self.setup.unaligned_after
-                },
+            // The final checkpoint is always aligned: the job ends when it completes, so
+            // nothing may be left in flight behind its barriers.
+            let unaligned_after = if last {
+                None
+            } else {
+                self.setup.unaligned_after
             };
-            tracing::debug!(checkpoint = id.0, "triggering checkpoint");
-            self.setup
-                .stats
-                .update(|s| s.triggered(id.0, barrier.triggered_at_ms, &self.vertices));
-            self.acks.insert(
-                id,
-                Collected {
-                    triggered_at_ms: barrier.triggered_at_ms,
-                    tasks: BTreeMap::new(),
-                },
-            );
-            for task in self.tasks.iter().filter(|t| t.is_source) {
-                task.control.send(Control::Trigger(barrier));
-            }
+            self.start(Barrier::checkpoint(id, now_ms(), unaligned_after));
         }
         Ok(())
+    }
+
+    /// Sends `barrier` to the sources, and notes that its checkpoint started.
+    fn start(&mut self, barrier: Barrier) {
+        let id = barrier.checkpoint;
+        tracing::debug!(checkpoint = id.0, kind = ?barrier.kind, "triggering");
+        self.setup.stats.update(|s| {
+            s.triggered(id.0, barrier.triggered_at_ms, &self.vertices);
+            match barrier.kind {
+                SnapshotType::Checkpoint => {}
+                SnapshotType::CanonicalSavepoint => s.savepoint(id.0, "CANONICAL"),
+                SnapshotType::NativeSavepoint => s.savepoint(id.0, "NATIVE"),
+            }
+        });
+        self.acks.insert(
+            id,
+            Collected {
+                triggered_at_ms: barrier.triggered_at_ms,
+                tasks: BTreeMap::new(),
+            },
+        );
+        for task in self.tasks.iter().filter(|t| t.is_source) {
+            task.control.send(Control::Trigger(barrier));
+        }
+    }
+
+    /// Whether a stop-with-savepoint is under way or done: nothing else is triggered.
+    fn stopping(&self) -> bool {
+        self.stopped_with.is_some() || self.savepoints.values().any(|s| s.stop)
+    }
+
+    /// The channel savepoint requests arrive on.
+    pub fn savepoint_requests(&self) -> &Receiver<SavepointRequest> {
+        &self.setup.savepoints
+    }
+
+    /// Queues a savepoint request; it is triggered as soon as no checkpoint is in
+    /// progress. A request that cannot be carried out is answered at once.
+    pub fn on_savepoint_request(&mut self, request: SavepointRequest) {
+        let SavepointRequest {
+            directory,
+            format,
+            stop,
+            reply,
+        } = request;
+        let refuse = |reply: tokio::sync::oneshot::Sender<_>, why: String| {
+            tracing::warn!("savepoint refused: {why}");
+            let _ = reply.send(Err(why));
+        };
+        if self.stopping() {
+            return refuse(reply, "the job is stopping with a savepoint already".into());
+        }
+        if self.all_sources_exhausted() {
+            return refuse(
+                reply,
+                "the job's input ended and it is finishing; its final checkpoint holds its end state"
+                    .into(),
+            );
+        }
+        let Some(directory) = directory.or_else(|| self.setup.savepoint_dir.clone()) else {
+            return refuse(
+                reply,
+                "no directory was given for the savepoint and the job sets no [checkpointing] savepoint-dir: pass one, e.g. `weir savepoint <job> /var/lib/weir/savepoints`"
+                    .into(),
+            );
+        };
+        let kind = match format {
+            SavepointFormat::Canonical => SnapshotType::CanonicalSavepoint,
+            SavepointFormat::Native => SnapshotType::NativeSavepoint,
+        };
+        tracing::info!(%directory, stop, ?format, "savepoint requested");
+        self.requested.push_back(Requested {
+            directory,
+            kind,
+            stop,
+            reply,
+        });
+    }
+
+    /// Triggers the oldest requested savepoint, unless a checkpoint is in progress (it
+    /// is tried again at the next tick). Its storage was opened for the id it gets.
+    fn trigger_savepoint(&mut self, now: Instant) {
+        if self.coordinator.in_progress().next().is_some() {
+            return;
+        }
+        let Some(request) = self.requested.pop_front() else {
+            return;
+        };
+        // The id the trigger below takes.
+        let id = self.coordinator.next_id();
+        let opened = (self.setup.open_savepoint)(&request.directory, id).and_then(|storage| {
+            let checked = storage.clone();
+            self.setup
+                .io
+                .block_on(async move { checked.check().await })
+                .map(|()| storage)
+                .map_err(|e| format!("the savepoint directory cannot be written: {e}"))
+        });
+        let storage = match opened {
+            Ok(storage) => storage,
+            Err(why) => {
+                tracing::warn!("savepoint refused: {why}");
+                let _ = request.reply.send(Err(why));
+                return;
+            }
+        };
+        let savepoint = Savepoint {
+            storage,
+            stop: request.stop,
+            reply: request.reply,
+        };
+        match self.coordinator.trigger_savepoint(now) {
+            Ok(id) => {
+                let barrier = Barrier {
+                    checkpoint: id,
+                    triggered_at_ms: now_ms(),
+                    // Savepoints are always aligned.
+                    unaligned_after: None,
+                    kind: request.kind,
+                    stop: request.stop,
+                };
+                targets(&self.targets).insert(id, savepoint.storage.clone());
+                self.savepoints.insert(id, savepoint);
+                self.start(barrier);
+            }
+            Err(refusal) => {
+                let why = format!("the savepoint could not be triggered: {refusal}");
+                let _ = savepoint.reply.send(Err(why));
+            }
+        }
+    }
+
+    /// The savepoint `id`, if it is one, no longer in progress: its files no longer go
+    /// to its storage.
+    fn take_savepoint(&mut self, id: CheckpointId) -> Option<Savepoint> {
+        let savepoint = self.savepoints.remove(&id)?;
+        targets(&self.targets).remove(&id);
+        Some(savepoint)
+    }
+
+    /// A savepoint ended without completing: answer its request, drop what it wrote.
+    fn savepoint_failed(&mut self, id: CheckpointId, why: &str) {
+        let Some(savepoint) = self.take_savepoint(id) else {
+            return;
+        };
+        let _ = savepoint
+            .reply
+            .send(Err(format!("savepoint {id} failed: {why}")));
+        let storage = savepoint.storage;
+        self.setup.io.spawn(async move {
+            let _ = storage.delete_checkpoint(id).await;
+        });
     }
 
     /// When the next checkpoint is due; once every source is exhausted, the final
@@ -636,7 +906,7 @@ impl CheckpointDriver {
                     });
                     collected
                         .tasks
-                        .insert(task, (state, channel_state, stats.clone()));
+                        .insert(task, (*state, channel_state, stats.clone()));
                 }
                 match self.coordinator.acknowledge(checkpoint, task, stats, now) {
                     AckOutcome::Complete(_) => self.commit(checkpoint),
@@ -681,10 +951,17 @@ impl CheckpointDriver {
                 stats,
             })
             .collect();
+        let savepoint = self.savepoints.get(&id);
         let metadata = CheckpointMetadata {
             version: FORMAT_VERSION,
             job: self.setup.job.clone(),
             checkpoint: id.0,
+            kind: if savepoint.is_some() {
+                SnapshotKind::Savepoint
+            } else {
+                SnapshotKind::Checkpoint
+            },
+            max_parallelism: self.setup.max_parallelism,
             backend: self.setup.backend.clone(),
             mode: if self.setup.exactly_once {
                 "exactly-once"
@@ -698,7 +975,8 @@ impl CheckpointDriver {
         };
         // The commit runs on the I/O runtime, so acknowledgements, triggers and expiries
         // go on while it writes; its outcome comes back as a message.
-        let (storage, to_self) = (self.setup.storage.clone(), self.to_self.clone());
+        let storage = savepoint.map_or_else(|| self.setup.storage.clone(), |s| s.storage.clone());
+        let to_self = self.to_self.clone();
         let bytes = Bytes::from(metadata.to_bytes());
         self.committing.insert(id, metadata);
         self.commits.retain(|c| !c.is_finished());
@@ -724,6 +1002,10 @@ impl CheckpointDriver {
             return Ok(());
         };
         let decisions = match result {
+            Ok(()) if self.savepoints.contains_key(&id) => {
+                self.savepoint_completed(id, &metadata);
+                self.coordinator.committed(id, now)
+            }
             Ok(()) => {
                 tracing::info!(
                     checkpoint = id.0,
@@ -739,22 +1021,60 @@ impl CheckpointDriver {
                     .update(|s| s.completed(id.0, metadata.completed_at_ms, path));
                 self.completed.push(metadata.files());
                 let last = self.final_checkpoint.is_some_and(|f| id >= f);
-                for task in &self.tasks {
-                    task.control.send(Control::Complete(id));
-                    if last {
-                        task.control.send(Control::Finish);
-                    }
-                }
+                self.notify_complete(id, last);
                 self.retain();
                 self.coordinator.committed(id, now)
             }
             Err(e) => {
                 tracing::warn!(checkpoint = id.0, "writing _metadata failed: {e}");
+                self.savepoint_failed(id, &format!("writing its _metadata failed: {e}"));
                 self.coordinator.commit_failed(id, e)
             }
         };
         self.store_stats();
         self.apply(decisions.map_err(|e| CheckpointFailure(e.to_string()))?)
+    }
+
+    /// A savepoint is committed: answer its request. An intermediate savepoint commits
+    /// no side effects (as Flink's since 1.15): the sinks' transactions it sealed are
+    /// committed by the next checkpoint. Stop-with-savepoint commits them, then stops
+    /// every subtask.
+    fn savepoint_completed(&mut self, id: CheckpointId, metadata: &CheckpointMetadata) {
+        let Some(savepoint) = self.take_savepoint(id) else {
+            return;
+        };
+        let location = savepoint.storage.describe();
+        tracing::info!(
+            savepoint = id.0,
+            %location,
+            end_to_end_ms = metadata.end_to_end_ms(),
+            state_bytes = metadata.state_size(),
+            stop = savepoint.stop,
+            "savepoint completed"
+        );
+        let path = location.clone();
+        self.setup
+            .stats
+            .update(|s| s.completed(id.0, metadata.completed_at_ms, path));
+        if savepoint.stop {
+            self.notify_complete(id, true);
+            self.stopped_with = Some(location.clone());
+        }
+        let _ = savepoint.reply.send(Ok(location));
+    }
+
+    /// Tells every task that `id` is complete and, with `finish`, then every task to
+    /// finish: each hears of the completion (a sink commits) before any upstream task
+    /// can exit.
+    fn notify_complete(&self, id: CheckpointId, finish: bool) {
+        for task in &self.tasks {
+            task.control.send(Control::Complete(id));
+        }
+        if finish {
+            for task in &self.tasks {
+                task.control.send(Control::Finish);
+            }
+        }
     }
 
     /// Hands the statistics to their writer; a write still running is followed by one
@@ -766,7 +1086,7 @@ impl CheckpointDriver {
     /// Waits for the commits still being written, counts those that made it (a failed
     /// run no longer hears of them, but they are restorable), then for the last
     /// statistics write: what the run committed is in storage when it ends.
-    pub fn finish(mut self) {
+    pub fn finish(mut self) -> Option<String> {
         let commits = std::mem::take(&mut self.commits);
         self.setup.io.block_on(async move {
             for commit in commits {
@@ -787,14 +1107,21 @@ impl CheckpointDriver {
             }
         }
         self.store_stats();
+        for (_, savepoint) in std::mem::take(&mut self.savepoints) {
+            let _ = savepoint.reply.send(Err(
+                "the job ended before the savepoint completed".to_owned()
+            ));
+        }
         let Self {
             setup,
             stats_writer,
             stats_task,
+            stopped_with,
             ..
         } = self;
         drop(stats_writer);
         let _ = setup.io.block_on(stats_task);
+        stopped_with
     }
 
     fn apply(&mut self, decisions: Vec<Decision>) -> Result<(), CheckpointFailure> {
@@ -802,6 +1129,7 @@ impl CheckpointDriver {
             match decision {
                 Decision::Abort { checkpoint, reason } => {
                     tracing::info!(checkpoint = checkpoint.0, "checkpoint aborted: {reason}");
+                    self.savepoint_failed(checkpoint, &reason.to_string());
                     let (counted, why) = (reason.counts(), reason.to_string());
                     self.setup
                         .stats

@@ -7,13 +7,25 @@
 
 use crate::checkpoint::coordinator::SubtaskStats;
 use crate::checkpoint::retention::{CheckpointFiles, SharedFile};
+use crate::checkpoint::snapshot::{KeyedPart, StateParts};
 use crate::runtime::CheckpointId;
-use crate::state::StoredFile;
 use crate::storage::FileHandle;
 use serde::{Deserialize, Serialize};
 
-/// The version of this format; a reader refuses versions it does not know.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of this format; a reader refuses versions it does not know. Version 2
+/// describes every subtask's state by its parts ([`StateParts`]).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Whether a snapshot is a periodic checkpoint or a savepoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotKind {
+    /// A checkpoint, owned by the job and deleted by retention.
+    #[default]
+    Checkpoint,
+    /// A savepoint, owned by the user: self-contained, never deleted by Weir.
+    Savepoint,
+}
 
 /// What `_metadata` records about one completed checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +37,10 @@ pub struct CheckpointMetadata {
     pub job: String,
     /// The checkpoint's id.
     pub checkpoint: u64,
+    /// Checkpoint or savepoint.
+    pub kind: SnapshotKind,
+    /// The job's number of key groups, which a restore may not change.
+    pub max_parallelism: u32,
     /// The state backend that wrote the keyed state ("heap" or "rocksdb").
     pub backend: String,
     /// "exactly-once" or "at-least-once".
@@ -63,24 +79,19 @@ pub struct TaskEntry {
 pub enum TaskState {
     /// The subtask had finished: on restore it is passed through, not run again.
     Finished,
-    /// The state is in this data file.
-    File(FileHandle),
-    /// The state is in this data file, and the state backend's native checkpoint
-    /// (RocksDB) in these files, some of them shared with other checkpoints.
-    WithFiles {
-        /// The operator's own state and its timers.
-        state: FileHandle,
-        /// The backend's files, under their names in its directory.
-        files: Vec<StoredFile>,
-    },
+    /// Its snapshot's parts.
+    Parts(StateParts),
 }
 
 impl TaskState {
     /// The files under `shared/` this state references.
     pub fn shared_files(&self) -> impl Iterator<Item = SharedFile> + '_ {
         let files = match self {
-            TaskState::WithFiles { files, .. } => files.as_slice(),
-            TaskState::Finished | TaskState::File(_) => &[],
+            TaskState::Parts(StateParts {
+                keyed: Some(KeyedPart::Native { files, .. }),
+                ..
+            }) => files.as_slice(),
+            TaskState::Finished | TaskState::Parts(_) => &[],
         };
         files
             .iter()
@@ -98,14 +109,25 @@ impl CheckpointMetadata {
 
     /// Parses stored metadata.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let metadata: Self = serde_json::from_slice(bytes)
-            .map_err(|e| format!("the metadata does not parse: {e}"))?;
-        if metadata.version != FORMAT_VERSION {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let version = serde_json::from_slice::<Version>(bytes)
+            .map_err(|e| format!("the metadata does not parse: {e}"))?
+            .version;
+        if version != FORMAT_VERSION {
             return Err(format!(
-                "the metadata has format version {}, this weir reads version {FORMAT_VERSION}",
-                metadata.version
+                "the metadata has format version {version}, this weir reads version {FORMAT_VERSION}{}",
+                if version < FORMAT_VERSION {
+                    " (an earlier Weir wrote it, before snapshots had parts per key group); restore it with that version"
+                } else {
+                    ""
+                }
             ));
         }
+        let metadata: Self = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the metadata does not parse: {e}"))?;
         Ok(metadata)
     }
 
@@ -151,12 +173,15 @@ impl CheckpointMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StoredFile;
 
     fn sample() -> CheckpointMetadata {
         CheckpointMetadata {
             version: FORMAT_VERSION,
             job: "wc".into(),
             checkpoint: 7,
+            kind: SnapshotKind::Checkpoint,
+            max_parallelism: 128,
             backend: "heap".into(),
             mode: "exactly-once".into(),
             triggered_at_ms: 1_000,
@@ -165,10 +190,13 @@ mod tests {
                 node: "count".into(),
                 subtask: 0,
                 parallelism: 1,
-                state: TaskState::File(FileHandle {
-                    path: "chk-7/count-0".into(),
-                    size: 10,
-                    checksum: 42,
+                state: TaskState::Parts(StateParts {
+                    file: Some(FileHandle {
+                        path: "chk-7/count-0".into(),
+                        size: 10,
+                        checksum: 42,
+                    }),
+                    ..StateParts::default()
                 }),
                 channel_state: None,
                 stats: SubtaskStats {
@@ -196,19 +224,24 @@ mod tests {
             size: 1,
             checksum: 1,
         };
-        m.tasks[0].state = TaskState::WithFiles {
-            state: handle("chk-7/count-0"),
-            files: vec![
-                StoredFile {
-                    name: "000009.sst".into(),
-                    handle: handle("shared/count-0-ab-000009.sst"),
-                },
-                StoredFile {
-                    name: "MANIFEST-000004".into(),
-                    handle: handle("chk-7/count-0-MANIFEST-000004"),
-                },
-            ],
-        };
+        m.tasks[0].state = TaskState::Parts(StateParts {
+            file: Some(handle("chk-7/count-0")),
+            keyed: Some(KeyedPart::Native {
+                backend: "rocksdb".into(),
+                key_groups: crate::checkpoint::snapshot::GroupRange { start: 0, end: 128 },
+                files: vec![
+                    StoredFile {
+                        name: "000009.sst".into(),
+                        handle: handle("shared/count-0-ab-000009.sst"),
+                    },
+                    StoredFile {
+                        name: "MANIFEST-000004".into(),
+                        handle: handle("chk-7/count-0-MANIFEST-000004"),
+                    },
+                ],
+            }),
+            ..StateParts::default()
+        });
         let m = CheckpointMetadata::from_bytes(&m.to_bytes())?;
         assert_eq!(
             m.files().shared.into_iter().collect::<Vec<_>>(),

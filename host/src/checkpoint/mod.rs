@@ -12,6 +12,8 @@
 //! # Layout
 //! - `align`: [`Aligner`], barrier alignment of one subtask over its input channels
 //!   (exactly-once blocks or overtakes, at-least-once tracks).
+//! - `snapshot`: the one format of a subtask's snapshot, its parts per key group.
+//! - `restore`: restore planning, which old parts every new subtask restores (rescaling).
 //! - `channel_state`: the encoding of the in-flight data unaligned checkpoints persist.
 //! - `coordinator`: [`CoordinatorState`], when to trigger, when a checkpoint is
 //!   complete or aborted, when failures fail the job; the statistics subtasks report.
@@ -28,7 +30,9 @@ pub mod coordinator;
 pub mod driver;
 pub mod metadata;
 pub mod restart;
+pub mod restore;
 pub mod retention;
+pub mod snapshot;
 pub mod stats;
 
 pub use align::{AlignMode, Aligner, BarrierAction};

@@ -80,6 +80,9 @@ pub struct CheckpointRecord {
     pub external_path: Option<String>,
     /// Whether it was unaligned.
     pub unaligned: bool,
+    /// A savepoint's format (Flink's `CANONICAL`, `NATIVE`); `None` for a checkpoint.
+    #[serde(default)]
+    pub savepoint_format: Option<String>,
     /// Per node id, in the job's order of nodes.
     pub vertices: Vec<(String, VertexRecord)>,
 }
@@ -145,6 +148,9 @@ pub struct RestoredRecord {
     pub restore_ms: i64,
     /// Where it is stored.
     pub external_path: String,
+    /// Whether it is a savepoint.
+    #[serde(default)]
+    pub is_savepoint: bool,
 }
 
 /// The figures of one completed checkpoint that the summary is over.
@@ -232,8 +238,11 @@ pub struct CheckpointStats {
     pub counts: Counts,
     /// The most recent checkpoints, oldest first, at most [`HISTORY`].
     pub history: VecDeque<CheckpointRecord>,
-    /// The latest completed checkpoint.
+    /// The latest completed checkpoint, savepoints not counted.
     pub latest_completed: Option<CheckpointRecord>,
+    /// The latest completed savepoint.
+    #[serde(default)]
+    pub latest_savepoint: Option<CheckpointRecord>,
     /// The latest failed checkpoint.
     pub latest_failed: Option<CheckpointRecord>,
     /// The checkpoint the current run restored.
@@ -266,6 +275,13 @@ impl CheckpointStats {
         self.history.iter_mut().find(|c| c.id == id)
     }
 
+    /// Checkpoint `id` is a savepoint of this format (`CANONICAL`, `NATIVE`).
+    pub fn savepoint(&mut self, id: u64, format: &str) {
+        if let Some(c) = self.get_mut(id) {
+            c.savepoint_format = Some(format.to_owned());
+        }
+    }
+
     /// Checkpoint `id` was triggered at `at_ms`, over `vertices` (node id and
     /// parallelism).
     pub fn triggered(&mut self, id: u64, at_ms: i64, vertices: &[(String, u32)]) {
@@ -278,6 +294,7 @@ impl CheckpointStats {
             failure: None,
             external_path: None,
             unaligned: false,
+            savepoint_format: None,
             vertices: vertices
                 .iter()
                 .map(|(node, parallelism)| {
@@ -354,7 +371,11 @@ impl CheckpointStats {
         if self.window.len() > SUMMARY_WINDOW {
             self.window.pop_front();
         }
-        self.latest_completed = Some(record);
+        if record.savepoint_format.is_some() {
+            self.latest_savepoint = Some(record);
+        } else {
+            self.latest_completed = Some(record);
+        }
     }
 
     /// Checkpoint `id` failed at `at_ms` because of `reason`; `counted` unless it was
@@ -388,12 +409,13 @@ impl CheckpointStats {
     }
 
     /// The run restored checkpoint `id` from `path` at `at_ms`.
-    pub fn restored(&mut self, id: u64, at_ms: i64, path: String) {
+    pub fn restored(&mut self, id: u64, at_ms: i64, path: String, is_savepoint: bool) {
         self.counts.restored += 1;
         self.restored = Some(RestoredRecord {
             id,
             restore_ms: at_ms,
             external_path: path,
+            is_savepoint,
         });
     }
 
@@ -610,6 +632,8 @@ mod tests {
             version: FORMAT_VERSION,
             job: "wc".into(),
             checkpoint: id,
+            kind: crate::checkpoint::metadata::SnapshotKind::Checkpoint,
+            max_parallelism: 128,
             backend: "heap".into(),
             mode: "exactly-once".into(),
             triggered_at_ms: 2000,
@@ -637,7 +661,7 @@ mod tests {
         complete(&mut s, 1, 1000);
         s.triggered(2, 2000, &vertices());
         s.failed(2, 2100, "expired".into(), true);
-        s.restored(1, 3000, "file:///c/chk-1".into());
+        s.restored(1, 3000, "file:///c/chk-1".into(), false);
         let json = serde_json::to_vec(&s).expect("serialises");
         let back: CheckpointStats = serde_json::from_slice(&json).expect("reads back");
         assert_eq!(back, s);

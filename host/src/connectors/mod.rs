@@ -5,8 +5,8 @@
 //! else: they never see channels, partitioning, the job file or checkpoint storage.
 //!
 //! # Checkpoints
-//! - Sources snapshot their offsets (the generator's next sequence number, the file
-//!   source's file and byte offset) right before they emit a barrier, and a restored
+//! - Sources snapshot their positions (the generator's per split, the file source's per
+//!   file) right before they emit a barrier, and a restored
 //!   source continues from exactly there: the records before and after a restore
 //!   together are the uninterrupted stream.
 //! - The `file` sink is exactly-once through a two-phase commit: records go to a hidden
@@ -16,8 +16,9 @@
 //!   the sink's other hidden files, whose records the sources replay.
 //! - `stdout` and `blackhole` have no state: their snapshots are empty.
 //!
-//! A snapshot's bytes are private to its connector; `open` gets back exactly the bytes
-//! that the same subtask's snapshot wrote.
+//! A snapshot's bytes are private to its connector (they are the operator state of the
+//! snapshot format). `open` gets back its own subtask's bytes at the same parallelism,
+//! and every old subtask's after a rescale, from which it takes what it now owns.
 //!
 //! # Layout
 //! - `generator`: deterministic records from a seed (count, key cardinality, rate).

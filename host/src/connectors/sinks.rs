@@ -6,8 +6,9 @@
 //! to stdout is therefore at-least-once across a restore (the records after the restored
 //! checkpoint are printed again).
 
+use crate::checkpoint::snapshot::SnapshotType;
 use crate::connectors::rate::Pacer;
-use crate::runtime::{Batch, CheckpointId, Fault, Operator, Snapshot, TaskError};
+use crate::runtime::{Batch, CheckpointId, Fault, Operator, RestoredParts, Snapshot, TaskError};
 use std::io::{BufWriter, Write};
 
 /// Writes each record's value followed by a newline. Does not flush, so that the caller
@@ -40,7 +41,7 @@ impl StdoutSink {
 }
 
 impl Operator for StdoutSink {
-    fn open(&mut self, _restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, _restored: Option<RestoredParts>) -> Result<(), TaskError> {
         Ok(())
     }
 
@@ -57,7 +58,11 @@ impl Operator for StdoutSink {
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+    fn snapshot(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
         Ok(empty_snapshot())
     }
 
@@ -81,7 +86,7 @@ impl BlackholeSink {
 }
 
 impl Operator for BlackholeSink {
-    fn open(&mut self, _restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, _restored: Option<RestoredParts>) -> Result<(), TaskError> {
         Ok(())
     }
 
@@ -91,7 +96,11 @@ impl Operator for BlackholeSink {
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+    fn snapshot(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
         Ok(empty_snapshot())
     }
 
@@ -121,13 +130,17 @@ mod tests {
     #[test]
     fn a_stateless_sink_snapshots_nothing_and_restores_from_nothing() -> Result<(), TaskError> {
         let mut sink = BlackholeSink::new(0);
-        let Snapshot::State(writer) = sink.snapshot(CheckpointId(1))? else {
+        let Snapshot::State(writer) = sink.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?
+        else {
             return Err(TaskError::failed(Fault::Host, "a blackhole finished"));
         };
         let state = writer()?;
         assert!(state.is_empty());
         let mut restored = BlackholeSink::new(0);
-        restored.open(Some(state))?;
+        restored.open(Some(RestoredParts {
+            operator: vec![state],
+            ..RestoredParts::default()
+        }))?;
         restored.process(&[Record::new("a")].iter().collect(), &mut Batch::new())?;
         restored.close(&mut Batch::new())
     }

@@ -219,6 +219,7 @@ pub(crate) struct RawCheckpointing {
     pub retention: Option<Retention>,
     pub num_retained: Option<u32>,
     pub dir: Option<String>,
+    pub savepoint_dir: Option<String>,
     pub s3: Option<RawS3>,
 }
 

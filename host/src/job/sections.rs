@@ -228,6 +228,17 @@ pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>
         })?,
         None => StorageUrl::File(doc.resolve(defaults::CHECKPOINT_DIR)),
     };
+    let savepoint_dir = match &raw.savepoint_dir {
+        Some(text) => Some(storage_url(text, doc.dir).map_err(|reason| {
+            invalid(
+                doc,
+                S,
+                "savepoint-dir",
+                format!("invalid `savepoint-dir` \"{text}\": {reason}."),
+            )
+        })?),
+        None => None,
+    };
     let has_s3_table = raw.s3.is_some();
     let s3 = s3_settings(doc, raw.s3)?;
     if has_s3_table && matches!(dir, StorageUrl::File(_)) {
@@ -252,6 +263,7 @@ pub(crate) fn checkpointing(doc: &Doc<'_>) -> Result<Option<CheckpointingConfig>
         retention: raw.retention.unwrap_or(defaults::RETENTION),
         num_retained,
         dir,
+        savepoint_dir,
         s3,
     }))
 }
@@ -644,21 +656,20 @@ pub(crate) fn network(doc: &Doc<'_>) -> Result<NetworkConfig, JobError> {
         defaults::DEBLOAT_PERIOD,
         "200ms",
     )?;
-    if raw.enabled != Some(true) {
-        if let Some(key) = [
+    if raw.enabled != Some(true)
+        && let Some(key) = [
             ("target", raw.target.is_some()),
             ("period", raw.period.is_some()),
         ]
         .into_iter()
         .find_map(|(key, set)| set.then_some(key))
-        {
-            return Err(JobError::Invalid {
-                at: at(key),
-                message: format!(
-                    "`{key}` only applies when buffer debloating is on. Set enabled = true in [network.buffer-debloat], or remove {key}."
-                ),
-            });
-        }
+    {
+        return Err(JobError::Invalid {
+            at: at(key),
+            message: format!(
+                "`{key}` only applies when buffer debloating is on. Set enabled = true in [network.buffer-debloat], or remove {key}."
+            ),
+        });
     }
     Ok(NetworkConfig {
         channel_capacity,

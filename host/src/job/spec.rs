@@ -290,6 +290,9 @@ pub struct CheckpointingConfig {
     pub num_retained: u32,
     /// Where checkpoints are written.
     pub dir: StorageUrl,
+    /// Where savepoints go when their request names no directory (Flink's
+    /// `state.savepoints.dir`).
+    pub savepoint_dir: Option<StorageUrl>,
     /// How to reach S3, for an `s3://` `dir`.
     pub s3: S3Settings,
 }

@@ -1296,6 +1296,7 @@ fn a_full_checkpointing_table_is_read() {
             retention: Retention::RetainOnCancellation,
             num_retained: 3,
             dir: StorageUrl::File(PathBuf::from("/var/lib/weir/checkpoints")),
+            savepoint_dir: None,
             s3: S3Settings::default(),
         })
     );
@@ -2433,6 +2434,22 @@ fn unaligned_turns_checkpoints_unaligned_after_the_aligned_timeout() {
     assert_eq!(
         c("unaligned = true\naligned-timeout = \"30ms\"\n"),
         Some(Duration::from_millis(30))
+    );
+}
+
+#[test]
+fn savepoint_dir_is_a_storage_url_beside_the_checkpoint_dir() {
+    let f = Fixture::new();
+    let text = format!(
+        "[checkpointing]\ninterval = \"1s\"\nsavepoint-dir = \"s3://bucket/savepoints\"\n{MINIMAL}"
+    );
+    let c = f.ok(&text).checkpointing.expect("on");
+    assert_eq!(
+        c.savepoint_dir,
+        Some(StorageUrl::S3 {
+            bucket: "bucket".into(),
+            prefix: "savepoints".into()
+        })
     );
 }
 

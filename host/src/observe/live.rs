@@ -3,7 +3,8 @@
 //!
 //! [`LiveJob`] is made once per `weir run` from the job file, before the job starts, and
 //! shared by the launcher (which sets the state and hands the tracker and the metrics
-//! slot to each run) and the server's handlers (which only read, or cancel).
+//! slot to each run) and the server's handlers (which read, cancel, or queue savepoint
+//! requests for the checkpoint coordinator to take).
 
 use crate::checkpoint::stats::StatsTracker;
 use crate::job::{CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind};
@@ -124,10 +125,60 @@ pub struct LiveJob {
     pub profiler: Profiler,
     /// Where its checkpoints are, once the launcher opened the storage.
     pub storage: OnceLock<Arc<dyn CheckpointStorage>>,
+    /// The savepoints asked for, which the checkpoint coordinator takes.
+    pub savepoints: SavepointQueue,
 }
 
-/// A 32-digit hexadecimal id of `parts`, as Flink's job and vertex ids look.
-fn hex_id(parts: &[&str]) -> String {
+/// The outcome of a savepoint request that the job did not answer before it ended.
+pub const ENDED_FIRST: &str = "the job ended before the savepoint completed";
+
+pub use crate::checkpoint::driver::{SavepointFormat, SavepointRequest};
+
+/// The savepoint requests of a job, in the order they were made.
+///
+/// Unbounded: a request is small, and each comes from a person or script through the
+/// REST API, which authorises it, so the queue is as long as what they asked for.
+#[derive(Debug)]
+pub struct SavepointQueue {
+    sender: crossbeam_channel::Sender<SavepointRequest>,
+    receiver: crossbeam_channel::Receiver<SavepointRequest>,
+}
+
+impl Default for SavepointQueue {
+    fn default() -> Self {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        Self { sender, receiver }
+    }
+}
+
+impl SavepointQueue {
+    /// Queues `request`.
+    ///
+    /// # Errors
+    /// Gives `request` back when the queue is closed, which it is not while the queue
+    /// lives: it holds a receiver itself.
+    pub fn send(&self, request: SavepointRequest) -> Result<(), SavepointRequest> {
+        self.sender.send(request).map_err(|e| e.into_inner())
+    }
+
+    /// A receiver of the requests, for the coordinator; each request goes to one
+    /// receiver.
+    pub fn receiver(&self) -> crossbeam_channel::Receiver<SavepointRequest> {
+        self.receiver.clone()
+    }
+
+    /// Answers every request still queued with [`ENDED_FIRST`], once no coordinator
+    /// will take them (the job ended): their askers learn it at once instead of waiting.
+    pub fn refuse_pending(&self) {
+        for request in self.receiver.try_iter() {
+            // The asker may have gone; nobody else is to be told.
+            let _ = request.reply.send(Err(ENDED_FIRST.to_owned()));
+        }
+    }
+}
+
+/// A 32-digit hexadecimal id of `parts`, as Flink's job, vertex and trigger ids look.
+pub(crate) fn hex_id(parts: &[&str]) -> String {
     let joined = parts.join("\u{0}");
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(joined.as_bytes()))
 }
@@ -228,6 +279,7 @@ impl LiveJob {
             cancel,
             profiler: Profiler::default(),
             storage: OnceLock::new(),
+            savepoints: SavepointQueue::default(),
         }
     }
 
@@ -289,5 +341,43 @@ mod tests {
         assert_eq!(a, hex_id(&["word-count", "count"]));
         assert_ne!(a, hex_id(&["word-count", "counts"]));
         assert_ne!(hex_id(&["a", "bc"]), hex_id(&["ab", "c"]));
+    }
+
+    fn request(
+        stop: bool,
+    ) -> (
+        SavepointRequest,
+        tokio::sync::oneshot::Receiver<Result<String, String>>,
+    ) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = SavepointRequest {
+            directory: None,
+            format: SavepointFormat::default(),
+            stop,
+            reply,
+        };
+        (request, answer)
+    }
+
+    #[test]
+    fn savepoint_requests_reach_the_receiver_in_the_order_they_were_sent() {
+        let queue = SavepointQueue::default();
+        let receiver = queue.receiver();
+        let (first, _a) = request(false);
+        let (second, _b) = request(true);
+        assert!(queue.send(first).is_ok());
+        assert!(queue.send(second).is_ok());
+        let taken: Vec<bool> = receiver.try_iter().map(|r| r.stop).collect();
+        assert_eq!(taken, [false, true]);
+    }
+
+    #[test]
+    fn requests_left_in_the_queue_are_answered_with_the_reason_when_refused() {
+        let queue = SavepointQueue::default();
+        let (pending, mut answer) = request(false);
+        assert!(queue.send(pending).is_ok());
+        queue.refuse_pending();
+        assert_eq!(answer.try_recv(), Ok(Err(ENDED_FIRST.to_owned())));
+        assert!(queue.receiver().try_recv().is_err(), "the queue is empty");
     }
 }

@@ -762,10 +762,13 @@ mod tests {
             node: node.into(),
             subtask,
             parallelism,
-            state: TaskState::File(FileHandle {
-                path: format!("chk-7/{node}-{subtask}"),
-                size: stats.state_size,
-                checksum: 0,
+            state: TaskState::Parts(crate::checkpoint::snapshot::StateParts {
+                file: Some(FileHandle {
+                    path: format!("chk-7/{node}-{subtask}"),
+                    size: stats.state_size,
+                    checksum: 0,
+                }),
+                ..Default::default()
             }),
             channel_state: None,
             stats,
@@ -788,6 +791,8 @@ mod tests {
             version: FORMAT_VERSION,
             job: "wc".into(),
             checkpoint,
+            kind: crate::checkpoint::metadata::SnapshotKind::Checkpoint,
+            max_parallelism: 128,
             backend: "heap".into(),
             mode: "exactly-once".into(),
             // 2026-11-21 10:15:03.123 UTC

@@ -12,7 +12,7 @@ use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
 use crate::runtime::batch::Batch;
 use crate::runtime::metrics::SubtaskMetrics;
 use crate::runtime::output::Output;
-use crate::runtime::record::Message;
+use crate::runtime::record::{Barrier, Message};
 use crate::runtime::task::Restore;
 use crate::runtime::{ChannelState, CheckpointId, CheckpointSink, Operator, Snapshot, TaskError};
 use std::sync::Arc;
@@ -140,10 +140,7 @@ impl Chain {
                 continue;
             };
             let opened = match restore {
-                Restore::State(bytes) => operator.open(Some(bytes)),
-                Restore::StateAndFiles(bytes, files) => operator
-                    .restore_files(files)
-                    .and_then(|()| operator.open(Some(bytes))),
+                Restore::State(parts) => operator.open(Some(parts)),
                 Restore::Nothing => operator.open(None),
                 Restore::Finished => {
                     member.operator = None;
@@ -298,18 +295,19 @@ impl Chain {
     /// one is declined at once and `None` comes back.
     pub fn snapshot(
         &mut self,
-        checkpoint: CheckpointId,
+        barrier: Barrier,
         timing: BarrierTiming,
         sink: Option<&Arc<dyn CheckpointSink>>,
         hold_head: bool,
     ) -> Result<Option<HeldSnapshot>, TaskError> {
+        let checkpoint = barrier.checkpoint;
         let mut held = None;
         for at in 0..self.members.len() {
             let started = Instant::now();
             let member = &mut self.members[at];
             let entered = member.span.clone().entered();
             let (snapshot, sync_fuel) = match member.operator.as_mut() {
-                Some(op) => match op.snapshot(checkpoint) {
+                Some(op) => match op.snapshot(checkpoint, barrier.kind) {
                     Ok(snapshot) => (snapshot, op.sync_fuel()),
                     Err(e) => return Err(self.blame(at, e)),
                 },

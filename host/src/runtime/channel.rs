@@ -381,11 +381,7 @@ mod tests {
     }
 
     fn barrier(n: u64) -> Barrier {
-        Barrier {
-            checkpoint: CheckpointId(n),
-            triggered_at_ms: 0,
-            unaligned_after: None,
-        }
+        Barrier::checkpoint(CheckpointId(n), 0, None)
     }
 
     fn pair(capacity: usize) -> (ChannelSender, ChannelReceiver) {

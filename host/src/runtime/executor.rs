@@ -171,6 +171,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Per node, in graph order: its counters.
     pub nodes: Vec<Arc<NodeMetrics>>,
+    /// Where the savepoint is, when the job stopped with one (not finished).
+    pub stopped_with_savepoint: Option<String>,
 }
 
 /// How a run checkpoints and what it restores.
@@ -409,6 +411,7 @@ impl Executor {
         let mut first_failure: Option<RunError> = None;
         let mut last_progress = Instant::now();
         let never = crossbeam_channel::never();
+        let never_savepoint = crossbeam_channel::never();
         while running > 0 {
             let now = Instant::now();
             if self.cancel.is_cancelled() {
@@ -419,6 +422,9 @@ impl Executor {
                 .and_then(CheckpointDriver::next_deadline)
                 .map_or(now + CANCEL_POLL, |d| d.min(now + CANCEL_POLL));
             let messages = driver.as_ref().map_or(&never, |d| d.messages());
+            let savepoints = driver
+                .as_ref()
+                .map_or(&never_savepoint, |d| d.savepoint_requests());
             crossbeam_channel::select! {
                 recv(done_rx) -> finished => {
                     let Ok((task, result)) = finished else { break };
@@ -447,6 +453,11 @@ impl Executor {
                         first_failure = Some(RunError::Checkpointing(failure));
                     }
                 }
+                recv(savepoints) -> request => {
+                    if let (Ok(request), Some(d)) = (request, driver.as_mut()) {
+                        d.on_savepoint_request(request);
+                    }
+                }
                 default(wake.saturating_duration_since(now)) => {}
             }
             if first_failure.is_none()
@@ -461,9 +472,7 @@ impl Executor {
                 last_progress = Instant::now();
             }
         }
-        if let Some(driver) = driver {
-            driver.finish();
-        }
+        let stopped_with_savepoint = driver.and_then(CheckpointDriver::finish);
         if let Some(failure) = first_failure {
             return Err(failure);
         }
@@ -473,6 +482,7 @@ impl Executor {
         Ok(RunReport {
             elapsed: started.elapsed(),
             nodes: metrics,
+            stopped_with_savepoint,
         })
     }
 }

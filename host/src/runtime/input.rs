@@ -59,7 +59,8 @@ pub enum Event {
         /// The channel whose data ended.
         channel: usize,
     },
-    /// The producer of `channel` is gone, after its end: nothing more comes on it.
+    /// The producer of `channel` is gone, after its end or a stop-with-savepoint
+    /// barrier: nothing more comes on it.
     Closed {
         /// The channel.
         channel: usize,
@@ -73,6 +74,9 @@ pub enum Event {
 #[derive(Default)]
 struct ChannelState {
     ended: bool,
+    /// The last barrier that passed stopped the job (stop-with-savepoint): its
+    /// producer may go away without an end of input.
+    stopped: bool,
     gone: bool,
     blocked: bool,
     watermark: Option<i64>,
@@ -261,14 +265,16 @@ impl InputGate {
                 .announced
                 .front()
                 .is_some_and(|a| a.position == s.consumed);
-            if at_barrier && !s.blocked {
-                if let Some(a) = s.announced.pop_front() {
-                    self.next = channel + 1;
-                    return Ok(Some(Event::Barrier {
-                        channel,
-                        barrier: a.barrier,
-                    }));
-                }
+            if at_barrier
+                && !s.blocked
+                && let Some(a) = s.announced.pop_front()
+            {
+                s.stopped = a.barrier.stop;
+                self.next = channel + 1;
+                return Ok(Some(Event::Barrier {
+                    channel,
+                    barrier: a.barrier,
+                }));
             }
             match self.channels[channel].poll(data && !s.blocked && !at_barrier) {
                 Polled::Announcement(a) => {
@@ -287,7 +293,7 @@ impl InputGate {
                     }
                 }
                 Polled::Empty => {}
-                Polled::Gone if s.ended => {
+                Polled::Gone if s.ended || s.stopped => {
                     s.gone = true;
                     return Ok(Some(Event::Closed { channel }));
                 }
@@ -383,11 +389,7 @@ mod tests {
     }
 
     fn barrier(n: u64) -> Barrier {
-        Barrier {
-            checkpoint: CheckpointId(n),
-            triggered_at_ms: 0,
-            unaligned_after: None,
-        }
+        Barrier::checkpoint(CheckpointId(n), 0, None)
     }
 
     fn held() -> Message {

@@ -41,10 +41,11 @@ pub use executor::{
 };
 pub use ids::{CheckpointId, KeyGroup, SubtaskIndex};
 pub use record::{Barrier, Control, Message, Record};
-pub use task::Restore;
+pub use task::{Restore, RestoredParts};
 
 use crate::checkpoint::coordinator::{DeclineReason, SubtaskStats, TaskRef};
-use crate::state::{LocalSnapshot, RestoredFiles};
+use crate::checkpoint::snapshot::{SnapshotParts, SnapshotType};
+use crate::state::LocalSnapshot;
 use metrics::SubtaskMetrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -133,9 +134,15 @@ impl TaskInfo {
     }
 }
 
-/// The asynchronous half of a subtask's snapshot: serialises what the synchronous phase
-/// captured. It runs on the I/O runtime while the subtask goes on processing.
+/// The asynchronous half of a snapshot that is only operator state (a source's
+/// positions, a sink's transactions): serialises what the synchronous phase captured.
+/// It runs on the I/O runtime while the subtask goes on processing.
 pub type SnapshotWriter = Box<dyn FnOnce() -> Result<Vec<u8>, TaskError> + Send>;
+
+/// The asynchronous half of a snapshot with keyed state or timers: produces its parts
+/// in the one snapshot format ([`crate::checkpoint::snapshot`]), which the checkpoint
+/// part lays out and stores.
+pub type PartsWriter = Box<dyn FnOnce() -> Result<SnapshotParts, TaskError> + Send>;
 
 /// The in-flight data an unaligned checkpoint persisted for one subtask: per input
 /// channel, in the channel's order, the batches sent before the barrier that the
@@ -147,11 +154,13 @@ pub enum Snapshot {
     /// The subtask's input ended and its logic has closed: on restore it is not run
     /// again (so it never emits its final results twice), only passed through.
     Finished,
-    /// State to serialise and store.
+    /// Operator state to serialise and store.
     State(SnapshotWriter),
-    /// State to serialise and store, and the files of a state backend's native
-    /// checkpoint to upload (RocksDB).
-    StateAndFiles(SnapshotWriter, LocalSnapshot),
+    /// Parts of the snapshot format to store.
+    Parts(PartsWriter),
+    /// Parts to store, and the files of a state backend's native snapshot to upload
+    /// (RocksDB), which hold the keyed state.
+    PartsAndFiles(PartsWriter, LocalSnapshot),
     /// The synchronous phase overran a limit (`sync-phase-timeout`, `sync-phase-fuel`):
     /// the subtask declines the checkpoint, for this reason, and goes on.
     Declined(String),
@@ -160,21 +169,10 @@ pub enum Snapshot {
 /// A consuming node's logic for one subtask: an operator or a sink. Implemented by the
 /// WASM operator, by the native sinks, and by native baselines in the benchmarks.
 pub trait Operator: Send {
-    /// Prepares the subtask before the first record; `restored` is the state its
-    /// [`Operator::snapshot`] wrote into the checkpoint the job restores from.
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError>;
-    /// Before [`Operator::open`]: the files of the state backend's snapshot in the
-    /// checkpoint the job restores from, downloaded and verified. Only operators whose
-    /// [`Operator::snapshot`] returned [`Snapshot::StateAndFiles`] get them.
-    fn restore_files(&mut self, files: RestoredFiles) -> Result<(), TaskError> {
-        Err(TaskError::failed(
-            Fault::Host,
-            format!(
-                "this operator keeps no state backend files, but the checkpoint has {} for it",
-                files.files.len()
-            ),
-        ))
-    }
+    /// Prepares the subtask before the first record; `restored` is what it restores of
+    /// the snapshot the job starts from (see [`RestoredParts`] for how parts are
+    /// redistributed when the parallelism changed).
+    fn open(&mut self, restored: Option<RestoredParts>) -> Result<(), TaskError>;
     /// Processes a batch, appending what it emits to `out`.
     fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError>;
     /// Event time advanced to `watermark` (the minimum over all inputs).
@@ -192,8 +190,13 @@ pub trait Operator: Send {
         Ok(())
     }
     /// The synchronous phase of checkpoint `checkpoint`: capture a consistent view of
-    /// the state, quickly, and return how to serialise it.
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError>;
+    /// the state, quickly, and return how to serialise it. `kind` says whether it is a
+    /// savepoint, which a keyed backend writes in the canonical format (or natively).
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError>;
     /// Fuel the last [`Operator::snapshot`] spent, when the operator meters fuel.
     fn sync_fuel(&self) -> Option<u64> {
         None
@@ -247,9 +250,11 @@ pub enum SourcePoll {
 
 /// A source's logic for one subtask.
 pub trait Source: Send {
-    /// Prepares the subtask before the first poll; `restored` is the state its
-    /// [`Source::snapshot`] wrote into the checkpoint the job restores from (its offsets).
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError>;
+    /// Prepares the subtask before the first poll; `restored` is what its
+    /// [`Source::snapshot`] wrote into the snapshot the job restores from (its
+    /// positions): its own at the same parallelism, every old subtask's after a
+    /// rescale, from which it takes the splits it now owns.
+    fn open(&mut self, restored: Option<Vec<Vec<u8>>>) -> Result<(), TaskError>;
     /// Appends up to `max` records to `out`.
     fn poll(&mut self, out: &mut Batch, max: usize) -> Result<SourcePoll, TaskError>;
     /// Records where the source stands (its offsets) for checkpoint `checkpoint`. Called

@@ -378,11 +378,7 @@ mod tests {
         let mut out = Output::new(vec![edge], Arc::default(), Arc::default());
         out.emit(&mut keyed(BATCH))?;
         out.emit(&mut keyed(3))?;
-        let barrier = Barrier {
-            checkpoint: crate::runtime::CheckpointId(1),
-            triggered_at_ms: 0,
-            unaligned_after: Some(Duration::ZERO),
-        };
+        let barrier = Barrier::checkpoint(crate::runtime::CheckpointId(1), 0, Some(Duration::ZERO));
         out.barrier(barrier)?;
         let Polled::Announcement(a) = rx.poll(true) else {
             panic!("the barrier is on the priority lane");

@@ -1,6 +1,7 @@
 //! The one message type that travels between subtasks, and [`Record`], an owned record
 //! for tests, dead letters and other places off the data path.
 
+use crate::checkpoint::snapshot::SnapshotType;
 use crate::runtime::batch::{Batch, RecordRef};
 use crate::runtime::ids::CheckpointId;
 use std::time::Duration;
@@ -79,6 +80,28 @@ pub struct Barrier {
     /// aligned (and at-least-once ignores it), zero makes it unaligned from the start,
     /// and anything else is Flink's aligned-checkpoint timeout.
     pub unaligned_after: Option<Duration>,
+    /// A checkpoint or a savepoint, and which kind of savepoint.
+    pub kind: SnapshotType,
+    /// Stop with this savepoint: sources poll no more once they sent it, and the job
+    /// ends when it completes.
+    pub stop: bool,
+}
+
+impl Barrier {
+    /// A periodic checkpoint's barrier.
+    pub fn checkpoint(
+        checkpoint: CheckpointId,
+        triggered_at_ms: i64,
+        unaligned_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            checkpoint,
+            triggered_at_ms,
+            unaligned_after,
+            kind: SnapshotType::Checkpoint,
+            stop: false,
+        }
+    }
 }
 
 /// What the checkpoint coordinator tells a subtask, outside the data channels.

@@ -17,10 +17,9 @@ use crate::runtime::metrics::{Activity, SubtaskMetrics};
 use crate::runtime::output::Output;
 use crate::runtime::record::{Barrier, Control, Message};
 use crate::runtime::{
-    ChannelState, CheckpointId, CheckpointSink, Fault, Snapshot, Source, SourcePoll, TaskError,
-    now_ms,
+    ChannelState, CheckpointId, CheckpointSink, Snapshot, Source, SourcePoll, TaskError, now_ms,
 };
-use crate::state::RestoredFiles;
+use crate::state::RestoredState;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,17 +33,31 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 const SOURCE_BATCH: usize = 1024;
 
 /// What a subtask restores from.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub enum Restore {
     /// Nothing: a fresh start.
     #[default]
     Nothing,
-    /// The state its snapshot wrote.
-    State(Vec<u8>),
-    /// The state its snapshot wrote, and its state backend's files.
-    StateAndFiles(Vec<u8>, RestoredFiles),
+    /// The parts of the snapshot it restores.
+    State(RestoredParts),
     /// It had finished: pass the end of input through, never run it again.
     Finished,
+}
+
+/// The parts of a snapshot one subtask restores, read and verified. At the same
+/// parallelism they are its own; after a rescale its keyed state and timers are the key
+/// groups it now owns, from every old subtask that held some, and its operator state is
+/// every old subtask's (union state, as Flink's).
+#[derive(Debug, Default)]
+pub struct RestoredParts {
+    /// Operator state, one blob per old subtask, in old subtask order.
+    pub operator: Vec<Vec<u8>>,
+    /// Keyed state, for the backend.
+    pub keyed: Option<RestoredState>,
+    /// Timer sections of the key groups the subtask owns.
+    pub timers: Vec<bytes::Bytes>,
+    /// Records taken in before (same parallelism), for record positions in messages.
+    pub records_in: u64,
 }
 
 /// What every subtask loop needs besides its logic and channels.
@@ -96,25 +109,20 @@ fn source_loop(
     chain_restores: Vec<Restore>,
 ) -> Result<(), TaskError> {
     match restore {
-        Restore::State(bytes) => source.open(Some(bytes))?,
+        Restore::State(parts) => source.open(Some(parts.operator))?,
         Restore::Nothing | Restore::Finished => source.open(None)?,
-        Restore::StateAndFiles(..) => {
-            return Err(TaskError::failed(
-                Fault::Host,
-                "a source was given state backend files to restore",
-            ));
-        }
     }
     chain.open(chain_restores)?;
     ctx.wake.register();
     let mut buffer = Batch::new();
     let mut exhausted = false;
+    let mut stopped: Option<CheckpointId> = None;
     let mut idle_until: Option<Instant> = None;
     loop {
         if ctx.cancel.load(Ordering::Relaxed) {
             return Err(TaskError::Cancelled);
         }
-        let wait = if exhausted {
+        let wait = if exhausted || stopped.is_some() {
             Some(IDLE_POLL)
         } else {
             idle_until.map(|until| {
@@ -162,11 +170,19 @@ fn source_loop(
                     start_delay,
                     ..BarrierTiming::default()
                 };
-                chain.snapshot(barrier.checkpoint, timing, ctx.checkpoints.as_ref(), false)?;
+                chain.snapshot(barrier, timing, ctx.checkpoints.as_ref(), false)?;
+                // Stopping with a savepoint: nothing after its barrier is read, unless it
+                // fails.
+                if barrier.stop {
+                    stopped = Some(barrier.checkpoint);
+                }
             }
             Some(Control::Finish) => return Ok(()),
             Some(Control::Complete(id)) => chain.notify(id, true)?,
-            Some(Control::Abort(id)) => chain.notify(id, false)?,
+            Some(Control::Abort(id)) => {
+                stopped.take_if(|s| *s == id);
+                chain.notify(id, false)?;
+            }
             None => {}
         }
         if let Some(due) = chain.next_processing_timer()
@@ -174,7 +190,7 @@ fn source_loop(
         {
             chain.on_processing_time(Instant::now(), output)?;
         }
-        if exhausted {
+        if exhausted || stopped.is_some() {
             continue;
         }
         if idle_until.is_some_and(|until| until > Instant::now()) {
@@ -510,11 +526,11 @@ impl OperatorTask<'_> {
         unaligned: bool,
         channels: usize,
     ) -> Result<(), TaskError> {
-        let barrier = self.barriers.get(&checkpoint).copied().unwrap_or(Barrier {
-            checkpoint,
-            triggered_at_ms: now_ms(),
-            unaligned_after: None,
-        });
+        let barrier = self
+            .barriers
+            .get(&checkpoint)
+            .copied()
+            .unwrap_or_else(|| Barrier::checkpoint(checkpoint, now_ms(), None));
         let alignment = self.alignment.take().filter(|a| a.checkpoint == checkpoint);
         let timing = match &alignment {
             Some(a) => BarrierTiming {
@@ -534,7 +550,7 @@ impl OperatorTask<'_> {
         self.output.barrier(barrier)?;
         let held =
             self.chain
-                .snapshot(checkpoint, timing, self.ctx.checkpoints.as_ref(), unaligned)?;
+                .snapshot(barrier, timing, self.ctx.checkpoints.as_ref(), unaligned)?;
         if unaligned {
             self.capturing = Some(Capturing {
                 checkpoint,

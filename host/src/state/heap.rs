@@ -12,6 +12,9 @@
 //! [`StateError::OverLimit`]: a guest cannot grow the host without bound. A key group
 //! being copied after a snapshot briefly exists twice; the limit counts it once.
 
+use crate::checkpoint::snapshot::{
+    EntryValue, KeyedSections, KeyedState, SectionWriter, SnapshotType, StateDecl, entries,
+};
 use crate::runtime::batch::{Blobs, MaybeBlobs};
 use crate::runtime::ids::CheckpointId;
 use crate::runtime::ids::KeyGroup;
@@ -20,7 +23,6 @@ use crate::state::{
     BackendSnapshot, GroupedKeys, KeyedStateBackend, MapEntries, RestoredState, StateError,
     StateId, StateKind, StateWriter,
 };
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -123,51 +125,6 @@ impl Budget {
         }
         self.used = wanted;
         Ok(())
-    }
-}
-
-/// The serialised form of a heap snapshot, written straight from the frozen maps and
-/// keyed by key group, so that a restore takes the key groups it owns (and, later, a job
-/// can change its parallelism). `SnapshotRef` and `SnapshotOwned` have the same shape.
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
-    states: Vec<(&'a str, GroupsRef<'a>)>,
-}
-
-#[derive(Serialize)]
-enum GroupsRef<'a> {
-    Value(Vec<(u16, &'a Map<Vec<u8>>)>),
-    List(Vec<(u16, &'a Map<Vec<Vec<u8>>>)>),
-    Map(Vec<(u16, &'a Map<Map<Vec<u8>>>)>),
-}
-
-#[derive(Deserialize)]
-struct SnapshotOwned {
-    states: Vec<(String, GroupsOwned)>,
-}
-
-#[derive(Deserialize)]
-enum GroupsOwned {
-    Value(Vec<(u16, Map<Vec<u8>>)>),
-    List(Vec<(u16, Map<Vec<Vec<u8>>>)>),
-    Map(Vec<(u16, Map<Map<Vec<u8>>>)>),
-}
-
-/// The non-empty maps of `maps`, with their key group numbers.
-fn non_empty<V>(first: u16, maps: &[Arc<Map<V>>]) -> Vec<(u16, &Map<V>)> {
-    (first..)
-        .zip(maps)
-        .filter(|(_, m)| !m.is_empty())
-        .map(|(g, m)| (g, m.as_ref()))
-        .collect()
-}
-
-/// Moves restored maps into the slots of the key groups this subtask owns.
-fn restore_groups<V>(range: KeyGroupRange, maps: &mut [Arc<Map<V>>], restored: Vec<(u16, Map<V>)>) {
-    for (group, map) in restored {
-        if let Some(slot) = range.offset(KeyGroup(group)) {
-            maps[slot] = Arc::new(map);
-        }
     }
 }
 
@@ -505,79 +462,123 @@ impl KeyedStateBackend for HeapBackend {
         budget.charge(name, 0, freed.unwrap_or(0))
     }
 
-    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<BackendSnapshot, StateError> {
+    fn snapshot(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _kind: SnapshotType,
+    ) -> Result<BackendSnapshot, StateError> {
         Ok(BackendSnapshot::Encoded(self.encoder()))
     }
 
-    fn restore(&mut self, restored: RestoredState<'_>) -> Result<(), StateError> {
+    fn restore(&mut self, restored: RestoredState) -> Result<(), StateError> {
         match restored {
-            RestoredState::Encoded(bytes) => self.decode(bytes),
+            RestoredState::Canonical(sections) => self.decode(&sections),
             RestoredState::Files(_) => Err(StateError::Corrupt(
-                "the checkpoint holds RocksDB files, which the heap backend cannot read".to_owned(),
+                "the snapshot holds RocksDB's native files, which the heap backend cannot read; restore it with the rocksdb backend, or take a canonical savepoint"
+                    .to_owned(),
             )),
         }
     }
 }
 
 impl HeapBackend {
-    /// Captures every state (one `Arc` clone per key group) and returns its encoder.
+    /// Captures every state (one `Arc` clone per key group) and returns its encoder,
+    /// which writes the canonical format key group by key group.
     fn encoder(&self) -> StateWriter {
         // Cloning the tables clones one `Arc` per key group and state: the whole
         // synchronous cost, independent of how many keys there are.
         let frozen = self.states.clone();
-        let first = self.groups.start;
+        let range = self.groups;
         Box::new(move || {
             let states = frozen
                 .iter()
-                .map(|named| {
-                    let groups = match &named.table {
-                        Table::Value(maps) => GroupsRef::Value(non_empty(first, maps)),
-                        Table::List(maps) => GroupsRef::List(non_empty(first, maps)),
-                        Table::Map(maps) => GroupsRef::Map(non_empty(first, maps)),
-                    };
-                    (named.name.as_str(), groups)
+                .map(|named| StateDecl {
+                    name: named.name.clone(),
+                    kind: named.table.kind().into(),
                 })
                 .collect();
-            postcard::to_allocvec(&SnapshotRef { states })
-                .map_err(|e| StateError::Corrupt(format!("cannot encode the heap snapshot: {e}")))
+            let mut out = SectionWriter::new();
+            for (slot, group) in (range.start..range.end).enumerate() {
+                out.group(KeyGroup(group));
+                for (id, named) in (0u32..).zip(&frozen) {
+                    match &named.table {
+                        Table::Value(maps) => {
+                            for (k, v) in maps[slot].iter() {
+                                out.value(id, k, v);
+                            }
+                        }
+                        Table::List(maps) => {
+                            for (k, l) in maps[slot].iter() {
+                                out.list(id, k, l.iter().map(Vec::as_slice));
+                            }
+                        }
+                        Table::Map(maps) => {
+                            for (k, m) in maps[slot].iter() {
+                                out.map(id, k, m.iter().map(|(u, v)| (u.as_slice(), v.as_slice())));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(KeyedState {
+                states,
+                sections: out.finish(),
+            })
         })
     }
 
-    /// Replaces every state with what [`HeapBackend::encoder`] wrote.
-    fn decode(&mut self, bytes: &[u8]) -> Result<(), StateError> {
-        let data: SnapshotOwned = postcard::from_bytes(bytes)
-            .map_err(|e| StateError::Corrupt(format!("the heap snapshot does not decode: {e}")))?;
+    /// Replaces every state with the key groups this subtask owns of `restored`, which
+    /// may come from several old subtasks (a rescale).
+    fn decode(&mut self, restored: &[KeyedSections]) -> Result<(), StateError> {
         let range = self.groups;
         self.states.clear();
         self.ids.clear();
-        let mut used = 0u64;
-        for (name, groups) in data.states {
-            let mut table = Table::new(
-                match groups {
-                    GroupsOwned::Value(_) => StateKind::Value,
-                    GroupsOwned::List(_) => StateKind::List,
-                    GroupsOwned::Map(_) => StateKind::Map,
-                },
-                range.len(),
-            );
-            match (groups, &mut table) {
-                (GroupsOwned::Value(g), Table::Value(maps)) => restore_groups(range, maps, g),
-                (GroupsOwned::List(g), Table::List(maps)) => restore_groups(range, maps, g),
-                (GroupsOwned::Map(g), Table::Map(maps)) => restore_groups(range, maps, g),
-                _ => {
-                    return Err(StateError::Corrupt(format!(
-                        "state `{name}` has an inconsistent kind"
-                    )));
+        for old in restored {
+            let ids = old
+                .states
+                .iter()
+                .map(|decl| self.open_state(&decl.name, decl.kind.into()))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (group, section) in &old.groups {
+                let Some(slot) = range.offset(*group) else {
+                    continue;
+                };
+                for entry in entries(&old.states, section) {
+                    let entry = entry
+                        .map_err(|e| StateError::Corrupt(format!("key group {}: {e}", group.0)))?;
+                    let id = ids[entry.state as usize];
+                    let table = &mut self.states[id.0 as usize].table;
+                    match (table, entry.value) {
+                        (Table::Value(maps), EntryValue::Value(v)) => {
+                            Arc::make_mut(&mut maps[slot]).insert(entry.key.to_vec(), v.to_vec());
+                        }
+                        (Table::List(maps), EntryValue::List(l)) => {
+                            Arc::make_mut(&mut maps[slot]).insert(
+                                entry.key.to_vec(),
+                                l.into_iter().map(<[u8]>::to_vec).collect(),
+                            );
+                        }
+                        (Table::Map(maps), EntryValue::Map(m)) => {
+                            Arc::make_mut(&mut maps[slot]).insert(
+                                entry.key.to_vec(),
+                                m.into_iter()
+                                    .map(|(u, v)| (u.to_vec(), v.to_vec()))
+                                    .collect(),
+                            );
+                        }
+                        _ => {
+                            return Err(StateError::Corrupt(format!(
+                                "state `{}` has an inconsistent kind",
+                                old.states[entry.state as usize].name
+                            )));
+                        }
+                    }
                 }
             }
-            used = used.saturating_add(table_cost(&table));
-            let id = StateId(u32::try_from(self.states.len()).unwrap_or(u32::MAX));
-            self.ids.insert(name.clone(), id);
-            self.states.push(NamedTable { name, table });
         }
         // A restored state over the limit stays: the next write that grows it fails, and
         // says why, instead of the restore.
-        self.budget.used = used;
+        self.budget.used = self.states.iter().map(|n| table_cost(&n.table)).sum();
         Ok(())
     }
 }
@@ -763,10 +764,10 @@ mod tests {
         let writer = b.encoder();
         b.value_set(v, KeyGroup(1), b"k".to_vec(), b"after".to_vec())?;
         b.value_set(v, KeyGroup(4), b"new".to_vec(), b"after".to_vec())?;
-        let bytes = writer()?;
+        let bytes = writer()?.into_sections();
 
         let mut restored = backend();
-        restored.decode(&bytes)?;
+        restored.decode(&[bytes])?;
         let v = restored.open_state("v", StateKind::Value)?;
         let l = restored.open_state("l", StateKind::List)?;
         let m = restored.open_state("m", StateKind::Map)?;
@@ -798,15 +799,15 @@ mod tests {
                 b"x".to_vec(),
             )?;
         }
-        let bytes = all.encoder()()?;
+        let bytes = all.encoder()()?.into_sections();
         let mut half =
             HeapBackend::new(KeyGroupRange::for_subtask(SubtaskIndex(1), 2, 8), u64::MAX);
-        half.decode(&bytes)?;
+        half.decode(&[bytes])?;
         let v = half.open_state("v", StateKind::Value)?;
         assert_eq!(half.value_get(v, KeyGroup(5), &[5])?, Some(b"x".to_vec()));
         // Snapshot the half again and look at it from a backend that owns everything.
         let mut back = backend();
-        back.decode(&half.encoder()()?)?;
+        back.decode(&[half.encoder()()?.into_sections()])?;
         let v = back.open_state("v", StateKind::Value)?;
         for g in 0..8u8 {
             let expected = (g >= 4).then(|| b"x".to_vec());
@@ -822,9 +823,13 @@ mod tests {
     #[test]
     fn garbage_is_refused_as_corrupt() {
         let mut b = backend();
-        assert!(matches!(
-            b.decode(b"\xff\xff\xff"),
-            Err(StateError::Corrupt(_))
-        ));
+        let garbage = KeyedSections {
+            states: vec![StateDecl {
+                name: "v".into(),
+                kind: crate::checkpoint::snapshot::EntryKind::Value,
+            }],
+            groups: vec![(KeyGroup(0), bytes::Bytes::from_static(b"\x00\xff\xff"))],
+        };
+        assert!(matches!(b.decode(&[garbage]), Err(StateError::Corrupt(_))));
     }
 }

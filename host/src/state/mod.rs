@@ -25,6 +25,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::snapshot::{EntryKind, KeyedSections, KeyedState, SnapshotType};
 use crate::runtime::batch::{BlobLists, Blobs, MaybeBlobs};
 use crate::runtime::ids::{CheckpointId, KeyGroup};
 use crate::storage::FileHandle;
@@ -38,6 +39,26 @@ pub enum StateKind {
     List,
     /// A map of user keys to values per key.
     Map,
+}
+
+impl From<StateKind> for EntryKind {
+    fn from(kind: StateKind) -> Self {
+        match kind {
+            StateKind::Value => Self::Value,
+            StateKind::List => Self::List,
+            StateKind::Map => Self::Map,
+        }
+    }
+}
+
+impl From<EntryKind> for StateKind {
+    fn from(kind: EntryKind) -> Self {
+        match kind {
+            EntryKind::Value => Self::Value,
+            EntryKind::List => Self::List,
+            EntryKind::Map => Self::Map,
+        }
+    }
 }
 
 /// A state opened on a backend: an index into the backend's states.
@@ -85,9 +106,9 @@ pub enum StateError {
     },
 }
 
-/// The asynchronous half of a backend snapshot: encodes the state captured by
-/// [`KeyedStateBackend::snapshot`], off the subtask's thread.
-pub type StateWriter = Box<dyn FnOnce() -> Result<Vec<u8>, StateError> + Send>;
+/// The asynchronous half of a backend snapshot: writes the state captured by
+/// [`KeyedStateBackend::snapshot`] in the canonical format, off the subtask's thread.
+pub type StateWriter = Box<dyn FnOnce() -> Result<KeyedState, StateError> + Send>;
 
 /// The entries of one key's map state: user key and value.
 pub type MapEntries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -309,12 +330,20 @@ pub trait KeyedStateBackend: Send {
 
     /// The synchronous phase of a snapshot for `checkpoint`: captures a consistent view
     /// of every state, as cheaply as the backend can, and returns what the asynchronous
-    /// phase stores.
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<BackendSnapshot, StateError>;
+    /// phase stores. A canonical savepoint must come back as
+    /// [`BackendSnapshot::Encoded`]; a native one as files that are all
+    /// [`Upload::Private`] (a savepoint is self-contained) and that later checkpoints
+    /// never refer to.
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<BackendSnapshot, StateError>;
 
-    /// Replaces all state with what a snapshot stored, keeping the key groups this
-    /// backend owns.
-    fn restore(&mut self, restored: RestoredState<'_>) -> Result<(), StateError>;
+    /// Replaces all state with what snapshots stored, keeping the key groups this
+    /// backend owns: one old subtask's at the same parallelism, several after a
+    /// rescale.
+    fn restore(&mut self, restored: RestoredState) -> Result<(), StateError>;
 
     /// `checkpoint` completed: files it uploaded may be referenced by later snapshots.
     fn checkpoint_complete(&mut self, _checkpoint: CheckpointId) {}
@@ -325,8 +354,8 @@ pub trait KeyedStateBackend: Send {
 
 /// What a backend's synchronous snapshot phase captured.
 pub enum BackendSnapshot {
-    /// State to encode off the subtask's thread; the bytes are stored together with the
-    /// operator's own snapshot (the heap backend).
+    /// State to write in the canonical format off the subtask's thread; it is stored in
+    /// the subtask's state file (the heap backend; any backend in a canonical savepoint).
     Encoded(StateWriter),
     /// A native checkpoint in a local directory, whose files are uploaded (RocksDB).
     Files(LocalSnapshot),
@@ -397,11 +426,12 @@ pub struct StoredFile {
 
 /// What a backend restores from.
 #[derive(Debug)]
-pub enum RestoredState<'a> {
-    /// The bytes a [`BackendSnapshot::Encoded`] writer produced.
-    Encoded(&'a [u8]),
-    /// The files of a [`BackendSnapshot::Files`], downloaded and verified.
-    Files(RestoredFiles),
+pub enum RestoredState {
+    /// Canonical sections, per old subtask, of the key groups the backend owns.
+    Canonical(Vec<KeyedSections>),
+    /// The native files of every old subtask whose key groups overlap the backend's,
+    /// downloaded and verified; the backend keeps only the key groups it owns.
+    Files(Vec<RestoredFiles>),
 }
 
 /// The files of a backend's snapshot, downloaded and verified into `dir` under their

@@ -11,9 +11,12 @@
 //! On disk, with `dir` and `instance` from [`RocksDbOptions`]:
 //!
 //! ```text
-//! <dir>/                           the live database, removed when the backend drops
-//! <dir>/../<instance>-chk-<n>/     the native checkpoint of checkpoint n: hard links to
-//!                                  the live SSTs plus copies of MANIFEST, CURRENT, OPTIONS
+//! <dir>/                             the live database, removed when the backend drops
+//! <dir>/../<instance>-chk-<n>/       the native checkpoint of checkpoint n: hard links to
+//!                                    the live SSTs plus copies of MANIFEST, CURRENT, OPTIONS
+//! <dir>/../<instance>-savepoint-<n>/ the same for savepoint n (native or canonical)
+//! <dir>/../<instance>-rescale/       SSTs cut from other subtasks' databases during a
+//!                                    rescaling restore, removed once they are ingested
 //! ```
 //!
 //! Inside the database:
@@ -58,6 +61,48 @@
 //! put or delete gives the same answer either way): such a read checks the job's
 //! [`Phase`] before and after it reads the database, and waits out the write itself.
 //!
+//! # Savepoints
+//!
+//! Both kinds start as a checkpoint does: the synchronous phase freezes the active buffer
+//! and hands out a [`Job`], which writes the frozen buffers and takes a native checkpoint
+//! into the savepoint's directory. Then:
+//!
+//! - a **native savepoint** lists that directory with every file [`Upload::Private`]:
+//!   it is self-contained, stored with the savepoint and not in the job's `shared/`.
+//!   Its upload is reported to nobody, and its completion leaves the set of reusable
+//!   SSTs as it was, so no later incremental checkpoint refers to a savepoint's files
+//!   (the user may delete a savepoint, and retention does not know of it);
+//! - a **canonical savepoint** opens that directory read-only, off the subtask's thread,
+//!   and writes the canonical sections from it: for each key group ascending, each state
+//!   in id order, its entries in key order (one iterator per state, moving forward only),
+//!   decoding the key layout above back to keys, list elements and each key's map
+//!   entries. The checkpoint is a point-in-time copy, so the subtask goes on writing, and
+//!   RocksDB snapshots, which in-place memtable updates would break, are not needed. The
+//!   directory is removed once written.
+//!
+//! # Restoring and rescaling
+//!
+//! A restore drops the buffers and the live database and builds a new one:
+//!
+//! - from **canonical** sections (a canonical savepoint, or state the heap backend
+//!   wrote): a fresh database, a column family per state name (a state may have another
+//!   index in each old subtask's sections; one name with two kinds is refused), and the
+//!   entries of the owned key groups written in [`RESTORE_BATCH_BYTES`] batches, lists
+//!   framed and maps keyed as above;
+//! - from **native files** of one old subtask: its directory becomes the working
+//!   directory, and the key groups outside the owned range are range-deleted
+//!   (`clip_to_groups`);
+//! - from native files of **several** old subtasks (a rescale): the first is taken over
+//!   as above; each other one is opened read-only, and per column family the keys of the
+//!   owned key groups (one contiguous range, as every key starts with its key group) are
+//!   cut into SSTs of at most [`TARGET_FILE_BYTES`] and ingested into the column family of
+//!   the same state name (created if the first lacked it). Old subtasks own disjoint key
+//!   groups, so the ingested ranges never overlap what is there and RocksDB puts them
+//!   below everything without rewriting anything. Their directories are removed after.
+//!
+//! Only the taken-over subtask's shared SSTs can be reused by the next incremental
+//! checkpoint; the ingested ones are new files and are uploaded by it.
+//!
 //! # Errors
 //!
 //! RocksDB and file-system failures become [`StateError::Corrupt`], whose message names
@@ -65,7 +110,7 @@
 //! backends and has no variant for an I/O failure, and this module does not own it.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs;
 use std::ops::Bound;
@@ -75,10 +120,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    DBPinnableSlice, DBWithThreadMode, IteratorMode, MergeOperands, Options, ReadOptions,
-    SingleThreaded, WriteBatch, WriteOptions,
+    DBPinnableSlice, DBRawIteratorWithThreadMode, DBWithThreadMode, IngestExternalFileOptions,
+    IteratorMode, MergeOperands, Options, ReadOptions, SingleThreaded, SstFileWriter, WriteBatch,
+    WriteOptions,
 };
 
+use crate::checkpoint::snapshot::{
+    EntryValue, KeyedSections, KeyedState, SectionWriter, SnapshotType, StateDecl, entries,
+};
 use crate::runtime::batch::{BlobLists, Blobs, MaybeBlobs};
 use crate::runtime::ids::{CheckpointId, KeyGroup};
 use crate::runtime::keygroup::KeyGroupRange;
@@ -94,8 +143,14 @@ use crate::storage::FileHandle;
 /// column family references instead of reference-counted ones.
 type Db = DBWithThreadMode<SingleThreaded>;
 
-/// The size RocksDB cuts compacted SSTs at (see `column_family_options`).
+/// The size RocksDB cuts compacted SSTs at (see `column_family_options`), and a rescaling
+/// restore the SSTs it ingests, for the same reason: an upload holds its file in memory.
 const TARGET_FILE_BYTES: u64 = 16 << 20;
+
+/// How many bytes of entries a canonical restore puts in one `WriteBatch` before writing
+/// it: large enough that the cost per write disappears, small enough that the batch does
+/// not hold a second copy of a large state in memory.
+const RESTORE_BATCH_BYTES: usize = 4 << 20;
 
 /// The merge operator's name, recorded in the database's OPTIONS file.
 const LIST_MERGE_OPERATOR: &str = "weir-list-append";
@@ -198,6 +253,7 @@ impl RocksDbOptions {
 }
 
 /// One opened state.
+#[derive(Clone, Debug)]
 struct State {
     name: String,
     kind: StateKind,
@@ -445,7 +501,26 @@ struct Job {
 }
 
 impl Job {
-    fn run(mut self) -> Result<LocalFiles, StateError> {
+    /// Makes the files and lists them, each with how to upload it.
+    fn run(self) -> Result<LocalFiles, StateError> {
+        let incremental = self.incremental;
+        let instance = self.instance.clone();
+        let confirmed = Arc::clone(&self.confirmed);
+        let dir = self.checkpoint()?;
+        match list_snapshot(&dir, incremental, &instance, &confirmed) {
+            Ok(files) => Ok(LocalFiles { dir, files }),
+            Err(e) => {
+                // Best effort, as below: the files are not handed to the uploader, so
+                // nothing else would remove the directory.
+                let _ = remove_dir_if_exists(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the buffers, takes the native checkpoint and lets go of the database;
+    /// returns the checkpoint's directory, which the caller removes.
+    fn checkpoint(mut self) -> Result<PathBuf, StateError> {
         drop(std::mem::take(&mut self.retired));
         let created = self.write_and_checkpoint();
         self.release();
@@ -455,18 +530,7 @@ impl Job {
             let _ = remove_dir_if_exists(&self.dir);
             return Err(e);
         }
-        match list_snapshot(&self.dir, self.incremental, &self.instance, &self.confirmed) {
-            Ok(files) => Ok(LocalFiles {
-                dir: self.dir.clone(),
-                files,
-            }),
-            Err(e) => {
-                // Best effort, as above: the files are not handed to the uploader, so
-                // nothing else would remove the directory.
-                let _ = remove_dir_if_exists(&self.dir);
-                Err(e)
-            }
-        }
+        Ok(self.dir.clone())
     }
 
     fn write_and_checkpoint(&self) -> Result<(), StateError> {
@@ -581,7 +645,11 @@ pub struct RocksDbBackend {
     keys: RefCell<Blobs>,
     confirmed: Confirmed,
     uploads: Uploads,
+    /// Savepoints taken and not yet completed or aborted: their completion must not
+    /// change what later checkpoints reuse (see the module docs).
+    savepoints: BTreeSet<CheckpointId>,
 }
+
 /// The name of a state kind in column family names.
 fn kind_name(kind: StateKind) -> &'static str {
     match kind {
@@ -883,13 +951,8 @@ impl RocksDbBackend {
                 options.dir.display()
             )));
         }
-        let dir = options.dir.display();
-        remove_dir_if_exists(&options.dir)
-            .and_then(|()| fs::create_dir_all(&options.dir))
-            .map_err(|e| failure(format_args!("creating the RocksDB directory {dir}"), e))?;
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
-        let db = Db::open(&db_options(&options, &cache), &options.dir)
-            .map_err(|e| failure(format_args!("opening RocksDB in {dir}"), e))?;
+        let db = fresh_database(&options, &cache)?;
         let mut write = WriteOptions::default();
         // Checkpoints give durability: a failure restores the last checkpoint, never
         // the local database, so a write-ahead log would be written and never read.
@@ -911,13 +974,28 @@ impl RocksDbBackend {
             keys: RefCell::new(Blobs::new()),
             confirmed: Arc::default(),
             uploads: Arc::default(),
+            savepoints: BTreeSet::new(),
         })
     }
 
-    /// The directory of checkpoint `checkpoint`'s native checkpoint: beside the live
-    /// database, never inside it, so it outlives the backend until it is uploaded.
-    fn snapshot_dir(&self, checkpoint: CheckpointId) -> PathBuf {
-        let name = format!("{}-chk-{}", self.options.instance, checkpoint.0);
+    /// The directory of the native checkpoint of checkpoint or savepoint `checkpoint`:
+    /// beside the live database, never inside it, so it outlives the backend until it is
+    /// uploaded. Savepoints have their own names, so that one never meets a checkpoint's
+    /// directory whatever the ids.
+    fn snapshot_dir(&self, checkpoint: CheckpointId, kind: SnapshotType) -> PathBuf {
+        let what = if kind.is_savepoint() {
+            "savepoint"
+        } else {
+            "chk"
+        };
+        self.sibling(&format!(
+            "{}-{what}-{}",
+            self.options.instance, checkpoint.0
+        ))
+    }
+
+    /// `name` beside the working directory.
+    fn sibling(&self, name: &str) -> PathBuf {
         match self.options.dir.parent() {
             Some(parent) => parent.join(name),
             // `open` refused a directory without a parent.
@@ -1211,48 +1289,6 @@ impl RocksDbBackend {
         Ok(())
     }
 
-    /// Reads the states of a restored database from its default column family.
-    fn recover_states(&self, db: &Db) -> Result<Vec<State>, StateError> {
-        let dir = self.options.dir.display();
-        let mut by_id = BTreeMap::new();
-        for entry in db.iterator(IteratorMode::Start) {
-            let (cf, name) =
-                entry.map_err(|e| failure(format_args!("reading the states of {dir}"), e))?;
-            let cf = String::from_utf8(cf.into_vec()).ok();
-            let name = String::from_utf8(name.into_vec()).ok();
-            let parsed = cf.as_deref().and_then(parse_column_family_name);
-            let (Some(cf), Some(name), Some((kind, id))) = (cf, name, parsed) else {
-                return Err(StateError::Corrupt(format!(
-                    "the restored RocksDB database in {dir} has a state entry that does not decode"
-                )));
-            };
-            if db.cf_handle(&cf).is_none() {
-                return Err(StateError::Corrupt(format!(
-                    "the restored RocksDB database in {dir} lacks column family {cf} of state `{name}`"
-                )));
-            }
-            by_id.insert(
-                id,
-                State {
-                    name,
-                    kind,
-                    column_family: cf,
-                },
-            );
-        }
-        // Ids are handed out in order from 0, so a gap means a state is missing.
-        let contiguous = by_id
-            .keys()
-            .zip(0u32..)
-            .all(|(&id, expected)| id == expected);
-        if !contiguous {
-            return Err(StateError::Corrupt(format!(
-                "the restored RocksDB database in {dir} misses a state: its ids are {:?}",
-                by_id.keys().collect::<Vec<_>>()
-            )));
-        }
-        Ok(by_id.into_values().collect())
-    }
     /// Drops the key groups outside this backend's range from a restored state.
     fn clip_to_groups(&self, db: &Db, state: &State) -> Result<(), StateError> {
         let what = || {
@@ -1297,23 +1333,11 @@ impl RocksDbBackend {
 
     /// Opens the database `restore` moved into the working directory.
     fn open_restored(&self) -> Result<Db, StateError> {
-        let dir = self.options.dir.display();
-        let db_opts = db_options(&self.options, &self.cache);
-        let names = Db::list_cf(&db_opts, &self.options.dir)
-            .map_err(|e| failure(format_args!("listing the column families in {dir}"), e))?;
-        let mut descriptors = Vec::new();
-        for name in names.into_iter().filter(|n| n != "default") {
-            let Some((kind, _)) = parse_column_family_name(&name) else {
-                return Err(StateError::Corrupt(format!(
-                    "the restored RocksDB database in {dir} has an unknown column family {name}"
-                )));
-            };
-            let opts = column_family_options(&self.options, &self.cache, kind);
-            descriptors.push(ColumnFamilyDescriptor::new(name, opts));
-        }
-        Db::open_cf_descriptors(&db_opts, &self.options.dir, descriptors).map_err(|e| {
+        let dir = &self.options.dir;
+        let (db_opts, descriptors) = descriptors(dir, &self.options, &self.cache)?;
+        Db::open_cf_descriptors(&db_opts, dir, descriptors).map_err(|e| {
             failure(
-                format_args!("opening the restored RocksDB database in {dir}"),
+                format_args!("opening the restored RocksDB database in {}", dir.display()),
                 e,
             )
         })
@@ -1389,6 +1413,279 @@ fn column_family_options(options: &RocksDbOptions, cache: &Cache, kind: StateKin
     opts
 }
 
+/// Creates the column family of state `id` in `db` and records its name in the default
+/// column family, so that a snapshot carries it.
+fn create_state(
+    db: &mut Db,
+    options: &RocksDbOptions,
+    cache: &Cache,
+    write: &WriteOptions,
+    id: u32,
+    name: &str,
+    kind: StateKind,
+) -> Result<State, StateError> {
+    let dir = options.dir.display();
+    let column_family = column_family_name(kind, id);
+    let opts = column_family_options(options, cache, kind);
+    db.create_cf(&column_family, &opts).map_err(|e| {
+        failure(
+            format_args!("creating column family {column_family} for state `{name}` in {dir}"),
+            e,
+        )
+    })?;
+    db.put_opt(column_family.as_bytes(), name.as_bytes(), write)
+        .map_err(|e| failure(format_args!("recording state `{name}` in {dir}"), e))?;
+    Ok(State {
+        name: name.to_owned(),
+        kind,
+        column_family,
+    })
+}
+
+/// A new, empty database in `options.dir`, whatever was there removed.
+fn fresh_database(options: &RocksDbOptions, cache: &Cache) -> Result<Db, StateError> {
+    let dir = options.dir.display();
+    remove_dir_if_exists(&options.dir)
+        .and_then(|()| fs::create_dir_all(&options.dir))
+        .map_err(|e| failure(format_args!("creating the RocksDB directory {dir}"), e))?;
+    Db::open(&db_options(options, cache), &options.dir)
+        .map_err(|e| failure(format_args!("opening RocksDB in {dir}"), e))
+}
+
+/// How a database of this backend in `dir` is opened: the database's options and a
+/// descriptor per state's column family, whose options its name's kind picks.
+fn descriptors(
+    dir: &Path,
+    options: &RocksDbOptions,
+    cache: &Cache,
+) -> Result<(Options, Vec<ColumnFamilyDescriptor>), StateError> {
+    let shown = dir.display();
+    let db_opts = db_options(options, cache);
+    let names = Db::list_cf(&db_opts, dir)
+        .map_err(|e| failure(format_args!("listing the column families in {shown}"), e))?;
+    let mut descriptors = Vec::new();
+    for name in names.into_iter().filter(|n| n != "default") {
+        let Some((kind, _)) = parse_column_family_name(&name) else {
+            return Err(StateError::Corrupt(format!(
+                "the RocksDB database in {shown} has an unknown column family {name}"
+            )));
+        };
+        let opts = column_family_options(options, cache, kind);
+        descriptors.push(ColumnFamilyDescriptor::new(name, opts));
+    }
+    Ok((db_opts, descriptors))
+}
+
+/// Opens the database in `dir` read-only: a native checkpoint being encoded, or another
+/// subtask's database being cut from.
+fn open_read_only(dir: &Path, options: &RocksDbOptions, cache: &Cache) -> Result<Db, StateError> {
+    let (db_opts, descriptors) = descriptors(dir, options, cache)?;
+    Db::open_cf_descriptors_read_only(&db_opts, dir, descriptors, false).map_err(|e| {
+        failure(
+            format_args!(
+                "opening the RocksDB database in {} read-only",
+                dir.display()
+            ),
+            e,
+        )
+    })
+}
+
+/// Read options for one pass over every key of the key groups `groups`: bounded to them,
+/// and leaving the block cache to the live working set.
+fn scan_groups(groups: KeyGroupRange) -> ReadOptions {
+    let mut read = ReadOptions::default();
+    read.fill_cache(false);
+    read.set_iterate_upper_bound(groups.end.to_be_bytes().to_vec());
+    read
+}
+
+/// Reads the states of a database from its default column family.
+fn recover_states(db: &Db, dir: &Path) -> Result<Vec<State>, StateError> {
+    let dir = dir.display();
+    let mut by_id = BTreeMap::new();
+    for entry in db.iterator(IteratorMode::Start) {
+        let (cf, name) =
+            entry.map_err(|e| failure(format_args!("reading the states of {dir}"), e))?;
+        let cf = String::from_utf8(cf.into_vec()).ok();
+        let name = String::from_utf8(name.into_vec()).ok();
+        let parsed = cf.as_deref().and_then(parse_column_family_name);
+        let (Some(cf), Some(name), Some((kind, id))) = (cf, name, parsed) else {
+            return Err(StateError::Corrupt(format!(
+                "the restored RocksDB database in {dir} has a state entry that does not decode"
+            )));
+        };
+        if db.cf_handle(&cf).is_none() {
+            return Err(StateError::Corrupt(format!(
+                "the restored RocksDB database in {dir} lacks column family {cf} of state `{name}`"
+            )));
+        }
+        by_id.insert(
+            id,
+            State {
+                name,
+                kind,
+                column_family: cf,
+            },
+        );
+    }
+    // Ids are handed out in order from 0, so a gap means a state is missing.
+    let contiguous = by_id
+        .keys()
+        .zip(0u32..)
+        .all(|(&id, expected)| id == expected);
+    if !contiguous {
+        return Err(StateError::Corrupt(format!(
+            "the restored RocksDB database in {dir} misses a state: its ids are {:?}",
+            by_id.keys().collect::<Vec<_>>()
+        )));
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// The key and user key of a map entry's key after its key group: the inverse of
+/// [`append_map_key`].
+fn split_map_key(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// The one key whose map entries [`write_group`] is collecting, and them.
+#[derive(Default)]
+struct OpenMap {
+    key: Option<Vec<u8>>,
+    entries: MapEntries,
+}
+
+impl OpenMap {
+    /// Writes the map collected, if any, as state `id`'s entry.
+    fn close(&mut self, out: &mut SectionWriter, id: u32) {
+        if let Some(key) = self.key.take() {
+            let entries = self.entries.iter();
+            out.map(id, &key, entries.map(|(u, v)| (u.as_slice(), v.as_slice())));
+            self.entries.clear();
+        }
+    }
+}
+
+/// Writes the entries of `state` (id `id`) in key group `group` to `out`, from `it`,
+/// which is at the first of them or past them, and leaves it past them.
+fn write_group(
+    out: &mut SectionWriter,
+    it: &mut DBRawIteratorWithThreadMode<'_, Db>,
+    id: u32,
+    state: &State,
+    group: KeyGroup,
+    open: &mut OpenMap,
+) -> Result<(), StateError> {
+    let tag = group.0.to_be_bytes();
+    let corrupt = |what: &str| {
+        StateError::Corrupt(format!(
+            "a key of state `{}` in key group {} {what}",
+            state.name, group.0
+        ))
+    };
+    while let Some((key, value)) = it.item() {
+        let Some(rest) = key.strip_prefix(&tag) else {
+            // Keys are in order, so one of a later key group ends this one; any other
+            // key does not start with a key group.
+            if key.len() < tag.len() || key[..tag.len()] < tag[..] {
+                return Err(corrupt("does not start with its key group"));
+            }
+            break;
+        };
+        match state.kind {
+            StateKind::Value => out.value(id, rest, value),
+            StateKind::List => {
+                if !whole_frames(value) {
+                    return Err(corrupt("holds a list that does not decode"));
+                }
+                let list: Vec<&[u8]> = elements(value).collect();
+                // An empty list is no entry, as in the heap backend.
+                if !list.is_empty() {
+                    out.list(id, rest, list.into_iter());
+                }
+            }
+            StateKind::Map => {
+                let (key, user_key) =
+                    split_map_key(rest).ok_or_else(|| corrupt("is not a map entry's key"))?;
+                if open.key.as_deref() != Some(key) {
+                    open.close(out, id);
+                    open.key = Some(key.to_vec());
+                }
+                open.entries.push((user_key.to_vec(), value.to_vec()));
+            }
+        }
+        it.next();
+    }
+    open.close(out, id);
+    Ok(())
+}
+
+/// What a canonical savepoint's writer needs besides its [`Job`].
+struct Encoder {
+    options: RocksDbOptions,
+    cache: Cache,
+    /// The states when the savepoint was taken, by id: exactly the column families of
+    /// its native checkpoint, as states are created only when no job is out.
+    states: Vec<State>,
+    groups: KeyGroupRange,
+}
+
+impl Encoder {
+    /// Writes the native checkpoint in `dir` in the canonical format (see the module
+    /// docs).
+    fn encode(&self, dir: &Path) -> Result<KeyedState, StateError> {
+        let db = open_read_only(dir, &self.options, &self.cache)?;
+        let mut cursors = Vec::with_capacity(self.states.len());
+        for state in &self.states {
+            let cf = db.cf_handle(&state.column_family).ok_or_else(|| {
+                StateError::Corrupt(format!(
+                    "the RocksDB checkpoint {} lacks column family {} of state `{}` (host bug)",
+                    dir.display(),
+                    state.column_family,
+                    state.name
+                ))
+            })?;
+            let mut it = db.raw_iterator_cf_opt(cf, scan_groups(self.groups));
+            it.seek(self.groups.start.to_be_bytes());
+            cursors.push(it);
+        }
+        let mut out = SectionWriter::new();
+        let mut open = OpenMap::default();
+        for group in self.groups.start..self.groups.end {
+            out.group(KeyGroup(group));
+            for ((id, state), it) in (0u32..).zip(&self.states).zip(&mut cursors) {
+                write_group(&mut out, it, id, state, KeyGroup(group), &mut open)?;
+            }
+        }
+        for (state, it) in self.states.iter().zip(&cursors) {
+            it.status().map_err(|e| {
+                failure(
+                    format_args!(
+                        "reading state `{}` from the RocksDB checkpoint {}",
+                        state.name,
+                        dir.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(KeyedState {
+            states: self
+                .states
+                .iter()
+                .map(|s| StateDecl {
+                    name: s.name.clone(),
+                    kind: s.kind.into(),
+                })
+                .collect(),
+            sections: out.finish(),
+        })
+    }
+}
+
 impl KeyedStateBackend for RocksDbBackend {
     fn open_state(&mut self, name: &str, kind: StateKind) -> Result<StateId, StateError> {
         if let Some(&id) = self.ids.get(name) {
@@ -1405,8 +1702,6 @@ impl KeyedStateBackend for RocksDbBackend {
         let id = u32::try_from(self.states.len()).map_err(|_| {
             StateError::Corrupt(format!("cannot open state `{name}`: too many states"))
         })?;
-        let column_family = column_family_name(kind, id);
-        let opts = column_family_options(&self.options, &self.cache, kind);
         // Creating a column family needs the database to itself, and the name record
         // below must not reach a checkpoint still being taken: states are opened as an
         // operator starts, so waiting for a job in flight here is rare.
@@ -1428,20 +1723,8 @@ impl KeyedStateBackend for RocksDbBackend {
                     ))
                 })
             })?;
-        db.create_cf(&column_family, &opts).map_err(|e| {
-            failure(
-                format_args!("creating column family {column_family} for state `{name}` in {dir}"),
-                e,
-            )
-        })?;
-        // Recorded in the database, so that a snapshot carries the state's name.
-        db.put_opt(column_family.as_bytes(), name.as_bytes(), &self.write)
-            .map_err(|e| failure(format_args!("recording state `{name}` in {dir}"), e))?;
-        self.states.push(State {
-            name: name.to_owned(),
-            kind,
-            column_family,
-        });
+        let state = create_state(db, &self.options, &self.cache, &self.write, id, name, kind)?;
+        self.states.push(state);
         self.ids.insert(name.to_owned(), StateId(id));
         Ok(StateId(id))
     }
@@ -1849,99 +2132,78 @@ impl KeyedStateBackend for RocksDbBackend {
     }
 
     /// Freezes the active buffer and hands the rest to the asynchronous phase: writing
-    /// it, the native checkpoint, the listing (see the module docs). It waits only for
-    /// the previous snapshot's job to have taken its checkpoint.
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<BackendSnapshot, StateError> {
-        let retired = self.settle();
-        let db = Arc::clone(self.db.as_ref().ok_or_else(|| self.unusable())?);
-        if !self.active.is_empty() {
-            let active = std::mem::take(&mut self.active);
-            self.frozen_bytes += active.bytes;
-            self.frozen.push(Arc::new(active));
+    /// it, the native checkpoint, and the listing or, for a canonical savepoint, the
+    /// encoding (see the module docs). It waits only for the previous snapshot's job to
+    /// have taken its checkpoint.
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<BackendSnapshot, StateError> {
+        let job = self.job(checkpoint, kind)?;
+        if kind.is_savepoint() {
+            self.savepoints.insert(checkpoint);
         }
-        let flight = Arc::new(Flight::new());
-        self.flight = Some(Arc::clone(&flight));
-        let job = Job {
-            db: Some(db),
-            flight,
-            checkpoint,
-            buffers: self.frozen.clone(),
-            retired,
-            column_families: self
-                .states
-                .iter()
-                .map(|s| s.column_family.clone())
-                .collect(),
-            working: self.options.dir.clone(),
-            dir: self.snapshot_dir(checkpoint),
-            incremental: self.options.incremental,
-            instance: self.options.instance.clone(),
-            confirmed: Arc::clone(&self.confirmed),
-        };
-        let uploads = Arc::clone(&self.uploads);
-        let uploaded = Box::new(move |stored: &[StoredFile]| {
-            lock(&uploads).insert(checkpoint, stored.to_vec());
-        });
-        Ok(BackendSnapshot::Files(LocalSnapshot {
-            prepare: Box::new(move || job.run()),
-            uploaded,
-        }))
+        match kind {
+            SnapshotType::Checkpoint => {
+                let uploads = Arc::clone(&self.uploads);
+                let uploaded = Box::new(move |stored: &[StoredFile]| {
+                    lock(&uploads).insert(checkpoint, stored.to_vec());
+                });
+                Ok(BackendSnapshot::Files(LocalSnapshot {
+                    prepare: Box::new(move || job.run()),
+                    uploaded,
+                }))
+            }
+            // Stored in the savepoint's own place: later checkpoints must never refer to
+            // its files, so where they went is told to no one.
+            SnapshotType::NativeSavepoint => Ok(BackendSnapshot::Files(LocalSnapshot {
+                prepare: Box::new(move || job.run()),
+                uploaded: Box::new(|_| {}),
+            })),
+            SnapshotType::CanonicalSavepoint => {
+                let encoder = Encoder {
+                    options: self.options.clone(),
+                    cache: self.cache.clone(),
+                    states: self.states.clone(),
+                    groups: self.groups,
+                };
+                Ok(BackendSnapshot::Encoded(Box::new(move || {
+                    let dir = job.checkpoint()?;
+                    let encoded = encoder.encode(&dir);
+                    let removed = remove_dir_if_exists(&dir).map_err(|e| {
+                        failure(
+                            format_args!("removing the RocksDB checkpoint {}", dir.display()),
+                            e,
+                        )
+                    });
+                    let encoded = encoded?;
+                    removed?;
+                    Ok(encoded)
+                })))
+            }
+        }
     }
 
-    /// Takes the restored directory over by renaming it to the working directory (or
-    /// copying its files when it is on another file system), then opens it. Buffered
-    /// writes are dropped: the restored state replaces them.
-    fn restore(&mut self, restored: RestoredState<'_>) -> Result<(), StateError> {
-        let (from, files) = match restored {
-            RestoredState::Encoded(_) => {
-                return Err(StateError::Corrupt(
-                    "this checkpoint was written by the heap backend (its keyed state is \
-                     encoded bytes, not RocksDB files): restore it with `backend = \"heap\"`"
-                        .to_owned(),
-                ));
-            }
-            RestoredState::Files(RestoredFiles { dir, files }) => (dir, files),
-        };
-        // The live database closes only once no job holds it.
-        self.abandon(true);
-        self.active = Buffer::default();
-        self.frozen.clear();
-        self.frozen_bytes = 0;
-        // Close the live database before its directory is replaced.
-        self.db = None;
-        self.states.clear();
-        self.ids.clear();
-        self.confirmed = Arc::default();
-        lock(&self.uploads).clear();
-        // Restoring from the working directory itself opens it in place.
-        if from != self.options.dir {
-            let dir = self.options.dir.display();
-            remove_dir_if_exists(&self.options.dir)
-                .and_then(|()| take_over(&from, &self.options.dir))
-                .map_err(|e| {
-                    failure(
-                        format_args!("moving the restored files from {} to {dir}", from.display()),
-                        e,
-                    )
-                })?;
+    /// Drops all state, then builds it from what snapshots stored (see the module
+    /// docs). A restore that fails leaves the backend unusable until the next one.
+    fn restore(&mut self, restored: RestoredState) -> Result<(), StateError> {
+        self.drop_state();
+        match restored {
+            RestoredState::Canonical(sections) => self.restore_canonical(&sections),
+            RestoredState::Files(files) => self.restore_files(files),
         }
-        let db = self.open_restored()?;
-        let states = self.recover_states(&db)?;
-        for state in &states {
-            self.clip_to_groups(&db, state)?;
-        }
-        self.db = Some(Arc::new(db));
-        self.ids = (0u32..)
-            .zip(&states)
-            .map(|(id, state)| (state.name.clone(), StateId(id)))
-            .collect();
-        self.states = states;
-        // The restored checkpoint is completed, so its shared SSTs can be referred to.
-        self.confirmed = Arc::new(shared_ssts(&files));
-        Ok(())
     }
 
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) {
+        if self.savepoints.remove(&checkpoint) {
+            return;
+        }
+        let next = CheckpointId(checkpoint.0.saturating_add(1));
+        // A savepoint older than a completed checkpoint that completes after it is then
+        // taken for a checkpoint without a report, which reuses nothing: safe, and it
+        // keeps this set from growing with savepoints whose outcome never arrives.
+        self.savepoints = self.savepoints.split_off(&next);
         let mut uploads = lock(&self.uploads);
         // Only the last completed checkpoint's files are certain to be kept by
         // retention. Without its report (it completed before its upload reported, or it
@@ -1953,11 +2215,315 @@ impl KeyedStateBackend for RocksDbBackend {
                 .unwrap_or_default(),
         );
         // Reports of older checkpoints can no longer complete usefully.
-        *uploads = uploads.split_off(&CheckpointId(checkpoint.0.saturating_add(1)));
+        *uploads = uploads.split_off(&next);
     }
 
     fn checkpoint_aborted(&mut self, checkpoint: CheckpointId) {
+        self.savepoints.remove(&checkpoint);
         lock(&self.uploads).remove(&checkpoint);
+    }
+}
+
+impl RocksDbBackend {
+    /// The synchronous phase every snapshot shares: waits for the previous job to let go
+    /// of the database, freezes the active buffer and hands out the job that writes the
+    /// frozen buffers and takes the native checkpoint.
+    fn job(&mut self, checkpoint: CheckpointId, kind: SnapshotType) -> Result<Job, StateError> {
+        let retired = self.settle();
+        let db = Arc::clone(self.db.as_ref().ok_or_else(|| self.unusable())?);
+        if !self.active.is_empty() {
+            let active = std::mem::take(&mut self.active);
+            self.frozen_bytes += active.bytes;
+            self.frozen.push(Arc::new(active));
+        }
+        let flight = Arc::new(Flight::new());
+        self.flight = Some(Arc::clone(&flight));
+        Ok(Job {
+            db: Some(db),
+            flight,
+            checkpoint,
+            buffers: self.frozen.clone(),
+            retired,
+            column_families: self
+                .states
+                .iter()
+                .map(|s| s.column_family.clone())
+                .collect(),
+            working: self.options.dir.clone(),
+            dir: self.snapshot_dir(checkpoint, kind),
+            // A savepoint is self-contained: every file private.
+            incremental: self.options.incremental && kind == SnapshotType::Checkpoint,
+            instance: self.options.instance.clone(),
+            confirmed: Arc::clone(&self.confirmed),
+        })
+    }
+
+    /// Drops every state, the buffers and the database, as a restore begins: the
+    /// restored state replaces them. A job in flight is revoked or waited for first.
+    fn drop_state(&mut self) {
+        // The live database closes only once no job holds it.
+        self.abandon(true);
+        self.active = Buffer::default();
+        self.frozen.clear();
+        self.frozen_bytes = 0;
+        self.db = None;
+        self.states.clear();
+        self.ids.clear();
+        self.confirmed = Arc::default();
+        lock(&self.uploads).clear();
+        self.savepoints.clear();
+    }
+
+    /// Makes `db`, holding `states`, the live database.
+    fn install(&mut self, db: Db, states: Vec<State>) {
+        self.ids = (0u32..)
+            .zip(&states)
+            .map(|(id, state)| (state.name.clone(), StateId(id)))
+            .collect();
+        self.states = states;
+        self.db = Some(Arc::new(db));
+    }
+
+    /// The index in `states` of the state called `name` of `kind`, creating it in `db`
+    /// if there is none: how a restore maps the states of old subtasks, each with its own
+    /// ids, to one set.
+    fn merge_state(
+        &self,
+        db: &mut Db,
+        states: &mut Vec<State>,
+        name: &str,
+        kind: StateKind,
+    ) -> Result<usize, StateError> {
+        if let Some(index) = states.iter().position(|s| s.name == name) {
+            let existing = states[index].kind;
+            if existing != kind {
+                return Err(StateError::Corrupt(format!(
+                    "the restored snapshots hold state `{name}` as {existing:?} state and as \
+                     {kind:?} state"
+                )));
+            }
+            return Ok(index);
+        }
+        let id = u32::try_from(states.len()).map_err(|_| {
+            StateError::Corrupt(format!("cannot restore state `{name}`: too many states"))
+        })?;
+        let state = create_state(db, &self.options, &self.cache, &self.write, id, name, kind)?;
+        states.push(state);
+        Ok(states.len() - 1)
+    }
+
+    /// Builds a fresh database from canonical sections, keeping the owned key groups.
+    fn restore_canonical(&mut self, restored: &[KeyedSections]) -> Result<(), StateError> {
+        let mut db = fresh_database(&self.options, &self.cache)?;
+        let mut states = Vec::new();
+        let dir = self.options.dir.display();
+        let mut batch = WriteBatch::default();
+        let mut key = Vec::new();
+        let mut frames = Vec::new();
+        let write = |db: &Db, batch: WriteBatch| {
+            db.write_opt(batch, &self.write).map_err(|e| {
+                failure(
+                    format_args!("writing restored state to RocksDB in {dir}"),
+                    e,
+                )
+            })
+        };
+        for old in restored {
+            let indices = old
+                .states
+                .iter()
+                .map(|decl| self.merge_state(&mut db, &mut states, &decl.name, decl.kind.into()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let cfs = indices
+                .iter()
+                .map(|&i| {
+                    db.cf_handle(&states[i].column_family).ok_or_else(|| {
+                        StateError::Corrupt(format!(
+                            "the column family {} of state `{}` is missing in {dir} (host bug)",
+                            states[i].column_family, states[i].name
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (group, section) in &old.groups {
+                if !self.groups.contains(*group) {
+                    continue;
+                }
+                for entry in entries(&old.states, section) {
+                    let entry = entry
+                        .map_err(|e| StateError::Corrupt(format!("key group {}: {e}", group.0)))?;
+                    // `entries` checked the index against the states.
+                    let cf = cfs[entry.state as usize];
+                    match entry.value {
+                        EntryValue::Value(value) => {
+                            encode_key(&mut key, *group, entry.key);
+                            batch.put_cf(cf, &key, value);
+                        }
+                        // An empty list is no entry, as in the heap backend.
+                        EntryValue::List(list) if list.is_empty() => {}
+                        EntryValue::List(list) => {
+                            frames.clear();
+                            for element in list {
+                                push_frame(&mut frames, element)?;
+                            }
+                            encode_key(&mut key, *group, entry.key);
+                            batch.put_cf(cf, &key, &frames);
+                        }
+                        EntryValue::Map(map) => {
+                            for (user_key, value) in map {
+                                encode_map_key(&mut key, *group, entry.key, user_key)?;
+                                batch.put_cf(cf, &key, value);
+                            }
+                        }
+                    }
+                    if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
+                        write(&db, std::mem::take(&mut batch))?;
+                    }
+                }
+            }
+        }
+        write(&db, batch)?;
+        self.install(db, states);
+        Ok(())
+    }
+
+    /// Takes the first restored directory over by renaming it to the working directory
+    /// (or copying its files when it is on another file system), opens it and drops the
+    /// key groups it does not own; then copies the owned key groups of every other one
+    /// in and removes their directories (see the module docs).
+    fn restore_files(&mut self, restored: Vec<RestoredFiles>) -> Result<(), StateError> {
+        let mut restored = restored.into_iter();
+        let Some(RestoredFiles { dir: from, files }) = restored.next() else {
+            let db = fresh_database(&self.options, &self.cache)?;
+            self.install(db, Vec::new());
+            return Ok(());
+        };
+        let others: Vec<RestoredFiles> = restored.collect();
+        let taken = self.take_over_files(&from, &others);
+        for other in &others {
+            // Best effort: a leftover download is of no use, and failing the restore
+            // for it would only restore again into the same disk.
+            let _ = remove_dir_if_exists(&other.dir);
+        }
+        let (db, states) = taken?;
+        self.install(db, states);
+        // The restored checkpoint is completed, so its shared SSTs can be referred to.
+        self.confirmed = Arc::new(shared_ssts(&files));
+        Ok(())
+    }
+
+    /// The database of [`Self::restore_files`], before it is installed.
+    fn take_over_files(
+        &self,
+        from: &Path,
+        others: &[RestoredFiles],
+    ) -> Result<(Db, Vec<State>), StateError> {
+        // Restoring from the working directory itself opens it in place.
+        if from != self.options.dir {
+            let dir = self.options.dir.display();
+            remove_dir_if_exists(&self.options.dir)
+                .and_then(|()| take_over(from, &self.options.dir))
+                .map_err(|e| {
+                    failure(
+                        format_args!("moving the restored files from {} to {dir}", from.display()),
+                        e,
+                    )
+                })?;
+        }
+        let mut db = self.open_restored()?;
+        let mut states = recover_states(&db, &self.options.dir)?;
+        for state in &states {
+            self.clip_to_groups(&db, state)?;
+        }
+        if others.is_empty() {
+            return Ok((db, states));
+        }
+        let staging = self.sibling(&format!("{}-rescale", self.options.instance));
+        let shown = staging.display();
+        remove_dir_if_exists(&staging)
+            .and_then(|()| fs::create_dir_all(&staging))
+            .map_err(|e| failure(format_args!("creating the directory {shown}"), e))?;
+        let copied = others.iter().enumerate().try_for_each(|(n, other)| {
+            self.copy_owned_groups(&mut db, &mut states, &other.dir, &staging, n)
+        });
+        // Best effort: ingesting moved every SST that made it; the next restore wipes
+        // what is left.
+        let _ = remove_dir_if_exists(&staging);
+        copied?;
+        Ok((db, states))
+    }
+
+    /// Copies the keys of the owned key groups of every state of the database in
+    /// `from` into the state of the same name in `db`: cut into SSTs in `staging`
+    /// (named after `n`, the database's place among those copied), then ingested.
+    fn copy_owned_groups(
+        &self,
+        db: &mut Db,
+        states: &mut Vec<State>,
+        from: &Path,
+        staging: &Path,
+        n: usize,
+    ) -> Result<(), StateError> {
+        let old_db = open_read_only(from, &self.options, &self.cache)?;
+        let shown = from.display();
+        for old in recover_states(&old_db, from)? {
+            let index = self.merge_state(db, states, &old.name, old.kind)?;
+            let Some(old_cf) = old_db.cf_handle(&old.column_family) else {
+                continue;
+            };
+            let what = || format!("copying state `{}` from {shown}", old.name);
+            let opts = column_family_options(&self.options, &self.cache, old.kind);
+            let mut it = old_db.raw_iterator_cf_opt(old_cf, scan_groups(self.groups));
+            it.seek(self.groups.start.to_be_bytes());
+            let mut ssts = Vec::new();
+            let mut writer: Option<SstFileWriter<'_>> = None;
+            while let Some((key, value)) = it.item() {
+                let sst = match &mut writer {
+                    Some(sst) => sst,
+                    None => {
+                        let path =
+                            staging.join(format!("{n}-{}-{}.sst", old.column_family, ssts.len()));
+                        let sst = SstFileWriter::create(&opts);
+                        sst.open(&path)
+                            .map_err(|e| failure(format_args!("{}", what()), e))?;
+                        ssts.push(path);
+                        writer.insert(sst)
+                    }
+                };
+                sst.put(key, value)
+                    .map_err(|e| failure(format_args!("{}", what()), e))?;
+                if sst.file_size() >= TARGET_FILE_BYTES {
+                    sst.finish()
+                        .map_err(|e| failure(format_args!("{}", what()), e))?;
+                    writer = None;
+                }
+                it.next();
+            }
+            it.status()
+                .map_err(|e| failure(format_args!("{}", what()), e))?;
+            if let Some(mut sst) = writer {
+                sst.finish()
+                    .map_err(|e| failure(format_args!("{}", what()), e))?;
+            }
+            if ssts.is_empty() {
+                continue;
+            }
+            let state = &states[index];
+            let cf = db.cf_handle(&state.column_family).ok_or_else(|| {
+                StateError::Corrupt(format!(
+                    "the column family {} of state `{}` is missing in {} (host bug)",
+                    state.column_family,
+                    state.name,
+                    self.options.dir.display()
+                ))
+            })?;
+            let mut ingest = IngestExternalFileOptions::default();
+            // The SSTs are of no use once ingested: linking them in beats copying.
+            ingest.set_move_files(true);
+            db.ingest_external_file_cf_opts(cf, &ingest, ssts)
+                .map_err(|e| failure(format_args!("{}", what()), e))?;
+        }
+        Ok(())
     }
 }
 
@@ -2128,7 +2694,12 @@ mod tests {
                     handle.path.clone()
                 }
                 Upload::Shared(name) => format!("{SHARED_PREFIX}{name}"),
-                Upload::Private => format!("chk-{checkpoint}/{}", file.name),
+                // Per instance too, as storage keeps each subtask's files apart.
+                Upload::Private => format!(
+                    "chk-{checkpoint}/{}/{}",
+                    local.dir.file_name().unwrap_or_default().display(),
+                    file.name
+                ),
             };
             let target = store.join(&path);
             if !matches!(file.upload, Upload::Reuse(_)) {
@@ -2261,7 +2832,7 @@ mod tests {
         let mut heap = HeapBackend::new(all_groups(), u64::MAX);
         scenario(&mut heap)?;
         scenario(&mut rocks)?;
-        prepare(rocks.snapshot(CheckpointId(1))?)?;
+        prepare(rocks.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?;
         let expected = scenario(&mut heap)?;
         assert_eq!(scenario(&mut rocks)?, expected);
         Ok(())
@@ -2305,7 +2876,7 @@ mod tests {
         b.list_add(l, KeyGroup(2), b"k".to_vec(), b"x".to_vec())?;
         b.list_add(l, KeyGroup(2), b"k".to_vec(), b"y".to_vec())?;
         b.map_put(m, KeyGroup(3), b"k".to_vec(), b"u".to_vec(), b"1".to_vec())?;
-        let snapshot = b.snapshot(CheckpointId(1))?;
+        let snapshot = b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?;
         // Written after the synchronous phase: not part of the checkpoint.
         b.value_set(v, KeyGroup(1), b"k".to_vec(), b"after".to_vec())?;
         b.value_set(v, KeyGroup(4), b"new".to_vec(), b"after".to_vec())?;
@@ -2313,7 +2884,10 @@ mod tests {
 
         let mut restored = backend(root.path(), "after", false)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
-        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        restored.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
         assert_eq!(restored.open_state("seen", StateKind::Map)?, m);
         assert_eq!(restored.open_state("counts", StateKind::Value)?, v);
         assert_eq!(restored.open_state("buffered", StateKind::List)?, l);
@@ -2359,19 +2933,33 @@ mod tests {
                 b"x".to_vec(),
             )?;
         }
-        let stored = upload(&store, 1, prepare(all.snapshot(CheckpointId(1))?)?)?;
+        let stored = upload(
+            &store,
+            1,
+            prepare(all.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+        )?;
         let half = KeyGroupRange::for_subtask(SubtaskIndex(1), 2, 8);
         let mut b = RocksDbBackend::open(half, options(root.path(), "half", false))?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
-        b.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        b.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
         let v = b.open_state("v", StateKind::Value)?;
         let m = b.open_state("m", StateKind::Map)?;
         // Look at every key group, as a backend owning all of them would after
         // another restore.
-        let stored = upload(&store, 2, prepare(b.snapshot(CheckpointId(2))?)?)?;
+        let stored = upload(
+            &store,
+            2,
+            prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?,
+        )?;
         let mut back = backend(root.path(), "back", false)?;
         let dir = download(&store, &stored, &root.path().join("download-2"))?;
-        back.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        back.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
         for g in 0..8u8 {
             let expected = (g >= 4).then(|| b"x".to_vec());
             let group = KeyGroup(u16::from(g));
@@ -2394,7 +2982,7 @@ mod tests {
         for i in 0..1000u32 {
             b.value_set(v, KeyGroup(0), i.to_be_bytes().to_vec(), b"first".to_vec())?;
         }
-        let first = prepare(b.snapshot(CheckpointId(1))?)?;
+        let first = prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?;
         assert!(!sst_uploads(&first).is_empty());
         assert!(
             sst_uploads(&first)
@@ -2412,7 +3000,7 @@ mod tests {
         b.checkpoint_complete(CheckpointId(1));
 
         b.value_set(v, KeyGroup(0), b"one more".to_vec(), b"second".to_vec())?;
-        let second = prepare(b.snapshot(CheckpointId(2))?)?;
+        let second = prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?;
         let first_handles: BTreeSet<_> =
             shared_ssts(&first).into_values().map(|h| h.path).collect();
         let mut reused = 0;
@@ -2439,7 +3027,10 @@ mod tests {
         // The incremental checkpoint restores on its own.
         let mut restored = backend(root.path(), "inc-restored", true)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
-        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        restored.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
         let v = restored.open_state("v", StateKind::Value)?;
         assert_eq!(
             restored.value_get(v, KeyGroup(0), &7u32.to_be_bytes())?,
@@ -2459,12 +3050,16 @@ mod tests {
         let mut b = backend(root.path(), "aborted", true)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        upload(&store, 1, prepare(b.snapshot(CheckpointId(1))?)?)?;
+        upload(
+            &store,
+            1,
+            prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+        )?;
         b.checkpoint_aborted(CheckpointId(1));
         // A completion of another checkpoint does not revive it either.
         b.checkpoint_complete(CheckpointId(0));
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"2".to_vec())?;
-        let second = prepare(b.snapshot(CheckpointId(2))?)?;
+        let second = prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?;
         assert!(sst_uploads(&second).len() >= 2);
         assert!(
             sst_uploads(&second)
@@ -2481,13 +3076,17 @@ mod tests {
         let mut b = backend(root.path(), "early", true)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        upload(&store, 1, prepare(b.snapshot(CheckpointId(1))?)?)?;
+        upload(
+            &store,
+            1,
+            prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+        )?;
         b.checkpoint_complete(CheckpointId(1));
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"2".to_vec())?;
-        let second = prepare(b.snapshot(CheckpointId(2))?)?;
+        let second = prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?;
         b.checkpoint_complete(CheckpointId(2));
         upload(&store, 2, second)?;
-        let third = prepare(b.snapshot(CheckpointId(3))?)?;
+        let third = prepare(b.snapshot(CheckpointId(3), SnapshotType::Checkpoint)?)?;
         assert!(
             sst_uploads(&third)
                 .iter()
@@ -2503,10 +3102,14 @@ mod tests {
         let mut b = backend(root.path(), "full", false)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        upload(&store, 1, prepare(b.snapshot(CheckpointId(1))?)?)?;
+        upload(
+            &store,
+            1,
+            prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+        )?;
         b.checkpoint_complete(CheckpointId(1));
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"2".to_vec())?;
-        let second = prepare(b.snapshot(CheckpointId(2))?)?;
+        let second = prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?;
         assert!(second.files.iter().any(|f| f.name.ends_with(".sst")));
         assert!(second.files.iter().all(|f| f.upload == Upload::Private));
         Ok(())
@@ -2519,14 +3122,21 @@ mod tests {
         let mut b = backend(root.path(), "origin", true)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        let stored = upload(&store, 1, prepare(b.snapshot(CheckpointId(1))?)?)?;
+        let stored = upload(
+            &store,
+            1,
+            prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+        )?;
         let shared = shared_ssts(&stored);
         assert!(!shared.is_empty());
 
         let mut restored = backend(root.path(), "successor", true)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
-        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
-        let next = prepare(restored.snapshot(CheckpointId(2))?)?;
+        restored.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
+        let next = prepare(restored.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?;
         for (name, handle) in &shared {
             let file = next
                 .files
@@ -2538,14 +3148,433 @@ mod tests {
         Ok(())
     }
 
+    /// Takes a canonical savepoint of `b` and writes it, as the asynchronous phase does.
+    fn canonical(
+        b: &mut dyn KeyedStateBackend,
+        savepoint: u64,
+    ) -> Result<KeyedState, Box<dyn Error>> {
+        match b.snapshot(CheckpointId(savepoint), SnapshotType::CanonicalSavepoint)? {
+            BackendSnapshot::Encoded(write) => Ok(write()?),
+            BackendSnapshot::Files(_) => Err("a canonical savepoint came as files".into()),
+        }
+    }
+
+    /// Every entry of canonical keyed state as a line naming its key group and state,
+    /// sorted: the order of entries within a key group and of a map's entries, which
+    /// the format leaves open, does not show.
+    fn content(state: &KeyedState) -> Result<Vec<String>, Box<dyn Error>> {
+        let sections = state.clone().into_sections();
+        let mut lines = Vec::new();
+        for (group, section) in &sections.groups {
+            for entry in entries(&sections.states, section) {
+                let entry = entry?;
+                let decl = &sections.states[entry.state as usize];
+                let value = match entry.value {
+                    EntryValue::Map(mut map) => {
+                        map.sort();
+                        format!("{map:?}")
+                    }
+                    other => format!("{other:?}"),
+                };
+                lines.push(format!(
+                    "{} {} {:?} {:?} {value}",
+                    group.0, decl.name, decl.kind, entry.key
+                ));
+            }
+        }
+        lines.sort();
+        Ok(lines)
+    }
+
+    /// `n` keys spread over key groups 0 to 7.
+    fn keys_in_eight_groups(n: u32) -> Vec<(KeyGroup, Vec<u8>)> {
+        (0..n)
+            .map(|i| (KeyGroup((i % 8) as u16), i.to_be_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Opens a value, a list and a map state, `v`, `l` and `m`.
+    fn open_value_list_map(b: &mut dyn KeyedStateBackend) -> Result<[StateId; 3], StateError> {
+        Ok([
+            b.open_state("v", StateKind::Value)?,
+            b.open_state("l", StateKind::List)?,
+            b.open_state("m", StateKind::Map)?,
+        ])
+    }
+
     #[test]
-    fn a_checkpoint_written_by_the_heap_backend_is_refused() -> TestResult {
+    fn a_canonical_savepoint_holds_what_the_heap_writes_and_restores_into_either_backend()
+    -> TestResult {
         let root = tempfile::tempdir()?;
-        let mut b = backend(root.path(), "heap-bytes", false)?;
-        let Err(StateError::Corrupt(message)) = b.restore(RestoredState::Encoded(b"bytes")) else {
-            return Err("heap bytes were accepted".into());
+        let store = root.path().join("store");
+        let mut rocks = backend(root.path(), "canonical", false)?;
+        let mut heap = HeapBackend::new(all_groups(), u64::MAX);
+        let keys = keys_in_eight_groups(600);
+        let states = open_value_list_map(&mut rocks)?;
+        open_value_list_map(&mut heap)?;
+        for round in 0..2 {
+            interval(&mut rocks, states, &keys, round)?;
+            interval(&mut heap, states, &keys, round)?;
+        }
+        // Part of the state in SSTs, part in the database's memtables, part buffered.
+        upload(
+            &store,
+            1,
+            prepare(rocks.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+        )?;
+        interval(&mut rocks, states, &keys, 2)?;
+        interval(&mut heap, states, &keys, 2)?;
+        let BackendSnapshot::Encoded(write) =
+            rocks.snapshot(CheckpointId(2), SnapshotType::CanonicalSavepoint)?
+        else {
+            return Err("a canonical savepoint came as files".into());
         };
-        assert!(message.contains("heap backend"), "{message}");
+        let writing = std::thread::spawn(write);
+        // Written after the synchronous phase: not part of the savepoint.
+        interval(&mut rocks, states, &keys, 3)?;
+        let from_rocks = writing.join().map_err(|_| "the writer panicked")??;
+        assert!(
+            !root.path().join("canonical-savepoint-2").exists(),
+            "the savepoint's native checkpoint is removed once written"
+        );
+        let from_heap = canonical(&mut heap, 2)?;
+        assert_eq!(from_rocks.states, from_heap.states);
+        let expected = content(&from_heap)?;
+        assert!(expected.len() > keys.len());
+        assert_eq!(first_difference(&content(&from_rocks)?, &expected), None);
+
+        // Into the heap backend, and from there back into RocksDB.
+        let mut into_heap = HeapBackend::new(all_groups(), u64::MAX);
+        into_heap.restore(RestoredState::Canonical(vec![from_rocks.into_sections()]))?;
+        assert_eq!(open_value_list_map(&mut into_heap)?, states);
+        assert_eq!(
+            first_difference(
+                &dump(&into_heap, states, &keys)?,
+                &dump(&heap, states, &keys)?
+            ),
+            None
+        );
+        let again = canonical(&mut into_heap, 3)?;
+        let mut back = backend(root.path(), "canonical-back", false)?;
+        back.open_state("gone", StateKind::Value)?;
+        back.restore(RestoredState::Canonical(vec![again.into_sections()]))?;
+        assert_eq!(open_value_list_map(&mut back)?, states);
+        assert_eq!(
+            first_difference(&dump(&back, states, &keys)?, &dump(&heap, states, &keys)?),
+            None
+        );
+        assert_eq!(
+            first_difference(&content(&canonical(&mut back, 4)?)?, &expected),
+            None
+        );
+        // The restore replaced every state: the one opened before it is gone.
+        assert_eq!(back.open_state("gone", StateKind::List)?, StateId(3));
+        Ok(())
+    }
+
+    #[test]
+    fn a_canonical_restore_keeps_only_the_key_groups_the_subtask_owns() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let mut all = backend(root.path(), "canonical-all", false)?;
+        let v = all.open_state("v", StateKind::Value)?;
+        let l = all.open_state("l", StateKind::List)?;
+        let m = all.open_state("m", StateKind::Map)?;
+        for g in 0..8u8 {
+            let group = KeyGroup(u16::from(g));
+            all.value_set(v, group, vec![g], b"x".to_vec())?;
+            all.list_add(l, group, vec![g], b"y".to_vec())?;
+            all.map_put(m, group, vec![g], b"u".to_vec(), b"z".to_vec())?;
+        }
+        let everything = canonical(&mut all, 1)?;
+        let half = KeyGroupRange::for_subtask(SubtaskIndex(1), 2, 8);
+        let mut b = RocksDbBackend::open(half, options(root.path(), "canonical-half", false))?;
+        b.restore(RestoredState::Canonical(vec![
+            everything.clone().into_sections(),
+        ]))?;
+        let kept = content(&canonical(&mut b, 2)?)?;
+        let expected: Vec<String> = content(&everything)?
+            .into_iter()
+            .filter(|line| line.split(' ').next().is_some_and(|g| g >= "4"))
+            .collect();
+        assert_eq!(expected.len(), 12);
+        assert_eq!(kept, expected);
+        // Nothing of the other half is in the database either, whatever the range read.
+        assert_eq!(in_database(&b, v, &value_key(KeyGroup(1), &[1]))?, None);
+        assert_eq!(
+            in_database(&b, v, &value_key(KeyGroup(5), &[5]))?,
+            Some(b"x".to_vec())
+        );
+        Ok(())
+    }
+
+    /// Fills the key groups of `range` with entries of a value, a list and a map state,
+    /// opened in an order of `subtask`'s own (so that old subtasks give them other ids),
+    /// and a state only odd subtasks have.
+    fn fill(b: &mut RocksDbBackend, range: KeyGroupRange, subtask: u32) -> Result<(), StateError> {
+        let names: &[(&str, StateKind)] = if subtask.is_multiple_of(2) {
+            &[
+                ("v", StateKind::Value),
+                ("l", StateKind::List),
+                ("m", StateKind::Map),
+            ]
+        } else {
+            &[
+                ("m", StateKind::Map),
+                ("odd", StateKind::Value),
+                ("l", StateKind::List),
+                ("v", StateKind::Value),
+            ]
+        };
+        for &(name, kind) in names {
+            let id = b.open_state(name, kind)?;
+            for g in range.start..range.end {
+                for i in 0..20u32 {
+                    let key = format!("{g}-{i}").into_bytes();
+                    let value = format!("{name} {g} {i}").into_bytes();
+                    match kind {
+                        StateKind::Value => b.value_set(id, KeyGroup(g), key, value)?,
+                        StateKind::List => {
+                            b.list_add(id, KeyGroup(g), key.clone(), value)?;
+                            b.list_add(id, KeyGroup(g), key, b"second".to_vec())?;
+                        }
+                        StateKind::Map => {
+                            b.map_put(id, KeyGroup(g), key.clone(), b"a".to_vec(), value)?;
+                            b.map_put(id, KeyGroup(g), key, b"b".to_vec(), b"2".to_vec())?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Native incremental checkpoints of `from` subtasks restored into `to`: every entry
+    /// ends up in exactly the new subtask that owns its key group, and a checkpoint of
+    /// each new subtask restores to the same.
+    fn rescale(from: u32, to: u32) -> TestResult {
+        const MAX: u32 = 16;
+        let root = tempfile::tempdir()?;
+        // One checkpoint storage, as in a job: the new subtasks' checkpoints refer to
+        // the old ones' shared SSTs.
+        let store = root.path().join("store");
+        let mut old = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..from {
+            let range = KeyGroupRange::for_subtask(SubtaskIndex(i), from, MAX);
+            let mut b = RocksDbBackend::open(
+                range,
+                options(root.path(), &format!("old-{from}-{i}"), true),
+            )?;
+            fill(&mut b, range, i)?;
+            upload(
+                &store,
+                1,
+                prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+            )?;
+            b.checkpoint_complete(CheckpointId(1));
+            // The second checkpoint refers to the first's SSTs and adds its own.
+            let v = b.open_state("v", StateKind::Value)?;
+            b.value_set(v, KeyGroup(range.start), b"late".to_vec(), b"1".to_vec())?;
+            let stored = upload(
+                &store,
+                2,
+                prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?,
+            )?;
+            assert!(
+                stored
+                    .iter()
+                    .any(|f| f.handle.path.starts_with(SHARED_PREFIX)),
+                "incremental"
+            );
+            expected.extend(content(&canonical(&mut b, 3)?)?);
+            old.push((range, stored));
+        }
+        expected.sort();
+        let mut got = Vec::new();
+        for j in 0..to {
+            let range = KeyGroupRange::for_subtask(SubtaskIndex(j), to, MAX);
+            let mut restored = Vec::new();
+            for (i, (old_range, stored)) in old.iter().enumerate() {
+                if old_range.start < range.end && range.start < old_range.end {
+                    let into = root.path().join(format!("download-{j}-{i}"));
+                    let dir = download(&store, stored, &into)?;
+                    restored.push(RestoredFiles {
+                        dir,
+                        files: stored.clone(),
+                    });
+                }
+            }
+            let dirs: Vec<PathBuf> = restored.iter().map(|r| r.dir.clone()).collect();
+            let mut b =
+                RocksDbBackend::open(range, options(root.path(), &format!("new-{to}-{j}"), true))?;
+            b.restore(RestoredState::Files(restored))?;
+            for dir in &dirs {
+                assert!(!dir.exists(), "{} is left", dir.display());
+            }
+            assert!(!root.path().join(format!("new-{to}-{j}-rescale")).exists());
+            let lines = content(&canonical(&mut b, 3)?)?;
+            for line in &lines {
+                let group: u16 = line.split(' ').next().unwrap_or_default().parse()?;
+                assert!(range.contains(KeyGroup(group)), "{line} in subtask {j}");
+            }
+            // Its own checkpoint holds the same: the ingested files and any state only
+            // another old subtask had are part of the database.
+            let stored = upload(
+                &store,
+                4,
+                prepare(b.snapshot(CheckpointId(4), SnapshotType::Checkpoint)?)?,
+            )?;
+            let mut again = RocksDbBackend::open(
+                range,
+                options(root.path(), &format!("again-{to}-{j}"), true),
+            )?;
+            let dir = download(&store, &stored, &root.path().join(format!("again-{j}")))?;
+            again.restore(RestoredState::Files(vec![RestoredFiles {
+                dir,
+                files: stored,
+            }]))?;
+            assert_eq!(
+                first_difference(&content(&canonical(&mut again, 5)?)?, &lines),
+                None
+            );
+            got.extend(lines);
+        }
+        got.sort();
+        assert!(expected.len() > 16 * 20 * 3);
+        assert_eq!(first_difference(&got, &expected), None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_rescale_from_two_subtasks_to_one_keeps_every_entry() -> TestResult {
+        rescale(2, 1)
+    }
+
+    #[test]
+    fn a_rescale_from_one_subtask_to_two_splits_the_entries_by_key_group() -> TestResult {
+        rescale(1, 2)
+    }
+
+    #[test]
+    fn a_rescale_from_two_subtasks_to_three_puts_every_entry_in_its_owner() -> TestResult {
+        rescale(2, 3)
+    }
+
+    #[test]
+    fn a_native_savepoint_is_all_private_files_that_no_checkpoint_reuses() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let savepoints = root.path().join("savepoints");
+        let mut b = backend(root.path(), "native", true)?;
+        let v = b.open_state("v", StateKind::Value)?;
+        for i in 0..1000u32 {
+            b.value_set(v, KeyGroup(0), i.to_be_bytes().to_vec(), b"first".to_vec())?;
+        }
+        let first = upload(
+            &store,
+            1,
+            prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+        )?;
+        b.checkpoint_complete(CheckpointId(1));
+        let first_handles: BTreeSet<_> =
+            shared_ssts(&first).into_values().map(|h| h.path).collect();
+        assert!(!first_handles.is_empty());
+
+        b.value_set(v, KeyGroup(0), b"k".to_vec(), b"at the savepoint".to_vec())?;
+        let savepoint = prepare(b.snapshot(CheckpointId(2), SnapshotType::NativeSavepoint)?)?;
+        assert_eq!(savepoint.dir, root.path().join("native-savepoint-2"));
+        assert!(
+            sst_uploads(&savepoint).len() >= 2,
+            "every SST, not only new ones"
+        );
+        assert!(savepoint.files.iter().all(|f| f.upload == Upload::Private));
+        let in_savepoint = upload(&savepoints, 2, savepoint)?;
+        b.checkpoint_complete(CheckpointId(2));
+
+        b.value_set(v, KeyGroup(0), b"k".to_vec(), b"after".to_vec())?;
+        let next = prepare(b.snapshot(CheckpointId(3), SnapshotType::Checkpoint)?)?;
+        let mut reused = 0;
+        for file in next.files.iter().filter(|f| f.name.ends_with(".sst")) {
+            match &file.upload {
+                Upload::Reuse(handle) => {
+                    assert!(first_handles.contains(&handle.path), "{handle:?}");
+                    reused += 1;
+                }
+                Upload::Shared(_) => {}
+                Upload::Private => panic!("SST {} uploaded privately", file.name),
+            }
+        }
+        assert_eq!(
+            reused,
+            first_handles.len(),
+            "the savepoint's completion left the first checkpoint's SSTs reusable"
+        );
+
+        let mut restored = backend(root.path(), "native-restored", true)?;
+        let dir = download(&savepoints, &in_savepoint, &root.path().join("download"))?;
+        restored.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: in_savepoint,
+        }]))?;
+        let v = restored.open_state("v", StateKind::Value)?;
+        assert_eq!(
+            restored.value_get(v, KeyGroup(0), b"k")?,
+            Some(b"at the savepoint".to_vec())
+        );
+        assert_eq!(
+            restored.value_get(v, KeyGroup(0), &7u32.to_be_bytes())?,
+            Some(b"first".to_vec())
+        );
+        // Restored from a savepoint, the next checkpoint reuses nothing of it.
+        let after = prepare(restored.snapshot(CheckpointId(3), SnapshotType::Checkpoint)?)?;
+        assert!(
+            sst_uploads(&after)
+                .iter()
+                .all(|u| matches!(u, Upload::Shared(_)))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_state_restored_under_two_kinds_is_refused() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let section = |kind| -> Result<KeyedSections, Box<dyn Error>> {
+            let mut heap = HeapBackend::new(all_groups(), u64::MAX);
+            let s = heap.open_state("twice", kind)?;
+            match kind {
+                StateKind::Value => heap.value_set(s, KeyGroup(1), b"k".to_vec(), b"1".to_vec())?,
+                _ => heap.list_add(s, KeyGroup(2), b"k".to_vec(), b"1".to_vec())?,
+            }
+            Ok(canonical(&mut heap, 1)?.into_sections())
+        };
+        let mut b = backend(root.path(), "twice", false)?;
+        let Err(StateError::Corrupt(message)) = b.restore(RestoredState::Canonical(vec![
+            section(StateKind::Value)?,
+            section(StateKind::List)?,
+        ])) else {
+            return Err("a state of two kinds was restored".into());
+        };
+        assert!(message.contains("`twice`"), "{message}");
+
+        // The same from the native files of two subtasks.
+        let mut stored = Vec::new();
+        for (i, kind) in [StateKind::Value, StateKind::List].into_iter().enumerate() {
+            let mut old = backend(root.path(), &format!("twice-{i}"), false)?;
+            old.open_state("twice", kind)?;
+            let store = root.path().join(format!("store-{i}"));
+            let files = upload(
+                &store,
+                1,
+                prepare(old.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+            )?;
+            let dir = download(&store, &files, &root.path().join(format!("download-{i}")))?;
+            stored.push(RestoredFiles { dir, files });
+        }
+        let Err(StateError::Corrupt(message)) = b.restore(RestoredState::Files(stored)) else {
+            return Err("a state of two kinds was restored".into());
+        };
+        assert!(message.contains("`twice`"), "{message}");
+        assert!(!root.path().join("download-1").exists());
         Ok(())
     }
 
@@ -2555,7 +3584,7 @@ mod tests {
         let mut b = backend(root.path(), "where", false)?;
         let working = root.path().join("where");
         assert!(working.is_dir());
-        let local = prepare(b.snapshot(CheckpointId(5))?)?;
+        let local = prepare(b.snapshot(CheckpointId(5), SnapshotType::Checkpoint)?)?;
         assert_eq!(local.dir, root.path().join("where-chk-5"));
         assert!(local.files.iter().all(|f| f.path.starts_with(&local.dir)));
         assert!(local.files.iter().any(|f| f.name == "CURRENT"));
@@ -2767,7 +3796,7 @@ mod tests {
         let mut pending = None;
         let got = bulk_scenario(&mut rocks, &mut |b| {
             round += 1;
-            let snapshot = b.snapshot(CheckpointId(round))?;
+            let snapshot = b.snapshot(CheckpointId(round), SnapshotType::Checkpoint)?;
             if round == 1 {
                 prepare(snapshot)?;
             } else {
@@ -2802,7 +3831,7 @@ mod tests {
             vec![(b"u".to_vec(), b"1".to_vec())]
         );
         // Frozen by a snapshot whose files are not made yet: still read.
-        let snapshot = b.snapshot(CheckpointId(1))?;
+        let snapshot = b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?;
         b.list_add(l, KeyGroup(1), b"k".to_vec(), b"y".to_vec())?;
         assert_eq!(b.value_get(v, KeyGroup(1), b"k")?, Some(b"1".to_vec()));
         assert_eq!(
@@ -2835,7 +3864,7 @@ mod tests {
         b.list_add(l, g, b"k".to_vec(), b"x".to_vec())?;
         b.map_put(m, g, b"k".to_vec(), b"u".to_vec(), b"1".to_vec())?;
         b.map_put(m, g, b"k".to_vec(), b"w".to_vec(), b"2".to_vec())?;
-        prepare(b.snapshot(CheckpointId(1))?)?;
+        prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?;
         b.clear(v, g, b"k")?;
         b.clear(l, g, b"k")?;
         b.clear(m, g, b"k")?;
@@ -2848,10 +3877,17 @@ mod tests {
         // An append after the clear starts a new list.
         b.list_add(l, g, b"k".to_vec(), b"y".to_vec())?;
         assert_eq!(b.list_get(l, g, b"k")?, vec![b"y".to_vec()]);
-        let stored = upload(&store, 2, prepare(b.snapshot(CheckpointId(2))?)?)?;
+        let stored = upload(
+            &store,
+            2,
+            prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?,
+        )?;
         let mut restored = backend(root.path(), "masked-restored", false)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
-        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        restored.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
         assert_eq!(restored.value_get(v, g, b"k")?, None);
         assert_eq!(restored.list_get(l, g, b"k")?, vec![b"y".to_vec()]);
         assert_eq!(restored.map_entries(m, g, b"k")?, Vec::new());
@@ -2872,10 +3908,10 @@ mod tests {
         }
         // Another key whose prefix the scan must not run into.
         b.map_put(m, g, b"kk".to_vec(), b"a".to_vec(), b"other".to_vec())?;
-        prepare(b.snapshot(CheckpointId(1))?)?;
+        prepare(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?;
         put(&mut b, b"c", b"frozen")?;
         b.map_remove(m, g, b"k", b"d")?;
-        let frozen = b.snapshot(CheckpointId(2))?;
+        let frozen = b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?;
         put(&mut b, b"a", b"active")?;
         put(&mut b, b"e", b"active")?;
         put(&mut b, b"b", b"active")?;
@@ -2970,29 +4006,26 @@ mod tests {
         options.write_behind_bytes = write_behind_bytes;
         let mut rocks = RocksDbBackend::open(all_groups(), options)?;
         let mut heap = HeapBackend::new(all_groups(), u64::MAX);
-        let keys: Vec<(KeyGroup, Vec<u8>)> = (0..3000u32)
-            .map(|i| (KeyGroup((i % 8) as u16), i.to_be_bytes().to_vec()))
-            .collect();
-        let open = |b: &mut dyn KeyedStateBackend| -> Result<[StateId; 3], StateError> {
-            Ok([
-                b.open_state("v", StateKind::Value)?,
-                b.open_state("l", StateKind::List)?,
-                b.open_state("m", StateKind::Map)?,
-            ])
-        };
-        let states = open(&mut rocks)?;
-        open(&mut heap)?;
+        let keys = keys_in_eight_groups(3000);
+        let states = open_value_list_map(&mut rocks)?;
+        open_value_list_map(&mut heap)?;
         for round in 0..2 {
             interval(&mut rocks, states, &keys, round)?;
             interval(&mut heap, states, &keys, round)?;
         }
         // The first checkpoint completes, so the second one reuses its SSTs.
-        upload(&store, 1, prepare(rocks.snapshot(CheckpointId(1))?)?)?;
+        upload(
+            &store,
+            1,
+            prepare(rocks.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?,
+        )?;
         rocks.checkpoint_complete(CheckpointId(1));
         interval(&mut rocks, states, &keys, 2)?;
         interval(&mut heap, states, &keys, 2)?;
-        let snapshot = local(rocks.snapshot(CheckpointId(2))?)?;
-        let BackendSnapshot::Encoded(encode) = heap.snapshot(CheckpointId(2))? else {
+        let snapshot = local(rocks.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?;
+        let BackendSnapshot::Encoded(encode) =
+            heap.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?
+        else {
             return Err("the heap backend made files".into());
         };
         let at_snapshot = encode()?;
@@ -3028,12 +4061,15 @@ mod tests {
 
         let mut restored = backend(root.path(), &format!("{instance}-restored"), true)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
-        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        restored.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
         let mut heap_restored = HeapBackend::new(all_groups(), u64::MAX);
-        heap_restored.restore(RestoredState::Encoded(&at_snapshot))?;
-        let restored_states = open(&mut restored)?;
+        heap_restored.restore(RestoredState::Canonical(vec![at_snapshot.into_sections()]))?;
+        let restored_states = open_value_list_map(&mut restored)?;
         assert_eq!(restored_states, states);
-        open(&mut heap_restored)?;
+        open_value_list_map(&mut heap_restored)?;
         assert_eq!(
             first_difference(
                 &dump(&restored, states, &keys)?,
@@ -3092,7 +4128,7 @@ mod tests {
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
         b.list_add(l, KeyGroup(0), b"k".to_vec(), b"a".to_vec())?;
         // Declined: dropped unrun.
-        drop(b.snapshot(CheckpointId(1))?);
+        drop(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?);
         b.list_add(l, KeyGroup(0), b"k".to_vec(), b"b".to_vec())?;
         assert_eq!(b.value_get(v, KeyGroup(0), b"k")?, Some(b"1".to_vec()));
         assert_eq!(
@@ -3100,10 +4136,17 @@ mod tests {
             vec![b"a".to_vec(), b"b".to_vec()]
         );
         assert!(!root.path().join("declined-chk-1").exists());
-        let stored = upload(&store, 2, prepare(b.snapshot(CheckpointId(2))?)?)?;
+        let stored = upload(
+            &store,
+            2,
+            prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?,
+        )?;
         let mut restored = backend(root.path(), "declined-restored", false)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
-        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        restored.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
         assert_eq!(
             restored.value_get(v, KeyGroup(0), b"k")?,
             Some(b"1".to_vec())
@@ -3124,7 +4167,8 @@ mod tests {
         b.list_add(l, KeyGroup(0), b"k".to_vec(), b"a".to_vec())?;
         // RocksDB refuses to make a checkpoint in a directory that exists.
         fs::create_dir_all(root.path().join("failing-chk-1").join("in-the-way"))?;
-        let LocalSnapshot { prepare: make, .. } = local(b.snapshot(CheckpointId(1))?)?;
+        let LocalSnapshot { prepare: make, .. } =
+            local(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?;
         assert!(make().is_err());
         assert!(in_database(&b, l, &value_key(KeyGroup(0), b"k"))?.is_some());
         b.list_add(l, KeyGroup(0), b"k".to_vec(), b"b".to_vec())?;
@@ -3132,10 +4176,17 @@ mod tests {
             b.list_get(l, KeyGroup(0), b"k")?,
             vec![b"a".to_vec(), b"b".to_vec()]
         );
-        let stored = upload(&store, 2, prepare(b.snapshot(CheckpointId(2))?)?)?;
+        let stored = upload(
+            &store,
+            2,
+            prepare(b.snapshot(CheckpointId(2), SnapshotType::Checkpoint)?)?,
+        )?;
         let mut restored = backend(root.path(), "failing-restored", false)?;
         let dir = download(&store, &stored, &root.path().join("download"))?;
-        restored.restore(RestoredState::Files(RestoredFiles { dir, files: stored }))?;
+        restored.restore(RestoredState::Files(vec![RestoredFiles {
+            dir,
+            files: stored,
+        }]))?;
         assert_eq!(
             restored.list_get(l, KeyGroup(0), b"k")?,
             vec![b"a".to_vec(), b"b".to_vec()]
@@ -3149,7 +4200,8 @@ mod tests {
         let mut b = backend(root.path(), "orphan", false)?;
         let v = b.open_state("v", StateKind::Value)?;
         b.value_set(v, KeyGroup(0), b"k".to_vec(), b"1".to_vec())?;
-        let LocalSnapshot { prepare: make, .. } = local(b.snapshot(CheckpointId(1))?)?;
+        let LocalSnapshot { prepare: make, .. } =
+            local(b.snapshot(CheckpointId(1), SnapshotType::Checkpoint)?)?;
         drop(b);
         let Err(StateError::Corrupt(message)) = make() else {
             return Err("a snapshot of a dropped backend was made".into());

@@ -4,9 +4,12 @@
 //!
 //! The sets are persistent B-trees: a snapshot clones them in O(1) and the writes after
 //! it copy only the nodes they touch, so the synchronous phase does not copy the timers
-//! (as the heap backend's key groups, copy-on-write). Their encoding is a sequence of
-//! `(time, key)`, as a `BTreeSet`'s.
+//! (as the heap backend's key groups, copy-on-write). In a snapshot they are sections
+//! per key group of the one snapshot format ([`crate::checkpoint::snapshot`]), so that a
+//! rescaled subtask takes the timers of the key groups it owns.
 
+use crate::checkpoint::snapshot::{self, FormatError, SectionWriter, Sections, TimerDomain};
+use crate::runtime::keygroup::key_group_of;
 use imbl::OrdSet;
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +83,42 @@ impl Timers {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The timers as sections per key group of `max_parallelism` (off the subtask's
+    /// thread: it hashes every key).
+    pub fn to_sections(&self, max_parallelism: u32) -> Sections {
+        let mut all: Vec<(u16, TimerDomain, i64, &[u8])> = Vec::with_capacity(self.len());
+        for (domain, set) in [
+            (TimerDomain::EventTime, &self.event),
+            (TimerDomain::ProcessingTime, &self.processing),
+        ] {
+            for (time, key) in set {
+                all.push((key_group_of(key, max_parallelism).0, domain, *time, key));
+            }
+        }
+        all.sort_by_key(|t| t.0);
+        let mut out = SectionWriter::new();
+        for (group, domain, time, key) in all {
+            out.group(crate::runtime::KeyGroup(group));
+            out.timer(domain, time, key);
+        }
+        out.finish()
+    }
+
+    /// Registers every timer of restored `sections`.
+    pub fn restore_sections(&mut self, sections: &[bytes::Bytes]) -> Result<(), FormatError> {
+        for section in sections {
+            for timer in snapshot::timers(section) {
+                let (domain, time, key) = timer?;
+                let domain = match domain {
+                    TimerDomain::EventTime => Domain::EventTime,
+                    TimerDomain::ProcessingTime => Domain::ProcessingTime,
+                };
+                self.register(domain, key.to_vec(), time);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -114,23 +153,28 @@ mod tests {
     }
 
     #[test]
-    fn timers_encode_as_a_btree_set_of_time_and_key_does() -> Result<(), postcard::Error> {
-        #[derive(Serialize)]
-        struct Before {
-            event: std::collections::BTreeSet<(i64, Vec<u8>)>,
-            processing: std::collections::BTreeSet<(i64, Vec<u8>)>,
-        }
+    fn timers_go_into_the_section_of_their_keys_group_and_come_back() -> Result<(), FormatError> {
         let mut t = Timers::default();
         t.register(Domain::EventTime, b"b".to_vec(), 2);
         t.register(Domain::EventTime, b"a".to_vec(), 1);
         t.register(Domain::ProcessingTime, b"c".to_vec(), 3);
-        let before = Before {
-            event: [(1, b"a".to_vec()), (2, b"b".to_vec())].into(),
-            processing: [(3, b"c".to_vec())].into(),
-        };
-        let bytes = postcard::to_allocvec(&t)?;
-        assert_eq!(bytes, postcard::to_allocvec(&before)?);
-        assert_eq!(postcard::from_bytes::<Timers>(&bytes)?, t);
+        let sections = t.to_sections(128);
+        let bytes = bytes::Bytes::from(sections.bytes.clone());
+        let mut back = Timers::default();
+        let mut only_a = Timers::default();
+        for g in &sections.groups {
+            let section = bytes.slice(g.offset as usize..(g.offset + g.len) as usize);
+            back.restore_sections(std::slice::from_ref(&section))?;
+            if g.group == key_group_of(b"a", 128).0 {
+                only_a.restore_sections(&[section])?;
+            }
+        }
+        assert_eq!(back, t);
+        assert!(only_a.contains(Domain::EventTime, b"a", 1));
+        assert!(
+            !only_a.contains(Domain::ProcessingTime, b"c", 3)
+                || key_group_of(b"c", 128) == key_group_of(b"a", 128)
+        );
         Ok(())
     }
 

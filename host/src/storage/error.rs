@@ -31,8 +31,8 @@ pub enum StorageError {
     /// or changed on disk. The storage's (disk, filesystem, object store) fault; a retry
     /// does not help, but an older complete checkpoint can be restored instead.
     #[error(
-        "{location} is corrupt: {reason}. The checkpoint that uses it cannot be restored; \
-         an older complete checkpoint can."
+        "{location} is corrupt: {reason}. The checkpoint or savepoint that uses it cannot be \
+         restored."
     )]
     Corrupt {
         /// The corrupt file.
@@ -80,10 +80,36 @@ pub enum StorageError {
     InvalidName {
         /// The refused name, as given.
         name: String,
-        /// What the name was for: "file name", "job id" or "handle path".
+        /// What the name was for: "file name", "job id", "savepoint directory name" or
+        /// "handle path".
         what: &'static str,
         /// Which rule it breaks.
         reason: &'static str,
+    },
+
+    /// `location` is not one a savepoint can be opened at: not a path, a `file://` or an
+    /// `s3://` URL, or one that names no savepoint directory. The user's; a retry does
+    /// not help.
+    #[error("`{location}` is not the location of a savepoint: {reason}.")]
+    InvalidLocation {
+        /// The location, as given.
+        location: String,
+        /// What is wrong with it, and what to write instead.
+        reason: String,
+    },
+
+    /// A savepoint was asked for what only a job's checkpoint directory has: shared
+    /// files, job records or the job's lock. A savepoint is self-contained, so that it
+    /// can be moved. A host bug; a retry does not help.
+    #[error(
+        "{location} is a savepoint, and a savepoint is self-contained: it has no {what}. \
+         Asking a savepoint for them is a bug in Weir."
+    )]
+    NotInSavepoint {
+        /// The savepoint directory.
+        location: String,
+        /// What it was asked for: "shared files", "job records" or "job lock".
+        what: &'static str,
     },
 
     /// The operating system or the store reported an error. The environment's fault
@@ -174,6 +200,8 @@ impl StorageError {
             | StorageError::Conflict { .. }
             | StorageError::Locked { .. }
             | StorageError::InvalidName { .. }
+            | StorageError::InvalidLocation { .. }
+            | StorageError::NotInSavepoint { .. }
             | StorageError::Unsupported { .. }
             | StorageError::Internal { .. } => false,
         }

@@ -1,10 +1,12 @@
 //! [`FsStorage`]: checkpoint storage in a local directory (`file://`), through cap-std.
 //!
-//! It owns one job directory, `<base>/<job-id>`, created (by `check`) and opened once
-//! with ambient authority;
-//! every other path is relative to that handle, so nothing outside the job directory can
-//! be reached, not even through a symlink. It may not touch the base directory's other
-//! entries (other jobs' checkpoints) nor anything else on the machine.
+//! It owns one root directory, created (by `check`) and opened once with ambient
+//! authority: a job directory `<base>/<job-id>`, or a savepoint directory
+//! `<base>/<savepoint>` (see [`Layout`]). Every other path is relative to that handle, so
+//! nothing outside the root can be reached, not even through a symlink. It may not touch
+//! the base directory's other entries (other jobs' checkpoints, other savepoints) nor
+//! anything else on the machine. Disposing of a savepoint removes its directory, the one
+//! call that reaches the root by its path.
 //!
 //! Every blocking call runs in [`tokio::task::spawn_blocking`], checksums included, so
 //! the I/O runtime's workers never wait on the disk.
@@ -17,17 +19,16 @@
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
-use tokio::sync::OnceCell;
 
 use super::checksum::{self, checksum, len_u64};
-use super::layout::{self, Place};
+use super::layout::{self, Layout};
 use super::lock::LockGuard;
 use super::{
     CheckpointListing, CheckpointStorage, FileHandle, JobLock, JobRecord, LockHolder, LostSignal,
@@ -35,18 +36,22 @@ use super::{
 };
 use crate::runtime::ids::CheckpointId;
 
-/// Checkpoint storage in `<base>/<job-id>` on a local filesystem.
+/// Checkpoint storage in `<base>/<job-id>` on a local filesystem, or one savepoint in
+/// `<base>/<savepoint>`.
 ///
 /// The filesystem must support hard links: the commit creates `_metadata` with one, so
 /// that of two commits of a checkpoint exactly one succeeds.
 #[derive(Debug)]
 pub struct FsStorage {
-    /// `<base>/<job-id>`.
+    /// `<base>/<job-id>` or `<base>/<savepoint>`.
     root: PathBuf,
-    /// `file://<base>/<job-id>`, for messages.
+    /// `file://` and the root, for messages.
     url: String,
-    /// The job directory, opened on first use once it exists.
-    dir: OnceCell<Arc<Dir>>,
+    /// How the files are arranged below the root.
+    layout: Layout,
+    /// The root, opened on first use once it exists; forgotten when a savepoint's
+    /// delete removed it, so that a `check` after it opens the new one.
+    dir: Mutex<Option<Arc<Dir>>>,
 }
 
 /// How a written temporary file gets its name.
@@ -66,38 +71,60 @@ impl FsStorage {
     /// starts with `.`).
     pub fn new(base: PathBuf, job_id: &str) -> Result<Self, StorageError> {
         layout::validate_job_id(job_id)?;
-        let root = base.join(job_id);
-        let url = format!("file://{}", root.display());
-        Ok(FsStorage {
-            root,
-            url,
-            dir: OnceCell::new(),
-        })
+        Ok(Self::with_layout(base.join(job_id), Layout::Checkpoints))
     }
 
-    /// The URL of `relative`, a path below the job directory.
+    /// The savepoint directory `<base>/<name>` (`savepoint-<job>-<n>`), in the savepoint
+    /// layout of the module docs of `storage`: `_metadata` and the data files side by
+    /// side, handle paths relative to the directory. No I/O happens here:
+    /// [`check`](CheckpointStorage::check) creates the directory; an existing savepoint
+    /// is read without it.
+    ///
+    /// Fails if `name` is not a valid directory name.
+    pub fn savepoint(base: PathBuf, name: &str) -> Result<Self, StorageError> {
+        layout::validate_savepoint_name(name)?;
+        Ok(Self::with_layout(base.join(name), Layout::Savepoint))
+    }
+
+    fn with_layout(root: PathBuf, layout: Layout) -> Self {
+        let url = format!("file://{}", root.display());
+        FsStorage {
+            root,
+            url,
+            layout,
+            dir: Mutex::new(None),
+        }
+    }
+
+    /// The URL of `relative`, a path below the root.
     fn location(&self, relative: &str) -> String {
         format!("{}/{relative}", self.url)
     }
 
-    /// The job directory, opened once; fails with `NotFound` until `check` created it.
-    async fn job_dir(&self) -> Result<Arc<Dir>, StorageError> {
-        let dir = self
-            .dir
-            .get_or_try_init(|| {
-                let root = self.root.clone();
-                let url = self.url.clone();
-                run_blocking(url.clone(), move || {
-                    Dir::open_ambient_dir(&root, ambient_authority())
-                        .map(Arc::new)
-                        .map_err(|e| StorageError::io(url, "opening", e))
-                })
-            })
-            .await?;
-        Ok(Arc::clone(dir))
+    /// The cached root handle, whatever a panicking thread did: it is only ever
+    /// replaced whole.
+    fn cached_dir(&self) -> MutexGuard<'_, Option<Arc<Dir>>> {
+        self.dir.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `work` on the job directory on the blocking pool. `relative` names what it
+    /// The root, opened once; fails with `NotFound` until `check` created it.
+    async fn job_dir(&self) -> Result<Arc<Dir>, StorageError> {
+        if let Some(dir) = self.cached_dir().as_ref() {
+            return Ok(Arc::clone(dir));
+        }
+        let root = self.root.clone();
+        let url = self.url.clone();
+        let dir = run_blocking(url.clone(), move || {
+            Dir::open_ambient_dir(&root, ambient_authority())
+                .map(Arc::new)
+                .map_err(|e| StorageError::io(url, "opening", e))
+        })
+        .await?;
+        // Of two first uses at once, both opened the same directory: either handle does.
+        Ok(Arc::clone(self.cached_dir().get_or_insert(dir)))
+    }
+
+    /// Runs `work` on the root on the blocking pool. `relative` names what it
     /// works on, for the error if the task does not finish.
     async fn with_dir<T, F>(&self, relative: String, work: F) -> Result<T, StorageError>
     where
@@ -109,6 +136,45 @@ impl FsStorage {
             url: self.url.clone(),
         };
         run_blocking(self.location(&relative), move || work(&dir, &locator)).await
+    }
+
+    /// Removes a savepoint: `_metadata` first (flushed, so that a crash leaves no
+    /// restorable half), then every other entry, then the directory itself. A savepoint
+    /// that is not there is disposed of already.
+    async fn dispose(&self) -> Result<(), StorageError> {
+        let root = self.root.clone();
+        let removed = self
+            .with_dir(".".to_owned(), move |dir, at| {
+                match dir.remove_file(layout::METADATA) {
+                    Ok(()) => sync_dir(dir, ".").map_err(at.io(".", "flushing"))?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(at.io(layout::METADATA, "deleting")(e)),
+                }
+                for entry in dir.entries().map_err(at.io(".", "listing"))? {
+                    let entry = entry.map_err(at.io(".", "listing"))?;
+                    let name = entry.file_name();
+                    let shown = name.to_string_lossy();
+                    let removed = if entry
+                        .file_type()
+                        .map_err(at.io(&shown, "inspecting"))?
+                        .is_dir()
+                    {
+                        dir.remove_dir_all(&name)
+                    } else {
+                        dir.remove_file(&name)
+                    };
+                    ignore_missing(removed).map_err(at.io(&shown, "deleting"))?;
+                }
+                // A handle cannot remove its own directory: this one call goes by path.
+                // `remove_dir` removes only an empty directory, never a symlink's target.
+                ignore_missing(std::fs::remove_dir(&root)).map_err(at.io(".", "deleting"))
+            })
+            .await;
+        *self.cached_dir() = None;
+        match removed {
+            Err(StorageError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -175,6 +241,23 @@ fn write_atomically(dir: &Dir, name: &str, bytes: &[u8], publish: Publish) -> io
     written
 }
 
+/// The directory below `dir` that holds a checkpoint's files, created if missing, and
+/// its path for messages and flushing: `sub` (`chk-<n>`), or `dir` itself (`.`) for a
+/// savepoint's.
+fn files_dir(dir: &Dir, sub: Option<String>, at: &Locator) -> Result<(Dir, String), StorageError> {
+    match sub {
+        Some(sub) => {
+            dir.create_dir_all(&sub).map_err(at.io(&sub, "creating"))?;
+            let opened = dir.open_dir(&sub).map_err(at.io(&sub, "opening"))?;
+            Ok((opened, sub))
+        }
+        None => Ok((
+            dir.try_clone().map_err(at.io(".", "opening"))?,
+            ".".to_owned(),
+        )),
+    }
+}
+
 /// Flushes `relative`'s directory entries to disk (`.` for `dir` itself).
 fn sync_dir(dir: &Dir, relative: &str) -> io::Result<()> {
     dir.open_with(relative, OpenOptions::new().read(true))?
@@ -204,6 +287,10 @@ impl CheckpointStorage for FsStorage {
         self.url.clone()
     }
 
+    fn checkpoint_url(&self, checkpoint: CheckpointId) -> String {
+        self.layout.checkpoint_url(&self.url, checkpoint)
+    }
+
     async fn check(&self) -> Result<(), StorageError> {
         let root = self.root.clone();
         let url = self.url.clone();
@@ -211,9 +298,12 @@ impl CheckpointStorage for FsStorage {
             std::fs::create_dir_all(&root).map_err(|e| StorageError::io(url, "creating", e))
         })
         .await?;
-        self.with_dir(".".to_owned(), |dir, at| {
-            for sub in [layout::SHARED, layout::TASK_OWNED] {
-                dir.create_dir_all(sub).map_err(at.io(sub, "creating"))?;
+        let layout = self.layout;
+        self.with_dir(".".to_owned(), move |dir, at| {
+            if layout == Layout::Checkpoints {
+                for sub in [layout::SHARED, layout::TASK_OWNED] {
+                    dir.create_dir_all(sub).map_err(at.io(sub, "creating"))?;
+                }
             }
             let probe = temp_name("probe");
             dir.write(&probe, b"probe")
@@ -231,20 +321,19 @@ impl CheckpointStorage for FsStorage {
         bytes: Bytes,
     ) -> Result<FileHandle, StorageError> {
         layout::validate_file_name(name)?;
-        let path = layout::checkpoint_file(checkpoint, name);
+        let layout = self.layout;
+        let path = layout.data_file(checkpoint, name);
         let name = name.to_owned();
         self.with_dir(path.clone(), move |dir, at| {
-            let metadata = layout::metadata_file(checkpoint);
+            let metadata = layout.metadata_file(checkpoint);
             if is_file(dir, &metadata).map_err(at.io(&metadata, "looking for"))? {
                 return Err(StorageError::AlreadyCommitted {
                     location: at.at(&metadata),
                     checkpoint,
                 });
             }
-            let sub = layout::checkpoint_dir(checkpoint);
-            dir.create_dir_all(&sub).map_err(at.io(&sub, "creating"))?;
-            let sub_dir = dir.open_dir(&sub).map_err(at.io(&sub, "opening"))?;
-            write_atomically(&sub_dir, &name, &bytes, Publish::Replace)
+            let (files, _) = files_dir(dir, layout.checkpoint_dir(checkpoint), at)?;
+            write_atomically(&files, &name, &bytes, Publish::Replace)
                 .map_err(at.io(&path, "writing"))?;
             Ok(FileHandle {
                 size: len_u64(&bytes),
@@ -257,6 +346,7 @@ impl CheckpointStorage for FsStorage {
 
     async fn write_shared(&self, name: &str, bytes: Bytes) -> Result<FileHandle, StorageError> {
         layout::validate_file_name(name)?;
+        self.layout.refuse_in_savepoint(&self.url, "shared files")?;
         let path = layout::shared_file(name);
         let name = name.to_owned();
         self.with_dir(path.clone(), move |dir, at| {
@@ -291,10 +381,7 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn read(&self, handle: &FileHandle) -> Result<Bytes, StorageError> {
-        let path = match layout::parse_handle_path(&handle.path)? {
-            Place::Checkpoint(checkpoint, name) => layout::checkpoint_file(checkpoint, name),
-            Place::Shared(name) => layout::shared_file(name),
-        };
+        let path = self.layout.handle_file(&handle.path)?;
         let handle = handle.clone();
         self.with_dir(path.clone(), move |dir, at| {
             let bytes = dir.read(&path).map_err(at.io(&path, "reading"))?;
@@ -308,20 +395,21 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn commit(&self, checkpoint: CheckpointId, metadata: Bytes) -> Result<(), StorageError> {
-        let path = layout::metadata_file(checkpoint);
+        let layout = self.layout;
+        let path = layout.metadata_file(checkpoint);
         self.with_dir(path.clone(), move |dir, at| {
             let framed = checksum::frame(&metadata);
-            let sub = layout::checkpoint_dir(checkpoint);
-            dir.create_dir_all(&sub).map_err(at.io(&sub, "creating"))?;
+            let (files, sub) = files_dir(dir, layout.checkpoint_dir(checkpoint), at)?;
             // The data files' and shared files' names must be on disk before the commit
-            // point that refers to them can be.
-            sync_dir(dir, &sub).map_err(at.io(&sub, "flushing"))?;
-            if dir.is_dir(layout::SHARED) {
-                sync_dir(dir, layout::SHARED).map_err(at.io(layout::SHARED, "flushing"))?;
+            // point that refers to them can be. A savepoint's are in the root.
+            if layout == Layout::Checkpoints {
+                sync_dir(dir, &sub).map_err(at.io(&sub, "flushing"))?;
+                if dir.is_dir(layout::SHARED) {
+                    sync_dir(dir, layout::SHARED).map_err(at.io(layout::SHARED, "flushing"))?;
+                }
             }
             sync_dir(dir, ".").map_err(at.io(".", "flushing"))?;
-            let sub_dir = dir.open_dir(&sub).map_err(at.io(&sub, "opening"))?;
-            match write_atomically(&sub_dir, layout::METADATA, &framed, Publish::CreateNew) {
+            match write_atomically(&files, layout::METADATA, &framed, Publish::CreateNew) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     return Err(StorageError::AlreadyCommitted {
@@ -337,7 +425,7 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn read_metadata(&self, checkpoint: CheckpointId) -> Result<Bytes, StorageError> {
-        let path = layout::metadata_file(checkpoint);
+        let path = self.layout.metadata_file(checkpoint);
         self.with_dir(path.clone(), move |dir, at| {
             let framed = dir.read(&path).map_err(at.io(&path, "reading"))?;
             checksum::unframe(Bytes::from(framed)).map_err(|reason| StorageError::Corrupt {
@@ -349,6 +437,30 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn list(&self) -> Result<Vec<CheckpointListing>, StorageError> {
+        if self.layout == Layout::Savepoint {
+            return self
+                .with_dir(".".to_owned(), |dir, at| {
+                    let mut holds_files = false;
+                    for entry in dir.entries().map_err(at.io(".", "listing"))? {
+                        let entry = entry.map_err(at.io(".", "listing"))?;
+                        let name = entry.file_name();
+                        let Some(name) = name.to_str() else { continue };
+                        if layout::validate_file_name(name).is_ok()
+                            && entry
+                                .file_type()
+                                .map_err(at.io(name, "inspecting"))?
+                                .is_file()
+                        {
+                            holds_files = true;
+                            break;
+                        }
+                    }
+                    let has_metadata = is_file(dir, layout::METADATA)
+                        .map_err(at.io(layout::METADATA, "looking for"))?;
+                    Ok(layout::savepoint_listing(holds_files, has_metadata))
+                })
+                .await;
+        }
         self.with_dir(".".to_owned(), |dir, at| {
             let mut listings = Vec::new();
             for entry in dir.entries().map_err(at.io(".", "listing"))? {
@@ -380,6 +492,9 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn delete_checkpoint(&self, checkpoint: CheckpointId) -> Result<(), StorageError> {
+        if self.layout == Layout::Savepoint {
+            return self.dispose().await;
+        }
         let sub = layout::checkpoint_dir(checkpoint);
         self.with_dir(sub.clone(), move |dir, at| {
             let metadata = layout::metadata_file(checkpoint);
@@ -395,6 +510,9 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn list_shared(&self) -> Result<Vec<String>, StorageError> {
+        if self.layout == Layout::Savepoint {
+            return self.job_dir().await.map(|_| Vec::new());
+        }
         self.with_dir(layout::SHARED.to_owned(), |dir, at| {
             let entries = match dir.read_dir(layout::SHARED) {
                 Ok(entries) => entries,
@@ -416,6 +534,7 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn write_record(&self, record: JobRecord, bytes: Bytes) -> Result<(), StorageError> {
+        self.layout.refuse_in_savepoint(&self.url, "job records")?;
         let name = record.name();
         self.with_dir(name.to_owned(), move |dir, at| {
             write_atomically(dir, name, &checksum::frame(&bytes), Publish::Replace)
@@ -426,6 +545,9 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn read_record(&self, record: JobRecord) -> Result<Option<Bytes>, StorageError> {
+        if self.layout == Layout::Savepoint {
+            return self.job_dir().await.map(|_| None);
+        }
         let name = record.name();
         self.with_dir(name.to_owned(), move |dir, at| {
             let framed = match dir.read(name) {
@@ -444,6 +566,10 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn delete_record(&self, record: JobRecord) -> Result<(), StorageError> {
+        if self.layout == Layout::Savepoint {
+            // A savepoint never has records.
+            return Ok(());
+        }
         let name = record.name();
         self.with_dir(name.to_owned(), move |dir, at| {
             ignore_missing(dir.remove_file(name))
@@ -454,6 +580,7 @@ impl CheckpointStorage for FsStorage {
     }
 
     async fn lock(&self, holder: &LockHolder) -> Result<JobLock, StorageError> {
+        self.layout.refuse_in_savepoint(&self.url, "job lock")?;
         let holder = holder.clone();
         let file = self
             .with_dir(layout::LOCK.to_owned(), move |dir, at| {
@@ -500,6 +627,10 @@ impl CheckpointStorage for FsStorage {
     async fn delete_shared(&self, names: &[String]) -> Result<(), StorageError> {
         for name in names {
             layout::validate_file_name(name)?;
+        }
+        if self.layout == Layout::Savepoint {
+            // A savepoint never has shared files, and deleting what is not there succeeds.
+            return Ok(());
         }
         let paths: Vec<String> = names.iter().map(|name| layout::shared_file(name)).collect();
         self.with_dir(layout::SHARED.to_owned(), move |dir, at| {

@@ -2,7 +2,8 @@
 //! that uses storage (coordinator, retention, restore). It keeps every guarantee of the
 //! [`CheckpointStorage`] contract, checked by the same contract tests as the real
 //! storages, and adds hooks that inject faults: failing calls, corrupt and truncated
-//! files. It owns only its own map; it may not touch the filesystem.
+//! files. It opens in either [`Layout`]: a job's checkpoints or one savepoint. It owns
+//! only its own map; it may not touch the filesystem.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -12,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::checksum::{self, checksum, len_u64};
-use super::layout::{self, Place};
+use super::layout::{self, Layout};
 use super::lock::LockGuard;
 use super::{
     CheckpointListing, CheckpointStorage, FileHandle, JobLock, JobRecord, LockHolder, LostSignal,
@@ -22,12 +23,15 @@ use crate::runtime::ids::CheckpointId;
 
 /// Checkpoint storage in memory, with fault injection.
 ///
-/// Paths in the hooks are relative to the job directory, as in a [`FileHandle`]:
-/// `chk-7/count-2-state`, `chk-7/_metadata`, `shared/abc.sst`.
+/// Paths in the hooks are relative to the root, as in a [`FileHandle`]:
+/// `chk-7/count-2-state`, `chk-7/_metadata`, `shared/abc.sst`; in a savepoint
+/// `count-2-state`, `_metadata`.
 #[derive(Debug)]
 pub struct MemoryStorage {
-    /// `memory://<job-id>`, for messages.
+    /// `memory://<job-id>` or `memory://<savepoint>`, for messages.
     url: String,
+    /// How the files are arranged.
+    layout: Layout,
     state: Mutex<State>,
     /// Who holds the job's lock: shared with the guard, which clears it on release.
     lock: Arc<Mutex<Option<LockHolder>>>,
@@ -35,11 +39,12 @@ pub struct MemoryStorage {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Whether `check` created the job directory.
+    /// Whether `check` created the root (and no savepoint's delete removed it since).
     created: bool,
     /// The checkpoint directories: created by a write or a commit, removed by a delete.
+    /// Empty in a savepoint, which is listed by its files.
     checkpoints: BTreeSet<CheckpointId>,
-    /// Every file, by its path relative to the job directory.
+    /// Every file, by its path relative to the root.
     files: BTreeMap<String, Bytes>,
     /// How many of the next `write`/`write_shared` calls fail.
     failing_writes: usize,
@@ -75,11 +80,27 @@ impl MemoryStorage {
     /// [`FsStorage::new`](super::FsStorage::new) does.
     pub fn new(job_id: &str) -> Result<Self, StorageError> {
         layout::validate_job_id(job_id)?;
-        Ok(MemoryStorage {
-            url: format!("memory://{job_id}"),
+        Ok(Self::with_layout(job_id, Layout::Checkpoints))
+    }
+
+    /// An empty savepoint directory `name` (`savepoint-<job>-<n>`), in the savepoint
+    /// layout of the module docs of `storage`; it must be
+    /// [`check`](CheckpointStorage::check)ed before use.
+    ///
+    /// Fails if `name` would not be a valid directory name, as
+    /// [`FsStorage::savepoint`](super::FsStorage::savepoint) does.
+    pub fn savepoint(name: &str) -> Result<Self, StorageError> {
+        layout::validate_savepoint_name(name)?;
+        Ok(Self::with_layout(name, Layout::Savepoint))
+    }
+
+    fn with_layout(name: &str, layout: Layout) -> Self {
+        MemoryStorage {
+            url: format!("memory://{name}"),
+            layout,
             state: Mutex::new(State::default()),
             lock: Arc::default(),
-        })
+        }
     }
 
     /// Makes the next `n` calls of `write` and `write_shared` fail with a transient
@@ -162,6 +183,10 @@ impl CheckpointStorage for MemoryStorage {
         self.url.clone()
     }
 
+    fn checkpoint_url(&self, checkpoint: CheckpointId) -> String {
+        self.layout.checkpoint_url(&self.url, checkpoint)
+    }
+
     async fn check(&self) -> Result<(), StorageError> {
         self.state().created = true;
         Ok(())
@@ -174,10 +199,10 @@ impl CheckpointStorage for MemoryStorage {
         bytes: Bytes,
     ) -> Result<FileHandle, StorageError> {
         layout::validate_file_name(name)?;
-        let path = layout::checkpoint_file(checkpoint, name);
+        let path = self.layout.data_file(checkpoint, name);
         let mut state = self.checked_state()?;
         take_fault(&mut state.failing_writes, self.location(&path), "writing")?;
-        let metadata = layout::metadata_file(checkpoint);
+        let metadata = self.layout.metadata_file(checkpoint);
         if state.files.contains_key(&metadata) {
             return Err(StorageError::AlreadyCommitted {
                 location: self.location(&metadata),
@@ -189,13 +214,16 @@ impl CheckpointStorage for MemoryStorage {
             size: len_u64(&bytes),
             checksum: checksum(&bytes),
         };
-        state.checkpoints.insert(checkpoint);
+        if self.layout == Layout::Checkpoints {
+            state.checkpoints.insert(checkpoint);
+        }
         state.files.insert(path, bytes);
         Ok(handle)
     }
 
     async fn write_shared(&self, name: &str, bytes: Bytes) -> Result<FileHandle, StorageError> {
         layout::validate_file_name(name)?;
+        self.layout.refuse_in_savepoint(&self.url, "shared files")?;
         let path = layout::shared_file(name);
         let mut state = self.checked_state()?;
         take_fault(&mut state.failing_writes, self.location(&path), "writing")?;
@@ -218,10 +246,7 @@ impl CheckpointStorage for MemoryStorage {
     }
 
     async fn read(&self, handle: &FileHandle) -> Result<Bytes, StorageError> {
-        let path = match layout::parse_handle_path(&handle.path)? {
-            Place::Checkpoint(checkpoint, name) => layout::checkpoint_file(checkpoint, name),
-            Place::Shared(name) => layout::shared_file(name),
-        };
+        let path = self.layout.handle_file(&handle.path)?;
         let mut state = self.checked_state()?;
         take_fault(&mut state.failing_reads, self.location(&path), "reading")?;
         let Some(bytes) = state.files.get(&path) else {
@@ -237,7 +262,7 @@ impl CheckpointStorage for MemoryStorage {
     }
 
     async fn commit(&self, checkpoint: CheckpointId, metadata: Bytes) -> Result<(), StorageError> {
-        let path = layout::metadata_file(checkpoint);
+        let path = self.layout.metadata_file(checkpoint);
         let mut state = self.checked_state()?;
         take_fault(&mut state.failing_commits, self.location(&path), "writing")?;
         if state.files.contains_key(&path) {
@@ -246,13 +271,15 @@ impl CheckpointStorage for MemoryStorage {
                 checkpoint,
             });
         }
-        state.checkpoints.insert(checkpoint);
+        if self.layout == Layout::Checkpoints {
+            state.checkpoints.insert(checkpoint);
+        }
         state.files.insert(path, checksum::frame(&metadata));
         Ok(())
     }
 
     async fn read_metadata(&self, checkpoint: CheckpointId) -> Result<Bytes, StorageError> {
-        let path = layout::metadata_file(checkpoint);
+        let path = self.layout.metadata_file(checkpoint);
         let mut state = self.checked_state()?;
         take_fault(&mut state.failing_reads, self.location(&path), "reading")?;
         let Some(framed) = state.files.get(&path) else {
@@ -268,6 +295,12 @@ impl CheckpointStorage for MemoryStorage {
 
     async fn list(&self) -> Result<Vec<CheckpointListing>, StorageError> {
         let state = self.checked_state()?;
+        if self.layout == Layout::Savepoint {
+            return Ok(layout::savepoint_listing(
+                !state.files.is_empty(),
+                state.files.contains_key(layout::METADATA),
+            ));
+        }
         Ok(state
             .checkpoints
             .iter()
@@ -279,6 +312,13 @@ impl CheckpointStorage for MemoryStorage {
     }
 
     async fn delete_checkpoint(&self, checkpoint: CheckpointId) -> Result<(), StorageError> {
+        if self.layout == Layout::Savepoint {
+            // Every file and the directory at once: a map changes in one step.
+            let mut state = self.state();
+            state.files.clear();
+            state.created = false;
+            return Ok(());
+        }
         let mut state = self.checked_state()?;
         let prefix = format!("{}/", layout::checkpoint_dir(checkpoint));
         state.files.retain(|path, _| !path.starts_with(&prefix));
@@ -290,6 +330,10 @@ impl CheckpointStorage for MemoryStorage {
         for name in names {
             layout::validate_file_name(name)?;
         }
+        if self.layout == Layout::Savepoint {
+            // A savepoint never has shared files, and deleting what is not there succeeds.
+            return Ok(());
+        }
         let mut state = self.checked_state()?;
         for name in names {
             state.files.remove(&layout::shared_file(name));
@@ -299,6 +343,9 @@ impl CheckpointStorage for MemoryStorage {
 
     async fn list_shared(&self) -> Result<Vec<String>, StorageError> {
         let state = self.checked_state()?;
+        if self.layout == Layout::Savepoint {
+            return Ok(Vec::new());
+        }
         let prefix = format!("{}/", layout::SHARED);
         Ok(state
             .files
@@ -308,6 +355,7 @@ impl CheckpointStorage for MemoryStorage {
     }
 
     async fn write_record(&self, record: JobRecord, bytes: Bytes) -> Result<(), StorageError> {
+        self.layout.refuse_in_savepoint(&self.url, "job records")?;
         let mut state = self.checked_state()?;
         take_fault(
             &mut state.failing_writes,
@@ -322,6 +370,9 @@ impl CheckpointStorage for MemoryStorage {
 
     async fn read_record(&self, record: JobRecord) -> Result<Option<Bytes>, StorageError> {
         let state = self.checked_state()?;
+        if self.layout == Layout::Savepoint {
+            return Ok(None);
+        }
         let Some(framed) = state.files.get(record.name()) else {
             return Ok(None);
         };
@@ -334,11 +385,16 @@ impl CheckpointStorage for MemoryStorage {
     }
 
     async fn delete_record(&self, record: JobRecord) -> Result<(), StorageError> {
+        if self.layout == Layout::Savepoint {
+            // A savepoint never has records.
+            return Ok(());
+        }
         self.checked_state()?.files.remove(record.name());
         Ok(())
     }
 
     async fn lock(&self, holder: &LockHolder) -> Result<JobLock, StorageError> {
+        self.layout.refuse_in_savepoint(&self.url, "job lock")?;
         drop(self.checked_state()?);
         let mut held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(other) = held.as_ref() {

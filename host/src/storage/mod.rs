@@ -1,21 +1,23 @@
 //! Checkpoint storage: where the bytes of a checkpoint go, and how they come back intact.
 //!
-//! This part owns the layout of a job's checkpoint directory, the atomic commit of a
-//! checkpoint (its `_metadata`, written last), and the checksums that tell a complete
-//! checkpoint from a torn or corrupt one. It stores opaque blobs: it may not know state
-//! formats or what the metadata says, nor decide which checkpoint is complete in the
-//! protocol's sense, what retention keeps or what a restore uses. Those are the
-//! coordinator's plain functions over [`CheckpointListing`]s and [`FileHandle`]s. It
-//! never runs on a subtask's thread: every method is async and is called from the tokio
-//! I/O runtime; blocking work goes to the blocking pool.
+//! This part owns the layout of a job's checkpoint directory and of a savepoint
+//! directory, the atomic commit of a checkpoint (its `_metadata`, written last), and the
+//! checksums that tell a complete checkpoint from a torn or corrupt one. It stores
+//! opaque blobs: it may not know state formats or what the metadata says, nor decide
+//! which checkpoint is complete in the protocol's sense, what retention keeps or what a
+//! restore uses. Those are the coordinator's plain functions over
+//! [`CheckpointListing`]s and [`FileHandle`]s. It never runs on a subtask's thread:
+//! every method is async and is called from the tokio I/O runtime; blocking work goes to
+//! the blocking pool.
 //!
 //! # Layout
 //!
 //! - `mod.rs`: the [`CheckpointStorage`] trait and its guarantees, [`FileHandle`],
-//!   [`CheckpointListing`], and [`open`], which picks the storage for a [`StorageUrl`].
+//!   [`CheckpointListing`], [`open`], which picks the storage for a [`StorageUrl`], and
+//!   [`open_savepoint`] and [`savepoint_at`], which do so for a savepoint.
 //! - `error.rs`: [`StorageError`], whose fault and whether a retry helps.
 //! - `layout.rs`: the names `chk-<n>`, `shared`, `_metadata`, `_finished`, `_lock`, and
-//!   which names are valid.
+//!   which names are valid; the two layouts, a job's checkpoints and a savepoint.
 //! - `lock.rs`: [`JobLock`], the one-writer-per-job lock, and [`LockHolder`], who holds it.
 //! - `checksum.rs`: CRC32C, and the frame that makes a torn `_metadata` detectable.
 //! - `fs.rs`: [`FsStorage`], a local directory through cap-std.
@@ -37,6 +39,20 @@
 //! <base>/<job-id>/_checkpoint-stats   the job's checkpoint statistics (a JobRecord)
 //! <base>/<job-id>/_lock               held by the one process running the job
 //! ```
+//!
+//! A savepoint is one snapshot in a directory of its own, self-contained and
+//! relocatable, as Flink's:
+//!
+//! ```text
+//! <base>/savepoint-<job>-<n>/<name>      its data files; handle path `<name>`
+//! <base>/savepoint-<job>-<n>/_metadata   its commit point, written last
+//! ```
+//!
+//! Nothing else: no `chk-<n>/`, no `shared/`, no records, no lock. Every handle in its
+//! `_metadata` is a bare file name relative to the savepoint directory, so the directory
+//! can be moved, or copied to another disk, bucket or prefix, and opened where it lands
+//! ([`savepoint_at`]). Writes, commit and reads are checksummed as a checkpoint's. On S3
+//! the keys are the same below `s3://<bucket>/<prefix>/savepoint-<job>-<n>/`.
 
 mod checksum;
 mod error;
@@ -69,7 +85,8 @@ pub use s3::{S3Options, S3Storage};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileHandle {
     /// The path relative to the job directory, with `/`: `chk-7/count-2-state` or
-    /// `shared/abc.sst`.
+    /// `shared/abc.sst`; in a savepoint, the bare file name relative to the savepoint
+    /// directory: `count-2-state`.
     pub path: String,
     /// The length in bytes.
     pub size: u64,
@@ -80,7 +97,8 @@ pub struct FileHandle {
 /// One checkpoint directory, as [`CheckpointStorage::list`] finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointListing {
-    /// The checkpoint, from the directory's name `chk-<n>`.
+    /// The checkpoint, from the directory's name `chk-<n>`; 0 for a savepoint, whose
+    /// directory holds one snapshot and does not say which checkpoint it was.
     pub checkpoint: CheckpointId,
     /// Whether its `_metadata` exists. Without it the checkpoint was never committed
     /// (or is being deleted) and must not be restored; with it, it is committed, which
@@ -142,6 +160,27 @@ impl JobRecord {
 ///
 /// Call [`check`](Self::check) once at job start: it creates the job directory, and
 /// until then every other call fails with [`StorageError::NotFound`].
+///
+/// # In a savepoint
+///
+/// Opened by [`open_savepoint`] or [`savepoint_at`], a storage's root is one savepoint
+/// directory (see the module docs), and the guarantees above hold for its one snapshot:
+///
+/// - `write(_, name, _)` stores `<root>/<name>`, handle path `name`; `commit(_, _)`
+///   creates `<root>/_metadata`, once; `read_metadata(_)` reads it back verified. The
+///   checkpoint id is ignored: a savepoint directory holds exactly one snapshot.
+/// - `read` accepts only a bare file name as the handle's path.
+/// - `list` shows nothing while the savepoint holds no file, else one listing, as
+///   checkpoint 0, with whether `_metadata` exists.
+/// - `delete_checkpoint(_)` disposes of the savepoint: `_metadata` first, then every
+///   other file, then the directory itself (the S3 marker). Afterwards the savepoint
+///   is gone, and calls fail with `NotFound` until a `check`.
+/// - `check` creates the savepoint directory, and nothing in it.
+/// - `describe` and `checkpoint_url` are the savepoint directory's URL.
+/// - There are no shared files, records or lock: `write_shared`, `write_record` and
+///   `lock` are refused with [`StorageError::NotInSavepoint`]; `list_shared` is empty
+///   and `read_record` is `None` (`NotFound` where the savepoint directory is not);
+///   `delete_shared` and `delete_record` succeed removing nothing, wherever.
 #[async_trait]
 pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// The job directory as a URL, for messages: `file:///var/lib/weir/checkpoints/<job>`.
@@ -227,22 +266,120 @@ pub fn open(
 ) -> Result<Arc<dyn CheckpointStorage>, StorageError> {
     match url {
         StorageUrl::File(base) => Ok(Arc::new(FsStorage::new(base.clone(), job_id)?)),
-        StorageUrl::S3 { bucket, prefix } => {
-            let defaults = S3Options::default();
-            let options = S3Options {
-                endpoint: s3.endpoint.clone(),
-                region: s3.region.clone(),
-                force_path_style: s3.force_path_style,
-                part_size: s3.part_size.unwrap_or(defaults.part_size),
-                upload_concurrency: s3
-                    .upload_concurrency
-                    .map_or(defaults.upload_concurrency, |n| {
-                        usize::try_from(n).unwrap_or(usize::MAX)
-                    }),
-                lease_timeout: s3.lease_timeout.unwrap_or(defaults.lease_timeout),
-                ..defaults
+        StorageUrl::S3 { bucket, prefix } => Ok(Arc::new(S3Storage::new(
+            bucket,
+            prefix,
+            job_id,
+            s3_options(s3),
+        )?)),
+    }
+}
+
+/// The savepoint directory `name` under `url` (`savepoint-<job>-<n>`), not yet checked.
+///
+/// Call [`CheckpointStorage::check`] before writing a new savepoint; an existing one is
+/// read without it. `s3` says how to reach an `s3://` URL. Fails if `name` is not one
+/// valid directory name.
+pub fn open_savepoint(
+    url: &StorageUrl,
+    name: &str,
+    s3: &S3Settings,
+) -> Result<Arc<dyn CheckpointStorage>, StorageError> {
+    match url {
+        StorageUrl::File(base) => Ok(Arc::new(FsStorage::savepoint(base.clone(), name)?)),
+        StorageUrl::S3 { bucket, prefix } => Ok(Arc::new(S3Storage::savepoint(
+            bucket,
+            prefix,
+            name,
+            s3_options(s3),
+        )?)),
+    }
+}
+
+/// The savepoint at `location` (its directory or its `_metadata`), local or `s3://`.
+///
+/// `location` is a path (relative to the current directory), a `file://` URL or an
+/// `s3://<bucket>/<prefix>/<savepoint>` URL, read as a checkpoint directory in a job file
+/// is; the savepoint is wherever it was moved or copied to, whatever its directory is
+/// called now. `s3` says how to reach an `s3://` URL. Nothing is read here: a location
+/// where no savepoint is fails at the first read, with [`StorageError::NotFound`].
+pub fn savepoint_at(
+    location: &str,
+    s3: &S3Settings,
+) -> Result<Arc<dyn CheckpointStorage>, StorageError> {
+    let invalid = |reason: String| StorageError::InvalidLocation {
+        location: location.to_owned(),
+        reason,
+    };
+    let cwd = std::env::current_dir().map_err(|e| {
+        StorageError::io(location.to_owned(), "finding the current directory for", e)
+    })?;
+    let url = crate::job::storage_url(savepoint_directory(location), &cwd).map_err(invalid)?;
+    let no_directory = || {
+        invalid(
+            "it names no savepoint directory. Write the savepoint's directory, e.g. \
+             /var/lib/weir/savepoints/savepoint-word-count-3 or \
+             s3://my-bucket/savepoints/savepoint-word-count-3, or its `_metadata`"
+                .to_owned(),
+        )
+    };
+    match url {
+        StorageUrl::File(path) => {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(no_directory());
             };
-            Ok(Arc::new(S3Storage::new(bucket, prefix, job_id, options)?))
+            let Some(name) = name.to_str() else {
+                return Err(invalid(
+                    "the savepoint directory's name is not valid UTF-8".to_owned(),
+                ));
+            };
+            open_savepoint(&StorageUrl::File(parent.to_path_buf()), name, s3)
         }
+        StorageUrl::S3 { bucket, prefix } => {
+            let (prefix, name) = prefix.rsplit_once('/').unwrap_or(("", prefix.as_str()));
+            if name.is_empty() {
+                return Err(no_directory());
+            }
+            let parent = StorageUrl::S3 {
+                bucket,
+                prefix: prefix.to_owned(),
+            };
+            open_savepoint(&parent, name, s3)
+        }
+    }
+}
+
+/// The savepoint directory of `location`: without a trailing `/_metadata` or `/`.
+fn savepoint_directory(location: &str) -> &str {
+    let directory = match location
+        .trim_end_matches('/')
+        .strip_suffix(layout::METADATA)
+    {
+        Some("") => ".",
+        Some(rest) if rest.ends_with('/') => rest,
+        _ => location,
+    };
+    match directory.trim_end_matches('/') {
+        "" if !directory.is_empty() => "/",
+        trimmed => trimmed,
+    }
+}
+
+/// The options that reach the store `s3` describes; the rest are [`S3Options`]'
+/// defaults.
+fn s3_options(s3: &S3Settings) -> S3Options {
+    let defaults = S3Options::default();
+    S3Options {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        force_path_style: s3.force_path_style,
+        part_size: s3.part_size.unwrap_or(defaults.part_size),
+        upload_concurrency: s3
+            .upload_concurrency
+            .map_or(defaults.upload_concurrency, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+        lease_timeout: s3.lease_timeout.unwrap_or(defaults.lease_timeout),
+        ..defaults
     }
 }

@@ -1,19 +1,21 @@
 //! [`S3Storage`]: checkpoint storage in an S3 bucket (`s3://<bucket>/<prefix>`), through
 //! `aws-sdk-s3`, for AWS S3 and S3-compatible stores that support conditional writes.
 //!
-//! It owns the objects below `<prefix>/<job-id>/` in one bucket and the client that reaches
-//! them. It may not touch other keys of the bucket (other jobs' checkpoints), create or
-//! configure buckets, or decide what a failure means for the job: it says whose fault and
-//! whether a retry helps, as [`StorageError`] does.
+//! It owns the objects below one root in one bucket, `<prefix>/<job-id>/` (a job's
+//! checkpoints) or `<prefix>/<savepoint>/` (one savepoint, see [`Layout`]), and the client
+//! that reaches them. It may not touch other keys of the bucket (other jobs' checkpoints,
+//! other savepoints), create or configure buckets, or decide what a failure means for the
+//! job: it says whose fault and whether a retry helps, as [`StorageError`] does.
 //!
 //! # Keys
 //!
-//! The keys are fs's paths below `<prefix>/<job-id>/`, so a bucket browser shows Flink's
-//! layout, plus one marker object, `.weir-job`, that `check` writes: S3 has no
-//! directories, and the marker is what makes the job directory exist, so that a
-//! storage that was never checked reports `NotFound` as the contract says. Names starting
-//! with `.` are never valid file names, so the marker and `check`'s probe objects never
-//! collide with a file.
+//! The keys are fs's paths below the root, so a bucket browser shows Flink's layout, plus
+//! one marker object, `.weir-job`, that `check` writes: S3 has no directories, and the
+//! marker is what makes the root exist, so that a storage that was never checked reports
+//! `NotFound` as the contract says. A savepoint's root exists also by its `_metadata`
+//! alone, so that a savepoint copied without its hidden marker still opens. Names
+//! starting with `.` are never valid file names, so the marker and `check`'s probe
+//! objects never collide with a file.
 //!
 //! There is no entropy injection (Flink's `_entropy_` segment). S3 partitions a bucket by
 //! key prefix on its own and splits a partition that receives more than about 3,500 writes
@@ -49,7 +51,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -73,7 +75,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
 use super::checksum::{self, checksum, len_u64};
-use super::layout::{self, Place};
+use super::layout::{self, Layout};
 use super::lock::{LockGuard, lease_is_stale, lease_renewal};
 use super::{
     CheckpointListing, CheckpointStorage, FileHandle, JobLock, JobRecord, LockHolder, LostSignal,
@@ -179,7 +181,8 @@ impl Default for S3Options {
     }
 }
 
-/// Checkpoint storage below `s3://<bucket>/<prefix>/<job-id>/`.
+/// Checkpoint storage below `s3://<bucket>/<prefix>/<job-id>/`, or one savepoint below
+/// `s3://<bucket>/<prefix>/<savepoint>/`.
 ///
 /// The store must support conditional writes (`If-None-Match: *` on PUT and on
 /// CompleteMultipartUpload), as AWS S3 has since 2024: they make the commit atomic.
@@ -187,16 +190,19 @@ impl Default for S3Options {
 pub struct S3Storage {
     /// The bucket.
     bucket: String,
-    /// The key prefix of the job directory, `<prefix>/<job-id>/`.
+    /// The key prefix of the root, `<prefix>/<job-id>/` or `<prefix>/<savepoint>/`.
     root: String,
-    /// `s3://<bucket>/<prefix>/<job-id>`, for messages.
+    /// `s3://<bucket>/` and the root without its last `/`, for messages.
     url: String,
+    /// How the objects are arranged below the root.
+    layout: Layout,
     /// As given, with sizes brought within S3's limits.
     options: S3Options,
     /// The client, built on first use: loading the AWS configuration is async.
     remote: OnceCell<Arc<Remote>>,
-    /// Set once the job directory's marker was seen or written.
-    created: OnceCell<()>,
+    /// Set once the root was seen to exist or `check` created it; cleared when a
+    /// savepoint's delete removed it.
+    created: AtomicBool,
 }
 
 /// The client and what messages say about it.
@@ -254,10 +260,50 @@ impl S3Storage {
         options: S3Options,
     ) -> Result<Self, StorageError> {
         layout::validate_job_id(job_id)?;
+        Ok(Self::with_layout(
+            bucket,
+            prefix,
+            job_id,
+            Layout::Checkpoints,
+            options,
+        ))
+    }
+
+    /// The savepoint `s3://<bucket>/<prefix>/<name>` (`savepoint-<job>-<n>`), in the
+    /// savepoint layout of the module docs of `storage`: `_metadata` and the data files
+    /// side by side, handle paths relative to the savepoint. `prefix` is as for
+    /// [`new`](Self::new). No I/O happens here: [`check`](CheckpointStorage::check)
+    /// creates the savepoint's marker; an existing savepoint is read without it.
+    ///
+    /// Fails if `name` is not a valid directory name.
+    pub fn savepoint(
+        bucket: &str,
+        prefix: &str,
+        name: &str,
+        options: S3Options,
+    ) -> Result<Self, StorageError> {
+        layout::validate_savepoint_name(name)?;
+        Ok(Self::with_layout(
+            bucket,
+            prefix,
+            name,
+            Layout::Savepoint,
+            options,
+        ))
+    }
+
+    /// The storage of root `<prefix>/<name>/`, `name` validated.
+    fn with_layout(
+        bucket: &str,
+        prefix: &str,
+        name: &str,
+        layout: Layout,
+        options: S3Options,
+    ) -> Self {
         let path = if prefix.is_empty() {
-            job_id.to_owned()
+            name.to_owned()
         } else {
-            format!("{prefix}/{job_id}")
+            format!("{prefix}/{name}")
         };
         let options = S3Options {
             part_size: options.part_size.max(MIN_PART_SIZE),
@@ -266,14 +312,15 @@ impl S3Storage {
             max_attempts: options.max_attempts.max(1),
             ..options
         };
-        Ok(S3Storage {
+        S3Storage {
             bucket: bucket.to_owned(),
             root: format!("{path}/"),
             url: format!("s3://{bucket}/{path}"),
+            layout,
             options,
             remote: OnceCell::new(),
-            created: OnceCell::new(),
-        })
+            created: AtomicBool::new(false),
+        }
     }
 
     /// The client, built on first use from the AWS configuration chain and the options.
@@ -287,21 +334,36 @@ impl S3Storage {
         Arc::clone(remote)
     }
 
-    /// The client, once the job directory exists; `NotFound` until `check` created it.
+    /// The client, once the root exists; `NotFound` until `check` created it.
     async fn job(&self) -> Result<Arc<Remote>, StorageError> {
         let remote = self.remote().await;
-        self.created
-            .get_or_try_init(|| async {
-                match remote.head(MARKER).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(StorageError::NotFound {
-                        location: self.url.clone(),
-                    }),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
+        if self.created.load(Ordering::Acquire) {
+            return Ok(remote);
+        }
+        let exists = remote.head(MARKER).await?
+            || (self.layout == Layout::Savepoint && remote.head(layout::METADATA).await?);
+        if !exists {
+            return Err(StorageError::NotFound {
+                location: self.url.clone(),
+            });
+        }
+        self.created.store(true, Ordering::Release);
         Ok(remote)
+    }
+
+    /// Removes a savepoint: `_metadata` first, so that it is never restorable half
+    /// deleted, then every other object, the marker last, as it makes the savepoint
+    /// exist. A savepoint that is not there is disposed of already.
+    async fn dispose(&self) -> Result<(), StorageError> {
+        let remote = self.remote().await;
+        remote.delete(layout::METADATA, "deleting").await?;
+        let marker = remote.key(MARKER);
+        let (keys, _) = remote.list("", false).await?;
+        let keys = keys.into_iter().filter(|key| *key != marker).collect();
+        remote.delete_keys(keys, "").await?;
+        remote.delete(MARKER, "deleting").await?;
+        self.created.store(false, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -1171,6 +1233,10 @@ impl CheckpointStorage for S3Storage {
         self.url.clone()
     }
 
+    fn checkpoint_url(&self, checkpoint: CheckpointId) -> String {
+        self.layout.checkpoint_url(&self.url, checkpoint)
+    }
+
     async fn check(&self) -> Result<(), StorageError> {
         let remote = self.remote().await;
         // Some stores create a missing bucket on a PUT: ask for it first.
@@ -1196,15 +1262,14 @@ impl CheckpointStorage for S3Storage {
         remote
             .delete(&probe, "deleting a probe object from")
             .await?;
+        let marker: &'static [u8] = match self.layout {
+            Layout::Checkpoints => b"weir job directory\n",
+            Layout::Savepoint => b"weir savepoint directory\n",
+        };
         remote
-            .put_single(
-                MARKER,
-                Bytes::from_static(b"weir job directory\n"),
-                Mode::Replace,
-            )
+            .put_single(MARKER, Bytes::from_static(marker), Mode::Replace)
             .await?;
-        // Already set when a concurrent call got there first, which is as good.
-        let _ = self.created.set(());
+        self.created.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -1216,7 +1281,7 @@ impl CheckpointStorage for S3Storage {
     ) -> Result<FileHandle, StorageError> {
         layout::validate_file_name(name)?;
         let remote = self.job().await?;
-        let metadata = layout::metadata_file(checkpoint);
+        let metadata = self.layout.metadata_file(checkpoint);
         if remote.head(&metadata).await? {
             return Err(StorageError::AlreadyCommitted {
                 location: remote.location(&metadata),
@@ -1224,7 +1289,7 @@ impl CheckpointStorage for S3Storage {
             });
         }
         let handle = FileHandle {
-            path: layout::checkpoint_file(checkpoint, name),
+            path: self.layout.data_file(checkpoint, name),
             size: len_u64(&bytes),
             checksum: checksum(&bytes),
         };
@@ -1234,6 +1299,7 @@ impl CheckpointStorage for S3Storage {
 
     async fn write_shared(&self, name: &str, bytes: Bytes) -> Result<FileHandle, StorageError> {
         layout::validate_file_name(name)?;
+        self.layout.refuse_in_savepoint(&self.url, "shared files")?;
         let remote = self.job().await?;
         let handle = FileHandle {
             path: layout::shared_file(name),
@@ -1261,10 +1327,7 @@ impl CheckpointStorage for S3Storage {
     }
 
     async fn read(&self, handle: &FileHandle) -> Result<Bytes, StorageError> {
-        let path = match layout::parse_handle_path(&handle.path)? {
-            Place::Checkpoint(checkpoint, name) => layout::checkpoint_file(checkpoint, name),
-            Place::Shared(name) => layout::shared_file(name),
-        };
+        let path = self.layout.handle_file(&handle.path)?;
         let remote = self.job().await?;
         let bytes = remote.get(&path).await?;
         checksum::verify(handle, &bytes).map_err(|reason| StorageError::Corrupt {
@@ -1276,7 +1339,7 @@ impl CheckpointStorage for S3Storage {
 
     async fn commit(&self, checkpoint: CheckpointId, metadata: Bytes) -> Result<(), StorageError> {
         let remote = self.job().await?;
-        let path = layout::metadata_file(checkpoint);
+        let path = self.layout.metadata_file(checkpoint);
         // Every data file's PUT returned before this one starts, and S3 reads after writes:
         // the commit point cannot be seen before the files it refers to.
         match remote
@@ -1293,7 +1356,7 @@ impl CheckpointStorage for S3Storage {
 
     async fn read_metadata(&self, checkpoint: CheckpointId) -> Result<Bytes, StorageError> {
         let remote = self.job().await?;
-        let path = layout::metadata_file(checkpoint);
+        let path = self.layout.metadata_file(checkpoint);
         let framed = remote.get(&path).await?;
         checksum::unframe(framed).map_err(|reason| StorageError::Corrupt {
             location: remote.location(&path),
@@ -1303,6 +1366,19 @@ impl CheckpointStorage for S3Storage {
 
     async fn list(&self) -> Result<Vec<CheckpointListing>, StorageError> {
         let remote = self.job().await?;
+        if self.layout == Layout::Savepoint {
+            let (keys, _) = remote.list("", true).await?;
+            let names: Vec<&str> = keys
+                .iter()
+                .filter_map(|key| key.strip_prefix(&remote.root))
+                .collect();
+            return Ok(layout::savepoint_listing(
+                names
+                    .iter()
+                    .any(|name| layout::validate_file_name(name).is_ok()),
+                names.contains(&layout::METADATA),
+            ));
+        }
         let (_, prefixes) = remote.list("", true).await?;
         let checkpoints: Vec<CheckpointId> = prefixes
             .iter()
@@ -1340,6 +1416,9 @@ impl CheckpointStorage for S3Storage {
     }
 
     async fn delete_checkpoint(&self, checkpoint: CheckpointId) -> Result<(), StorageError> {
+        if self.layout == Layout::Savepoint {
+            return self.dispose().await;
+        }
         let remote = self.job().await?;
         // The checkpoint must be unrestorable before its files go.
         remote
@@ -1354,6 +1433,10 @@ impl CheckpointStorage for S3Storage {
         for name in names {
             layout::validate_file_name(name)?;
         }
+        if self.layout == Layout::Savepoint {
+            // A savepoint never has shared files, and deleting what is not there succeeds.
+            return Ok(());
+        }
         let remote = self.job().await?;
         let keys = names
             .iter()
@@ -1364,6 +1447,9 @@ impl CheckpointStorage for S3Storage {
 
     async fn list_shared(&self) -> Result<Vec<String>, StorageError> {
         let remote = self.job().await?;
+        if self.layout == Layout::Savepoint {
+            return Ok(Vec::new());
+        }
         let dir = format!("{}/", layout::SHARED);
         let (keys, _) = remote.list(&dir, false).await?;
         let below = remote.key(&dir);
@@ -1376,6 +1462,7 @@ impl CheckpointStorage for S3Storage {
     }
 
     async fn write_record(&self, record: JobRecord, bytes: Bytes) -> Result<(), StorageError> {
+        self.layout.refuse_in_savepoint(&self.url, "job records")?;
         let remote = self.job().await?;
         remote
             .put_single(record.name(), checksum::frame(&bytes), Mode::Replace)
@@ -1385,6 +1472,9 @@ impl CheckpointStorage for S3Storage {
 
     async fn read_record(&self, record: JobRecord) -> Result<Option<Bytes>, StorageError> {
         let remote = self.job().await?;
+        if self.layout == Layout::Savepoint {
+            return Ok(None);
+        }
         let framed = match remote.get(record.name()).await {
             Ok(framed) => framed,
             Err(StorageError::NotFound { .. }) => return Ok(None),
@@ -1399,6 +1489,10 @@ impl CheckpointStorage for S3Storage {
     }
 
     async fn delete_record(&self, record: JobRecord) -> Result<(), StorageError> {
+        if self.layout == Layout::Savepoint {
+            // A savepoint never has records.
+            return Ok(());
+        }
         let remote = self.job().await?;
         remote.delete(record.name(), "deleting").await
     }
@@ -1408,6 +1502,7 @@ impl CheckpointStorage for S3Storage {
     /// then finds it taken and is refused, or (if it deleted the new one) the renewal of
     /// the first finds its lease gone and stops that job.
     async fn lock(&self, holder: &LockHolder) -> Result<JobLock, StorageError> {
+        self.layout.refuse_in_savepoint(&self.url, "job lock")?;
         let remote = self.job().await?;
         let timeout = remote.options.lease_timeout;
         let location = remote.location(layout::LOCK);

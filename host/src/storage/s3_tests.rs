@@ -1,6 +1,7 @@
 //! [`S3Storage`] against a real S3-compatible server on loopback (s3s-fs, started by
-//! `weir_tests::s3::S3Server`): the contract suite, then what only S3 has: failures
-//! `check` must name, multipart uploads, and retries through a [`FaultProxy`].
+//! `weir_tests::s3::S3Server`): the contract suite in both layouts, then what only S3
+//! has: failures `check` must name, multipart uploads, retries through a [`FaultProxy`],
+//! and savepoints copied to another bucket and prefix.
 //!
 //! A child module of `tests.rs`, for its [`Fixture`] and contract tests. Every test starts
 //! its own server (in milliseconds), so tests share nothing. They fail, never skip, when
@@ -119,6 +120,49 @@ impl Fixture for S3 {
 }
 
 contract_suite!(s3_contract, S3);
+
+/// A savepoint below [`PREFIX`].
+struct S3Savepoint {
+    server: S3Server,
+    storage: S3Storage,
+}
+
+impl S3Savepoint {
+    /// The key of `path` (relative to the savepoint).
+    fn key(path: &str) -> String {
+        format!("{PREFIX}/{SAVEPOINT}/{path}")
+    }
+}
+
+impl Fixture for S3Savepoint {
+    type Storage = S3Storage;
+
+    fn new() -> Self {
+        let server = S3Server::start();
+        let storage = S3Storage::savepoint(
+            server.bucket(),
+            PREFIX,
+            SAVEPOINT,
+            options(&server.endpoint()),
+        )
+        .expect("valid name");
+        S3Savepoint { server, storage }
+    }
+
+    fn storage(&self) -> &S3Storage {
+        &self.storage
+    }
+
+    fn flip_last_byte(&self, path: &str) {
+        flip_last_byte_of(&self.server.object_path(&Self::key(path)));
+    }
+
+    fn truncate(&self, path: &str, len: usize) {
+        truncate_file(&self.server.object_path(&Self::key(path)), len);
+    }
+}
+
+savepoint_suite!(s3_savepoint, S3Savepoint);
 
 /// A plain client of `server`, to look at objects the way another tool would.
 fn raw_client(server: &S3Server) -> aws_sdk_s3::Client {
@@ -541,4 +585,154 @@ async fn deleting_a_checkpoint_with_more_files_than_one_batch_removes_them_all()
         .expect("commit");
     s.delete_checkpoint(CheckpointId(1)).await.expect("delete");
     assert_eq!(s.list().await.expect("list"), []);
+}
+
+/// Every key of `bucket` below `prefix`, sorted.
+async fn keys_below(server: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
+    let listed = raw_client(server)
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("list");
+    let mut keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn a_savepoints_objects_lie_directly_below_its_prefix() {
+    let f = S3Savepoint::new();
+    let s = &f.storage;
+    s.check().await.expect("check");
+    s.write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    s.commit(CheckpointId(7), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    assert_eq!(
+        keys_below(&f.server, f.server.bucket(), "").await,
+        [
+            "checkpoints/savepoint-job-1/.weir-job",
+            "checkpoints/savepoint-job-1/_metadata",
+            "checkpoints/savepoint-job-1/count-2-state",
+        ]
+    );
+    assert_eq!(
+        s.describe(),
+        "s3://weir-checkpoints/checkpoints/savepoint-job-1"
+    );
+}
+
+#[tokio::test]
+async fn a_savepoint_copied_to_another_bucket_and_prefix_opens_and_reads_back_verified() {
+    let f = S3Savepoint::new();
+    let s = &f.storage;
+    s.check().await.expect("check");
+    let handle = s
+        .write(CheckpointId(3), "count-2-state", state())
+        .await
+        .expect("write");
+    let metadata = serde_json::to_vec(&[&handle]).expect("encode handles");
+    s.commit(CheckpointId(3), Bytes::from(metadata))
+        .await
+        .expect("commit");
+    // As a user copies it: the visible objects, without the hidden marker.
+    f.server.create_bucket("other-bucket");
+    let client = raw_client(&f.server);
+    for name in ["_metadata", "count-2-state"] {
+        client
+            .copy_object()
+            .copy_source(format!("{}/{}", f.server.bucket(), S3Savepoint::key(name)))
+            .bucket("other-bucket")
+            .key(format!("moved/elsewhere/renamed/{name}"))
+            .send()
+            .await
+            .expect("copy");
+    }
+    let location = "s3://other-bucket/moved/elsewhere/renamed/_metadata";
+    let settings = S3Settings {
+        endpoint: Some(f.server.endpoint()),
+        force_path_style: true,
+        ..S3Settings::default()
+    };
+    let at = savepoint_at(location, &settings).expect("open");
+    assert_eq!(at.describe(), "s3://other-bucket/moved/elsewhere/renamed");
+    // The same storage, with the test server's credentials.
+    let copy = S3Storage::savepoint(
+        "other-bucket",
+        "moved/elsewhere",
+        "renamed",
+        options(&f.server.endpoint()),
+    )
+    .expect("valid name");
+    assert_eq!(copy.describe(), at.describe());
+    assert_eq!(
+        copy.list().await.expect("list"),
+        [CheckpointListing {
+            checkpoint: CheckpointId(0),
+            has_metadata: true,
+        }]
+    );
+    let metadata = copy.read_metadata(CheckpointId(0)).await.expect("metadata");
+    let handles: Vec<FileHandle> = serde_json::from_slice(&metadata).expect("decode");
+    assert_eq!(handles, std::slice::from_ref(&handle));
+    assert_eq!(copy.read(&handles[0]).await.expect("read"), state());
+    // The copy is checked as the original is.
+    flip_last_byte_of(
+        &f.server
+            .data_dir()
+            .join("other-bucket/moved/elsewhere/renamed/count-2-state"),
+    );
+    let err = copy.read(&handle).await.expect_err("corrupt copy");
+    let StorageError::Corrupt { location, .. } = &err else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert_eq!(
+        location,
+        "s3://other-bucket/moved/elsewhere/renamed/count-2-state"
+    );
+    assert_eq!(s.read(&handle).await.expect("the original"), state());
+}
+
+#[tokio::test]
+async fn disposing_of_a_savepoint_removes_every_object_and_nothing_beside_it() {
+    let f = S3Savepoint::new();
+    let s = &f.storage;
+    s.check().await.expect("check");
+    let other = S3Storage::savepoint(
+        f.server.bucket(),
+        PREFIX,
+        "savepoint-job-2",
+        options(&f.server.endpoint()),
+    )
+    .expect("valid name");
+    other.check().await.expect("check");
+    let kept = other
+        .write(CheckpointId(1), "a", state())
+        .await
+        .expect("write");
+    for name in ["a", "b"] {
+        s.write(CheckpointId(1), name, state())
+            .await
+            .expect("write");
+    }
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    s.delete_checkpoint(CheckpointId(1)).await.expect("dispose");
+    assert_eq!(
+        keys_below(&f.server, f.server.bucket(), "").await,
+        [
+            "checkpoints/savepoint-job-2/.weir-job",
+            "checkpoints/savepoint-job-2/a",
+        ]
+    );
+    assert_eq!(other.read(&kept).await.expect("read"), state());
 }

@@ -1,7 +1,9 @@
 //! The storage contract, as tests that run against every [`CheckpointStorage`]: each
 //! `async fn` below takes a [`Fixture`] and is instantiated once per storage by
-//! `contract_suite!`. Then the tests that only one storage has: what the filesystem
-//! shows, crash leftovers, confinement; the double's fault injection; error wording.
+//! `contract_suite!`, and, for the storages opened as a savepoint, by `savepoint_suite!`
+//! with the contract tests that hold in both layouts and the savepoint's own. Then the
+//! tests that only one storage has: what the filesystem shows, crash leftovers,
+//! confinement, moved savepoints; the double's fault injection; error wording.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,7 @@ trait Fixture {
     /// The storage under test.
     fn storage(&self) -> &Self::Storage;
 
-    /// Flips a bit of the last byte of the file at `path` (relative to the job dir).
+    /// Flips a bit of the last byte of the file at `path` (relative to the root).
     fn flip_last_byte(&self, path: &str);
 
     /// Cuts the file at `path` to `len` bytes.
@@ -106,6 +108,96 @@ impl Fixture for Memory {
     }
 }
 
+/// The savepoint directory of the savepoint fixtures.
+const SAVEPOINT: &str = "savepoint-job-1";
+
+struct FsSavepoint {
+    /// Holds the temporary directory until the test ends.
+    _temp: TempDir,
+    base: PathBuf,
+    storage: FsStorage,
+}
+
+impl FsSavepoint {
+    /// The savepoint directory on disk.
+    fn root(&self) -> PathBuf {
+        self.base.join(SAVEPOINT)
+    }
+}
+
+impl Fixture for FsSavepoint {
+    type Storage = FsStorage;
+
+    fn new() -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let base = temp.path().join("savepoints");
+        let storage = FsStorage::savepoint(base.clone(), SAVEPOINT).expect("valid name");
+        FsSavepoint {
+            _temp: temp,
+            base,
+            storage,
+        }
+    }
+
+    fn storage(&self) -> &FsStorage {
+        &self.storage
+    }
+
+    fn flip_last_byte(&self, path: &str) {
+        flip_last_byte_of(&self.root().join(path));
+    }
+
+    fn truncate(&self, path: &str, len: usize) {
+        truncate_file(&self.root().join(path), len);
+    }
+}
+
+/// Flips a bit of the last byte of `file`.
+fn flip_last_byte_of(file: &Path) {
+    let mut bytes = std::fs::read(file).expect("read file to corrupt");
+    *bytes.last_mut().expect("non-empty file") ^= 1;
+    std::fs::write(file, bytes).expect("write corrupted file");
+}
+
+/// Cuts `file` to `len` bytes.
+fn truncate_file(file: &Path, len: usize) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("open file to truncate")
+        .set_len(u64::try_from(len).expect("small length"))
+        .expect("truncate");
+}
+
+struct MemorySavepoint {
+    storage: MemoryStorage,
+}
+
+impl Fixture for MemorySavepoint {
+    type Storage = MemoryStorage;
+
+    fn new() -> Self {
+        MemorySavepoint {
+            storage: MemoryStorage::savepoint(SAVEPOINT).expect("valid name"),
+        }
+    }
+
+    fn storage(&self) -> &MemoryStorage {
+        &self.storage
+    }
+
+    fn flip_last_byte(&self, path: &str) {
+        assert!(self.storage.corrupt(path), "no file {path} to corrupt");
+    }
+
+    fn truncate(&self, path: &str, len: usize) {
+        assert!(
+            self.storage.truncate(path, len),
+            "no file {path} to truncate"
+        );
+    }
+}
+
 /// Instantiates every contract test for one fixture type, in module `$module`.
 macro_rules! contract_suite {
     ($module:ident, $fixture:ty) => {
@@ -150,8 +242,40 @@ macro_rules! contract_suite {
     };
 }
 
+/// Instantiates, for one fixture type that opens its storage as a savepoint, in module
+/// `$module`, the contract tests that hold in both layouts and the savepoint's own.
+macro_rules! savepoint_suite {
+    ($module:ident, $fixture:ty) => {
+        mod $module {
+            use super::*;
+
+            contract_suite!(@tests $fixture;
+                an_empty_file_reads_back_empty,
+                a_truncated_data_file_is_corrupt,
+                committed_metadata_reads_back_unchanged,
+                committing_a_checkpoint_twice_is_refused_and_keeps_the_first,
+                a_committed_checkpoint_refuses_new_data_files,
+                metadata_of_an_uncommitted_checkpoint_is_not_found,
+                deleting_a_missing_checkpoint_succeeds,
+                names_with_dot_dot_a_slash_or_a_leading_dot_are_refused,
+                storage_that_was_not_checked_reports_not_found,
+                a_savepoints_files_lie_in_its_root_under_bare_names,
+                a_flipped_byte_in_a_savepoint_file_or_its_metadata_is_corrupt_and_named,
+                a_truncated_savepoint_file_or_metadata_is_corrupt_and_named,
+                a_savepoint_is_listed_once_with_whether_it_is_committed,
+                deleting_a_savepoint_removes_all_of_it,
+                a_savepoint_refuses_shared_files_records_and_the_lock,
+                a_savepoint_handle_must_be_a_bare_file_name,
+                a_savepoints_checkpoint_url_is_its_directory,
+            );
+        }
+    };
+}
+
 contract_suite!(fs_contract, Fs);
 contract_suite!(memory_contract, Memory);
+savepoint_suite!(fs_savepoint, FsSavepoint);
+savepoint_suite!(memory_savepoint, MemorySavepoint);
 
 #[path = "s3_tests.rs"]
 mod s3_tests;
@@ -594,6 +718,248 @@ async fn storage_that_was_not_checked_reports_not_found<F: Fixture>(f: &F) {
     assert_eq!(s.list().await.expect("list"), []);
 }
 
+// The savepoint layout, in every storage.
+
+/// A listing of a savepoint.
+fn savepoint_listing(has_metadata: bool) -> CheckpointListing {
+    CheckpointListing {
+        checkpoint: CheckpointId(0),
+        has_metadata,
+    }
+}
+
+async fn a_savepoints_files_lie_in_its_root_under_bare_names<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = s
+        .write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    assert_eq!(
+        handle,
+        FileHandle {
+            path: "count-2-state".into(),
+            size: 30,
+            checksum: checksum(&state()),
+        }
+    );
+    // The checkpoint id is ignored: one savepoint holds one snapshot.
+    let other = s
+        .write(CheckpointId(9), "other", Bytes::from_static(b"other"))
+        .await
+        .expect("write");
+    assert_eq!(other.path, "other");
+    s.commit(CheckpointId(3), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    assert_eq!(
+        s.read_metadata(CheckpointId(8)).await.expect("metadata"),
+        Bytes::from_static(b"m")
+    );
+    assert_eq!(s.read(&handle).await.expect("read"), state());
+    assert_eq!(
+        s.read(&other).await.expect("read"),
+        Bytes::from_static(b"other")
+    );
+}
+
+async fn a_flipped_byte_in_a_savepoint_file_or_its_metadata_is_corrupt_and_named<F: Fixture>(
+    f: &F,
+) {
+    let s = checked(f).await;
+    let handle = s
+        .write(CheckpointId(1), "count-2-state", state())
+        .await
+        .expect("write");
+    s.commit(CheckpointId(1), Bytes::from_static(b"{\"savepoint\":1}"))
+        .await
+        .expect("commit");
+    f.flip_last_byte("count-2-state");
+    let err = s.read(&handle).await.expect_err("corrupt file refused");
+    let StorageError::Corrupt { location, reason } = &err else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert_eq!(location, &format!("{}/count-2-state", s.describe()));
+    assert!(reason.contains("CRC32C"), "{reason}");
+    assert!(!err.is_transient());
+    f.flip_last_byte("_metadata");
+    let err = s
+        .read_metadata(CheckpointId(1))
+        .await
+        .expect_err("corrupt metadata refused");
+    let StorageError::Corrupt { location, .. } = &err else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert_eq!(location, &format!("{}/_metadata", s.describe()));
+}
+
+async fn a_truncated_savepoint_file_or_metadata_is_corrupt_and_named<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let handle = s
+        .write(CheckpointId(1), "count-2-state", state())
+        .await
+        .expect("write");
+    let metadata = Bytes::from_static(b"{\"savepoint\":1}");
+    s.commit(CheckpointId(1), metadata.clone())
+        .await
+        .expect("commit");
+    f.truncate("count-2-state", 10);
+    let err = s.read(&handle).await.expect_err("truncated file refused");
+    let StorageError::Corrupt { location, reason } = &err else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert_eq!(location, &format!("{}/count-2-state", s.describe()));
+    assert!(reason.contains("10 bytes"), "{reason}");
+    // Shorter and shorter: a savepoint is committed once.
+    for keep in [24 + metadata.len() - 1, 24, 10, 0] {
+        f.truncate("_metadata", keep);
+        let err = s
+            .read_metadata(CheckpointId(1))
+            .await
+            .expect_err("torn metadata refused");
+        let StorageError::Corrupt { location, .. } = &err else {
+            panic!("expected Corrupt for {keep} bytes kept, got {err}");
+        };
+        assert_eq!(location, &format!("{}/_metadata", s.describe()));
+    }
+}
+
+async fn a_savepoint_is_listed_once_with_whether_it_is_committed<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    assert_eq!(s.list().await.expect("list"), []);
+    s.write(CheckpointId(4), "a", state()).await.expect("write");
+    s.write(CheckpointId(5), "b", state()).await.expect("write");
+    assert_eq!(s.list().await.expect("list"), [savepoint_listing(false)]);
+    s.commit(CheckpointId(5), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    assert_eq!(s.list().await.expect("list"), [savepoint_listing(true)]);
+}
+
+async fn deleting_a_savepoint_removes_all_of_it<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let a = s.write(CheckpointId(1), "a", state()).await.expect("write");
+    let b = s.write(CheckpointId(1), "b", state()).await.expect("write");
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    // Any checkpoint id: the savepoint is the one snapshot.
+    s.delete_checkpoint(CheckpointId(7)).await.expect("dispose");
+    for handle in [&a, &b] {
+        let err = s.read(handle).await.expect_err("deleted file");
+        assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    }
+    let err = s
+        .read_metadata(CheckpointId(1))
+        .await
+        .expect_err("deleted metadata");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    let err = s.list().await.expect_err("the savepoint is gone");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    s.delete_checkpoint(CheckpointId(1))
+        .await
+        .expect("disposing of a savepoint that is gone");
+    s.check().await.expect("check creates it anew");
+    assert_eq!(s.list().await.expect("list"), []);
+    s.commit(CheckpointId(1), Bytes::from_static(b"again"))
+        .await
+        .expect("a new savepoint in the same place");
+}
+
+async fn a_savepoint_refuses_shared_files_records_and_the_lock<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    let refused = |err: StorageError, what: &str| {
+        let StorageError::NotInSavepoint { location, .. } = &err else {
+            panic!("expected NotInSavepoint, got {err}");
+        };
+        assert_eq!(location, &s.describe());
+        assert!(!err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is a savepoint, and a savepoint is self-contained: it has no {what}. \
+                 Asking a savepoint for them is a bug in Weir.",
+                s.describe()
+            )
+        );
+    };
+    refused(
+        s.write_shared("abc.sst", state())
+            .await
+            .expect_err("shared file refused"),
+        "shared files",
+    );
+    refused(
+        s.write_record(JobRecord::Finished, Bytes::from_static(b"r"))
+            .await
+            .expect_err("record refused"),
+        "job records",
+    );
+    refused(
+        s.lock(&LockHolder::this_process())
+            .await
+            .expect_err("lock refused"),
+        "job lock",
+    );
+    assert!(s.list_shared().await.expect("list shared").is_empty());
+    s.delete_shared(&["abc.sst".to_owned()])
+        .await
+        .expect("deleting no shared file");
+    for record in [JobRecord::Finished, JobRecord::Statistics] {
+        assert_eq!(s.read_record(record).await.expect("read record"), None);
+        s.delete_record(record).await.expect("deleting no record");
+    }
+    assert_eq!(s.list().await.expect("list"), []);
+}
+
+async fn a_savepoint_handle_must_be_a_bare_file_name<F: Fixture>(f: &F) {
+    let s = checked(f).await;
+    s.write(CheckpointId(1), "a", state()).await.expect("write");
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    for path in [
+        "chk-1/a",
+        "shared/a",
+        "../a",
+        "../savepoint-job-2/a",
+        "a/b",
+        "/a",
+        "a\\b",
+        "..",
+        ".hidden",
+        "_metadata",
+        "",
+    ] {
+        let handle = FileHandle {
+            path: path.into(),
+            size: 30,
+            checksum: checksum(&state()),
+        };
+        let err = s.read(&handle).await.expect_err("handle refused");
+        assert!(
+            matches!(
+                err,
+                StorageError::InvalidName {
+                    what: "handle path",
+                    ..
+                }
+            ),
+            "{path:?}: {err}"
+        );
+        assert!(err.to_string().contains("one file name"), "{err}");
+    }
+}
+
+async fn a_savepoints_checkpoint_url_is_its_directory<F: Fixture>(f: &F) {
+    let s = f.storage();
+    assert!(
+        s.describe().ends_with("/savepoint-job-1"),
+        "{}",
+        s.describe()
+    );
+    assert_eq!(s.checkpoint_url(CheckpointId(3)), s.describe());
+}
+
 // Only the filesystem.
 
 /// Every path below `dir`, relative to it.
@@ -858,6 +1224,274 @@ fn open_gives_s3_storage_for_an_s3_url() {
     assert_eq!(storage.describe(), "s3://bucket/prefix/word-count");
 }
 
+#[tokio::test]
+async fn a_savepoint_lies_directly_in_its_directory_on_disk() {
+    let f = FsSavepoint::new();
+    let s = checked(&f).await;
+    assert_eq!(walk(&f.base), [SAVEPOINT]);
+    s.write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    s.commit(CheckpointId(7), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    assert_eq!(
+        walk(&f.base),
+        [
+            "savepoint-job-1",
+            "savepoint-job-1/_metadata",
+            "savepoint-job-1/count-2-state",
+        ]
+    );
+    let metadata = std::fs::read(f.root().join("_metadata")).expect("read");
+    assert!(metadata.starts_with(b"WEIRMETA"));
+    assert_eq!(
+        s.describe(),
+        format!("file://{}/savepoint-job-1", f.base.display())
+    );
+}
+
+/// Writes a savepoint with two data files and a `_metadata` that lists their handles,
+/// as a snapshot's metadata does.
+async fn write_savepoint(s: &dyn CheckpointStorage) -> Vec<FileHandle> {
+    s.check().await.expect("check");
+    let mut handles = Vec::new();
+    for (name, bytes) in [("count-0-state", state()), ("count-1-state", Bytes::new())] {
+        handles.push(s.write(CheckpointId(3), name, bytes).await.expect("write"));
+    }
+    let metadata = serde_json::to_vec(&handles).expect("encode handles");
+    s.commit(CheckpointId(3), Bytes::from(metadata))
+        .await
+        .expect("commit");
+    handles
+}
+
+/// Reads the savepoint `write_savepoint` wrote, through the handles in its `_metadata`.
+async fn read_savepoint(s: &dyn CheckpointStorage) -> Vec<Bytes> {
+    let metadata = s.read_metadata(CheckpointId(0)).await.expect("metadata");
+    let handles: Vec<FileHandle> = serde_json::from_slice(&metadata).expect("decode handles");
+    let mut contents = Vec::new();
+    for handle in &handles {
+        contents.push(s.read(handle).await.expect("read"));
+    }
+    contents
+}
+
+#[tokio::test]
+async fn a_moved_or_copied_savepoint_opens_where_it_lands_and_reads_back_verified() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let url = StorageUrl::File(temp.path().join("savepoints"));
+    let written = open_savepoint(&url, "savepoint-wc-3", &S3Settings::default()).expect("open");
+    let handles = write_savepoint(written.as_ref()).await;
+    assert!(handles.iter().all(|h| !h.path.contains('/')), "{handles:?}");
+    let expected = vec![state(), Bytes::new()];
+
+    // Renamed, into another directory.
+    let moved = temp.path().join("elsewhere/renamed");
+    std::fs::create_dir_all(temp.path().join("elsewhere")).expect("mkdir");
+    std::fs::rename(temp.path().join("savepoints/savepoint-wc-3"), &moved).expect("move");
+    for location in [
+        moved.display().to_string(),
+        format!("{}/_metadata", moved.display()),
+        format!("file://{}/", moved.display()),
+    ] {
+        let s = savepoint_at(&location, &S3Settings::default()).expect("open moved");
+        assert_eq!(s.describe(), format!("file://{}", moved.display()));
+        assert_eq!(read_savepoint(s.as_ref()).await, expected, "{location}");
+    }
+    // Opened where it was, it is not found.
+    let left = open_savepoint(&url, "savepoint-wc-3", &S3Settings::default()).expect("open");
+    let err = left
+        .read_metadata(CheckpointId(3))
+        .await
+        .expect_err("nothing is left where it was");
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+
+    // Copied, file by file, and the copy damaged.
+    let copy = temp.path().join("copy-of-it");
+    std::fs::create_dir(&copy).expect("mkdir");
+    for entry in std::fs::read_dir(&moved).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+    }
+    let s = savepoint_at(&copy.display().to_string(), &S3Settings::default()).expect("open");
+    assert_eq!(read_savepoint(s.as_ref()).await, expected);
+    flip_last_byte_of(&copy.join("count-0-state"));
+    let err = s.read(&handles[0]).await.expect_err("corrupt copy");
+    let StorageError::Corrupt { location, .. } = &err else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert_eq!(
+        location,
+        &format!("file://{}/count-0-state", copy.display())
+    );
+    let moved = savepoint_at(&moved.display().to_string(), &S3Settings::default()).expect("open");
+    assert_eq!(read_savepoint(moved.as_ref()).await, expected);
+}
+
+#[tokio::test]
+async fn disposing_of_a_savepoint_removes_its_directory_and_nothing_beside_it() {
+    let f = FsSavepoint::new();
+    let s = checked(&f).await;
+    s.write(CheckpointId(1), "a", state()).await.expect("write");
+    s.commit(CheckpointId(1), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    // A crash's leftover inside, another savepoint beside.
+    std::fs::write(f.root().join(".a.tmp-999-0"), b"partial").expect("plant leftover");
+    let other = FsStorage::savepoint(f.base.clone(), "savepoint-job-2").expect("valid name");
+    let kept = write_savepoint(&other).await;
+    s.delete_checkpoint(CheckpointId(1)).await.expect("dispose");
+    assert!(!f.root().exists());
+    assert_eq!(
+        walk(&f.base),
+        [
+            "savepoint-job-2",
+            "savepoint-job-2/_metadata",
+            "savepoint-job-2/count-0-state",
+            "savepoint-job-2/count-1-state",
+        ]
+    );
+    assert_eq!(other.read(&kept[0]).await.expect("read"), state());
+}
+
+#[test]
+fn a_savepoint_name_that_is_not_one_path_component_is_refused() {
+    for name in ["", "..", "a/b", ".hidden", "savepoint-wc-3/_metadata"] {
+        let err = FsStorage::savepoint(PathBuf::from("/tmp"), name).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                StorageError::InvalidName {
+                    what: "savepoint directory name",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(MemoryStorage::savepoint(name).is_err());
+        assert!(S3Storage::savepoint("bucket", "", name, S3Options::default()).is_err());
+        let url = StorageUrl::File(PathBuf::from("/tmp"));
+        assert!(open_savepoint(&url, name, &S3Settings::default()).is_err());
+    }
+}
+
+#[test]
+fn open_savepoint_gives_the_savepoint_directory_for_a_file_or_s3_url() {
+    let settings = S3Settings::default();
+    let url = StorageUrl::File(PathBuf::from("/var/lib/weir/savepoints"));
+    let s = open_savepoint(&url, "savepoint-wc-3", &settings).expect("file storage");
+    assert_eq!(
+        s.describe(),
+        "file:///var/lib/weir/savepoints/savepoint-wc-3"
+    );
+    assert_eq!(s.checkpoint_url(CheckpointId(3)), s.describe());
+    for (prefix, described) in [
+        ("savepoints", "s3://bucket/savepoints/savepoint-wc-3"),
+        ("", "s3://bucket/savepoint-wc-3"),
+    ] {
+        let url = StorageUrl::S3 {
+            bucket: "bucket".into(),
+            prefix: prefix.into(),
+        };
+        let s = open_savepoint(&url, "savepoint-wc-3", &settings).expect("s3 storage");
+        assert_eq!(s.describe(), described);
+        assert_eq!(s.checkpoint_url(CheckpointId(3)), described);
+    }
+}
+
+#[test]
+fn savepoint_at_takes_the_directory_or_its_metadata_as_a_path_or_url() {
+    let settings = S3Settings::default();
+    for (location, described) in [
+        ("/x/y/savepoint-wc-3", "file:///x/y/savepoint-wc-3"),
+        ("/x/y/savepoint-wc-3/", "file:///x/y/savepoint-wc-3"),
+        (
+            "/x/y/savepoint-wc-3/_metadata",
+            "file:///x/y/savepoint-wc-3",
+        ),
+        ("/x/y/../y/savepoint-wc-3", "file:///x/y/savepoint-wc-3"),
+        ("file:///x/y/savepoint-wc-3", "file:///x/y/savepoint-wc-3"),
+        ("file:///x/y/renamed/_metadata", "file:///x/y/renamed"),
+        ("/x/y_metadata", "file:///x/y_metadata"),
+        (
+            "s3://bucket/p/savepoint-wc-3",
+            "s3://bucket/p/savepoint-wc-3",
+        ),
+        (
+            "s3://bucket/p/q/savepoint-wc-3/",
+            "s3://bucket/p/q/savepoint-wc-3",
+        ),
+        (
+            "s3://bucket/savepoint-wc-3/_metadata",
+            "s3://bucket/savepoint-wc-3",
+        ),
+    ] {
+        let s = savepoint_at(location, &settings).expect(location);
+        assert_eq!(s.describe(), described, "{location}");
+    }
+    let cwd = std::env::current_dir().expect("current dir");
+    for location in ["sp/savepoint-wc-3", "sp/savepoint-wc-3/_metadata"] {
+        let s = savepoint_at(location, &settings).expect(location);
+        assert_eq!(
+            s.describe(),
+            format!("file://{}/sp/savepoint-wc-3", cwd.display())
+        );
+    }
+}
+
+#[test]
+fn savepoint_at_refuses_a_location_that_names_no_savepoint_directory() {
+    let settings = S3Settings::default();
+    for location in [
+        "",
+        "/",
+        "/_metadata",
+        "s3://bucket",
+        "s3://bucket/",
+        "ftp://x/y",
+        "s3://B/x",
+    ] {
+        let err = savepoint_at(location, &settings).expect_err(location);
+        assert!(
+            matches!(err, StorageError::InvalidLocation { .. }),
+            "{location:?}: {err}"
+        );
+        assert!(!err.is_transient());
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "`{location}` is not the location of a savepoint: "
+            )),
+            "{message}"
+        );
+        assert!(message.ends_with('.'), "{message}");
+    }
+    let err = savepoint_at("/x/..", &settings).expect_err("the root has no name");
+    assert!(matches!(err, StorageError::InvalidLocation { .. }), "{err}");
+}
+
+#[test]
+fn a_savepoints_directory_is_its_location_without_metadata_or_trailing_slashes() {
+    for (location, directory) in [
+        ("/x/savepoint-wc-3", "/x/savepoint-wc-3"),
+        ("/x/savepoint-wc-3//", "/x/savepoint-wc-3"),
+        ("/x/savepoint-wc-3/_metadata", "/x/savepoint-wc-3"),
+        ("/x/savepoint-wc-3/_metadata/", "/x/savepoint-wc-3"),
+        (
+            "s3://bucket/p/savepoint-wc-3/_metadata",
+            "s3://bucket/p/savepoint-wc-3",
+        ),
+        ("/x/y_metadata", "/x/y_metadata"),
+        ("_metadata", "."),
+        ("/_metadata", "/"),
+        ("/", "/"),
+        ("", ""),
+    ] {
+        assert_eq!(savepoint_directory(location), directory, "{location}");
+    }
+}
+
 // Only the double.
 
 #[tokio::test]
@@ -914,6 +1548,21 @@ async fn injected_read_failures_pass_after_the_count() {
     assert!(s.read(&handle).await.is_err());
     assert!(s.read_metadata(CheckpointId(1)).await.is_err());
     assert_eq!(s.read(&handle).await.expect("read"), state());
+}
+
+#[tokio::test]
+async fn the_double_keeps_a_savepoints_files_by_bare_name() {
+    let f = MemorySavepoint::new();
+    let s = checked(&f).await;
+    s.write(CheckpointId(7), "count-2-state", state())
+        .await
+        .expect("write");
+    s.commit(CheckpointId(7), Bytes::from_static(b"m"))
+        .await
+        .expect("commit");
+    assert_eq!(s.files(), ["_metadata", "count-2-state"]);
+    s.delete_checkpoint(CheckpointId(7)).await.expect("dispose");
+    assert_eq!(s.files(), Vec::<String>::new());
 }
 
 #[test]

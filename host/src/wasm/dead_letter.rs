@@ -15,6 +15,7 @@
 //! The dead-letter file is written when the record is skipped, not transactionally: a
 //! restart from an older checkpoint that replays the record writes it again.
 
+use crate::checkpoint::snapshot::KeyedSections;
 use crate::runtime::{Batch, CheckpointId, Record, TaskInfo};
 use crate::state::{StateError, StateWriter, Timers};
 use serde::Serialize;
@@ -117,9 +118,10 @@ pub(crate) struct RestorePoint {
     /// The keyed state as captured (the heap backend's copy-on-write snapshot): encoded
     /// the first time it is needed, into `keyed`.
     capture: Option<StateWriter>,
-    keyed: Option<Vec<u8>>,
-    /// What to pass to the guest's `restore-state`; `None` after a fresh start.
-    pub(crate) operator: Option<Vec<u8>>,
+    keyed: Option<KeyedSections>,
+    /// What to pass to the guest's `restore-state`, once per blob; none after a fresh
+    /// start.
+    pub(crate) operator: Vec<Vec<u8>>,
     /// The registered timers.
     pub(crate) timers: Timers,
     /// The watermark the guest had seen.
@@ -130,7 +132,7 @@ impl RestorePoint {
     /// A restore point of these parts.
     pub(crate) fn new(
         capture: StateWriter,
-        operator: Option<Vec<u8>>,
+        operator: Vec<Vec<u8>>,
         timers: Timers,
         watermark: Option<i64>,
     ) -> Self {
@@ -144,12 +146,12 @@ impl RestorePoint {
     }
 
     /// The keyed state's encoding, produced on first use.
-    pub(crate) fn keyed(&mut self) -> Result<&[u8], StateError> {
+    pub(crate) fn keyed(&mut self) -> Result<KeyedSections, StateError> {
         if let Some(capture) = self.capture.take() {
-            self.keyed = Some(capture()?);
+            self.keyed = Some(capture()?.into_sections());
         }
         self.keyed
-            .as_deref()
+            .clone()
             .ok_or_else(|| StateError::Corrupt("encoding the restore point failed before".into()))
     }
 }
@@ -313,14 +315,14 @@ mod tests {
         let mut point = RestorePoint::new(
             Box::new(move || {
                 counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(vec![1, 2, 3])
+                Ok(crate::checkpoint::snapshot::KeyedState::default())
             }),
-            None,
+            Vec::new(),
             Timers::default(),
             None,
         );
-        assert_eq!(point.keyed().ok(), Some(&[1u8, 2, 3][..]));
-        assert_eq!(point.keyed().ok(), Some(&[1u8, 2, 3][..]));
+        assert!(point.keyed().is_ok_and(|k| k.groups.is_empty()));
+        assert!(point.keyed().is_ok_and(|k| k.groups.is_empty()));
         assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 

@@ -7,14 +7,15 @@
 //! operator dead-letters runaway records, in which case a new instance takes its place
 //! (see `dead_letter`).
 
+use crate::checkpoint::snapshot::{SnapshotParts, SnapshotType};
 use crate::job::{RunawayPolicy, SandboxSpec};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::{
-    Batch, Blobs, CheckpointId, Fault, Operator, Record, Snapshot, SnapshotWriter, TaskError,
-    TaskInfo, now_ms,
+    Batch, Blobs, CheckpointId, Fault, Operator, PartsWriter, Record, RestoredParts, Snapshot,
+    TaskError, TaskInfo, now_ms,
 };
 use crate::state::{
-    BackendSnapshot, Domain, HeapBackend, KeyedStateBackend, RestoredFiles, RestoredState, Timers,
+    BackendSnapshot, Domain, HeapBackend, KeyedStateBackend, RestoredState, Timers,
 };
 use crate::wasm::OperatorComponent;
 use crate::wasm::bindings::weir::operator::types as wit;
@@ -27,7 +28,6 @@ use crate::wasm::sandbox::{
     epoch_ticks, wasi_ctx,
 };
 use crate::wasm::stdio::{LogStream, Stream};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, WasmBacktrace};
@@ -179,9 +179,6 @@ pub struct WasmOperator {
     trapped: bool,
     /// Set once `close` returned: the operator is finished.
     closed: bool,
-    /// Set when the keyed state came back from a backend's files, not from the
-    /// operator's snapshot.
-    restored_files: bool,
     /// Records this subtask has taken in, counted across restores: the position of the
     /// next record.
     position: u64,
@@ -200,20 +197,6 @@ struct OpenContext {
     parallelism: u32,
     max_parallelism: u32,
     restored: bool,
-}
-
-/// What a WASM operator subtask puts into a checkpoint.
-#[derive(Serialize, Deserialize)]
-struct GuestSnapshot {
-    /// What the guest's `snapshot-state` returned.
-    operator: Vec<u8>,
-    /// The keyed state, as the backend encoded it; empty when the backend keeps its
-    /// state in files of its own (RocksDB).
-    keyed: Vec<u8>,
-    /// The registered timers.
-    timers: Timers,
-    /// Records the subtask had taken in.
-    position: u64,
 }
 
 /// A new instance of `component` for subtask `info`, with its keyed state in `backend`
@@ -390,7 +373,6 @@ impl WasmOperator {
             context,
             trapped: false,
             closed: false,
-            restored_files: false,
             position: 0,
             sync_fuel: None,
             recovery,
@@ -535,8 +517,9 @@ impl WasmOperator {
         Ok(())
     }
 
-    /// The guest's `open`, then `restore-state` with `operator_state` if there is one.
-    fn open_guest(&mut self, operator_state: Option<&[u8]>) -> Result<(), TaskError> {
+    /// The guest's `open`, then `restore-state` with each blob of `operator_state`: its
+    /// own at the same parallelism, every old subtask's after a rescale.
+    fn open_guest(&mut self, operator_state: &[Vec<u8>]) -> Result<(), TaskError> {
         self.instance.store.data_mut().opening = true;
         let c = self.context.clone();
         let context = wit::Context {
@@ -554,7 +537,7 @@ impl WasmOperator {
         });
         self.instance.store.data_mut().opening = false;
         result?;
-        if let Some(state) = operator_state {
+        for state in operator_state {
             self.call("restore-state", |i| {
                 i.guest
                     .weir_operator_handler()
@@ -701,7 +684,7 @@ impl WasmOperator {
     /// Makes the state at this moment the restore point of `dead-letter`: the operator
     /// state the guest returned, a second copy-on-write capture of the keyed state, the
     /// timers and the watermark. The replay log starts again.
-    fn set_restore_point(&mut self, checkpoint: CheckpointId, operator: Option<Vec<u8>>) {
+    fn set_restore_point(&mut self, checkpoint: CheckpointId, operator: Vec<Vec<u8>>) {
         let local_restore = self.settings.local_restore;
         let Some(recovery) = &mut self.recovery else {
             return;
@@ -711,7 +694,7 @@ impl WasmOperator {
             return;
         }
         let data = self.instance.store.data_mut();
-        match data.backend.snapshot(checkpoint) {
+        match data.backend.snapshot(checkpoint, SnapshotType::Checkpoint) {
             Ok(BackendSnapshot::Encoded(capture)) => {
                 recovery.point = Some(RestorePoint::new(
                     capture,
@@ -748,7 +731,7 @@ impl WasmOperator {
         let Some(point) = recovery.point.as_mut() else {
             return Err(recovery.unavailable.clone());
         };
-        let keyed = point.keyed().map_err(|e| e.to_string())?.to_vec();
+        let keyed = point.keyed().map_err(|e| e.to_string())?;
         let (operator, timers, watermark) = (
             point.operator.clone(),
             point.timers.clone(),
@@ -761,7 +744,7 @@ impl WasmOperator {
             Box::new(HeapBackend::new(groups, 0)),
         );
         backend
-            .restore(RestoredState::Encoded(&keyed))
+            .restore(RestoredState::Canonical(vec![keyed]))
             .map_err(|e| format!("restoring the keyed state failed: {e}"))?;
         self.instance = instantiate(
             &self.component,
@@ -774,9 +757,8 @@ impl WasmOperator {
         )
         .map_err(|e| e.to_string())?;
         self.trapped = false;
-        self.context.restored = operator.is_some();
-        self.open_guest(operator.as_deref())
-            .map_err(|e| e.to_string())?;
+        self.context.restored = !operator.is_empty();
+        self.open_guest(&operator).map_err(|e| e.to_string())?;
         for event in events {
             self.replay(event).map_err(|e| {
                 format!("replaying the input since the last snapshot failed ({e}); dead-letter needs a deterministic guest")
@@ -906,39 +888,28 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> TaskError {
 }
 
 impl Operator for WasmOperator {
-    fn restore_files(&mut self, files: RestoredFiles) -> Result<(), TaskError> {
-        self.instance
-            .store
-            .data_mut()
-            .backend
-            .restore(RestoredState::Files(files))
-            .map_err(|e| corrupt("keyed state", e))?;
-        self.restored_files = true;
-        Ok(())
-    }
-
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, restored: Option<RestoredParts>) -> Result<(), TaskError> {
         self.entered()?;
         let operator_state = match restored {
-            Some(bytes) => {
-                let snapshot: GuestSnapshot =
-                    postcard::from_bytes(&bytes).map_err(|e| corrupt("operator state", e))?;
+            Some(parts) => {
                 let data = self.instance.store.data_mut();
-                if !self.restored_files {
+                if let Some(keyed) = parts.keyed {
                     data.backend
-                        .restore(RestoredState::Encoded(&snapshot.keyed))
+                        .restore(keyed)
                         .map_err(|e| corrupt("keyed state", e))?;
                 }
-                data.timers = snapshot.timers;
+                data.timers
+                    .restore_sections(&parts.timers)
+                    .map_err(|e| corrupt("timers", e))?;
                 self.context.restored = true;
-                self.position = snapshot.position;
-                Some(snapshot.operator)
+                self.position = parts.records_in;
+                parts.operator
             }
-            None => None,
+            None => Vec::new(),
         };
         // Before `open`: a rebuilt instance is opened on this state again.
         self.set_restore_point(CheckpointId(0), operator_state.clone());
-        self.open_guest(operator_state.as_deref())
+        self.open_guest(&operator_state)
     }
 
     fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {
@@ -991,7 +962,11 @@ impl Operator for WasmOperator {
         Ok(())
     }
 
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
         self.sync_fuel = None;
         if self.closed {
             return Ok(Snapshot::Finished);
@@ -1015,47 +990,45 @@ impl Operator for WasmOperator {
             return Ok(Snapshot::Declined(why));
         }
         let data = self.instance.store.data_mut();
-        let keyed = data.backend.snapshot(checkpoint).map_err(|e| {
+        let keyed = data.backend.snapshot(checkpoint, kind).map_err(|e| {
             TaskError::failed(
                 Fault::External,
                 format!("the state backend could not take its snapshot: {e}"),
             )
         })?;
         let timers = data.timers.clone();
+        let data_groups = data.groups;
         if let Some(why) = self.sync_overrun(checkpoint, started.elapsed(), self.sync_fuel) {
             // Dropped: a backend's files are not made yet, and it keeps its state.
             drop(keyed);
             return Ok(Snapshot::Declined(why));
         }
-        self.set_restore_point(checkpoint, Some(operator.clone()));
+        self.set_restore_point(checkpoint, vec![operator.clone()]);
         let position = self.position;
+        let groups = data_groups;
+        let max_parallelism = self.info.max_parallelism;
         let (encode_keyed, files) = match keyed {
             BackendSnapshot::Encoded(writer) => (Some(writer), None),
             BackendSnapshot::Files(files) => (None, Some(files)),
         };
-        let writer: SnapshotWriter = Box::new(move || {
+        let writer: PartsWriter = Box::new(move || {
             let keyed = match encode_keyed {
-                Some(encode) => encode().map_err(|e| {
+                Some(encode) => Some(encode().map_err(|e| {
                     TaskError::failed(Fault::Host, format!("cannot encode the keyed state: {e}"))
-                })?,
-                None => Vec::new(),
+                })?),
+                None => None,
             };
-            postcard::to_allocvec(&GuestSnapshot {
-                operator,
+            Ok(SnapshotParts {
+                operator: Some(operator),
                 keyed,
-                timers,
-                position,
-            })
-            .map_err(|e| {
-                TaskError::failed(
-                    Fault::Host,
-                    format!("cannot encode the operator's snapshot: {e}"),
-                )
+                timers: Some(timers.to_sections(max_parallelism)),
+                key_groups: Some(groups),
+                records_in: position,
             })
         });
         Ok(match files {
-            Some(files) => Snapshot::StateAndFiles(writer, files),
-            None => Snapshot::State(writer),
+            Some(files) => Snapshot::PartsAndFiles(writer, files),
+            None => Snapshot::Parts(writer),
         })
     }
 

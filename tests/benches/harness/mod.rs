@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use weir::checkpoint::snapshot::SnapshotType;
 use weir::connectors::{BlackholeSink, FileSource, Generator, GeneratorSettings};
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::{
     Batch, CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator,
-    RunOptions, Snapshot, Source, TaskError,
+    RestoredParts, RunOptions, Snapshot, Source, TaskError,
 };
 
 /// Records per batch on every edge.
@@ -108,7 +109,7 @@ struct Timed {
 }
 
 impl Operator for Timed {
-    fn open(&mut self, restored: Option<Vec<u8>>) -> Result<(), TaskError> {
+    fn open(&mut self, restored: Option<RestoredParts>) -> Result<(), TaskError> {
         self.inner.open(restored)
     }
     fn process(&mut self, batch: &Batch, out: &mut Batch) -> Result<(), TaskError> {
@@ -118,8 +119,12 @@ impl Operator for Timed {
         self.nanos.fetch_add(spent, Ordering::Relaxed);
         result
     }
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Snapshot, TaskError> {
-        self.inner.snapshot(checkpoint)
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        kind: SnapshotType,
+    ) -> Result<Snapshot, TaskError> {
+        self.inner.snapshot(checkpoint, kind)
     }
     fn close(&mut self, out: &mut Batch) -> Result<(), TaskError> {
         self.inner.close(out)

@@ -36,6 +36,7 @@ pub fn run(
         JobOutcome::Finished(_) => {}
         JobOutcome::Cancelled => panic!("the benchmark job was cancelled"),
         JobOutcome::AlreadyFinished(_) => panic!("the benchmark job was not run"),
+        JobOutcome::Stopped(_) => panic!("the benchmark job was stopped with a savepoint"),
     }
     (started.elapsed(), spec)
 }

@@ -1,10 +1,11 @@
 //! The smallest HTTP client that talks to a job's REST server: one request per
-//! connection, for `weir stack` and the tests.
+//! connection, for `weir stack`, `weir savepoint`, `weir stop` and the tests.
 
 use std::time::Duration;
 
-/// A bare HTTP/1.1 request to `address` (`host:port`) and its status and body: enough
-/// for `weir stack` and the tests to talk to a job's server, without a client library.
+/// A bare HTTP/1.1 request without a body to `address` (`host:port`) and its status and
+/// body: enough for `weir stack` and the tests to talk to a job's server, without a
+/// client library.
 ///
 /// # Errors
 /// When the connection fails or the answer is not HTTP.
@@ -14,6 +15,20 @@ pub fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
+    request_with_body(address, method, path, headers, "")
+}
+
+/// [`request`] with `body`; `headers` say its `Content-Type`.
+///
+/// # Errors
+/// When the connection fails or the answer is not HTTP.
+pub fn request_with_body(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -22,7 +37,8 @@ pub fn request(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
-    request.push_str("Content-Length: 0\r\n\r\n");
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    request.push_str(body);
     stream.write_all(request.as_bytes())?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer)?;

@@ -1,6 +1,7 @@
 //! The JSON bodies of the REST API, with the paths and field names of Flink's REST API
 //! (its `rest_v1_dispatcher` documentation), so that scripts written for Flink work.
-//! Pure functions of what the job published; the handlers in `mod.rs` only route.
+//! Pure functions of what the job published, and the readers of the few request bodies
+//! (the savepoint triggers); the handlers in `mod.rs` only route.
 //!
 //! Weir runs one job per process, in one "task manager": `/overview` counts that job,
 //! and `slots-total` is the number of subtask threads.
@@ -9,7 +10,7 @@ use crate::checkpoint::coordinator::SubtaskStats;
 use crate::checkpoint::stats::{
     CheckpointRecord, CheckpointStats, CheckpointStatus, CompletedFigures, Summary, VertexRecord,
 };
-use crate::observe::live::{JobState, LiveJob, Status, Vertex};
+use crate::observe::live::{JobState, LiveJob, SavepointFormat, Status, Vertex};
 use crate::runtime::metrics::{Activity, BackPressureLevel, NodeMetrics, TimeRates};
 use crate::runtime::now_ms;
 use serde_json::{Map, Value, json};
@@ -364,7 +365,9 @@ fn class_name(status: CheckpointStatus) -> &'static str {
 }
 
 fn checkpoint_type(c: &CheckpointRecord) -> &'static str {
-    if c.unaligned {
+    if c.savepoint_format.is_some() {
+        "SAVEPOINT"
+    } else if c.unaligned {
         "UNALIGNED_CHECKPOINT"
     } else {
         "CHECKPOINT"
@@ -406,8 +409,8 @@ pub fn checkpoint(job: &LiveJob, c: &CheckpointRecord) -> Value {
         "className": class_name(c.status),
         "id": c.id,
         "status": c.status,
-        "is_savepoint": false,
-        "savepointFormat": null,
+        "is_savepoint": c.savepoint_format.is_some(),
+        "savepointFormat": c.savepoint_format,
         "trigger_timestamp": c.trigger_ms,
         "latest_ack_timestamp": c.latest_ack_ms,
         "checkpointed_size": c.checkpointed_size(),
@@ -456,12 +459,12 @@ pub fn checkpoints(job: &LiveJob, stats: &CheckpointStats) -> Value {
         },
         "latest": {
             "completed": stats.latest_completed.as_ref().map(|c| checkpoint(job, c)),
-            "savepoint": null,
+            "savepoint": stats.latest_savepoint.as_ref().map(|c| checkpoint(job, c)),
             "failed": stats.latest_failed.as_ref().map(|c| checkpoint(job, c)),
             "restored": stats.restored.as_ref().map(|r| json!({
                 "id": r.id,
                 "restore_timestamp": r.restore_ms,
-                "is_savepoint": false,
+                "is_savepoint": r.is_savepoint,
                 "external_path": r.external_path,
             })),
         },
@@ -733,9 +736,295 @@ pub fn format_value(value: f64) -> String {
     }
 }
 
+/// What a savepoint trigger asks for: the body of `POST /jobs/:id/savepoints` or of
+/// `POST /jobs/:id/stop`, read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavepointTrigger {
+    /// Where to write it; `None` for the job's `savepoint-dir`.
+    pub directory: Option<String>,
+    /// Its format.
+    pub format: SavepointFormat,
+    /// Whether the job stops once it is complete.
+    pub stop: bool,
+}
+
+/// Why a trigger's body was refused. The client's to fix; sending it again as it was
+/// cannot help.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The body is not declared as JSON (415).
+    #[error("the body must be JSON, sent with `Content-Type: application/json`, not `{0}`")]
+    NotJson(String),
+    /// The body is JSON that does not say what it must (400).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Flink's `SavepointTriggerRequestBody`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavepointBody {
+    #[serde(rename = "target-directory")]
+    target_directory: Option<String>,
+    #[serde(rename = "cancel-job")]
+    cancel_job: Option<bool>,
+    #[serde(rename = "formatType")]
+    format_type: Option<SavepointFormat>,
+}
+
+/// Flink's `StopWithSavepointRequestBody`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopBody {
+    #[serde(rename = "targetDirectory")]
+    target_directory: Option<String>,
+    drain: Option<bool>,
+    #[serde(rename = "formatType")]
+    format_type: Option<SavepointFormat>,
+}
+
+/// The body as `T`: an empty body is `{}`, as Flink reads one; a body declared as
+/// anything but JSON is refused. A body without a `Content-Type` is read as JSON.
+fn json_body<T: serde::de::DeserializeOwned>(
+    content_type: Option<&str>,
+    body: &[u8],
+    what: &str,
+) -> Result<T, BodyError> {
+    let empty = body.iter().all(u8::is_ascii_whitespace);
+    if let Some(declared) = content_type
+        && !empty
+    {
+        let essence = declared.split(';').next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(BodyError::NotJson(declared.to_owned()));
+        }
+    }
+    let body = if empty { b"{}".as_slice() } else { body };
+    let invalid = |e: serde_json::Error| BodyError::Invalid(format!("the body is not {what}: {e}"));
+    // Read as a value first: serde would also take a struct from an array of its fields.
+    let value: Value = serde_json::from_slice(body).map_err(invalid)?;
+    if !value.is_object() {
+        return Err(BodyError::Invalid(format!(
+            "the body is not {what}: it is JSON but not an object (`{{...}}`)"
+        )));
+    }
+    serde_json::from_value(value).map_err(invalid)
+}
+
+/// A target directory, which must name something when it is given.
+fn target_directory(directory: Option<String>, field: &str) -> Result<Option<String>, BodyError> {
+    match directory {
+        Some(d) if d.trim().is_empty() => Err(BodyError::Invalid(format!(
+            "`{field}` is empty: name a directory or an s3:// URL, or leave it out (or null) for the job's [checkpointing] savepoint-dir"
+        ))),
+        directory => Ok(directory),
+    }
+}
+
+/// The body of `POST /jobs/:id/savepoints`: `target-directory`, `cancel-job`
+/// (stop-with-savepoint) and `formatType`, each optional.
+///
+/// # Errors
+/// When the body is not JSON of that shape, or names an empty directory.
+pub fn savepoint_trigger(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<SavepointTrigger, BodyError> {
+    let body: SavepointBody = json_body(content_type, body, "a savepoint request")?;
+    Ok(SavepointTrigger {
+        directory: target_directory(body.target_directory, "target-directory")?,
+        format: body.format_type.unwrap_or_default(),
+        stop: body.cancel_job.unwrap_or(false),
+    })
+}
+
+/// The body of `POST /jobs/:id/stop`: `targetDirectory`, `drain` (which must be false)
+/// and `formatType`, each optional.
+///
+/// # Errors
+/// When the body is not JSON of that shape, names an empty directory, or asks to drain.
+pub fn stop_trigger(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<SavepointTrigger, BodyError> {
+    let body: StopBody = json_body(content_type, body, "a stop-with-savepoint request")?;
+    if body.drain == Some(true) {
+        return Err(BodyError::Invalid(
+            "`drain` = true is not supported: Weir stops the job once the savepoint is complete without ending its input first (no end-of-input, so no final watermark fires its timers). Leave `drain` out or send false".to_owned(),
+        ));
+    }
+    Ok(SavepointTrigger {
+        directory: target_directory(body.target_directory, "targetDirectory")?,
+        format: body.format_type.unwrap_or_default(),
+        stop: true,
+    })
+}
+
+/// The answer to a savepoint trigger, as Flink's `TriggerResponse`.
+pub fn savepoint_triggered(trigger: &str) -> Value {
+    json!({ "request-id": trigger })
+}
+
+/// The class named in a failed savepoint's `failure-cause`, where Flink names a Java
+/// exception.
+pub const SAVEPOINT_FAILURE_CLASS: &str = "weir.SavepointFailure";
+
+/// A savepoint operation's status, as Flink's `AsynchronousOperationResult`: `None`
+/// while it is in progress, else its location or the sentence saying why it failed.
+/// A failure's sentence is in `failure-cause.stack-trace`, where Flink's clients look,
+/// and in `failure-cause.message`.
+pub fn savepoint_status(outcome: Option<&Result<String, String>>) -> Value {
+    match outcome {
+        None => json!({ "status": { "id": "IN_PROGRESS" }, "operation": null }),
+        Some(Ok(location)) => json!({
+            "status": { "id": "COMPLETED" },
+            "operation": { "location": location },
+        }),
+        Some(Err(why)) => json!({
+            "status": { "id": "COMPLETED" },
+            "operation": {
+                "failure-cause": {
+                    "class": SAVEPOINT_FAILURE_CLASS,
+                    "stack-trace": why,
+                    "message": why,
+                },
+            },
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const JSON: Option<&str> = Some("application/json");
+
+    #[test]
+    fn an_empty_savepoint_body_asks_for_a_canonical_savepoint_in_the_default_directory() {
+        let expected = SavepointTrigger {
+            directory: None,
+            format: SavepointFormat::Canonical,
+            stop: false,
+        };
+        assert_eq!(savepoint_trigger(None, b""), Ok(expected.clone()));
+        assert_eq!(savepoint_trigger(JSON, b" {} "), Ok(expected.clone()));
+        assert_eq!(
+            savepoint_trigger(
+                JSON,
+                br#"{"target-directory": null, "cancel-job": null, "formatType": null}"#
+            ),
+            Ok(expected)
+        );
+    }
+
+    #[test]
+    fn a_savepoint_body_names_its_directory_format_and_whether_to_stop() {
+        let body =
+            br#"{"target-directory": "s3://b/sp", "cancel-job": true, "formatType": "NATIVE"}"#;
+        assert_eq!(
+            savepoint_trigger(Some("application/json; charset=utf-8"), body),
+            Ok(SavepointTrigger {
+                directory: Some("s3://b/sp".to_owned()),
+                format: SavepointFormat::Native,
+                stop: true,
+            })
+        );
+    }
+
+    #[test]
+    fn a_stop_body_always_stops_and_uses_flinks_camel_case_names() {
+        let body = br#"{"targetDirectory": "/sp", "drain": false, "formatType": "CANONICAL"}"#;
+        assert_eq!(
+            stop_trigger(JSON, body),
+            Ok(SavepointTrigger {
+                directory: Some("/sp".to_owned()),
+                format: SavepointFormat::Canonical,
+                stop: true,
+            })
+        );
+        assert_eq!(stop_trigger(None, b"").map(|t| t.stop), Ok(true));
+    }
+
+    #[test]
+    fn a_stop_that_asks_to_drain_is_refused_with_a_reason() {
+        let Err(BodyError::Invalid(why)) = stop_trigger(JSON, br#"{"drain": true}"#) else {
+            panic!("drain = true was accepted");
+        };
+        assert!(why.contains("drain"), "{why}");
+    }
+
+    #[test]
+    fn unknown_fields_wrong_types_and_unknown_formats_are_refused_naming_the_problem() {
+        for (body, names) in [
+            (
+                r#"{"targetDirectory": "/sp"}"#,
+                "unknown field `targetDirectory`",
+            ),
+            (r#"{"cancel-job": "yes"}"#, "invalid type"),
+            (
+                r#"{"formatType": "canonical"}"#,
+                "unknown variant `canonical`",
+            ),
+            (r#"{"target-directory": "/sp""#, "EOF"),
+            ("[null, null, null]", "not an object"),
+        ] {
+            let Err(BodyError::Invalid(why)) = savepoint_trigger(JSON, body.as_bytes()) else {
+                panic!("{body} was accepted");
+            };
+            assert!(why.contains(names), "{body}: {why}");
+            assert!(
+                why.starts_with("the body is not a savepoint request"),
+                "{why}"
+            );
+        }
+        let Err(BodyError::Invalid(why)) = stop_trigger(JSON, br#"{"target-directory": "/sp"}"#)
+        else {
+            panic!("the savepoint body's name was accepted by stop");
+        };
+        assert!(why.contains("unknown field `target-directory`"), "{why}");
+    }
+
+    #[test]
+    fn an_empty_target_directory_is_refused_rather_than_read_as_the_default() {
+        let Err(BodyError::Invalid(why)) =
+            savepoint_trigger(JSON, br#"{"target-directory": "  "}"#)
+        else {
+            panic!("an empty directory was accepted");
+        };
+        assert!(why.contains("`target-directory` is empty"), "{why}");
+    }
+
+    #[test]
+    fn a_body_declared_as_something_other_than_json_is_refused() {
+        assert_eq!(
+            savepoint_trigger(Some("application/x-www-form-urlencoded"), b"{}"),
+            Err(BodyError::NotJson(
+                "application/x-www-form-urlencoded".to_owned()
+            ))
+        );
+        assert!(
+            savepoint_trigger(Some("text/plain"), b"").is_ok(),
+            "an empty body has no type to be wrong about"
+        );
+    }
+
+    #[test]
+    fn a_savepoint_status_is_in_progress_then_completed_with_a_location_or_a_cause() {
+        assert_eq!(
+            savepoint_status(None),
+            json!({ "status": { "id": "IN_PROGRESS" }, "operation": null })
+        );
+        let done = savepoint_status(Some(&Ok("/sp/savepoint-1".to_owned())));
+        assert_eq!(done["status"]["id"], "COMPLETED");
+        assert_eq!(done["operation"]["location"], "/sp/savepoint-1");
+        let failed = savepoint_status(Some(&Err("no savepoint-dir".to_owned())));
+        assert_eq!(failed["status"]["id"], "COMPLETED");
+        let cause = &failed["operation"]["failure-cause"];
+        assert_eq!(cause["class"], SAVEPOINT_FAILURE_CLASS);
+        assert_eq!(cause["stack-trace"], "no savepoint-dir");
+        assert_eq!(cause["message"], "no savepoint-dir");
+        assert!(failed["operation"].get("location").is_none());
+    }
 
     #[test]
     fn metric_values_print_as_flink_prints_them() {
