@@ -707,11 +707,7 @@ fn restart_point(
 /// job's S3 settings.
 fn savepoint_opener(spec: &JobSpec) -> crate::checkpoint::driver::SavepointOpener {
     let job = job_id(spec);
-    let s3 = spec
-        .checkpointing
-        .as_ref()
-        .map(|c| c.s3.clone())
-        .unwrap_or_default();
+    let s3 = s3_settings(spec);
     Arc::new(move |dir: &str, id: CheckpointId| {
         let cwd = std::env::current_dir().unwrap_or_default();
         let url = crate::job::storage_url(dir, &cwd)
@@ -1010,11 +1006,7 @@ fn choose_restore(
             }
         }
         FromCheckpoint::Savepoint(location) => {
-            let s3 = spec
-                .checkpointing
-                .as_ref()
-                .map(|c| c.s3.clone())
-                .unwrap_or_default();
+            let s3 = s3_settings(spec);
             let storage = crate::storage::savepoint_at(location, &s3)?;
             match load_snapshot(spec, &storage, CheckpointId(0), fit, io) {
                 Ok((restored, id)) => Ok((restored, Some((id, storage.describe())))),
@@ -1335,12 +1327,17 @@ fn checkpoint_at(
     let url = format!("s3://{}", bucket_and_prefix.trim_start_matches('/'));
     let url = crate::job::storage_url(&url, Path::new("."))
         .map_err(|e| LaunchError::Restore(format!("{}: {e}", path.display())))?;
-    let s3 = spec
-        .checkpointing
+    let s3 = s3_settings(spec);
+    Ok((crate::storage::open(&url, &job, &s3)?, id))
+}
+
+/// The job's S3 settings (`[checkpointing.s3]`), the defaults without checkpointing:
+/// savepoints and checkpoints named by a path are on S3 with them.
+fn s3_settings(spec: &JobSpec) -> crate::job::S3Settings {
+    spec.checkpointing
         .as_ref()
         .map(|c| c.s3.clone())
-        .unwrap_or_default();
-    Ok((crate::storage::open(&url, &job, &s3)?, id))
+        .unwrap_or_default()
 }
 
 fn parse_checkpoint_path(path: &Path) -> Result<(PathBuf, String, CheckpointId), String> {

@@ -189,12 +189,11 @@ enum SavepointType {
     Native,
 }
 
-impl SavepointType {
-    /// Flink's `formatType`.
-    fn flink_name(self) -> &'static str {
-        match self {
-            Self::Canonical => "CANONICAL",
-            Self::Native => "NATIVE",
+impl From<SavepointType> for weir::checkpoint::driver::SavepointFormat {
+    fn from(kind: SavepointType) -> Self {
+        match kind {
+            SavepointType::Canonical => Self::Canonical,
+            SavepointType::Native => Self::Native,
         }
     }
 }
@@ -463,13 +462,15 @@ fn take_savepoint(
     use weir::observe::rest::client::{request, request_with_body};
     let server = find_server(target)?;
     let directory = directory.map(|d| target_directory(&d)).transpose()?;
+    // Flink's `formatType`, as the REST API reads it.
+    let format = weir::checkpoint::driver::SavepointFormat::from(kind);
     let (path, body) = if stop {
         (
             format!("/jobs/{}/stop", server.job),
             serde_json::json!({
                 "targetDirectory": directory,
                 "drain": false,
-                "formatType": kind.flink_name(),
+                "formatType": format,
             }),
         )
     } else {
@@ -478,7 +479,7 @@ fn take_savepoint(
             serde_json::json!({
                 "target-directory": directory,
                 "cancel-job": false,
-                "formatType": kind.flink_name(),
+                "formatType": format,
             }),
         )
     };
@@ -574,18 +575,12 @@ fn target_directory(directory: &str) -> anyhow::Result<String> {
         .with_context(|| format!("{} is not UTF-8", absolute.display()))
 }
 
-/// `weir savepoint dispose <PATH>`.
+/// `weir savepoint dispose <PATH>`: deletes the savepoint at `location` (its directory
+/// with `_metadata`, as `weir savepoint` printed it, local or s3://), refusing a
+/// location that is not a savepoint. S3 is configured from the environment.
 fn dispose(location: &str) -> anyhow::Result<()> {
-    dispose_savepoint(location, &job::S3Settings::default())?;
-    eprintln!("savepoint {location} deleted");
-    Ok(())
-}
-
-/// Deletes the savepoint at `location` (its directory with `_metadata`, as `weir
-/// savepoint` printed it, local or s3://), refusing a location that is not a savepoint.
-fn dispose_savepoint(location: &str, s3: &job::S3Settings) -> anyhow::Result<()> {
     use weir::runtime::CheckpointId;
-    let storage = weir::storage::savepoint_at(location, s3)?;
+    let storage = weir::storage::savepoint_at(location, &job::S3Settings::default())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -598,7 +593,9 @@ fn dispose_savepoint(location: &str, s3: &job::S3Settings) -> anyhow::Result<()>
             .delete_checkpoint(CheckpointId(0))
             .await
             .with_context(|| format!("the savepoint at {location} could not be deleted"))
-    })
+    })?;
+    eprintln!("savepoint {location} deleted");
+    Ok(())
 }
 
 /// Prints an error the way the user should read it: one sentence per cause.

@@ -705,10 +705,8 @@ impl CheckpointDriver {
         tracing::debug!(checkpoint = id.0, kind = ?barrier.kind, "triggering");
         self.setup.stats.update(|s| {
             s.triggered(id.0, barrier.triggered_at_ms, &self.vertices);
-            match barrier.kind {
-                SnapshotType::Checkpoint => {}
-                SnapshotType::CanonicalSavepoint => s.savepoint(id.0, "CANONICAL"),
-                SnapshotType::NativeSavepoint => s.savepoint(id.0, "NATIVE"),
+            if let Some(format) = barrier.kind.savepoint_format() {
+                s.savepoint(id.0, format);
             }
         });
         self.acks.insert(

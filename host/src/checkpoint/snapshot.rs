@@ -60,6 +60,16 @@ impl SnapshotType {
     pub fn is_savepoint(self) -> bool {
         self != Self::Checkpoint
     }
+
+    /// A savepoint's format by Flink's name (`CANONICAL`, `NATIVE`); `None` for a
+    /// checkpoint.
+    pub fn savepoint_format(self) -> Option<&'static str> {
+        match self {
+            Self::Checkpoint => None,
+            Self::CanonicalSavepoint => Some("CANONICAL"),
+            Self::NativeSavepoint => Some("NATIVE"),
+        }
+    }
 }
 
 /// The kind of a keyed state, as the format records it.

@@ -63,19 +63,11 @@ impl Fixture for Fs {
     }
 
     fn flip_last_byte(&self, path: &str) {
-        let file = self.root().join(path);
-        let mut bytes = std::fs::read(&file).expect("read file to corrupt");
-        *bytes.last_mut().expect("non-empty file") ^= 1;
-        std::fs::write(&file, bytes).expect("write corrupted file");
+        flip_last_byte_of(&self.root().join(path));
     }
 
     fn truncate(&self, path: &str, len: usize) {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.root().join(path))
-            .expect("open file to truncate");
-        file.set_len(u64::try_from(len).expect("small length"))
-            .expect("truncate");
+        truncate_file(&self.root().join(path), len);
     }
 }
 
