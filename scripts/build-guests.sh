@@ -4,7 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mkdir -p "$GUESTS"
 
-RUST_GUESTS=(word-count-tokenizer word-count-counter map-filter faulty latest hostile old-contract)
+RUST_GUESTS=(word-count-tokenizer word-count-counter map-filter window-count faulty latest hostile old-contract)
 step "Rust guests: ${RUST_GUESTS[*]}"
 args=()
 for p in "${RUST_GUESTS[@]}"; do args+=(-p "$p"); done

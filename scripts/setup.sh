@@ -2,9 +2,11 @@
 # Installs what building and testing Weir needs on a fresh machine: libclang (the
 # rocksdb crate generates its bindings with it), the WASM target for Rust guests,
 # componentize-py for the Python guests, Node.js and ComponentizeJS for the JavaScript
-# guest, the S3-compatible server the tests start on 127.0.0.1, and what the REST tests
+# guest, the S3-compatible server the tests start on 127.0.0.1, what the REST tests
 # drive the server with: headless Chromium for the web page, schemathesis for the
-# OpenAPI contract and prometheus-client for the text of /metrics. Safe to run again.
+# OpenAPI contract and prometheus-client for the text of /metrics, and for the Kafka
+# tests the Kafka-compatible broker they start on 127.0.0.1 (tansu) and the independent
+# client they check it with (confluent-kafka). Safe to run again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 step "libclang (RocksDB bindings)"
@@ -74,3 +76,19 @@ if [[ "$(installed schemathesis)" != "$SCHEMATHESIS_VERSION" ||
     "schemathesis==$SCHEMATHESIS_VERSION" "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 fi
 schemathesis --version
+
+step "tansu and confluent-kafka (the Kafka broker the tests start on 127.0.0.1, and its client)"
+TANSU_VERSION=0.6.0
+CONFLUENT_KAFKA_VERSION=2.16.1
+if [[ "$(tansu --version 2>/dev/null || true)" != "tansu $TANSU_VERSION" ]]; then
+  # `dynostore` is the storage engine on S3: the tests keep the broker's log in an
+  # s3s-fs server (above), so that a broker they restart keeps it.
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+fi
+tansu --version
+if [[ "$(installed confluent-kafka)" != "$CONFLUENT_KAFKA_VERSION" ]]; then
+  # The wheel carries librdkafka: no system library needed.
+  python3 -m pip install --quiet --disable-pip-version-check \
+    "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+fi
+python3 -c 'import confluent_kafka; print("confluent-kafka", confluent_kafka.version(), "librdkafka", confluent_kafka.libversion()[0])'

@@ -18,17 +18,14 @@ use crate::checkpoint::retention::{
 use crate::checkpoint::snapshot::{self, KeyedPart, KeyedSections, StateParts};
 use crate::checkpoint::stats::CheckpointStats;
 use crate::checkpoint::{AlignMode, RestartDecision, RestartTracker};
-use crate::connectors::{
-    BlackholeSink, ExistingOutput, FileSink, FileSource, Generator, GeneratorSettings, StdoutSink,
-};
-use crate::job::{
-    CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind, StateBackendKind,
-};
+use crate::connectors::{ExistingOutput, SinkContext};
+use crate::job::{CheckpointMode, JobSpec, NodeKind, Partition, SourceSpec, StateBackendKind};
 use crate::observe::{JobState, LiveJob};
 use crate::runtime::RestoredParts;
 use crate::runtime::executor::{Debloat, Network, OperatorFactory, Partitioner, RunReport};
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::now_ms;
+use crate::runtime::watermark::EventTime;
 use crate::runtime::{
     CancelToken, ChannelState, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge,
     Operator, Restore, RunError, RunOptions, Source,
@@ -102,27 +99,12 @@ pub fn build_graph(
                 (NodeBody::Operator(factory), op.batch_size)
             }
             NodeKind::Sink(sink) => {
-                let rate = sink.rate;
-                let factory: OperatorFactory = match &sink.kind {
-                    SinkKind::Stdout => {
-                        Arc::new(move |_| Ok(Box::new(StdoutSink::new(rate)) as Box<dyn Operator>))
-                    }
-                    SinkKind::Blackhole => Arc::new(move |_| {
-                        Ok(Box::new(BlackholeSink::new(rate)) as Box<dyn Operator>)
-                    }),
-                    SinkKind::File { path } => {
-                        let dir = path.clone();
-                        // With checkpoints the sink commits per checkpoint (two-phase
-                        // commit); without, at the end of its input.
-                        let transactional = spec.checkpointing.is_some();
-                        Arc::new(move |info| {
-                            Ok(
-                                Box::new(FileSink::new(&dir, info, rate, transactional, existing))
-                                    as Box<dyn Operator>,
-                            )
-                        })
-                    }
+                let context = SinkContext {
+                    rate: sink.rate,
+                    transactional: spec.checkpointing.is_some(),
+                    existing,
                 };
+                let factory = sink.kind.factory(context);
                 (NodeBody::Operator(factory), SINK_BATCH)
             }
         };
@@ -156,27 +138,16 @@ pub fn build_graph(
     })
 }
 
-fn source_body(source: &SourceKind) -> NodeBody {
-    match source {
-        SourceKind::Generator(g) => {
-            let settings = GeneratorSettings {
-                count: g.count,
-                keys: g.keys,
-                seed: g.seed,
-                rate: g.rate,
-                value_size: g.value_size,
-            };
-            NodeBody::Source(Arc::new(move |info| {
-                Ok(Box::new(Generator::new(settings.clone(), info)) as Box<dyn Source>)
-            }))
-        }
-        SourceKind::File(f) => {
-            let paths = f.paths.clone();
-            NodeBody::Source(Arc::new(move |info| {
-                Ok(Box::new(FileSource::new(&paths, info)) as Box<dyn Source>)
-            }))
-        }
-    }
+/// A source's subtasks, with event time when it has a watermark strategy.
+fn source_body(source: &SourceSpec) -> NodeBody {
+    let factory = source.kind.factory();
+    let Some(strategy) = source.watermark else {
+        return NodeBody::Source(factory);
+    };
+    NodeBody::Source(Arc::new(move |info| {
+        let inner = factory(info)?;
+        Ok(Box::new(EventTime::new(inner, strategy)) as Box<dyn Source>)
+    }))
 }
 
 fn partitioner(partition: Partition, max_parallelism: u32) -> Partitioner {
@@ -372,6 +343,14 @@ pub enum LaunchError {
         "the job stopped: this process lost the job's lock ({0}); the process that holds it now runs the job"
     )]
     LostLock(String),
+    /// A connector cannot work as configured (a broker unreachable, a topic missing).
+    #[error("{node}: {message}")]
+    Connector {
+        /// The node, e.g. `[[source]] "events"`.
+        node: String,
+        /// What is wrong, as a sentence.
+        message: String,
+    },
     /// The job failed and its restart strategy gave up.
     #[error("{error} (the restart strategy gave up: {reason})")]
     Failed {
@@ -413,6 +392,7 @@ pub fn run_job(
     } else {
         ExistingOutput::Refuse
     };
+    preflight(spec)?;
     let graph = build_graph(spec, wasm, existing, &live.profiler)?;
     let Some(config) = &spec.checkpointing else {
         clear_working_dir(spec);
@@ -436,6 +416,23 @@ pub fn run_job(
     };
     io.block_on(lock.release());
     outcome
+}
+
+/// Checks what the connectors need from outside before anything starts.
+fn preflight(spec: &JobSpec) -> Result<(), LaunchError> {
+    let transactional = spec.checkpointing.is_some();
+    for node in &spec.nodes {
+        let (section, checked) = match &node.kind {
+            NodeKind::Source(source) => ("[[source]]", source.kind.preflight()),
+            NodeKind::Sink(sink) => ("[[sink]]", sink.kind.preflight(transactional)),
+            NodeKind::Operator(_) => continue,
+        };
+        checked.map_err(|message| LaunchError::Connector {
+            node: format!("{section} \"{}\"", node.id),
+            message,
+        })?;
+    }
+    Ok(())
 }
 
 /// The part of [`run_job`] that runs under the job's lock: a resume of a finished job

@@ -6,6 +6,7 @@
 //! The tests drive the real binary with real components; `scripts/test.sh` builds both
 //! before running them.
 
+pub mod kafka;
 pub mod rest;
 pub mod s3;
 

@@ -15,6 +15,9 @@
 //! exactly once. The files must not change between the run and its restore (the offset
 //! is a byte offset), and neither may the list.
 
+use crate::connectors::SourceConnector;
+use crate::job::{FileRole, JobError, Scope, StringList};
+use crate::runtime::executor::SourceFactory;
 use crate::runtime::{
     Batch, CheckpointId, Fault, RecordRef, SnapshotWriter, Source, SourcePoll, SubtaskIndex,
     TaskError, TaskInfo,
@@ -23,6 +26,49 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `[[source]]` with `kind = "file"`: its own keys.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileSourceConfig {
+    path: Option<StringList>,
+}
+
+/// A file source's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSourceSpec {
+    /// The input files, absolute; each existed when the job file was loaded.
+    pub paths: Vec<PathBuf>,
+}
+
+impl SourceConnector for FileSourceSpec {
+    const KIND: &'static str = "file";
+    const TIMESTAMPS: bool = false;
+    type Config = FileSourceConfig;
+
+    fn validate(config: FileSourceConfig, scope: &Scope<'_>) -> Result<Self, JobError> {
+        let paths = match config.path {
+            Some(paths) if !paths.0.is_empty() => paths,
+            _ => {
+                return Err(scope.invalid(
+                    "path",
+                    format!(
+                        "{} has no input. Set path = \"input.txt\" or path = [\"a.txt\", \"b.txt\"], relative to the job file.",
+                        scope.table()
+                    ),
+                ));
+            }
+        };
+        let paths = scope.existing_files("path", &paths, FileRole::SourceInput)?;
+        Ok(Self { paths })
+    }
+
+    fn factory(&self) -> SourceFactory {
+        let paths = self.paths.clone();
+        Arc::new(move |info| Ok(Box::new(FileSource::new(&paths, info)) as Box<dyn Source>))
+    }
+}
 
 /// How far a file source has read one file of the list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -47,6 +47,9 @@
 use crate::checkpoint::snapshot::SnapshotType;
 use crate::connectors::rate::Pacer;
 use crate::connectors::sinks::write_lines;
+use crate::connectors::{SinkConnector, SinkContext};
+use crate::job::{JobError, Scope};
+use crate::runtime::executor::OperatorFactory;
 use crate::runtime::{
     Batch, CheckpointId, Fault, Operator, RestoredParts, Snapshot, SubtaskIndex, TaskError,
     TaskInfo,
@@ -55,6 +58,64 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `[[sink]]` with `kind = "file"`: its own keys.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileSinkConfig {
+    path: Option<String>,
+}
+
+/// A file sink's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSinkSpec {
+    /// The output directory, absolute; created by the sink if missing.
+    pub path: PathBuf,
+}
+
+impl SinkConnector for FileSinkSpec {
+    const KIND: &'static str = "file";
+    type Config = FileSinkConfig;
+
+    /// `path`: present, and not an existing non-directory.
+    fn validate(config: FileSinkConfig, scope: &Scope<'_>) -> Result<Self, JobError> {
+        let Some(given) = config.path else {
+            return Err(scope.invalid(
+                "path",
+                format!(
+                    "{} has no `path`. Set path = \"out/\", a directory relative to the job file (created if missing).",
+                    scope.table()
+                ),
+            ));
+        };
+        let resolved = scope.resolve(&given);
+        if resolved.exists() && !resolved.is_dir() {
+            return Err(scope.invalid(
+                "path",
+                format!(
+                    "{}: `path` {given} is a file (resolved to {}), but the file sink writes a directory of files. Point path at a directory; it is created if missing.",
+                    scope.label(),
+                    resolved.display()
+                ),
+            ));
+        }
+        Ok(Self { path: resolved })
+    }
+
+    fn factory(&self, context: SinkContext) -> OperatorFactory {
+        let dir = self.path.clone();
+        Arc::new(move |info| {
+            Ok(Box::new(FileSink::new(
+                &dir,
+                info,
+                context.rate,
+                context.transactional,
+                context.existing,
+            )) as Box<dyn Operator>)
+        })
+    }
+}
 
 /// What a part file's name says it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,17 +23,66 @@
 //! still in increasing order. The records before and after a restore together are
 //! exactly the uninterrupted sequence.
 
+use crate::connectors::SourceConnector;
 use crate::connectors::rate::Pacer;
+use crate::job::{JobError, Scope};
+use crate::runtime::executor::SourceFactory;
 use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::{
     Batch, CheckpointId, Fault, SnapshotWriter, Source, SourcePoll, SubtaskIndex, TaskError,
     TaskInfo,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-/// What to generate.
-#[derive(Clone, Debug)]
-pub struct GeneratorSettings {
+/// `keys` when the job file sets none.
+const DEFAULT_KEYS: u64 = 1000;
+
+/// `[[source]]` with `kind = "generator"`: its own keys.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GeneratorConfig {
+    count: Option<u64>,
+    keys: Option<u64>,
+    seed: Option<u64>,
+    rate: Option<u64>,
+    value_size: Option<usize>,
+}
+
+impl SourceConnector for GeneratorSpec {
+    const KIND: &'static str = "generator";
+    const TIMESTAMPS: bool = false;
+    type Config = GeneratorConfig;
+
+    fn validate(config: GeneratorConfig, scope: &Scope<'_>) -> Result<Self, JobError> {
+        let keys = config.keys.unwrap_or(DEFAULT_KEYS);
+        if keys == 0 {
+            return Err(scope.invalid(
+                "keys",
+                format!(
+                    "{}: `keys` is 0, but every record needs a key. Set keys = 1 or more.",
+                    scope.label()
+                ),
+            ));
+        }
+        Ok(Self {
+            count: config.count,
+            keys,
+            seed: config.seed.unwrap_or(0),
+            rate: config.rate.unwrap_or(0),
+            value_size: config.value_size.unwrap_or(0),
+        })
+    }
+
+    fn factory(&self) -> SourceFactory {
+        let spec = self.clone();
+        Arc::new(move |info| Ok(Box::new(Generator::new(spec.clone(), info)) as Box<dyn Source>))
+    }
+}
+
+/// What to generate: a generator source's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratorSpec {
     /// How many records in all subtasks together; `None` is unbounded.
     pub count: Option<u64>,
     /// How many distinct keys.
@@ -354,7 +403,7 @@ impl Cursor {
 
 /// One subtask of a generator.
 pub struct Generator {
-    settings: GeneratorSettings,
+    settings: GeneratorSpec,
     subtask: SubtaskIndex,
     parallelism: u32,
     max_parallelism: u32,
@@ -389,7 +438,7 @@ fn decimal(prefix: &[u8], n: u64) -> Vec<u8> {
 
 impl Generator {
     /// The generator of subtask `info`, at the start of its splits.
-    pub fn new(settings: GeneratorSettings, info: &TaskInfo) -> Self {
+    pub fn new(settings: GeneratorSpec, info: &TaskInfo) -> Self {
         let pacer = Pacer::new(settings.rate);
         let keys = if settings.keys <= PRERENDERED_KEYS {
             (0..settings.keys.max(1))
@@ -538,8 +587,8 @@ mod tests {
         }
     }
 
-    fn settings(count: u64) -> GeneratorSettings {
-        GeneratorSettings {
+    fn settings(count: u64) -> GeneratorSpec {
+        GeneratorSpec {
             count: Some(count),
             keys: 10,
             seed: 7,

@@ -8,8 +8,52 @@
 
 use crate::checkpoint::snapshot::SnapshotType;
 use crate::connectors::rate::Pacer;
+use crate::connectors::{SinkConnector, SinkContext};
+use crate::job::{JobError, Scope};
+use crate::runtime::executor::OperatorFactory;
 use crate::runtime::{Batch, CheckpointId, Fault, Operator, RestoredParts, Snapshot, TaskError};
+use serde::Deserialize;
 use std::io::{BufWriter, Write};
+use std::sync::Arc;
+
+/// The own keys of a sink that has none but the common ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoKeys {}
+
+/// `kind = "stdout"`: prints each record's value on a line of the host's stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StdoutSpec;
+
+impl SinkConnector for StdoutSpec {
+    const KIND: &'static str = "stdout";
+    type Config = NoKeys;
+
+    fn validate(_: NoKeys, _: &Scope<'_>) -> Result<Self, JobError> {
+        Ok(Self)
+    }
+
+    fn factory(&self, context: SinkContext) -> OperatorFactory {
+        Arc::new(move |_| Ok(Box::new(StdoutSink::new(context.rate)) as Box<dyn Operator>))
+    }
+}
+
+/// `kind = "blackhole"`: discards records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlackholeSpec;
+
+impl SinkConnector for BlackholeSpec {
+    const KIND: &'static str = "blackhole";
+    type Config = NoKeys;
+
+    fn validate(_: NoKeys, _: &Scope<'_>) -> Result<Self, JobError> {
+        Ok(Self)
+    }
+
+    fn factory(&self, context: SinkContext) -> OperatorFactory {
+        Arc::new(move |_| Ok(Box::new(BlackholeSink::new(context.rate)) as Box<dyn Operator>))
+    }
+}
 
 /// Writes each record's value followed by a newline. Does not flush, so that the caller
 /// decides when a batch of writes reaches the file.

@@ -120,7 +120,7 @@ impl Doc<'_> {
     pub(crate) fn check_keys(
         &self,
         item: &Item,
-        known: &'static [&'static str],
+        known: &[&'static str],
         table: &str,
         others: &[(String, &'static [&'static str])],
     ) -> Result<(), JobError> {

@@ -3,23 +3,23 @@
 //! topological order.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use toml_edit::Item;
 
 use super::doc::{Doc, Seg, node_items, str_at};
 use super::duration::{DurationText, parse_duration};
-use super::error::{FileRole, JobError, Location, MissingFile};
+use super::error::{FileRole, JobError, Location};
 use super::raw::{
-    NODE_SECTIONS, RawDirGrant, RawFileSink, RawFileSource, RawGenerator, RawOperator,
-    RawPlainSink, SinkKindName, SourceKindName, StringList, defaults, fields_of,
+    NODE_SECTIONS, RawDirGrant, RawOperator, RawSinkNode, RawSourceNode, RawWatermark, defaults,
+    fields_of,
 };
+use super::scope::{Scope, existing_file};
 use super::sections::JobSettings;
 use super::size::{SizeText, format_size, parse_size};
 use super::spec::{
-    DirGrant, FileSourceSpec, GeneratorSpec, Node, NodeKind, OperatorSpec, Partition,
-    RunawayPolicy, RunawayPolicyName, SandboxSpec, SinkKind, SinkSpec, SourceKind,
+    DirGrant, Node, NodeKind, OperatorSpec, Partition, RunawayPolicy, RunawayPolicyName,
+    SandboxSpec, SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkStrategy,
 };
 
 /// A node as read from its table, before the graph is checked.
@@ -129,32 +129,48 @@ impl NodeReader<'_, '_> {
         Ok(id)
     }
 
-    /// The `kind` of a source or sink, as one of `names`.
-    fn kind<K: serde::de::DeserializeOwned>(&self, names: &[&str]) -> Result<K, JobError> {
-        let Some(kind) = self.item.get("kind") else {
+    /// The `kind` of a source or sink, as one of `kinds` (name, own keys), after the
+    /// unknown-key check of the node's table: `common` and the kind's own keys are
+    /// known; a key of another kind is named as such.
+    fn kind(
+        &self,
+        kinds: &[(&'static str, &'static [&'static str])],
+        common: &'static [&'static str],
+    ) -> Result<&'static str, JobError> {
+        let names: Vec<&str> = kinds.iter().map(|(name, _)| *name).collect();
+        let Some(item) = self.item.get("kind") else {
             let choices: Vec<String> = names.iter().map(|n| format!("kind = \"{n}\"")).collect();
             return Err(JobError::Invalid {
                 at: self.at("kind"),
                 message: format!("{} has no `kind`. Set {}.", self.context, or_list(&choices)),
             });
         };
-        self.doc.deserialize_value(kind, "kind", &self.context)
-    }
-
-    /// The unknown-key check for a node of kind `kind` among `kinds` (name, keys).
-    fn check_keys(
-        &self,
-        kind: &str,
-        keys: &'static [&'static str],
-        kinds: &[(&'static str, &'static [&'static str])],
-    ) -> Result<(), JobError> {
+        let written: String = self.doc.deserialize_value(item, "kind", &self.context)?;
+        let Some(&(kind, own)) = kinds.iter().find(|(name, _)| *name == written) else {
+            let choices: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            return Err(JobError::Invalid {
+                at: self.at("kind"),
+                message: format!(
+                    "invalid value for `kind` in {}: unknown kind \"{written}\", expected {}.",
+                    self.context,
+                    or_list(&choices)
+                ),
+            });
+        };
+        let known: Vec<&'static str> = common.iter().chain(own).copied().collect();
         let others: Vec<(String, &'static [&'static str])> = kinds
             .iter()
             .filter(|(name, _)| *name != kind)
             .map(|(name, keys)| (format!("kind \"{name}\""), *keys))
             .collect();
-        let table = format!("{} of kind \"{kind}\"", self.context);
-        self.doc.check_keys(self.item, keys, &table, &others)
+        self.doc
+            .check_keys(self.item, &known, &self.kind_table(kind), &others)?;
+        Ok(kind)
+    }
+
+    /// e.g. `[[source]] "events" of kind "kafka"`.
+    fn kind_table(&self, kind: &str) -> String {
+        format!("{} of kind \"{kind}\"", self.context)
     }
 
     fn source(&self) -> Result<Draft, JobError> {
@@ -167,115 +183,79 @@ impl NodeReader<'_, '_> {
                 ),
             });
         }
-        let names = SourceKindName::ALL.map(SourceKindName::name);
-        let kind: SourceKindName = self.kind(&names)?;
-        let kinds = SourceKindName::ALL.map(|k| (k.name(), k.keys()));
-        self.check_keys(kind.name(), kind.keys(), &kinds)?;
-        let table = format!("{} of kind \"{}\"", self.context, kind.name());
-        let (id, parallelism, chaining, source) = match kind {
-            SourceKindName::Generator => {
-                let raw: RawGenerator = self.doc.deserialize(self.item, &table)?;
-                let id = self.id(raw.id)?;
-                let keys = raw.keys.unwrap_or(defaults::GENERATOR_KEYS);
-                if keys == 0 {
-                    return Err(JobError::Invalid {
-                        at: self.at("keys"),
-                        message: format!(
-                            "{}: `keys` is 0, but every record needs a key. Set keys = 1 or more.",
-                            self.label(&id)
-                        ),
-                    });
-                }
-                let spec = GeneratorSpec {
-                    count: raw.count,
-                    keys,
-                    seed: raw.seed.unwrap_or(0),
-                    rate: raw.rate.unwrap_or(0),
-                    value_size: raw.value_size.unwrap_or(0),
-                };
-                (
-                    id,
-                    raw.parallelism,
-                    raw.chaining,
-                    SourceKind::Generator(spec),
-                )
-            }
-            SourceKindName::File => {
-                let raw: RawFileSource = self.doc.deserialize(self.item, &table)?;
-                let id = self.id(raw.id)?;
-                let paths = self.input_files(&id, raw.path)?;
-                (
-                    id,
-                    raw.parallelism,
-                    raw.chaining,
-                    SourceKind::File(FileSourceSpec { paths }),
-                )
-            }
+        let kinds = SourceKind::kinds();
+        let common = fields_of::<RawSourceNode>();
+        let kind = self.kind(&kinds, common)?;
+        let raw: RawSourceNode = self.doc.deserialize(self.item, &self.kind_table(kind))?;
+        let id = self.id(raw.id)?;
+        let scope = self.scope(common, &id, kind);
+        let source = SourceKind::read(kind, &scope).unwrap_or_else(|| unreachable!())?;
+        let watermark = match raw.watermark {
+            Some(watermark) => Some(self.watermark(&scope, &source, watermark)?),
+            None => None,
         };
         Ok(Draft {
             section: self.section,
             index: self.index,
             id,
-            parallelism,
-            chaining,
+            parallelism: raw.parallelism,
+            chaining: raw.chaining,
             inputs: Vec::new(),
             partition: None,
-            kind: NodeKind::Source(source),
+            kind: NodeKind::Source(SourceSpec {
+                kind: source,
+                watermark,
+            }),
         })
     }
 
-    /// A file source's `path`: present, not empty, and every file there.
-    fn input_files(&self, id: &str, paths: Option<StringList>) -> Result<Vec<PathBuf>, JobError> {
-        let paths = match paths {
-            Some(StringList(paths)) if !paths.is_empty() => paths,
-            _ => {
-                return Err(JobError::Invalid {
-                    at: self.at("path"),
-                    message: format!(
-                        "{} of kind \"file\" has no input. Set path = \"input.txt\" or path = [\"a.txt\", \"b.txt\"], relative to the job file.",
-                        self.label(id)
-                    ),
-                });
-            }
+    /// A source's `watermark` table, for a kind whose records carry timestamps.
+    fn watermark(
+        &self,
+        scope: &Scope<'_>,
+        source: &SourceKind,
+        raw: RawWatermark,
+    ) -> Result<WatermarkStrategy, JobError> {
+        if !source.has_timestamps() {
+            return Err(scope.invalid(
+                "watermark",
+                format!(
+                    "{} sets `watermark`, but the records of kind \"{}\" carry no timestamps to derive watermarks from. Remove `watermark`, or read from a source whose records have timestamps, such as kind = \"kafka\".",
+                    scope.label(),
+                    source.name()
+                ),
+            ));
+        }
+        let max_out_of_orderness = match &raw.max_out_of_orderness {
+            Some(text) => scope.duration("watermark", text)?,
+            None => Duration::ZERO,
         };
-        let single = self.item.get("path").is_some_and(|p| p.is_str());
-        paths
-            .iter()
-            .enumerate()
-            .map(|(i, given)| {
-                let mut path = vec![
-                    Seg::Key(self.section),
-                    Seg::Index(self.index),
-                    Seg::Key("path"),
-                ];
-                if !single {
-                    path.push(Seg::Index(i));
-                }
-                self.existing_file(id, given, FileRole::SourceInput, self.doc.at(&path))
-            })
-            .collect()
+        let idle_timeout = match &raw.idle_timeout {
+            Some(text) => Some(scope.duration("watermark", text)?).filter(|d| !d.is_zero()),
+            None => None,
+        };
+        Ok(WatermarkStrategy {
+            max_out_of_orderness,
+            idle_timeout,
+        })
     }
 
-    /// Resolves `given` and checks that it is a file; returns its canonical path.
-    fn existing_file(
-        &self,
-        id: &str,
-        given: &str,
-        role: FileRole,
-        at: Location,
-    ) -> Result<PathBuf, JobError> {
-        let resolved = self.doc.resolve(given);
-        if resolved.is_file() {
-            return Ok(std::fs::canonicalize(&resolved).unwrap_or(resolved));
+    /// What the connector of `kind` sees of this node.
+    fn scope<'s>(
+        &'s self,
+        common: &'static [&'static str],
+        id: &'s str,
+        kind: &'static str,
+    ) -> Scope<'s> {
+        Scope {
+            doc: self.doc,
+            section: self.section,
+            index: self.index,
+            item: self.item,
+            common,
+            id,
+            kind,
         }
-        Err(JobError::MissingFile(Box::new(MissingFile {
-            at,
-            node: self.label(id),
-            role,
-            given: given.to_owned(),
-            not_a_file: resolved.exists(),
-            resolved,
-        })))
     }
 
     fn operator(&self) -> Result<Draft, JobError> {
@@ -292,7 +272,13 @@ impl NodeReader<'_, '_> {
                 ),
             });
         };
-        let wasm = self.existing_file(&id, &wasm, FileRole::Component, self.at("wasm"))?;
+        let wasm = existing_file(
+            self.doc,
+            &self.label(&id),
+            &wasm,
+            FileRole::Component,
+            self.at("wasm"),
+        )?;
         let batch_size = raw.batch_size.unwrap_or(defaults::BATCH_SIZE);
         if batch_size == 0 {
             return Err(JobError::Invalid {
@@ -610,84 +596,26 @@ impl NodeReader<'_, '_> {
     }
 
     fn sink(&self) -> Result<Draft, JobError> {
-        let names = SinkKindName::ALL.map(SinkKindName::name);
-        let kind: SinkKindName = self.kind(&names)?;
-        let kinds = SinkKindName::ALL.map(|k| (k.name(), k.keys()));
-        self.check_keys(kind.name(), kind.keys(), &kinds)?;
-        let table = format!("{} of kind \"{}\"", self.context, kind.name());
-        let (id, inputs, partition, parallelism, chaining, rate, sink) = match kind {
-            SinkKindName::Stdout | SinkKindName::Blackhole => {
-                let raw: RawPlainSink = self.doc.deserialize(self.item, &table)?;
-                let sink = if kind == SinkKindName::Stdout {
-                    SinkKind::Stdout
-                } else {
-                    SinkKind::Blackhole
-                };
-                let id = self.id(raw.id)?;
-                (
-                    id,
-                    raw.inputs,
-                    raw.partition,
-                    raw.parallelism,
-                    raw.chaining,
-                    raw.rate,
-                    sink,
-                )
-            }
-            SinkKindName::File => {
-                let raw: RawFileSink = self.doc.deserialize(self.item, &table)?;
-                let id = self.id(raw.id)?;
-                let path = self.output_dir(&id, raw.path)?;
-                let sink = SinkKind::File { path };
-                (
-                    id,
-                    raw.inputs,
-                    raw.partition,
-                    raw.parallelism,
-                    raw.chaining,
-                    raw.rate,
-                    sink,
-                )
-            }
-        };
+        let kinds = SinkKind::kinds();
+        let common = fields_of::<RawSinkNode>();
+        let kind = self.kind(&kinds, common)?;
+        let raw: RawSinkNode = self.doc.deserialize(self.item, &self.kind_table(kind))?;
+        let id = self.id(raw.id)?;
+        let sink = SinkKind::read(kind, &self.scope(common, &id, kind))
+            .unwrap_or_else(|| unreachable!())?;
         Ok(Draft {
             section: self.section,
             index: self.index,
             id,
-            parallelism,
-            chaining,
-            inputs: inputs.map(|l| l.0).unwrap_or_default(),
-            partition,
+            parallelism: raw.parallelism,
+            chaining: raw.chaining,
+            inputs: raw.inputs.map(|l| l.0).unwrap_or_default(),
+            partition: raw.partition,
             kind: NodeKind::Sink(SinkSpec {
                 kind: sink,
-                rate: rate.unwrap_or(0),
+                rate: raw.rate.unwrap_or(0),
             }),
         })
-    }
-
-    /// A file sink's directory: present, and not an existing non-directory.
-    fn output_dir(&self, id: &str, path: Option<String>) -> Result<PathBuf, JobError> {
-        let Some(given) = path else {
-            return Err(JobError::Invalid {
-                at: self.at("path"),
-                message: format!(
-                    "{} of kind \"file\" has no `path`. Set path = \"out/\", a directory relative to the job file (created if missing).",
-                    self.label(id)
-                ),
-            });
-        };
-        let resolved = self.doc.resolve(&given);
-        if resolved.exists() && !resolved.is_dir() {
-            return Err(JobError::Invalid {
-                at: self.at("path"),
-                message: format!(
-                    "{}: `path` {given} is a file (resolved to {}), but the file sink writes a directory of files. Point path at a directory; it is created if missing.",
-                    self.label(id),
-                    resolved.display()
-                ),
-            });
-        }
-        Ok(resolved)
     }
 }
 

@@ -18,13 +18,17 @@
 //!
 //! - `mod.rs`: [`load`] and [`parse`], the pipeline.
 //! - `spec.rs`: the validated types ([`JobSpec`], [`Node`], ...).
-//! - `raw.rs`: the file as written (serde structs per table and per kind) and
-//!   every default, in one place.
+//! - `raw.rs`: the file as written (serde structs per table) and every default
+//!   but the connectors' own, in one place.
 //! - `overrides.rs`: [`Override`] and how `-D` edits the document.
 //! - `doc.rs`: the document with its spans; key lookup, deserialization with
 //!   located errors, the unknown-key check.
 //! - `sections.rs`: `[job]`, `[checkpointing]`, `[restart]`, `[state]`.
-//! - `graph.rs`: `[[source]]`, `[[operator]]`, `[[sink]]` and the graph checks.
+//! - `graph.rs`: `[[source]]`, `[[operator]]`, `[[sink]]` and the graph checks. A
+//!   source's or sink's own keys are its connector's ([`crate::connectors`]): the
+//!   parser reads the keys every node shares and hands the rest to the kind's
+//!   registered configuration.
+//! - `scope.rs`: [`Scope`], what a connector's configuration sees of its table.
 //! - `duration.rs`: [`parse_duration`].
 //! - `size.rs`: [`parse_size`], sizes in bytes such as `"64MiB"`.
 //! - `error.rs`: [`JobError`] and [`Location`].
@@ -35,6 +39,7 @@ mod error;
 mod graph;
 mod overrides;
 mod raw;
+mod scope;
 mod sections;
 mod size;
 mod spec;
@@ -51,11 +56,15 @@ pub use overrides::{Override, OverrideSyntaxError};
 pub use sections::storage_url;
 pub use size::{format_size, parse_size};
 pub use spec::{
-    CheckpointMode, CheckpointingConfig, DebloatConfig, DirGrant, FileSourceSpec, GeneratorSpec,
-    JobSpec, NetworkConfig, Node, NodeKind, OperatorSpec, Partition, RestConfig, RestartStrategy,
-    Retention, RunawayPolicy, S3Settings, SandboxSpec, SinkKind, SinkSpec, SourceKind,
-    StateBackendKind, StateConfig, StorageUrl,
+    CheckpointMode, CheckpointingConfig, DebloatConfig, DirGrant, JobSpec, NetworkConfig, Node,
+    NodeKind, OperatorSpec, Partition, RestConfig, RestartStrategy, Retention, RunawayPolicy,
+    S3Settings, SandboxSpec, SinkKind, SinkSpec, SourceKind, SourceSpec, StateBackendKind,
+    StateConfig, StorageUrl, WatermarkStrategy,
 };
+
+pub(crate) use duration::DurationText;
+pub(crate) use raw::{StringList, fields_of};
+pub use scope::Scope;
 
 use doc::{Doc, normalize};
 use error::Origin;

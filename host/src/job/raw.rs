@@ -148,8 +148,6 @@ pub(crate) mod defaults {
     pub const FAILURE_RATE_INTERVAL: Duration = Duration::from_secs(60);
     /// `restart-strategy.failure-rate.delay`.
     pub const FAILURE_RATE_DELAY: Duration = Duration::from_secs(1);
-    /// Generator key cardinality.
-    pub const GENERATOR_KEYS: u64 = 1000;
     /// Records per guest call: large enough that the call overhead vanishes,
     /// small enough that a batch never holds a barrier back for long.
     pub const BATCH_SIZE: usize = 1024;
@@ -368,58 +366,26 @@ impl<'de> Deserialize<'de> for PortText {
     }
 }
 
-/// `kind` of a `[[source]]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+/// The keys every `[[source]]` has, whatever its kind; the rest of the table is the
+/// kind's own ([`crate::connectors::SourceConnector::Config`]).
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum SourceKindName {
-    File,
-    Generator,
-}
-
-impl SourceKindName {
-    pub(crate) const ALL: [SourceKindName; 2] = [SourceKindName::File, SourceKindName::Generator];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            SourceKindName::File => "file",
-            SourceKindName::Generator => "generator",
-        }
-    }
-
-    pub(crate) fn keys(self) -> &'static [&'static str] {
-        match self {
-            SourceKindName::File => fields_of::<RawFileSource>(),
-            SourceKindName::Generator => fields_of::<RawGenerator>(),
-        }
-    }
-}
-
-/// `[[source]]` with `kind = "file"`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct RawFileSource {
+pub(crate) struct RawSourceNode {
     pub id: Option<String>,
     #[serde(rename = "kind")]
     pub _kind: Option<IgnoredAny>,
     pub parallelism: Option<u32>,
     pub chaining: Option<bool>,
-    pub path: Option<StringList>,
+    pub watermark: Option<RawWatermark>,
 }
 
-/// `[[source]]` with `kind = "generator"`.
+/// A source's `watermark`, as Flink's `WatermarkStrategy.forBoundedOutOfOrderness`
+/// with `withIdleness`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct RawGenerator {
-    pub id: Option<String>,
-    #[serde(rename = "kind")]
-    pub _kind: Option<IgnoredAny>,
-    pub parallelism: Option<u32>,
-    pub chaining: Option<bool>,
-    pub count: Option<u64>,
-    pub keys: Option<u64>,
-    pub seed: Option<u64>,
-    pub rate: Option<u64>,
-    pub value_size: Option<usize>,
+pub(crate) struct RawWatermark {
+    pub max_out_of_orderness: Option<DurationText>,
+    pub idle_timeout: Option<DurationText>,
 }
 
 /// `[[operator]]`.
@@ -455,42 +421,11 @@ pub(crate) struct RawDirGrant {
     pub writable: Option<bool>,
 }
 
-/// `kind` of a `[[sink]]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+/// The keys every `[[sink]]` has, whatever its kind; the rest of the table is the
+/// kind's own ([`crate::connectors::SinkConnector::Config`]).
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum SinkKindName {
-    Stdout,
-    File,
-    Blackhole,
-}
-
-impl SinkKindName {
-    pub(crate) const ALL: [SinkKindName; 3] = [
-        SinkKindName::Stdout,
-        SinkKindName::File,
-        SinkKindName::Blackhole,
-    ];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            SinkKindName::Stdout => "stdout",
-            SinkKindName::File => "file",
-            SinkKindName::Blackhole => "blackhole",
-        }
-    }
-
-    pub(crate) fn keys(self) -> &'static [&'static str] {
-        match self {
-            SinkKindName::Stdout | SinkKindName::Blackhole => fields_of::<RawPlainSink>(),
-            SinkKindName::File => fields_of::<RawFileSink>(),
-        }
-    }
-}
-
-/// `[[sink]]` with `kind = "stdout"` or `"blackhole"`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct RawPlainSink {
+pub(crate) struct RawSinkNode {
     pub id: Option<String>,
     #[serde(rename = "kind")]
     pub _kind: Option<IgnoredAny>,
@@ -498,21 +433,6 @@ pub(crate) struct RawPlainSink {
     pub partition: Option<Partition>,
     pub parallelism: Option<u32>,
     pub chaining: Option<bool>,
-    pub rate: Option<u64>,
-}
-
-/// `[[sink]]` with `kind = "file"`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct RawFileSink {
-    pub id: Option<String>,
-    #[serde(rename = "kind")]
-    pub _kind: Option<IgnoredAny>,
-    pub inputs: Option<StringList>,
-    pub partition: Option<Partition>,
-    pub parallelism: Option<u32>,
-    pub chaining: Option<bool>,
-    pub path: Option<String>,
     pub rate: Option<u64>,
 }
 
@@ -667,14 +587,6 @@ mod tests {
         assert_eq!(
             fields_of::<StrategyName>(),
             StrategyName::ALL.map(StrategyName::name)
-        );
-        assert_eq!(
-            fields_of::<SourceKindName>(),
-            SourceKindName::ALL.map(SourceKindName::name)
-        );
-        assert_eq!(
-            fields_of::<SinkKindName>(),
-            SinkKindName::ALL.map(SinkKindName::name)
         );
         assert_eq!(
             fields_of::<Partition>(),

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::connectors::{SinkKind, SourceKind};
+/// `watermark` of a source: bounded out-of-orderness, optionally with idleness.
+pub use crate::runtime::watermark::Strategy as WatermarkStrategy;
+
 /// A validated job: its settings and its logical graph.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobSpec {
@@ -74,42 +78,21 @@ pub struct Node {
 #[derive(Clone, Debug, PartialEq)]
 pub enum NodeKind {
     /// A host-native source, `[[source]]`.
-    Source(SourceKind),
+    Source(SourceSpec),
     /// A WebAssembly operator, `[[operator]]`.
     Operator(OperatorSpec),
     /// A host-native sink, `[[sink]]`.
     Sink(SinkSpec),
 }
 
-/// The kinds of source.
+/// A source's settings.
 #[derive(Clone, Debug, PartialEq)]
-pub enum SourceKind {
-    /// `kind = "generator"`: synthetic keyed records.
-    Generator(GeneratorSpec),
-    /// `kind = "file"`: the lines of one or more files.
-    File(FileSourceSpec),
-}
-
-/// A generator source's settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GeneratorSpec {
-    /// How many records in all; `None` is unbounded.
-    pub count: Option<u64>,
-    /// The number of distinct keys, at least 1.
-    pub keys: u64,
-    /// Seed of the key sequence.
-    pub seed: u64,
-    /// Records per second per subtask; 0 is unlimited.
-    pub rate: u64,
-    /// Bytes per value; 0 means the value is the record's decimal sequence number.
-    pub value_size: usize,
-}
-
-/// A file source's settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileSourceSpec {
-    /// The input files, absolute; each existed when the job file was loaded.
-    pub paths: Vec<PathBuf>,
+pub struct SourceSpec {
+    /// What it reads, by kind.
+    pub kind: SourceKind,
+    /// `watermark`: how its subtasks derive watermarks from the records' timestamps;
+    /// `None` emits none (but the final one of a bounded source).
+    pub watermark: Option<WatermarkStrategy>,
 }
 
 /// An operator's settings.
@@ -212,27 +195,13 @@ pub struct DirGrant {
 }
 
 /// A sink's settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SinkSpec {
-    /// Where the records go.
+    /// Where the records go, by kind.
     pub kind: SinkKind,
     /// Records per second per subtask; 0 is unlimited (a low rate exercises
     /// backpressure).
     pub rate: u64,
-}
-
-/// The kinds of sink.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SinkKind {
-    /// Print records to standard output.
-    Stdout,
-    /// Write files into a directory (absolute; created by the sink if missing).
-    File {
-        /// The output directory.
-        path: PathBuf,
-    },
-    /// Discard records.
-    Blackhole,
 }
 
 /// How records are distributed from an input's subtasks to a node's subtasks.

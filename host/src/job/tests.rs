@@ -228,7 +228,7 @@ fn the_word_count_job_is_read_completely() {
     assert_eq!(
         node(&spec, "out").kind,
         NodeKind::Sink(SinkSpec {
-            kind: SinkKind::Stdout,
+            kind: SinkKind::Stdout(crate::connectors::StdoutSpec),
             rate: 0
         })
     );
@@ -748,7 +748,7 @@ fn a_key_of_another_source_kind_is_an_unknown_key() {
         "path",
         &[
             "unknown key `path` in [[source]] \"gen\" of kind \"generator\"",
-            "Known keys: id, kind, parallelism, chaining, count, keys, seed, rate, value-size.",
+            "Known keys: id, kind, parallelism, chaining, watermark, count, keys, seed, rate, value-size.",
             "`path` belongs to kind \"file\".",
         ],
     );
@@ -1003,7 +1003,11 @@ fn file_source_paths_are_absolute_and_accept_a_list() {
         "path = [\"in.txt\", \"./more.txt\"]",
     );
     let spec = f.ok(&text);
-    let NodeKind::Source(SourceKind::File(source)) = &node(&spec, "lines").kind else {
+    let NodeKind::Source(SourceSpec {
+        kind: SourceKind::File(source),
+        ..
+    }) = &node(&spec, "lines").kind
+    else {
         panic!("lines is a file source")
     };
     let canonical = |name: &str| std::fs::canonicalize(f.dir.path().join(name)).expect("exists");
@@ -1037,9 +1041,9 @@ fn a_file_sink_writes_to_a_directory_resolved_against_the_job_file() {
     assert_eq!(
         node(&spec, "out").kind,
         NodeKind::Sink(SinkSpec {
-            kind: SinkKind::File {
+            kind: SinkKind::File(crate::connectors::FileSinkSpec {
                 path: f.dir.path().join("out")
-            },
+            }),
             rate: 10
         })
     );
@@ -1085,7 +1089,7 @@ fn a_source_without_kind_lists_the_kinds() {
     let text = replace(MINIMAL, "kind = \"generator\"\n", "");
     assert!(
         f.err(&text).message().contains(
-            "[[source]] \"gen\" has no `kind`. Set kind = \"file\" or kind = \"generator\"."
+            "[[source]] \"gen\" has no `kind`. Set kind = \"generator\", kind = \"file\" or kind = \"kafka\"."
         ),
         "{}",
         f.err(&text)
@@ -1095,11 +1099,11 @@ fn a_source_without_kind_lists_the_kinds() {
 #[test]
 fn an_unknown_source_kind_lists_the_kinds() {
     let f = Fixture::new();
-    let text = replace(MINIMAL, "kind = \"generator\"", "kind = \"kafka\"");
+    let text = replace(MINIMAL, "kind = \"generator\"", "kind = \"pulsar\"");
     assert_error(
         &f.err(&text),
         &text,
-        "kafka",
+        "pulsar",
         &[
             "invalid value for `kind` in [[source]] \"gen\"",
             "`file`",
@@ -1124,12 +1128,16 @@ fn an_unknown_sink_kind_lists_the_kinds() {
 fn generator_defaults_are_applied() {
     let f = Fixture::new();
     let job = f.ok(MINIMAL);
-    let NodeKind::Source(SourceKind::Generator(spec)) = &node(&job, "gen").kind else {
+    let NodeKind::Source(SourceSpec {
+        kind: SourceKind::Generator(spec),
+        ..
+    }) = &node(&job, "gen").kind
+    else {
         panic!("gen is a generator")
     };
     assert_eq!(
         *spec,
-        GeneratorSpec {
+        crate::connectors::GeneratorSpec {
             count: None,
             keys: 1000,
             seed: 0,
@@ -1148,12 +1156,16 @@ fn generator_settings_are_read() {
         "kind = \"generator\"\ncount = 1000000\nkeys = 7\nseed = 42\nrate = 500\nvalue-size = 64",
     );
     let job = f.ok(&text);
-    let NodeKind::Source(SourceKind::Generator(spec)) = &node(&job, "gen").kind else {
+    let NodeKind::Source(SourceSpec {
+        kind: SourceKind::Generator(spec),
+        ..
+    }) = &node(&job, "gen").kind
+    else {
         panic!("gen is a generator")
     };
     assert_eq!(
         *spec,
-        GeneratorSpec {
+        crate::connectors::GeneratorSpec {
             count: Some(1_000_000),
             keys: 7,
             seed: 42,
@@ -1821,7 +1833,11 @@ fn an_override_value_is_read_as_toml_when_it_is_toml_and_as_a_string_otherwise()
     assert_eq!(c.interval, Duration::from_millis(500));
     assert!(c.unaligned);
     assert_eq!(c.dir, StorageUrl::File(PathBuf::from("/tmp/x")));
-    let NodeKind::Source(SourceKind::File(source)) = &node(&spec, "lines").kind else {
+    let NodeKind::Source(SourceSpec {
+        kind: SourceKind::File(source),
+        ..
+    }) = &node(&spec, "lines").kind
+    else {
         panic!("file source")
     };
     assert_eq!(source.paths.len(), 2);
@@ -1871,7 +1887,11 @@ fn an_override_addresses_a_node_by_kind_and_id() {
         operator_spec(&spec, "tokenize").config,
         "{\"min-length\":2}"
     );
-    let NodeKind::Source(SourceKind::File(source)) = &node(&spec, "lines").kind else {
+    let NodeKind::Source(SourceSpec {
+        kind: SourceKind::File(source),
+        ..
+    }) = &node(&spec, "lines").kind
+    else {
         panic!("file source")
     };
     assert!(source.paths[0].ends_with("more.txt"));
@@ -1886,7 +1906,7 @@ fn an_override_can_switch_a_sink_kind() {
     assert_eq!(
         node(&spec, "out").kind,
         NodeKind::Sink(SinkSpec {
-            kind: SinkKind::Blackhole,
+            kind: SinkKind::Blackhole(crate::connectors::BlackholeSpec),
             rate: 0
         })
     );
@@ -2044,7 +2064,11 @@ source = [{ id = "gen", kind = "generator" }]
 sink = [{ id = "out", kind = "stdout", inputs = ["gen"] }]
 "#;
     let spec = f.parse_with(text, &["source.gen.count=5"]).expect("valid");
-    let NodeKind::Source(SourceKind::Generator(g)) = &node(&spec, "gen").kind else {
+    let NodeKind::Source(SourceSpec {
+        kind: SourceKind::Generator(g),
+        ..
+    }) = &node(&spec, "gen").kind
+    else {
         panic!("generator")
     };
     assert_eq!(g.count, Some(5));
@@ -2530,4 +2554,136 @@ fn bad_network_settings_are_refused_with_the_fix() {
     assert_error(&f.err(&text), &text, "period", &["`period` is zero"]);
     let text = format!("[network.buffer-debloat]\nenabled = true\ntargt = \"1s\"\n{MINIMAL}");
     assert_error(&f.err(&text), &text, "targt", &["[network.buffer-debloat]"]);
+}
+
+// ----- the Kafka connectors -----
+
+const KAFKA: &str = r#"
+[[source]]
+id = "events"
+kind = "kafka"
+bootstrap-servers = "127.0.0.1:9092"
+topic = ["a", "b"]
+group-id = "g"
+starting-offsets = "timestamp"
+starting-timestamp = 1767225600000
+bounded = true
+properties = { "fetch.wait.max.ms" = 50, "client.rack" = "r1" }
+watermark = { max-out-of-orderness = "2s", idle-timeout = "30s" }
+
+[[sink]]
+id = "out"
+kind = "kafka"
+bootstrap-servers = "127.0.0.1:9092"
+topic = "results"
+inputs = ["events"]
+"#;
+
+#[test]
+fn a_kafka_source_and_sink_are_read_with_their_defaults() {
+    use crate::connectors::{SinkDelivery, StartingOffsets, TopicSelector};
+    let f = Fixture::new();
+    let spec = f.ok(KAFKA);
+    let NodeKind::Source(SourceSpec {
+        kind: SourceKind::Kafka(source),
+        watermark,
+    }) = &node(&spec, "events").kind
+    else {
+        panic!("events is a Kafka source")
+    };
+    assert_eq!(
+        source.topics,
+        TopicSelector::Names(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(source.group_id.as_deref(), Some("g"));
+    assert_eq!(
+        source.starting_offsets,
+        StartingOffsets::Timestamp(1_767_225_600_000)
+    );
+    assert!(source.bounded);
+    assert_eq!(
+        source
+            .properties
+            .get("fetch.wait.max.ms")
+            .map(String::as_str),
+        Some("50")
+    );
+    assert_eq!(
+        *watermark,
+        Some(WatermarkStrategy {
+            max_out_of_orderness: Duration::from_secs(2),
+            idle_timeout: Some(Duration::from_secs(30)),
+        })
+    );
+    let NodeKind::Sink(SinkSpec {
+        kind: SinkKind::Kafka(sink),
+        ..
+    }) = &node(&spec, "out").kind
+    else {
+        panic!("out is a Kafka sink")
+    };
+    assert_eq!(sink.delivery, SinkDelivery::AtLeastOnce);
+    assert_eq!(sink.topic, "results");
+}
+
+#[test]
+fn a_property_that_weir_sets_itself_is_refused_with_what_to_set_instead() {
+    let f = Fixture::new();
+    let text = replace(
+        KAFKA,
+        "\"client.rack\" = \"r1\"",
+        "\"enable.auto.commit\" = true",
+    );
+    assert_error(
+        &f.err(&text),
+        &text,
+        "properties = ",
+        &[
+            "\"enable.auto.commit\" is Weir's to set",
+            "offsets live in Weir's checkpoints",
+        ],
+    );
+}
+
+#[test]
+fn an_exactly_once_kafka_sink_needs_a_transactional_id_prefix() {
+    let f = Fixture::new();
+    let text = replace(
+        KAFKA,
+        "topic = \"results\"",
+        "topic = \"results\"\ndelivery = \"exactly-once\"",
+    );
+    assert_error(
+        &f.err(&text),
+        &text,
+        "delivery = ",
+        &["needs `transactional-id-prefix`"],
+    );
+}
+
+#[test]
+fn a_watermark_on_a_source_without_timestamps_is_refused() {
+    let f = Fixture::new();
+    let text = replace(
+        MINIMAL,
+        "kind = \"generator\"",
+        "kind = \"generator\"\nwatermark = { max-out-of-orderness = \"1s\" }",
+    );
+    assert_error(
+        &f.err(&text),
+        &text,
+        "watermark = ",
+        &["carry no timestamps", "kind = \"kafka\""],
+    );
+}
+
+#[test]
+fn an_unknown_watermark_key_is_refused() {
+    let f = Fixture::new();
+    let text = replace(KAFKA, "idle-timeout = \"30s\"", "idleness = \"30s\"");
+    assert!(
+        f.err(&text).to_string().contains("idleness"),
+        "{}",
+        f.err(&text)
+    );
 }

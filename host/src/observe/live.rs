@@ -7,7 +7,7 @@
 //! requests for the checkpoint coordinator to take).
 
 use crate::checkpoint::stats::StatsTracker;
-use crate::job::{CheckpointMode, JobSpec, NodeKind, Partition, SinkKind, SourceKind};
+use crate::job::{CheckpointMode, JobSpec, NodeKind, Partition};
 use crate::runtime::CancelToken;
 use crate::runtime::metrics::MetricsSlot;
 use crate::runtime::now_ms;
@@ -194,8 +194,7 @@ fn ship_strategy(partition: Partition) -> &'static str {
 
 fn description(kind: &NodeKind) -> (String, bool) {
     match kind {
-        NodeKind::Source(SourceKind::Generator(_)) => ("Source: generator".into(), false),
-        NodeKind::Source(SourceKind::File(_)) => ("Source: file".into(), false),
+        NodeKind::Source(source) => (format!("Source: {}", source.kind.name()), false),
         NodeKind::Operator(op) => {
             let file = op.wasm.file_name().map_or_else(
                 || op.wasm.display().to_string(),
@@ -203,15 +202,7 @@ fn description(kind: &NodeKind) -> (String, bool) {
             );
             (format!("Operator: {file}"), true)
         }
-        NodeKind::Sink(sink) => (
-            match sink.kind {
-                SinkKind::Stdout => "Sink: stdout",
-                SinkKind::File { .. } => "Sink: file",
-                SinkKind::Blackhole => "Sink: blackhole",
-            }
-            .into(),
-            false,
-        ),
+        NodeKind::Sink(sink) => (format!("Sink: {}", sink.kind.name()), false),
     }
 }
 

@@ -34,6 +34,7 @@ pub mod metrics;
 mod output;
 pub mod record;
 pub mod task;
+pub mod watermark;
 
 pub use batch::{Batch, Blobs, RecordRef};
 pub use executor::{
@@ -260,4 +261,26 @@ pub trait Source: Send {
     /// Records where the source stands (its offsets) for checkpoint `checkpoint`. Called
     /// between polls, right before the source emits the checkpoint's barrier.
     fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<SnapshotWriter, TaskError>;
+    /// `checkpoint` is complete and durable (a Kafka source commits its offsets to the
+    /// group then, for monitoring).
+    fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), TaskError> {
+        let _ = checkpoint;
+        Ok(())
+    }
+    /// How many splits (Kafka partitions) the subtask reads, after `open`: each has its
+    /// own event-time clock ([`watermark`]).
+    fn splits(&self) -> usize {
+        1
+    }
+    /// The split of each record the last poll appended, in order; empty when the
+    /// subtask reads one split.
+    fn record_splits(&self) -> &[u32] {
+        &[]
+    }
+    /// The watermark at `now`, when it moved forward; only a source with a watermark
+    /// strategy ([`watermark::EventTime`]) has one.
+    fn watermark(&mut self, now: Instant) -> Option<i64> {
+        let _ = now;
+        None
+    }
 }

@@ -178,7 +178,10 @@ fn source_loop(
                 }
             }
             Some(Control::Finish) => return Ok(()),
-            Some(Control::Complete(id)) => chain.notify(id, true)?,
+            Some(Control::Complete(id)) => {
+                source.notify_checkpoint_complete(id)?;
+                chain.notify(id, true)?;
+            }
             Some(Control::Abort(id)) => {
                 stopped.take_if(|s| *s == id);
                 chain.notify(id, false)?;
@@ -208,6 +211,9 @@ fn source_loop(
         let poll = source.poll(&mut buffer, SOURCE_BATCH)?;
         ctx.metrics.add_out(buffer.len());
         chain.emit(&mut buffer, output)?;
+        if let Some(watermark) = source.watermark(Instant::now()) {
+            chain.watermark(watermark, output)?;
+        }
         match poll {
             SourcePoll::Ready => {}
             SourcePoll::Idle(until) => {

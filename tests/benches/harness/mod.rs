@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use weir::checkpoint::snapshot::SnapshotType;
-use weir::connectors::{BlackholeSink, FileSource, Generator, GeneratorSettings};
+use weir::connectors::{BlackholeSink, FileSource, Generator, GeneratorSpec};
 use weir::runtime::executor::{OperatorFactory, Partitioner};
 use weir::runtime::{
     Batch, CancelToken, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge, Operator,
@@ -36,7 +36,7 @@ pub enum Input {
 pub fn graph(input: &Input, operators: Vec<(OperatorFactory, Partitioner)>) -> Graph {
     let source = match input {
         Input::Generator { records, keys } => {
-            let settings = GeneratorSettings {
+            let settings = GeneratorSpec {
                 count: Some(*records),
                 keys: *keys,
                 seed: 1,
