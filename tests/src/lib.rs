@@ -555,3 +555,43 @@ pub fn savepoint_location(output: &Output, cwd: &Path) -> PathBuf {
         cwd.join(path)
     }
 }
+
+/// A small, seedable generator for the tests' randomness (kill moments, input text).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `WEIR_CRASH_KILLS`, the kills of a crash test (default 20).
+pub fn crash_kills() -> u32 {
+    std::env::var("WEIR_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+/// `WEIR_CRASH_SEED`, or one from the clock; printed, so that a run can be replayed.
+pub fn crash_seed() -> u64 {
+    let seed = std::env::var("WEIR_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 | 1)
+        });
+    println!("WEIR_CRASH_SEED={seed}");
+    seed
+}

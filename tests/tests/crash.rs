@@ -12,22 +12,7 @@
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
-use weir_tests::{Scratch, describe, guest, toml_path};
-
-/// A small, seedable generator: the test's randomness (kill moments, input text).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use weir_tests::{Scratch, XorShift, crash_kills, crash_seed, describe, guest, toml_path};
 
 fn input_text(rng: &mut XorShift, lines: usize) -> String {
     let mut text = String::new();
@@ -253,31 +238,11 @@ fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> Killed {
     }
 }
 
-fn kills() -> u32 {
-    std::env::var("WEIR_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("WEIR_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64 | 1)
-        });
-    println!("WEIR_CRASH_SEED={seed}");
-    seed
-}
-
 /// Runs the harness in exactly-once mode and checks the committed output is exactly the
 /// failure-free output.
 fn assert_exactly_once(setup: &Setup) -> Killed {
-    let seed = seed();
-    let killed = run_with_kills(setup, kills(), seed);
+    let seed = crash_seed();
+    let killed = run_with_kills(setup, crash_kills(), seed);
     let Killed {
         lines,
         expected,
@@ -349,14 +314,14 @@ fn exactly_once_output_survives_repeated_sigkill_with_unaligned_checkpoints_unde
 
 #[test]
 fn at_least_once_output_loses_nothing_under_sigkill() {
-    let seed = seed();
+    let seed = crash_seed();
     let setup = Setup::local("at-least-once", HEAP);
     let Killed {
         lines,
         expected,
         landed,
         ..
-    } = run_with_kills(&setup, kills().min(10), seed);
+    } = run_with_kills(&setup, crash_kills().min(10), seed);
     println!("{landed} kills landed before the job finished");
     let missing: Vec<&String> = expected
         .iter()

@@ -21,42 +21,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use weir_tests::kafka::{KafkaBroker, KafkaRecord};
-use weir_tests::{Scratch, describe, eventually, guest, toml_path};
-
-/// A small, seedable generator: the test's randomness (kill moments, input text).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("WEIR_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64 | 1)
-        });
-    println!("WEIR_CRASH_SEED={seed}");
-    seed
-}
-
-fn kills() -> u32 {
-    std::env::var("WEIR_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
-}
+use weir_tests::{
+    Scratch, XorShift, crash_kills, crash_seed, describe, eventually, guest, toml_path,
+};
 
 /// `lines` lines of eight words each, from 300 distinct words.
 fn input_lines(rng: &mut XorShift, lines: usize) -> Vec<String> {
@@ -212,7 +179,7 @@ fn topic_values(broker: &KafkaBroker, topic: &str) -> Vec<String> {
 fn kafka_to_an_exactly_once_file_sink_survives_repeated_sigkill_through_checkpointed_offsets() {
     let broker = KafkaBroker::start();
     broker.create_topic("lines", 3);
-    let seed = seed();
+    let seed = crash_seed();
     let lines = input_lines(&mut XorShift(seed), 40_000);
     produce_lines(&broker, "lines", &lines, 3);
     let scratch = Scratch::new();
@@ -220,7 +187,12 @@ fn kafka_to_an_exactly_once_file_sink_survives_repeated_sigkill_through_checkpoi
         "job.toml",
         word_count_job(&broker, "exactly-once", FILE_SINK, ""),
     );
-    let landed = run_with_kills(&scratch, job.to_str().unwrap_or_default(), kills(), seed);
+    let landed = run_with_kills(
+        &scratch,
+        job.to_str().unwrap_or_default(),
+        crash_kills(),
+        seed,
+    );
     println!("{landed} kills landed before the job finished");
     assert!(
         landed >= 5,
@@ -256,7 +228,7 @@ fn kafka_to_kafka_at_least_once_loses_nothing_under_sigkill() {
     let broker = KafkaBroker::start();
     broker.create_topic("lines", 2);
     broker.create_topic("counts", 2);
-    let seed = seed();
+    let seed = crash_seed();
     let lines = input_lines(&mut XorShift(seed), 20_000);
     produce_lines(&broker, "lines", &lines, 2);
     let scratch = Scratch::new();

@@ -66,7 +66,7 @@ pub(super) fn write_lines(writer: &mut impl Write, batch: &Batch) -> std::io::Re
 }
 
 /// The snapshot of a sink without state.
-fn empty_snapshot() -> Snapshot {
+pub(super) fn empty_snapshot() -> Snapshot {
     Snapshot::State(Box::new(|| Ok(Vec::new())))
 }
 

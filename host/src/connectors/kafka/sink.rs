@@ -19,6 +19,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use super::{KafkaSinkSpec, REQUEST_TIMEOUT, SinkDelivery, client_config, protocol};
 use crate::checkpoint::snapshot::SnapshotType;
 use crate::connectors::rate::Pacer;
+use crate::connectors::sinks::empty_snapshot;
 use crate::runtime::{
     Batch, CheckpointId, Fault, Operator, RestoredParts, Snapshot, TaskError, TaskInfo,
 };
@@ -190,7 +191,7 @@ impl Operator for KafkaSink {
         if self.spec.delivery == SinkDelivery::AtLeastOnce {
             self.flush("a checkpoint waits for them")?;
         }
-        Ok(Snapshot::State(Box::new(|| Ok(Vec::new()))))
+        Ok(empty_snapshot())
     }
 
     fn close(&mut self, _out: &mut Batch) -> Result<(), TaskError> {
