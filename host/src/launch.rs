@@ -134,6 +134,7 @@ pub fn build_graph(
                 target: d.target,
                 period: d.period,
             }),
+            local_workers: spec.network.local_workers,
         },
     })
 }

@@ -14,11 +14,13 @@
 //! - [`wasm`]: wasmtime, the WIT host side, compiled-component cache.
 //! - [`storage`]: checkpoint storage (local files; S3 to come).
 //! - [`connectors`]: sources and sinks.
+//! - [`exchange`]: channels between workers, over TCP with credit-based flow control.
 //! - [`observe`]: checkpoint statistics for people (`weir checkpoints list/show/diagnose`).
 //! - [`launch`]: the composition root, from a job spec to a runnable graph.
 
 pub mod checkpoint;
 pub mod connectors;
+pub mod exchange;
 pub mod job;
 pub mod launch;
 pub mod observe;

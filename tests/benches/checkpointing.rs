@@ -10,6 +10,11 @@
 //! 2. A keyed counter over 1M keys checkpointing every second: the sync phase (p50/p99)
 //!    and end-to-end time of its checkpoints, from their `_metadata`.
 //! 3. Word count with checkpoints every second against the same job without.
+//! 4. The keyed counter at parallelism 2 across two workers of one process, its
+//!    key-by channels over TCP on 127.0.0.1 (`[network] local-workers = 2`), against
+//!    the same job on one worker, every channel in memory: records/s and the end-to-end
+//!    time of its checkpoints. (What a record costs on the wire, and a network channel
+//!    against a plain TCP copy: `cargo bench -p weir-host --bench exchange`.)
 
 mod jobs;
 
@@ -244,5 +249,70 @@ inputs = ["count"]
         records / best.0 / 1e6,
         records / best.1 / 1e6,
         best.0 / best.1
+    );
+
+    println!(
+        "4. keyed counter (WASM), parallelism 2, 100k keys, checkpoints every 1s: two workers over TCP vs one"
+    );
+    let records = 8_000_000u64;
+    let job = |workers: u32| {
+        format!(
+            r#"[job]
+name = "workers-bench"
+parallelism = 2
+[checkpointing]
+interval = "1s"
+dir = "checkpoints"
+num-retained = 100
+retention = "retain-on-cancellation"
+[network]
+local-workers = {workers}
+[[source]]
+id = "gen"
+kind = "generator"
+count = {records}
+keys = 100000
+[[operator]]
+id = "count"
+wasm = "{counter}"
+inputs = ["gen"]
+partition = "key-by"
+[[sink]]
+id = "out"
+kind = "blackhole"
+inputs = ["count"]
+"#,
+            counter = counter.display()
+        )
+    };
+    let mut figures = Vec::new();
+    for workers in [1, 2] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut best = Duration::MAX;
+        let mut e2e = Vec::new();
+        for _ in 0..3 {
+            let (elapsed, spec) = run(&job(workers), dir.path(), &wasm, &io);
+            best = best.min(elapsed);
+            e2e.extend(
+                checkpoints(&spec, dir.path(), &io)
+                    .iter()
+                    .map(|c| Duration::from_millis(u64::try_from(c.end_to_end_ms()).unwrap_or(0))),
+            );
+        }
+        e2e.sort();
+        let rate = records as f64 / best.as_secs_f64();
+        println!(
+            "   {workers} worker{}   {:.2} M records/s   checkpoint end-to-end p50 {:.0?}  p99 {:.0?}   ({} checkpoints; best of 3)",
+            if workers == 1 { " " } else { "s" },
+            rate / 1e6,
+            percentile(&e2e, 0.5),
+            percentile(&e2e, 0.99),
+            e2e.len()
+        );
+        figures.push(rate);
+    }
+    println!(
+        "   two workers / one: {:.2} of the throughput",
+        figures[1] / figures[0]
     );
 }

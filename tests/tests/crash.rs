@@ -53,6 +53,8 @@ struct Setup {
     storage: Storage,
     /// More of `[checkpointing]`.
     extra: &'static str,
+    /// The `[network]` table.
+    network: &'static str,
 }
 
 enum Storage {
@@ -71,6 +73,7 @@ impl Setup {
             state,
             storage: Storage::Local,
             extra: "",
+            network: "",
         }
     }
 
@@ -112,6 +115,7 @@ retention = "retain-on-cancellation"
 {extra}
 {checkpointing}
 {state}
+{network}
 
 [[source]]
 id = "lines"
@@ -142,6 +146,7 @@ rate = 150000
         extra = setup.extra,
         checkpointing = setup.checkpointing(),
         state = setup.state,
+        network = setup.network,
         tokenizer = toml_path(&guest("word_count_tokenizer")),
         counter = toml_path(&guest("word_count_counter")),
     )
@@ -291,6 +296,7 @@ fn exactly_once_output_survives_repeated_sigkill_with_checkpoints_on_s3() {
         state: ROCKSDB,
         storage: Storage::S3(server),
         extra: "",
+        network: "",
     });
 }
 
@@ -306,6 +312,23 @@ fn exactly_once_output_survives_repeated_sigkill_with_unaligned_checkpoints_unde
         "{} of the runs resumed from a checkpoint with channel state",
         killed.with_channel_state
     );
+    assert!(
+        killed.with_channel_state >= 1,
+        "no run resumed from a checkpoint with channel state"
+    );
+}
+
+#[test]
+fn exactly_once_output_survives_repeated_sigkill_with_unaligned_checkpoints_across_workers_over_tcp()
+ {
+    // Subtask 0 of every node on worker 1 and subtask 1 on worker 2: half of the
+    // rebalanced and key-by channels cross the connection between them, under
+    // backpressure, so barriers overtake data on the wire.
+    let killed = assert_exactly_once(&Setup {
+        extra: "unaligned = true",
+        network: "[network]\nlocal-workers = 2\n",
+        ..Setup::local("exactly-once", HEAP)
+    });
     assert!(
         killed.with_channel_state >= 1,
         "no run resumed from a checkpoint with channel state"

@@ -166,6 +166,32 @@ fn debloated_aligned_checkpoints_complete_under_backpressure() {
     }
 }
 
+#[test]
+fn unaligned_debloated_checkpoints_complete_with_the_channels_between_workers_over_tcp() {
+    let scratch = Scratch::new();
+    let network = "[network]\nlocal-workers = 2\n\n[network.buffer-debloat]\nenabled = true\ntarget = \"100ms\"\nperiod = \"50ms\"";
+    // Two subtasks a node, one on each worker: every rebalance crosses the connection.
+    let text = job("across", "unaligned = true", network, SLOW_BLACKHOLE).replacen(
+        "[job]\n",
+        "[job]\nparallelism = 2\n",
+        1,
+    );
+    let log = run_until_checkpoints(&scratch, "across", &text, WAIT, |done| done.len() >= 4);
+    assert!(
+        log.contains("2 workers in this process, 1 connection between them on 127.0.0.1"),
+        "{log}"
+    );
+    let reports = shown(&scratch, "across");
+    for (id, report) in &reports {
+        assert!(is_unaligned(report), "checkpoint {id}:\n{report}");
+    }
+    let (id, report) = reports.last().expect("checkpoints");
+    assert!(
+        !unaligned_line(report).contains(" 0 B "),
+        "checkpoint {id} persisted nothing in flight:\n{report}"
+    );
+}
+
 /// Copies directory `from` to `to`, recursively.
 fn copy_dir(from: &Path, to: &Path) {
     let status = std::process::Command::new("cp")

@@ -86,7 +86,8 @@ inputs = ["count"]
     )
 }
 
-fn run_word_count(parallelism: u32) {
+/// Runs the word count with `args` after the job file; returns weir's log.
+fn run_word_count(parallelism: u32, args: &[&str]) -> String {
     let scratch = Scratch::new();
     let texts = [input_text(3000), input_text(1), input_text(1700)];
     for (name, text) in ["a.txt", "b.txt", "c.txt"].iter().zip(&texts) {
@@ -95,7 +96,9 @@ fn run_word_count(parallelism: u32) {
     let expected = expected_counts(&texts.concat());
     let job = job(&scratch, parallelism);
 
-    let output = scratch.run(&["run", job.to_str().unwrap_or_default()]);
+    let mut all = vec!["run", job.to_str().unwrap_or_default()];
+    all.extend_from_slice(args);
+    let output = scratch.run(&all);
     assert!(output.status.success(), "{}", describe(&output));
 
     // The counter emits `word<TAB>count` on every update, so each word must show up with
@@ -134,16 +137,40 @@ fn run_word_count(parallelism: u32) {
             "{word:?} was counted by several subtasks: {parts:?}"
         );
     }
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
 fn word_count_with_parallelism_1_matches_an_independent_count() {
-    run_word_count(1);
+    let _ = run_word_count(1, &[]);
 }
 
 #[test]
 fn word_count_with_parallelism_4_matches_an_independent_count_and_keys_stay_on_one_subtask() {
-    run_word_count(4);
+    let _ = run_word_count(4, &[]);
+}
+
+#[test]
+fn word_count_across_three_workers_over_tcp_matches_an_independent_count() {
+    // Subtasks 0 and 3 on worker 1, 1 on worker 2, 2 on worker 3: the rebalance and the
+    // key-by cross every connection in both directions.
+    let log = run_word_count(4, &["-D", "network.local-workers=3"]);
+    assert!(
+        log.contains("3 workers in this process, 3 connections between them on 127.0.0.1"),
+        "{log}"
+    );
+    let carried = log
+        .lines()
+        .find_map(|l| {
+            l.split_once("the exchange between workers carried ")?
+                .1
+                .strip_suffix(" MiB")
+        })
+        .and_then(|mib| mib.trim().parse::<f64>().ok());
+    assert!(
+        carried.is_some_and(|mib| mib > 0.0),
+        "nothing crossed between workers:\n{log}"
+    );
 }
 
 #[test]

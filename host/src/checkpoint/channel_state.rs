@@ -3,37 +3,25 @@
 //! only lays out the batches, each as its four buffers, so that writing and replaying
 //! copy buffers, not records.
 //!
-//! Layout, little-endian: the number of channels (u32); per channel the number of
-//! batches (u32); per batch the number of records (u32), then the keys and the values
-//! (each the item ends, u32 per record, then the bytes, prefixed by their length as a
-//! u64), the timestamps (i64 per record) and the flags (a byte per record).
+//! Layout, little-endian: a version byte; the number of channels (u32); per channel the
+//! number of batches (u32), then each batch in [`Batch::encode_into`]'s encoding.
 
 use crate::runtime::ChannelState;
-use crate::runtime::batch::{Batch, Blobs};
+use crate::runtime::batch::Batch;
 
 /// The version byte the encoding starts with; a reader refuses others.
 const VERSION: u8 = 1;
 
 /// Encodes `state`.
 pub fn encode(state: &ChannelState) -> Vec<u8> {
-    let bytes: usize = state
-        .iter()
-        .flatten()
-        .map(|b| b.payload_bytes() + 17 * b.len() + 20)
-        .sum();
+    let bytes: usize = state.iter().flatten().map(|b| b.encoded_len() + 4).sum();
     let mut out = Vec::with_capacity(bytes + 8);
     out.push(VERSION);
     put_u32(&mut out, state.len());
     for channel in state {
         put_u32(&mut out, channel.len());
         for batch in channel {
-            put_u32(&mut out, batch.len());
-            put_blobs(&mut out, &batch.keys);
-            put_blobs(&mut out, &batch.values);
-            for t in &batch.timestamps {
-                out.extend_from_slice(&t.to_le_bytes());
-            }
-            out.extend_from_slice(&batch.flags);
+            batch.encode_into(&mut out);
         }
     }
     out
@@ -54,24 +42,10 @@ pub fn decode(bytes: &[u8]) -> Result<ChannelState, String> {
         let batches = r.u32()?;
         let mut channel = Vec::new();
         for b in 0..batches {
-            let records = r.u32()? as usize;
-            let keys = r.blobs(records)?;
-            let values = r.blobs(records)?;
-            let timestamps = r
-                .take(records.checked_mul(8).ok_or("too many records")?)?
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect();
-            let flags = r.take(records)?.to_vec();
-            let batch = Batch {
-                keys,
-                values,
-                timestamps,
-                flags,
-            };
-            batch
-                .check(&format!("channel {c}, batch {b}"))
-                .map_err(|e| e.0)?;
+            let mut rest = &r.bytes[r.at..];
+            let batch = Batch::decode_from(&mut rest)
+                .map_err(|e| format!("the channel state's channel {c}, batch {b}: {e}"))?;
+            r.at = r.bytes.len() - rest.len();
             channel.push(batch);
         }
         state.push(channel);
@@ -87,14 +61,6 @@ pub fn decode(bytes: &[u8]) -> Result<ChannelState, String> {
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
-}
-
-fn put_blobs(out: &mut Vec<u8>, blobs: &Blobs) {
-    for end in &blobs.ends {
-        out.extend_from_slice(&end.to_le_bytes());
-    }
-    out.extend_from_slice(&(blobs.bytes.len() as u64).to_le_bytes());
-    out.extend_from_slice(&blobs.bytes);
 }
 
 struct Reader<'a> {
@@ -123,19 +89,6 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().unwrap_or_default(),
         ))
-    }
-
-    fn blobs(&mut self, items: usize) -> Result<Blobs, String> {
-        let ends = self
-            .take(items.checked_mul(4).ok_or("too many records")?)?
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect();
-        let len = u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default());
-        let bytes = self
-            .take(usize::try_from(len).map_err(|_| "a buffer too large".to_owned())?)?
-            .to_vec();
-        Ok(Blobs { bytes, ends })
     }
 }
 

@@ -98,6 +98,9 @@ pub(crate) mod defaults {
     /// The most `network.channel-capacity` may be: a channel of more batches only
     /// delays checkpoints under backpressure.
     pub const CHANNEL_CAPACITY_LIMIT: usize = 1024;
+    /// The most `network.local-workers` may be: each pair of workers keeps a
+    /// connection with two threads at each end.
+    pub const LOCAL_WORKERS_LIMIT: usize = 16;
     /// `taskmanager.network.memory.buffer-debloat.target`.
     pub const DEBLOAT_TARGET: Duration = Duration::from_secs(1);
     /// `taskmanager.network.memory.buffer-debloat.period`.
@@ -331,6 +334,7 @@ pub(crate) struct RawState {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct RawNetwork {
     pub channel_capacity: Option<usize>,
+    pub local_workers: Option<usize>,
     pub buffer_debloat: Option<RawDebloat>,
 }
 

@@ -617,10 +617,23 @@ pub(crate) fn network(doc: &Doc<'_>) -> Result<NetworkConfig, JobError> {
             ),
         ));
     }
+    let local_workers = raw.local_workers.unwrap_or(1);
+    if !(1..=defaults::LOCAL_WORKERS_LIMIT).contains(&local_workers) {
+        return Err(invalid(
+            doc,
+            S,
+            "local-workers",
+            format!(
+                "`local-workers` is {local_workers}, but this process runs between 1 and {} workers. Set e.g. local-workers = 2, or remove it to keep every channel in memory.",
+                defaults::LOCAL_WORKERS_LIMIT
+            ),
+        ));
+    }
     let Some(raw) = raw.buffer_debloat else {
         return Ok(NetworkConfig {
             channel_capacity,
             debloat: None,
+            local_workers,
         });
     };
     let at = |key: &str| doc.at(&[Seg::Key(S), Seg::Key("buffer-debloat"), Seg::Key(key)]);
@@ -674,6 +687,7 @@ pub(crate) fn network(doc: &Doc<'_>) -> Result<NetworkConfig, JobError> {
     Ok(NetworkConfig {
         channel_capacity,
         debloat: (raw.enabled == Some(true)).then_some(DebloatConfig { target, period }),
+        local_workers,
     })
 }
 

@@ -281,6 +281,9 @@ pub struct NetworkConfig {
     pub channel_capacity: usize,
     /// `buffer-debloat`, when `enabled`.
     pub debloat: Option<DebloatConfig>,
+    /// `local-workers`: the workers this process runs the subtasks on, as Flink's
+    /// `local.number-taskmanager`; channels between two of them go over TCP.
+    pub local_workers: usize,
 }
 
 /// `[network.buffer-debloat]` with `enabled = true`.

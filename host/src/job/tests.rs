@@ -2495,7 +2495,8 @@ fn the_network_defaults_to_four_batches_a_channel_without_debloating() {
         network,
         NetworkConfig {
             channel_capacity: 4,
-            debloat: None
+            debloat: None,
+            local_workers: 1,
         }
     );
 }
@@ -2554,6 +2555,17 @@ fn bad_network_settings_are_refused_with_the_fix() {
     assert_error(&f.err(&text), &text, "period", &["`period` is zero"]);
     let text = format!("[network.buffer-debloat]\nenabled = true\ntargt = \"1s\"\n{MINIMAL}");
     assert_error(&f.err(&text), &text, "targt", &["[network.buffer-debloat]"]);
+    for workers in ["0", "17"] {
+        let text = format!("[network]\nlocal-workers = {workers}\n{MINIMAL}");
+        assert_error(
+            &f.err(&text),
+            &text,
+            "local-workers",
+            &["between 1 and 16 workers"],
+        );
+    }
+    let text = format!("[network]\nlocal-workers = 3\n{MINIMAL}");
+    assert_eq!(f.ok(&text).network.local_workers, 3);
 }
 
 // ----- the Kafka connectors -----

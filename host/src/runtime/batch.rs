@@ -1,5 +1,5 @@
 //! The batch: the one unit of records that the data plane moves, lowers into guests,
-//! partitions, and (later) checkpoints as channel state and frames on the wire.
+//! partitions, persists as channel state and ships between workers.
 //!
 //! A [`Batch`] is a handful of contiguous buffers — every key in one, every value in
 //! another, timestamps and flags one entry per record — laid out exactly as the WIT
@@ -340,6 +340,91 @@ impl Batch {
     }
 }
 
+/// The bytes of a [`Batch`] outside the process, in channel state and in the frames of
+/// the exchange between workers: its buffers one after another, so that writing and
+/// reading copy buffers, not records. Little-endian: the number of records (u32); the
+/// keys, then the values, each as the item ends (u32 per record), the length of the
+/// bytes (u64) and the bytes; the timestamps (i64 per record); the flags (a byte per
+/// record).
+impl Batch {
+    /// How many bytes [`Batch::encode_into`] writes.
+    pub fn encoded_len(&self) -> usize {
+        let n = self.len();
+        4 + 2 * 8 + 8 * n + 8 * n + n + self.payload_bytes()
+    }
+
+    /// Appends the encoding of the batch to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        out.extend_from_slice(&u32::try_from(self.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for blobs in [&self.keys, &self.values] {
+            for end in &blobs.ends {
+                out.extend_from_slice(&end.to_le_bytes());
+            }
+            out.extend_from_slice(&(blobs.bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(&blobs.bytes);
+        }
+        for t in &self.timestamps {
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+        out.extend_from_slice(&self.flags);
+    }
+
+    /// Reads one batch that [`Batch::encode_into`] wrote from the front of `bytes`,
+    /// leaving `bytes` after it, and checks it as [`Batch::check`] does.
+    pub fn decode_from(bytes: &mut &[u8]) -> Result<Batch, Malformed> {
+        let records = u32::from_le_bytes(take_array(bytes)?) as usize;
+        let mut blobs = || -> Result<Blobs, Malformed> {
+            let ends = take(bytes, records.checked_mul(4).ok_or_else(too_many)?)?
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let len = usize::try_from(u64::from_le_bytes(take_array(bytes)?))
+                .map_err(|_| Malformed("a buffer is larger than memory".to_owned()))?;
+            Ok(Blobs {
+                bytes: take(bytes, len)?.to_vec(),
+                ends,
+            })
+        };
+        let keys = blobs()?;
+        let values = blobs()?;
+        let timestamps = take(bytes, records.checked_mul(8).ok_or_else(too_many)?)?
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        let flags = take(bytes, records)?.to_vec();
+        let batch = Batch {
+            keys,
+            values,
+            timestamps,
+            flags,
+        };
+        batch.check("the batch")?;
+        Ok(batch)
+    }
+}
+
+fn too_many() -> Malformed {
+    Malformed("the batch claims more records than memory holds".to_owned())
+}
+
+/// The first `n` bytes of `bytes`, which then starts after them.
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], Malformed> {
+    if bytes.len() < n {
+        return Err(Malformed(format!(
+            "the batch ends {} bytes early",
+            n - bytes.len()
+        )));
+    }
+    let (head, rest) = bytes.split_at(n);
+    *bytes = rest;
+    Ok(head)
+}
+
+fn take_array<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N], Malformed> {
+    Ok(take(bytes, N)?.try_into().unwrap_or([0; N]))
+}
+
 impl<'a> FromIterator<RecordRef<'a>> for Batch {
     fn from_iter<I: IntoIterator<Item = RecordRef<'a>>>(records: I) -> Self {
         let mut batch = Batch::new();
@@ -441,6 +526,30 @@ mod tests {
             error.map(|e| e.0),
             Some("the output of `count`: 3 records have flags but 2 have timestamps".into())
         );
+    }
+
+    #[test]
+    fn a_batch_survives_its_encoding_and_leaves_what_follows() -> Result<(), Malformed> {
+        let mut bytes = Vec::new();
+        sample().encode_into(&mut bytes);
+        assert_eq!(bytes.len(), sample().encoded_len());
+        Batch::new().encode_into(&mut bytes);
+        bytes.push(42);
+        let mut rest = &bytes[..];
+        assert_eq!(Batch::decode_from(&mut rest)?, sample());
+        assert_eq!(Batch::decode_from(&mut rest)?, Batch::new());
+        assert_eq!(rest, [42]);
+        Ok(())
+    }
+
+    #[test]
+    fn every_truncated_encoding_is_refused() {
+        let mut bytes = Vec::new();
+        sample().encode_into(&mut bytes);
+        for len in 0..bytes.len() {
+            let error = Batch::decode_from(&mut &bytes[..len]).err();
+            assert!(error.is_some_and(|e| e.0.starts_with("the batch")), "{len}");
+        }
     }
 
     #[test]

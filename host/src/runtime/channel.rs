@@ -93,6 +93,8 @@ struct Lanes {
     pushed: u64,
     /// Data items popped so far.
     popped: u64,
+    /// Records in the batches popped so far.
+    popped_records: u64,
     priority: VecDeque<Announcement>,
     sender_gone: bool,
     receiver_gone: bool,
@@ -263,6 +265,46 @@ impl ChannelSender {
     pub fn record_limit(&self) -> usize {
         self.0.record_limit.load(Ordering::Relaxed)
     }
+
+    /// A view of what the consumer takes, for whoever forwards into this channel from
+    /// elsewhere (the exchange between workers grants it to the remote producer as
+    /// credit) without being its producer.
+    pub fn watch(&self) -> Watch {
+        Watch(self.0.clone())
+    }
+}
+
+/// What the consumer of a channel has taken so far, and the bounds it sets: the lane's
+/// capacity and its record limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Consumed {
+    /// Data items popped.
+    pub items: u64,
+    /// Records in the batches popped.
+    pub records: u64,
+    /// Data items the lane holds before it is full.
+    pub capacity: usize,
+    /// Records the lane holds before it is full (buffer debloating).
+    pub record_limit: usize,
+}
+
+/// See [`ChannelSender::watch`].
+#[derive(Debug)]
+pub struct Watch(Arc<Shared>);
+
+impl Watch {
+    /// What the consumer has taken so far. The producer's [`Wake`] is woken at the
+    /// consumer's next pop, so that the caller sees it without polling.
+    pub fn consumed(&self) -> Consumed {
+        let mut lanes = self.0.lock();
+        lanes.sender_waiting = true;
+        Consumed {
+            items: lanes.popped,
+            records: lanes.popped_records,
+            capacity: self.0.capacity,
+            record_limit: self.0.record_limit.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Drop for ChannelSender {
@@ -286,6 +328,7 @@ impl ChannelReceiver {
             Some(message) => {
                 if let Message::Batch(batch) = &message {
                     lanes.records -= batch.len();
+                    lanes.popped_records += batch.len() as u64;
                 }
                 lanes.popped += 1;
                 if lanes.sender_waiting {

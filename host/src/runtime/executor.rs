@@ -4,8 +4,9 @@
 use crate::checkpoint::AlignMode;
 use crate::checkpoint::coordinator::TaskRef;
 use crate::checkpoint::driver::{CheckpointDriver, CheckpointFailure, DriverSetup, DriverTask};
+use crate::exchange::{ExchangeError, Link, LocalWorkers};
 use crate::runtime::chain::{Chain, Member};
-use crate::runtime::channel::{ChannelReceiver, ChannelSender, ControlSender, Wake, channel};
+use crate::runtime::channel::{ChannelReceiver, ChannelSender, ControlSender, Wake};
 use crate::runtime::input::InputGate;
 use crate::runtime::metrics::{MetricsSlot, NodeMetrics, SubtaskMetrics, TaskTimes};
 use crate::runtime::output::{Output, OutputEdge};
@@ -30,6 +31,9 @@ pub struct Network {
     pub channel_capacity: usize,
     /// Buffer debloating, when on.
     pub debloat: Option<Debloat>,
+    /// Workers the subtasks are placed on in this process; channels between
+    /// subtasks on different workers go through the exchange over 127.0.0.1.
+    pub local_workers: usize,
 }
 
 impl Network {
@@ -44,6 +48,7 @@ impl Default for Network {
         Self {
             channel_capacity: Self::CHANNEL_CAPACITY,
             debloat: None,
+            local_workers: 1,
         }
     }
 }
@@ -137,6 +142,9 @@ pub enum RunError {
     /// Too many checkpoints failed (`tolerable-failed`).
     #[error("checkpointing failed: {0}")]
     Checkpointing(CheckpointFailure),
+    /// The exchange between workers failed.
+    #[error("the exchange between workers failed: {0}")]
+    Exchange(#[from] ExchangeError),
     /// A subtask's thread could not be started.
     #[error("could not start a thread for {task}: {source}")]
     Spawn {
@@ -259,7 +267,16 @@ impl Executor {
     pub fn run(&self, graph: &Graph, mut options: RunOptions) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let chains = chains(graph);
-        let mut wiring = wire(graph, &chains);
+        let (mut wiring, workers) = wire(graph, &chains);
+        let links = workers.connect(session_id())?;
+        if !links.is_empty() {
+            let connections = links.len() / 2;
+            tracing::info!(
+                "{} workers in this process, {connections} connection{} between them on 127.0.0.1",
+                graph.network.local_workers,
+                if connections == 1 { "" } else { "s" }
+            );
+        }
         let metrics = node_metrics(graph, &chains);
         if let Some(slot) = &options.metrics {
             slot.publish(metrics.iter().cloned().collect());
@@ -467,9 +484,35 @@ impl Executor {
                 stop.store(true, Ordering::Relaxed);
                 first_failure = Some(RunError::Checkpointing(failure));
             }
+            if first_failure.is_none()
+                && let Some(error) = links.iter().find_map(Link::take_failure)
+            {
+                tracing::error!("{error}");
+                stop.store(true, Ordering::Relaxed);
+                if let Some(driver) = driver.as_mut() {
+                    driver.on_task_failure();
+                }
+                first_failure = Some(RunError::Exchange(error));
+            }
             if last_progress.elapsed() >= PROGRESS_INTERVAL {
                 log_progress(graph, &metrics, started);
                 last_progress = Instant::now();
+            }
+        }
+        if !links.is_empty() {
+            let written: u64 = links.iter().map(Link::bytes_written).sum();
+            tracing::info!(
+                "the exchange between workers carried {:.1} MiB",
+                written as f64 / f64::from(1 << 20)
+            );
+        }
+        // Every channel has closed at both ends once every subtask has finished, so the
+        // links end too; one that fails to was cut, and the run with it.
+        for link in links {
+            if let Err(error) = link.join()
+                && first_failure.is_none()
+            {
+                first_failure = Some(RunError::Exchange(error));
             }
         }
         let stopped_with_savepoint = driver.and_then(CheckpointDriver::finish);
@@ -621,8 +664,18 @@ fn node_metrics(graph: &Graph, chains: &[Vec<usize>]) -> Vec<Arc<NodeMetrics>> {
         .collect()
 }
 
-/// Creates every channel of the graph but those inside a chain.
-fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
+/// What tells this run's connections between workers from any other's.
+fn session_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// Creates every channel of the graph but those inside a chain, with the workers whose
+/// connections carry those between subtasks on different workers.
+fn wire(graph: &Graph, chains: &[Vec<usize>]) -> (Wiring, LocalWorkers) {
+    let mut workers = LocalWorkers::new(graph.network.local_workers);
     let chained = |from: usize, to: usize| {
         chains
             .iter()
@@ -660,18 +713,17 @@ fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
             for u in 0..upstream.parallelism as usize {
                 let batch_size = node.batch_size;
                 let producer = &wakes[head_of[edge.from]][u];
+                let mut connect = |s: usize| {
+                    let (from, to) = (workers.worker_of(u), workers.worker_of(s));
+                    let (tx, rx) =
+                        workers.channel(from, to, capacity, wakes[d][s].clone(), producer.clone());
+                    inputs[d][s].push(rx);
+                    tx
+                };
                 let channels: Vec<ChannelSender> = if edge.partitioner == Partitioner::Forward {
-                    let (tx, rx) = channel(capacity, wakes[d][u].clone(), producer.clone());
-                    inputs[d][u].push(rx);
-                    vec![tx]
+                    vec![connect(u)]
                 } else {
-                    (0..node.parallelism as usize)
-                        .map(|s| {
-                            let (tx, rx) = channel(capacity, wakes[d][s].clone(), producer.clone());
-                            inputs[d][s].push(rx);
-                            tx
-                        })
-                        .collect()
+                    (0..node.parallelism as usize).map(connect).collect()
                 };
                 outputs[edge.from][u].push(OutputEdge::new(
                     node.id.clone(),
@@ -682,11 +734,14 @@ fn wire(graph: &Graph, chains: &[Vec<usize>]) -> Wiring {
             }
         }
     }
-    Wiring {
-        inputs,
-        wakes,
-        outputs,
-    }
+    (
+        Wiring {
+            inputs,
+            wakes,
+            outputs,
+        },
+        workers,
+    )
 }
 
 #[cfg(test)]

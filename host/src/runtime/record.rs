@@ -119,7 +119,7 @@ pub enum Control {
 
 /// What a channel's data lane carries, in order. Barriers travel beside it, on the
 /// priority lane, with their place in this order ([`crate::runtime::channel`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     /// A batch of records, moved by its buffers.
     Batch(Batch),
