@@ -23,8 +23,11 @@
 //! What owns what: the link owns its socket, two threads (one writes, one reads) and the
 //! link-side ends of its channels. It does not know subtasks, the job or checkpoints.
 //! Dropping the consuming end of a channel or failing the connection disconnects the
-//! channels, so the subtasks on both sides fail as they would on a local disconnect,
-//! and the restart strategy takes over.
+//! channels, so the subtasks on both sides stop as they would on a local disconnect;
+//! the executor fails the run with the link's error, and the restart strategy takes
+//! over. [`LocalWorkers`] places a job's subtasks on the workers of one process and
+//! joins them on 127.0.0.1 (`[network] local-workers`); worker processes on other
+//! machines are to use the same links.
 
 pub mod credit;
 pub mod frame;
