@@ -17,9 +17,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use weir::exchange::LocalWorkers;
 use weir::exchange::frame::Frame;
-use weir::exchange::{Channels, Hello, Link, handshake};
-use weir::runtime::channel::{self, Polled, Wake};
+use weir::runtime::channel::{Polled, Wake};
 use weir::runtime::{Batch, Message, RecordRef};
 
 /// The allocator of the `weir` binary, so that the figures are the binary's.
@@ -58,44 +58,14 @@ fn sample_batch(records: usize, value: usize) -> Batch {
         .collect()
 }
 
-/// Sends `batches` copies of `batch` over a link and times them until the consumer
-/// popped the last.
+/// Sends `batches` copies of `batch` from worker 1 to worker 2 over their link and
+/// times them until the consumer popped the last.
 fn exchange(batch: &Batch, batches: usize) -> Duration {
-    let (a_stream, b_stream) = sockets();
-    let greeter = std::thread::spawn(move || {
-        let hello = handshake(&b_stream, &Hello::new(1, "b"), Duration::from_secs(10));
-        (hello, b_stream)
-    });
-    let b_hello =
-        handshake(&a_stream, &Hello::new(1, "a"), Duration::from_secs(10)).expect("a greets");
-    let (a_hello, b_stream) = greeter.join().expect("no panic");
-    let a_hello = a_hello.expect("b greets");
-    let (a_wake, b_wake) = (Arc::new(Wake::default()), Arc::new(Wake::default()));
-    let producer_wake = Arc::new(Wake::default());
+    let mut workers = LocalWorkers::new(2);
     let consumer_wake = Arc::new(Wake::default());
-    let capacity = 4;
-    let (producer, link_rx) = channel::channel(capacity, a_wake.clone(), producer_wake);
-    let (link_tx, consumer) = channel::channel(capacity, consumer_wake.clone(), b_wake.clone());
-    let a = Link::start(
-        a_stream,
-        &b_hello,
-        Channels {
-            outgoing: vec![(0, link_rx)],
-            incoming: Vec::new(),
-        },
-        a_wake,
-    )
-    .expect("link a");
-    let b = Link::start(
-        b_stream,
-        &a_hello,
-        Channels {
-            outgoing: Vec::new(),
-            incoming: vec![(0, link_tx)],
-        },
-        b_wake,
-    )
-    .expect("link b");
+    let (producer, consumer) =
+        workers.channel(0, 1, 4, consumer_wake.clone(), Arc::new(Wake::default()));
+    let links = workers.connect(1).expect("two workers on loopback");
     let start = Instant::now();
     let consuming = std::thread::spawn(move || {
         consumer_wake.register();
@@ -120,8 +90,9 @@ fn exchange(batch: &Batch, batches: usize) -> Duration {
     let records = consuming.join().expect("no panic");
     let elapsed = start.elapsed();
     assert_eq!(records, batch.len() * batches);
-    a.join().expect("a ends in order");
-    b.join().expect("b ends in order");
+    for link in links {
+        link.join().expect("the link ends in order");
+    }
     elapsed
 }
 

@@ -104,9 +104,7 @@ pub fn handshake(
     ours: &Hello,
     timeout: Duration,
 ) -> Result<Hello, ExchangeError> {
-    let address = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let address = peer_address(stream);
     let io = |source| ExchangeError::Io {
         peer: address.clone(),
         source,
@@ -147,6 +145,13 @@ pub fn handshake(
     }
     stream.set_read_timeout(None).map_err(io)?;
     Ok(theirs)
+}
+
+/// The address at the other end of `stream`, for errors.
+fn peer_address(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string())
 }
 
 /// What the two threads of a link share.
@@ -221,10 +226,7 @@ impl Link {
         channels: Channels,
         wake: Arc<Wake>,
     ) -> Result<Link, ExchangeError> {
-        let address = stream
-            .peer_addr()
-            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        let peer = format!("{} at {address}", peer.worker);
+        let peer = format!("{} at {}", peer.worker, peer_address(&stream));
         let io = |source| ExchangeError::Io {
             peer: peer.clone(),
             source,
@@ -323,16 +325,6 @@ impl Link {
             shared,
             threads: vec![writer, reader],
         })
-    }
-
-    /// The worker at the other end.
-    pub fn peer(&self) -> &str {
-        &self.shared.peer
-    }
-
-    /// Whether the link has ended, in order or not.
-    pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(JoinHandle::is_finished)
     }
 
     /// Why the link failed, once it has: the first caller takes the error.
