@@ -6,14 +6,21 @@
 # drive the server with: headless Chromium for the web page, schemathesis for the
 # OpenAPI contract and prometheus-client for the text of /metrics, and for the Kafka
 # tests the Kafka-compatible broker they start on 127.0.0.1 (tansu) and the independent
-# client they check it with (confluent-kafka). Safe to run again.
+# client they check it with (confluent-kafka), and iproute2 for the cluster test that
+# puts workers in network namespaces. Safe to run again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "libclang (RocksDB bindings)"
 if ! ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so'; then
-  sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-  sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+fi
+
+step "iproute2 (network namespaces for the cluster tests)"
+if ! command -v ip >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
 fi
 
 step "Rust target wasm32-wasip2"
@@ -30,7 +37,6 @@ step "Node.js and ComponentizeJS (JavaScript guests)"
 # own nodejs is 18, so a machine without a newer one fails here, saying why.
 NODE_MAJOR_MIN=20
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
@@ -58,7 +64,6 @@ s3s-fs --version
 
 step "Chromium (the web page's test drives it headless)"
 if ! command -v chromium >/dev/null 2>&1; then
-  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq
   # Without the recommended desktop extras (notification daemon, printing, GL drivers):
   # the test renders headless with the fonts the machine has.

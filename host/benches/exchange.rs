@@ -17,7 +17,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir::exchange::LocalWorkers;
+use weir::exchange::Workers;
 use weir::exchange::frame::Frame;
 use weir::runtime::channel::{Polled, Wake};
 use weir::runtime::{Batch, Message, RecordRef};
@@ -61,11 +61,11 @@ fn sample_batch(records: usize, value: usize) -> Batch {
 /// Sends `batches` copies of `batch` from worker 1 to worker 2 over their link and
 /// times them until the consumer popped the last.
 fn exchange(batch: &Batch, batches: usize) -> Duration {
-    let mut workers = LocalWorkers::new(2);
+    let mut workers = Workers::in_process(2);
     let consumer_wake = Arc::new(Wake::default());
     let (producer, consumer) =
         workers.channel(0, 1, 4, consumer_wake.clone(), Arc::new(Wake::default()));
-    let links = workers.connect(1).expect("two workers on loopback");
+    let links = workers.connect_in_process(1).expect("two workers on loopback");
     let start = Instant::now();
     let consuming = std::thread::spawn(move || {
         consumer_wake.register();

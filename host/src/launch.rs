@@ -27,8 +27,8 @@ use crate::runtime::keygroup::KeyGroupRange;
 use crate::runtime::now_ms;
 use crate::runtime::watermark::EventTime;
 use crate::runtime::{
-    CancelToken, ChannelState, CheckpointId, Executor, Graph, GraphNode, NodeBody, NodeEdge,
-    Operator, Restore, RunError, RunOptions, Source,
+    CancelToken, ChannelState, CheckpointId, Cluster, Executor, Graph, GraphNode, NodeBody,
+    NodeEdge, Operator, Restore, RestorePoint, RunError, RunOptions, Source,
 };
 use crate::runtime::{Fault, TaskError, TaskInfo};
 use crate::state::{
@@ -246,7 +246,7 @@ fn unique_suffix() -> String {
 }
 
 /// The name a checkpoint records for the job's state backend.
-fn backend_name(kind: StateBackendKind) -> &'static str {
+pub fn backend_name(kind: StateBackendKind) -> &'static str {
     match kind {
         StateBackendKind::Heap => "heap",
         StateBackendKind::RocksDb => "rocksdb",
@@ -301,6 +301,9 @@ pub struct RunRequest {
     pub allow_non_restored_state: bool,
     /// Start without state when no checkpoint can be restored (`--start-without-state`).
     pub start_without_state: bool,
+    /// The workers that run the subtasks (`weir coordinator`); `None` runs them in this
+    /// process.
+    pub cluster: Option<Arc<dyn Cluster>>,
 }
 
 /// How a job ended without an error.
@@ -579,11 +582,22 @@ fn run_attempts(
             savepoint = Some((which.clone(), *id));
         }
         let restored_id = restored.as_ref().map(|(id, _)| *id);
+        let restore_point = match (&from, restored_id) {
+            (Some(FromCheckpoint::Latest), Some(id)) => Some(RestorePoint::Checkpoint(id)),
+            (Some(FromCheckpoint::Path(path)), Some(_)) => {
+                Some(RestorePoint::At(path.display().to_string()))
+            }
+            (Some(FromCheckpoint::Savepoint(location)), Some(_)) => {
+                Some(RestorePoint::At(location.clone()))
+            }
+            _ => None,
+        };
         let is_savepoint = plan.is_savepoint;
         let mut options = RunOptions {
             restore: plan.tasks,
             channel_state: plan.channel_state,
             metrics: Some(live.metrics.clone()),
+            restore_point,
             ..RunOptions::default()
         };
         live.stats.update(|s| {
@@ -630,7 +644,11 @@ fn run_attempts(
                 .update(|s| s.restored(id.0, now_ms(), path, is_savepoint));
         }
         live.set_state(JobState::Running);
-        let result = Executor::new(cancel.clone()).run(graph, options);
+        let executor = match &request.cluster {
+            Some(cluster) => Executor::on_cluster(cancel.clone(), cluster.clone()),
+            None => Executor::new(cancel.clone()),
+        };
+        let result = executor.run(graph, options);
         match result {
             Ok(RunReport {
                 stopped_with_savepoint: Some(location),
@@ -1014,6 +1032,43 @@ fn choose_restore(
             }
         }
     }
+}
+
+/// What one worker's subtasks restore from `point` (`weir worker`): the snapshot the
+/// coordinator chose and verified, read again from the shared storage.
+pub fn restore_share(
+    spec: &JobSpec,
+    point: &RestorePoint,
+    allow_non_restored_state: bool,
+    io: &Handle,
+) -> Result<(HashMap<(String, u32), Restore>, HashMap<(String, u32), ChannelState>), LaunchError> {
+    let fit = Fit {
+        allow_non_restored_state,
+        start_without_state: false,
+    };
+    let (restored, _) = match point {
+        RestorePoint::At(location) => {
+            choose_restore(spec, None, &FromCheckpoint::snapshot_at(location), fit, io)?
+        }
+        RestorePoint::Checkpoint(id) => {
+            let Some(config) = &spec.checkpointing else {
+                return Err(LaunchError::Restore(
+                    "the coordinator restores a checkpoint, but this job file has no [checkpointing]".to_owned(),
+                ));
+            };
+            let storage = crate::storage::open(&config.dir, &job_id(spec), &config.s3)?;
+            match load_snapshot(spec, &storage, *id, fit, io) {
+                Ok((restored, id)) => (restored, Some((id, storage.checkpoint_url(id)))),
+                Err(Skip::Unusable(reason) | Skip::Incompatible(reason)) => {
+                    return Err(LaunchError::Restore(format!(
+                        "checkpoint {id} in {}: {reason}",
+                        storage.describe()
+                    )));
+                }
+            }
+        }
+    };
+    Ok((restored.tasks, restored.channel_state))
 }
 
 /// Why a snapshot was not restored.

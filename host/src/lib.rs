@@ -15,10 +15,12 @@
 //! - [`storage`]: checkpoint storage (local files; S3 to come).
 //! - [`connectors`]: sources and sinks.
 //! - [`exchange`]: channels between workers, over TCP with credit-based flow control.
+//! - [`cluster`]: `weir coordinator` and `weir worker`, the control plane over gRPC.
 //! - [`observe`]: checkpoint statistics for people (`weir checkpoints list/show/diagnose`).
 //! - [`launch`]: the composition root, from a job spec to a runnable graph.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod connectors;
 pub mod exchange;
 pub mod job;

@@ -57,40 +57,58 @@ enum Command {
     Run {
         #[command(flatten)]
         job: JobArgs,
-        /// Resume from a checkpoint: `latest` (the newest complete checkpoint in the
-        /// job's checkpoint dir; older ones are tried when it is corrupt) or a checkpoint
-        /// directory `<dir>/<job>/chk-<n>`.
-        ///
-        /// A job that finished leaves a record of it, and `latest` then says so and
-        /// exits 0 without running anything.
-        #[arg(long, value_name = "latest|PATH", conflicts_with = "from_savepoint")]
-        from_checkpoint: Option<FromCheckpoint>,
-        /// Restore from a savepoint (`…/savepoint-<job>-<n>`, local or s3://) or a
-        /// retained checkpoint (`<dir>/<job>/chk-<n>`), as Flink's `-s`.
-        ///
-        /// Any node may run with another parallelism than the snapshot's: keyed state
-        /// moves by key group, operator state goes to every new subtask (union), sources
-        /// take over the splits they now own. A canonical savepoint restores into either
-        /// state backend. max-parallelism cannot change.
-        #[arg(short = 's', long, value_name = "PATH")]
-        from_savepoint: Option<String>,
-        /// Restore although the snapshot holds state of operators the job no longer
-        /// has (matched by id): that state is skipped. Without this flag such a restore
-        /// is refused, naming the operator.
-        #[arg(long)]
-        allow_non_restored_state: bool,
-        /// With --from-checkpoint latest: when the job's checkpoint storage holds
-        /// checkpoints but none can be restored (all corrupt or incompatible), start the
-        /// job without state instead of failing. For when the state is the problem; the
-        /// checkpoints stay where they are.
-        #[arg(long)]
-        start_without_state: bool,
-        /// Run although a file sink's directory holds output committed after the point
-        /// this run starts from (after the restored checkpoint, or any committed output
-        /// on a fresh start). The records in it are written again: duplicates. Without
-        /// this flag such a run is refused, naming the files.
-        #[arg(long)]
-        allow_duplicates: bool,
+        #[command(flatten)]
+        start: StartArgs,
+    },
+    /// Coordinate a job on a cluster: wait for `--workers` workers to attach, run the
+    /// job's subtasks on them, and checkpoint, restart and recover it as `weir run` does.
+    ///
+    /// Subtask i of every node runs on worker i mod n. Checkpoints must be in storage
+    /// every worker reaches (s3:// or a shared directory): workers write their state
+    /// there, the coordinator the metadata. When a worker is lost (its connection
+    /// breaks, or no heartbeat for --heartbeat-timeout), the job restarts from its latest
+    /// checkpoint as its restart strategy allows, once --workers workers are attached
+    /// again. With --from-checkpoint latest, a restarted coordinator recovers the job.
+    /// Every worker must see the job file and its .wasm files at the same paths.
+    Coordinator {
+        #[command(flatten)]
+        job: JobArgs,
+        #[command(flatten)]
+        start: StartArgs,
+        /// How many workers the job runs on.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        workers: u32,
+        /// Where workers attach (gRPC), as Flink's jobmanager.rpc.port.
+        #[arg(long, value_name = "ADDRESS", default_value = "0.0.0.0:6123")]
+        listen: std::net::SocketAddr,
+        /// How often workers send a heartbeat (Flink's heartbeat.interval).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+        heartbeat_interval: Duration,
+        /// How long without a heartbeat before a worker is lost (Flink's
+        /// heartbeat.timeout).
+        #[arg(long, value_name = "DURATION", default_value = "50s", value_parser = duration)]
+        heartbeat_timeout: Duration,
+    },
+    /// Run the subtasks a coordinator assigns, until Ctrl-C.
+    ///
+    /// Attaches to the coordinator over gRPC, trying for --connect-timeout, and again
+    /// whenever the connection breaks (its subtasks stop then: the coordinator restarts
+    /// the job). Exits 1 when the coordinator cannot be reached in time.
+    Worker {
+        /// The coordinator, `host:port` (e.g. the Kubernetes Service name and port).
+        #[arg(long, value_name = "HOST:PORT", env = "WEIR_COORDINATOR")]
+        coordinator: String,
+        /// Where to listen for the data of other workers, as Flink's
+        /// taskmanager.data.port.
+        #[arg(long, value_name = "ADDRESS", default_value = "0.0.0.0:6121")]
+        data_bind: std::net::SocketAddr,
+        /// The `host:port` other workers reach this one's data port at; by default
+        /// this machine's address towards the coordinator and the bound port.
+        #[arg(long, value_name = "HOST:PORT", env = "WEIR_DATA_ADDRESS")]
+        data_address: Option<String>,
+        /// How long to try to reach the coordinator before giving up.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        connect_timeout: Duration,
     },
     /// Check a job file and its components without running it, and print the plan.
     Validate(JobArgs),
@@ -141,6 +159,65 @@ enum Command {
         #[arg(value_name = "JOB.toml|URL")]
         target: Option<String>,
     },
+}
+
+/// How a run starts: from what, and what it tolerates.
+#[derive(clap::Args)]
+struct StartArgs {
+        /// Resume from a checkpoint: `latest` (the newest complete checkpoint in the
+        /// job's checkpoint dir; older ones are tried when it is corrupt) or a checkpoint
+        /// directory `<dir>/<job>/chk-<n>`.
+        ///
+        /// A job that finished leaves a record of it, and `latest` then says so and
+        /// exits 0 without running anything.
+        #[arg(long, value_name = "latest|PATH", conflicts_with = "from_savepoint")]
+        from_checkpoint: Option<FromCheckpoint>,
+        /// Restore from a savepoint (`…/savepoint-<job>-<n>`, local or s3://) or a
+        /// retained checkpoint (`<dir>/<job>/chk-<n>`), as Flink's `-s`.
+        ///
+        /// Any node may run with another parallelism than the snapshot's: keyed state
+        /// moves by key group, operator state goes to every new subtask (union), sources
+        /// take over the splits they now own. A canonical savepoint restores into either
+        /// state backend. max-parallelism cannot change.
+        #[arg(short = 's', long, value_name = "PATH")]
+        from_savepoint: Option<String>,
+        /// Restore although the snapshot holds state of operators the job no longer
+        /// has (matched by id): that state is skipped. Without this flag such a restore
+        /// is refused, naming the operator.
+        #[arg(long)]
+        allow_non_restored_state: bool,
+        /// With --from-checkpoint latest: when the job's checkpoint storage holds
+        /// checkpoints but none can be restored (all corrupt or incompatible), start the
+        /// job without state instead of failing. For when the state is the problem; the
+        /// checkpoints stay where they are.
+        #[arg(long)]
+        start_without_state: bool,
+        /// Run although a file sink's directory holds output committed after the point
+        /// this run starts from (after the restored checkpoint, or any committed output
+        /// on a fresh start). The records in it are written again: duplicates. Without
+        /// this flag such a run is refused, naming the files.
+        #[arg(long)]
+        allow_duplicates: bool,
+}
+
+impl StartArgs {
+    fn request(self) -> RunRequest {
+        RunRequest {
+            from: self
+                .from_savepoint
+                .as_deref()
+                .map(FromCheckpoint::snapshot_at)
+                .or(self.from_checkpoint),
+            allow_duplicates: self.allow_duplicates,
+            allow_non_restored_state: self.allow_non_restored_state,
+            start_without_state: self.start_without_state,
+            cluster: None,
+        }
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    job::parse_duration(text)
 }
 
 #[derive(clap::Args)]
@@ -291,25 +368,36 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
+        Command::Run { job, start } => run(&job, start.request(), None),
+        Command::Coordinator {
             job,
-            from_checkpoint,
-            from_savepoint,
-            allow_duplicates,
-            allow_non_restored_state,
-            start_without_state,
-        } => run(
-            &job,
-            &RunRequest {
-                from: from_savepoint
-                    .as_deref()
-                    .map(FromCheckpoint::snapshot_at)
-                    .or(from_checkpoint),
-                allow_duplicates,
-                allow_non_restored_state,
-                start_without_state,
-            },
-        ),
+            start,
+            workers,
+            listen,
+            heartbeat_interval,
+            heartbeat_timeout,
+        } => {
+            let cluster = ClusterArgs {
+                listen,
+                settings: weir::cluster::Settings {
+                    workers: workers as usize,
+                    heartbeat_interval,
+                    heartbeat_timeout,
+                },
+            };
+            run(&job, start.request(), Some(cluster))
+        }
+        Command::Worker {
+            coordinator,
+            data_bind,
+            data_address,
+            connect_timeout,
+        } => worker(&weir::cluster::WorkerOptions {
+            coordinator,
+            data_bind,
+            data_address,
+            connect_timeout,
+        }),
         Command::Validate(args) => validate(&args),
         Command::Stack { target } => outcome(stack(&target)),
         Command::Savepoint(SavepointArgs {
@@ -598,6 +686,70 @@ fn dispose(location: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the control plane of `weir coordinator` for the job of `args`.
+fn coordinate(
+    args: &JobArgs,
+    request: &RunRequest,
+    cluster: ClusterArgs,
+    io: &tokio::runtime::Handle,
+) -> Result<std::sync::Arc<dyn weir::runtime::Cluster>, ExitCode> {
+    let path = std::path::absolute(&args.job).unwrap_or_else(|_| args.job.clone());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        eprintln!("error: cannot read {}: {e}", path.display());
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    let listener = io
+        .block_on(tokio::net::TcpListener::bind(cluster.listen))
+        .map_err(|e| {
+            eprintln!(
+                "error: cannot listen on {} for workers: {e}",
+                cluster.listen
+            );
+            ExitCode::from(EXIT_FAILED)
+        })?;
+    let address = listener.local_addr().map_or(cluster.listen, |a| a);
+    let coordinator = weir::cluster::Coordinator::new(
+        weir::cluster::JobFile {
+            path: path.display().to_string(),
+            text,
+            overrides: args.overrides.iter().map(ToString::to_string).collect(),
+            allow_non_restored_state: request.allow_non_restored_state,
+            allow_duplicates: request.allow_duplicates,
+        },
+        cluster.settings.clone(),
+    );
+    coordinator.serve(listener, io);
+    tracing::info!(
+        "coordinator listening for workers on {address}; the job runs on {} worker{}",
+        cluster.settings.workers,
+        if cluster.settings.workers == 1 { "" } else { "s" }
+    );
+    Ok(coordinator)
+}
+
+/// `weir worker`: runs the subtasks a coordinator assigns until Ctrl-C.
+fn worker(options: &weir::cluster::WorkerOptions) -> ExitCode {
+    let wasm = match WasmRuntime::new(CompileCache::default_location()) {
+        Ok(wasm) => wasm,
+        Err(e) => {
+            report(&anyhow::Error::new(e).context("the WebAssembly engine could not start"));
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let cancel = CancelToken::default();
+    let io = match io_runtime(&cancel, "worker") {
+        Ok(io) => io,
+        Err(code) => return code,
+    };
+    match weir::cluster::run_worker(options, &wasm, io.handle(), &cancel) {
+        Ok(()) => ExitCode::from(EXIT_INTERRUPTED),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
 /// Prints an error the way the user should read it: one sentence per cause.
 fn report(error: &anyhow::Error) {
     eprintln!("error: {error}");
@@ -759,35 +911,53 @@ fn validate(args: &JobArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
-    let (spec, wasm) = match load_spec(args) {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
-    let live = std::sync::Arc::new(LiveJob::new(&spec, CancelToken::default()));
-    let cancel = live.cancel.clone();
-    let io = match tokio::runtime::Builder::new_multi_thread()
+/// What `weir coordinator` adds to a run.
+struct ClusterArgs {
+    listen: std::net::SocketAddr,
+    settings: weir::cluster::Settings,
+}
+
+/// The I/O runtime, with Ctrl-C cancelling `cancel` (a second one exits at once).
+fn io_runtime(cancel: &CancelToken, what: &'static str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("weir-io")
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: cannot start the I/O runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
+            ExitCode::from(EXIT_FAILED)
+        })?;
     let on_interrupt = cancel.clone();
     io.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("interrupted: stopping the job (press Ctrl-C again to exit at once)");
+            tracing::warn!("interrupted: stopping the {what} (press Ctrl-C again to exit at once)");
             on_interrupt.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(i32::from(EXIT_INTERRUPTED));
             }
         }
     });
+    Ok(io)
+}
+
+fn run(args: &JobArgs, mut request: RunRequest, cluster: Option<ClusterArgs>) -> ExitCode {
+    let (spec, wasm) = match load_spec(args) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let live = std::sync::Arc::new(LiveJob::new(&spec, CancelToken::default()));
+    let cancel = live.cancel.clone();
+    let io = match io_runtime(&cancel, "job") {
+        Ok(io) => io,
+        Err(code) => return code,
+    };
+    if let Some(cluster) = cluster {
+        match coordinate(args, &request, cluster, io.handle()) {
+            Ok(coordinator) => request.cluster = Some(coordinator),
+            Err(code) => return code,
+        }
+    }
 
     let token = std::env::var(weir::observe::rest::TOKEN_ENV).ok();
     let server = match weir::observe::rest::start(&spec.rest, token, live.clone(), io.handle()) {
@@ -803,7 +973,7 @@ fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
         "starting job; REST API and metrics at http://{}/",
         server.address()
     );
-    let outcome = run_job(&spec, &wasm, io.handle(), &live, request);
+    let outcome = run_job(&spec, &wasm, io.handle(), &live, &request);
     live.set_state(match &outcome {
         Ok(JobOutcome::Finished(_) | JobOutcome::AlreadyFinished(_)) => JobState::Finished,
         Ok(JobOutcome::Cancelled) => JobState::Canceled,
@@ -814,7 +984,8 @@ fn run(args: &JobArgs, request: &RunRequest) -> ExitCode {
     match outcome {
         Ok(JobOutcome::Finished(report)) => {
             tracing::info!(job = %spec.name, elapsed = ?report.elapsed, "job finished");
-            for metrics in &report.nodes {
+            // On a cluster the records are counted where they flow: on the workers.
+            for metrics in report.nodes.iter().filter(|_| request.cluster.is_none()) {
                 tracing::info!(node = %metrics.id, records_in = metrics.records_in(), records_out = metrics.records_out(), "node totals");
             }
             ExitCode::SUCCESS

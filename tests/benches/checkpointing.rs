@@ -15,6 +15,8 @@
 //!    the same job on one worker, every channel in memory: records/s and the end-to-end
 //!    time of its checkpoints. (What a record costs on the wire, and a network channel
 //!    against a plain TCP copy: `cargo bench -p weir-host --bench exchange`.)
+//! 5. The same job on `weir coordinator` and two `weir worker` processes against `weir
+//!    run` of it, both the real binary, wall time from start to exit.
 
 mod jobs;
 
@@ -315,4 +317,87 @@ inputs = ["count"]
         "   two workers / one: {:.2} of the throughput",
         figures[1] / figures[0]
     );
+
+    println!(
+        "5. the same job as processes: `weir coordinator` and two `weir worker`s on 127.0.0.1 vs `weir run` (wall time of the binary, start included)"
+    );
+    let mut figures = Vec::new();
+    for cluster in [false, true] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, job(1)).expect("the job file");
+        let spec = weir::job::load(&path, &[]).expect("a valid job");
+        let mut best = Duration::MAX;
+        let mut e2e = Vec::new();
+        for _ in 0..3 {
+            let elapsed = run_binary(dir.path(), cluster);
+            best = best.min(elapsed);
+            e2e.extend(
+                checkpoints(&spec, dir.path(), &io)
+                    .iter()
+                    .map(|c| Duration::from_millis(u64::try_from(c.end_to_end_ms()).unwrap_or(0))),
+            );
+        }
+        e2e.sort();
+        let rate = records as f64 / best.as_secs_f64();
+        println!(
+            "   {}   {:.2} M records/s   checkpoint end-to-end p50 {:.0?}  p99 {:.0?}   ({} checkpoints; best of 3)",
+            if cluster { "coordinator + 2 workers" } else { "weir run, 1 process    " },
+            rate / 1e6,
+            percentile(&e2e, 0.5),
+            percentile(&e2e, 0.99),
+            e2e.len()
+        );
+        figures.push(rate);
+    }
+    println!(
+        "   two worker processes / one process: {:.2} of the throughput",
+        figures[1] / figures[0]
+    );
+}
+
+/// Runs `dir/job.toml` with the real binary to its end: `weir run`, or a coordinator
+/// with two workers on 127.0.0.1. Returns the wall time.
+fn run_binary(dir: &std::path::Path, cluster: bool) -> Duration {
+    use std::process::{Command, Stdio};
+    let weir = || {
+        let mut command = Command::new(weir_tests::weir_bin());
+        command
+            .current_dir(dir)
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let started = Instant::now();
+    if !cluster {
+        let status = weir().args(["run", "job.toml"]).status().expect("weir runs");
+        assert!(status.success(), "weir run failed");
+        return started.elapsed();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut coordinator = weir()
+        .args(["coordinator", "job.toml", "--workers", "2", "--listen", &address])
+        .spawn()
+        .expect("the coordinator starts");
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| {
+            weir()
+                .args(["worker", "--coordinator", &address, "--data-bind", "127.0.0.1:0"])
+                .spawn()
+                .expect("a worker starts")
+        })
+        .collect();
+    let status = coordinator.wait().expect("the coordinator ends");
+    let elapsed = started.elapsed();
+    for worker in &mut workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    assert!(status.success(), "the coordinator failed");
+    elapsed
 }

@@ -574,6 +574,37 @@ impl XorShift {
     }
 }
 
+/// `lines` lines of eight words each, drawn from 500 (`w0` … `w499`): the input of the
+/// word count in the crash tests.
+pub fn word_text(rng: &mut XorShift, lines: usize) -> String {
+    let mut text = String::new();
+    for _ in 0..lines {
+        for i in 0..8 {
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(&format!("w{}", rng.below(500)));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// The failure-free output of the word counter over `texts`, computed here: for every
+/// word, the lines `word<TAB>1` … `word<TAB>n`, sorted.
+pub fn counted_lines(texts: &[String]) -> Vec<String> {
+    let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for word in texts.iter().flat_map(|t| t.split_whitespace()) {
+        *counts.entry(word).or_insert(0) += 1;
+    }
+    let mut lines: Vec<String> = counts
+        .iter()
+        .flat_map(|(word, &n)| (1..=n).map(move |k| format!("{word}\t{k}")))
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// `WEIR_CRASH_KILLS`, the kills of a crash test (default 20).
 pub fn crash_kills() -> u32 {
     std::env::var("WEIR_CRASH_KILLS")

@@ -9,39 +9,11 @@
 //! `WEIR_CRASH_KILLS` sets the number of kills (default 20); `WEIR_CRASH_SEED` replays a
 //! run (the seed is printed).
 
-use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
-use weir_tests::{Scratch, XorShift, crash_kills, crash_seed, describe, guest, toml_path};
-
-fn input_text(rng: &mut XorShift, lines: usize) -> String {
-    let mut text = String::new();
-    for _ in 0..lines {
-        for i in 0..8 {
-            if i > 0 {
-                text.push(' ');
-            }
-            text.push_str(&format!("w{}", rng.below(500)));
-        }
-        text.push('\n');
-    }
-    text
-}
-
-/// The failure-free output of the counter, computed here: for every word, the lines
-/// `word<TAB>1` … `word<TAB>n`, sorted.
-fn expected_lines(texts: &[String]) -> Vec<String> {
-    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-    for word in texts.iter().flat_map(|t| t.split_whitespace()) {
-        *counts.entry(word).or_insert(0) += 1;
-    }
-    let mut lines: Vec<String> = counts
-        .iter()
-        .flat_map(|(word, &n)| (1..=n).map(move |k| format!("{word}\t{k}")))
-        .collect();
-    lines.sort();
-    lines
-}
+use weir_tests::{
+    Scratch, XorShift, counted_lines, crash_kills, crash_seed, describe, guest, toml_path, word_text,
+};
 
 /// What varies between the runs of the harness.
 struct Setup {
@@ -177,7 +149,7 @@ fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> Killed {
     let scratch = Scratch::new();
     let env = setup.env();
     let mut rng = XorShift(seed);
-    let texts = [input_text(&mut rng, 60_000), input_text(&mut rng, 40_000)];
+    let texts = [word_text(&mut rng, 60_000), word_text(&mut rng, 40_000)];
     scratch.write("a.txt", &texts[0]);
     scratch.write("b.txt", &texts[1]);
     let job = scratch.write("job.toml", job(setup));
@@ -237,7 +209,7 @@ fn run_with_kills(setup: &Setup, kills: u32, seed: u64) -> Killed {
     );
     Killed {
         lines,
-        expected: expected_lines(&texts),
+        expected: counted_lines(&texts),
         landed,
         with_channel_state,
     }

@@ -65,7 +65,7 @@ impl From<&CheckpointingConfig> for CoordinatorConfig {
 
 /// One subtask of the job: which node (index into the job's nodes) and which parallel
 /// instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TaskRef {
     /// The node's index in the job's nodes.
     pub node: usize,
@@ -141,7 +141,7 @@ pub struct CompletedCheckpoint {
 }
 
 /// Why a task declined a checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum DeclineReason {
     /// A newer checkpoint's barrier overtook this one during alignment.
     #[error("subsumed by a newer checkpoint during alignment")]

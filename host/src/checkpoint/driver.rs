@@ -32,8 +32,9 @@ use std::time::Duration;
 use std::time::Instant;
 use tokio::runtime::Handle;
 
-/// What subtasks and their asynchronous phases tell the driver.
-#[derive(Debug)]
+/// What subtasks and their asynchronous phases tell the driver. Workers send it to the
+/// coordinator as it is, encoded.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum CoordinatorMessage {
     /// A subtask's part of a checkpoint is stored.
     Ack {
@@ -134,6 +135,28 @@ struct Savepoint {
     storage: Arc<dyn CheckpointStorage>,
     stop: bool,
     reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
+impl SnapshotUploader {
+    /// An uploader that stores snapshots in `storage` and reports on `messages`: the
+    /// driver's own, or on a worker the way to the coordinator. `node_ids` names the
+    /// files; `backend` writes the keyed part.
+    pub fn new(
+        messages: Sender<CoordinatorMessage>,
+        storage: Arc<dyn CheckpointStorage>,
+        io: Handle,
+        node_ids: Arc<[String]>,
+        backend: String,
+    ) -> Self {
+        Self {
+            messages,
+            storage,
+            targets: Targets::default(),
+            io,
+            node_ids,
+            backend,
+        }
+    }
 }
 
 impl CheckpointSink for SnapshotUploader {
@@ -596,15 +619,14 @@ impl CheckpointDriver {
     ) -> (Self, Arc<dyn CheckpointSink>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (stats_writer, stats_task) = spawn_stats_writer(&setup.storage, &setup.io);
-        let targets = Targets::default();
-        let uploader = SnapshotUploader {
-            messages: tx.clone(),
-            storage: setup.storage.clone(),
-            targets: targets.clone(),
-            io: setup.io.clone(),
-            node_ids: node_ids.clone(),
-            backend: setup.backend.clone(),
-        };
+        let uploader = SnapshotUploader::new(
+            tx.clone(),
+            setup.storage.clone(),
+            setup.io.clone(),
+            node_ids.clone(),
+            setup.backend.clone(),
+        );
+        let targets = uploader.targets.clone();
         let coordinator = CoordinatorState::new(
             setup.config.clone(),
             setup.next_id,
@@ -647,6 +669,11 @@ impl CheckpointDriver {
     /// The channel the driver's messages arrive on.
     pub fn messages(&self) -> &Receiver<CoordinatorMessage> {
         &self.messages
+    }
+
+    /// A way into [`CheckpointDriver::messages`], for what workers report.
+    pub fn inbox(&self) -> Sender<CoordinatorMessage> {
+        self.to_self.clone()
     }
 
     fn all_sources_exhausted(&self) -> bool {

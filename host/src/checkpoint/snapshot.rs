@@ -42,7 +42,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// What a snapshot is taken for, which decides how a backend writes its keyed state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SnapshotType {
     /// A periodic checkpoint: whatever is cheapest (RocksDB: incremental native files).
     #[default]

@@ -45,6 +45,12 @@ pub enum ExchangeError {
     /// Two workers in one process could not be connected.
     #[error("cannot connect two workers of this process on 127.0.0.1: {0}")]
     Loopback(#[source] std::io::Error),
+    /// This worker's data listener failed.
+    #[error("this worker's data port failed: {0}")]
+    Listen(#[source] std::io::Error),
+    /// Peers that should have connected to this worker did not in time.
+    #[error("worker(s) {0} did not connect to this worker in time")]
+    PeersMissing(String),
     /// The peer sent something that is not a frame of this version.
     #[error("worker {peer} sent what this weir cannot read: {what}")]
     Protocol {

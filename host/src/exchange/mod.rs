@@ -25,18 +25,18 @@
 //! Dropping the consuming end of a channel or failing the connection disconnects the
 //! channels, so the subtasks on both sides stop as they would on a local disconnect;
 //! the executor fails the run with the link's error, and the restart strategy takes
-//! over. [`LocalWorkers`] places a job's subtasks on the workers of one process and
-//! joins them on 127.0.0.1 (`[network] local-workers`); worker processes on other
-//! machines are to use the same links.
+//! over. [`Workers`] places a job's subtasks on workers and joins them: the workers of
+//! one process on 127.0.0.1 (`[network] local-workers`), or `weir worker` processes at
+//! the addresses their coordinator gives (`crate::cluster`).
 
 pub mod credit;
 pub mod frame;
 mod link;
-mod local;
+mod workers;
 
 pub use frame::{ChannelId, Hello};
 pub use link::{Channels, ExchangeError, Link, handshake};
-pub use local::LocalWorkers;
+pub use workers::Workers;
 
 #[cfg(test)]
 mod tests;

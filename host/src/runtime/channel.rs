@@ -387,24 +387,36 @@ impl Drop for ChannelReceiver {
 }
 
 /// The coordinator's end of a subtask's control channel: unbounded, and it wakes the
-/// subtask when the subtask waits on its data channels.
-#[derive(Clone, Debug)]
-pub struct ControlSender {
-    tx: crossbeam_channel::Sender<Control>,
-    wake: Arc<Wake>,
-}
+/// subtask when the subtask waits on its data channels. For a subtask on another
+/// worker it is the way there ([`ControlSender::remote`]).
+#[derive(Clone)]
+pub struct ControlSender(Arc<dyn Fn(Control) + Send + Sync>);
 
 impl ControlSender {
     /// A control channel whose subtask `wake` wakes.
     pub fn new(wake: Arc<Wake>) -> (Self, crossbeam_channel::Receiver<Control>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        (Self { tx, wake }, rx)
+        let send = move |control| {
+            let _ = tx.send(control);
+            wake.wake();
+        };
+        (Self(Arc::new(send)), rx)
+    }
+
+    /// A subtask's control channel that `send` carries to wherever it runs.
+    pub fn remote(send: impl Fn(Control) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(send))
     }
 
     /// Sends `control`; a subtask that is gone no longer cares.
     pub fn send(&self, control: Control) {
-        let _ = self.tx.send(control);
-        self.wake.wake();
+        (self.0)(control);
+    }
+}
+
+impl std::fmt::Debug for ControlSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlSender")
     }
 }
 

@@ -4,7 +4,8 @@
 use crate::checkpoint::AlignMode;
 use crate::checkpoint::coordinator::TaskRef;
 use crate::checkpoint::driver::{CheckpointDriver, CheckpointFailure, DriverSetup, DriverTask};
-use crate::exchange::{ExchangeError, Link, LocalWorkers};
+use crate::checkpoint::driver::CoordinatorMessage;
+use crate::exchange::{ExchangeError, Link, Workers};
 use crate::runtime::chain::{Chain, Member};
 use crate::runtime::channel::{ChannelReceiver, ChannelSender, ControlSender, Wake};
 use crate::runtime::input::InputGate;
@@ -13,9 +14,11 @@ use crate::runtime::output::{Output, OutputEdge};
 use crate::runtime::record::Control;
 use crate::runtime::task::{Restore, TaskContext, run_operator, run_source};
 use crate::runtime::{
-    CANCEL_POLL, ChannelState, Operator, Source, SubtaskIndex, TaskError, TaskInfo,
+    CANCEL_POLL, ChannelState, CheckpointId, CheckpointSink, Operator, Source, SubtaskIndex,
+    TaskError, TaskInfo,
 };
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
+use std::net::{SocketAddr, TcpListener};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +148,14 @@ pub enum RunError {
     /// The exchange between workers failed.
     #[error("the exchange between workers failed: {0}")]
     Exchange(#[from] ExchangeError),
+    /// A worker failed or was lost.
+    #[error("worker {worker}: {message}")]
+    Worker {
+        /// The worker, by its name and address.
+        worker: String,
+        /// What happened, as a sentence.
+        message: String,
+    },
     /// A subtask's thread could not be started.
     #[error("could not start a thread for {task}: {source}")]
     Spawn {
@@ -197,11 +208,15 @@ pub struct RunOptions {
     pub channel_state: HashMap<(String, u32), ChannelState>,
     /// Where the run publishes its counters, when someone reads them.
     pub metrics: Option<MetricsSlot>,
+    /// The snapshot `restore` and `channel_state` come from, for workers in other
+    /// processes, which read it themselves.
+    pub restore_point: Option<RestorePoint>,
 }
 
-/// Runs graphs.
+/// Runs graphs: in this process, or on a cluster of workers.
 pub struct Executor {
     cancel: CancelToken,
+    cluster: Option<Arc<dyn Cluster>>,
 }
 
 /// The nodes that run in one subtask thread, upstream first: a node joins the chain of
@@ -247,6 +262,17 @@ pub fn chains(graph: &Graph) -> Vec<Vec<usize>> {
     chains
 }
 
+/// A graph's channels and control channels, before its subtasks start.
+struct Wired {
+    wiring: Wiring,
+    workers: Workers,
+    /// Per node, per subtask: the receiving end of its control channel, for the
+    /// subtasks placed here.
+    receivers: Vec<Vec<Option<Receiver<Control>>>>,
+    /// The sending ends, by subtask.
+    controls: HashMap<TaskRef, ControlSender>,
+}
+
 struct Wiring {
     /// Per node, per subtask: the receivers of its input channels.
     inputs: Vec<Vec<Vec<ChannelReceiver>>>,
@@ -257,266 +283,266 @@ struct Wiring {
     outputs: Vec<Vec<Vec<OutputEdge>>>,
 }
 
+/// What the supervising loop of a run hears about its subtasks, wherever they run.
+#[derive(Debug)]
+pub enum TaskEvent {
+    /// A subtask's thread ended.
+    Ended {
+        /// The subtask, by its thread's name (`node (i/n)`, or a chain's).
+        task: String,
+        /// How it ended.
+        result: Result<(), TaskError>,
+    },
+    /// A subtask on another worker reported to the checkpoint coordinator.
+    Report(CoordinatorMessage),
+    /// What carries the subtasks failed: a link, a worker.
+    Failed(RunError),
+}
+
+/// Workers in other processes that run a job's subtasks (`weir coordinator`): the
+/// executor plans and supervises, the cluster carries the plan and the controls.
+pub trait Cluster: Send + Sync + std::fmt::Debug {
+    /// Starts `attempt` of the job on the workers, restoring `restore`: waits until
+    /// enough are registered, gives each its share and sends what happens from then on
+    /// to `events`. `tasks(w, n)` is how many subtasks worker `w` of `n` runs, so that a
+    /// worker that is lost, or ends its attempt early, has them accounted as ended.
+    /// Returns how many workers take part; gives up when `cancel` is cancelled.
+    fn start_attempt(
+        &self,
+        attempt: u64,
+        restore: Option<&RestorePoint>,
+        tasks: &dyn Fn(usize, usize) -> usize,
+        events: Sender<TaskEvent>,
+        cancel: &CancelToken,
+    ) -> Result<usize, RunError>;
+    /// Sends `control` to subtask `task` on worker `worker` of the current attempt.
+    fn control(&self, worker: usize, task: TaskRef, control: Control);
+    /// Ends the current attempt on every worker: their subtasks stop.
+    fn stop_attempt(&self);
+}
+
+/// The snapshot a run restores, as a worker finds it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestorePoint {
+    /// A completed checkpoint in the job's checkpoint storage.
+    Checkpoint(CheckpointId),
+    /// A retained checkpoint or a savepoint at this location (`weir run -s`).
+    At(String),
+}
+
+/// Where this process's subtasks sit among a job's workers.
+pub enum Placement {
+    /// All of them, on the `[network] local-workers` workers of this process.
+    InProcess,
+    /// Those of one worker (`weir worker`).
+    Worker {
+        /// This worker.
+        me: usize,
+        /// Every worker's data address, by worker.
+        peers: Vec<SocketAddr>,
+        /// This worker's data listener, where the workers above it connect.
+        listener: Arc<TcpListener>,
+        /// The attempt, which every connection between workers names.
+        session: u64,
+    },
+}
+
+/// The subtasks of a graph that run in this process, started.
+pub struct Share {
+    /// Every subtask's control channel here, chained members included.
+    pub controls: HashMap<TaskRef, ControlSender>,
+    links: Vec<Link>,
+    done: Receiver<TaskEvent>,
+    running: usize,
+    stop: Arc<AtomicBool>,
+}
+
+impl Share {
+    /// Asks every subtask here to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The first failure of a link, once.
+    fn link_failure(&self) -> Option<RunError> {
+        self.links
+            .iter()
+            .find_map(Link::take_failure)
+            .map(RunError::Exchange)
+    }
+
+    /// Waits until every subtask here has ended and hands each end to `events`, with
+    /// a link's failure; stops them all when `cancel` is cancelled or a link fails.
+    /// Once every subtask here has finished, the links end when the peers have closed
+    /// their channels too; after a failure or a cancel they are cut at once, for a peer
+    /// may be out of reach.
+    pub fn wait(self, cancel: &CancelToken, events: &mut dyn FnMut(TaskEvent)) {
+        let mut running = self.running;
+        let mut failed = false;
+        let mut finished = true;
+        while running > 0 {
+            if cancel.is_cancelled() {
+                finished = false;
+                self.stop();
+            }
+            match self.done.recv_timeout(CANCEL_POLL) {
+                Ok(event) => {
+                    running -= 1;
+                    if let TaskEvent::Ended { result: Err(_), .. } = &event {
+                        finished = false;
+                    }
+                    events(event);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            if !failed && let Some(error) = self.link_failure() {
+                (failed, finished) = (true, false);
+                self.stop();
+                events(TaskEvent::Failed(error));
+            }
+        }
+        if !finished {
+            return;
+        }
+        for link in self.links {
+            if let Err(error) = link.join()
+                && !failed
+            {
+                failed = true;
+                events(TaskEvent::Failed(RunError::Exchange(error)));
+            }
+        }
+    }
+}
+
 impl Executor {
     /// An executor whose runs stop when `cancel` is cancelled.
     pub fn new(cancel: CancelToken) -> Self {
-        Self { cancel }
+        Self {
+            cancel,
+            cluster: None,
+        }
     }
 
-    /// Runs `graph` until every subtask has finished, or until the first failure.
+    /// An executor whose runs place their subtasks on `cluster`'s workers.
+    pub fn on_cluster(cancel: CancelToken, cluster: Arc<dyn Cluster>) -> Self {
+        Self {
+            cancel,
+            cluster: Some(cluster),
+        }
+    }
+
+    /// Runs `graph` until every subtask has finished, or until the first failure: in
+    /// this process, or on the executor's cluster.
     pub fn run(&self, graph: &Graph, mut options: RunOptions) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let chains = chains(graph);
-        let (mut wiring, workers) = wire(graph, &chains);
-        let links = workers.connect(session_id())?;
-        if !links.is_empty() {
-            let connections = links.len() / 2;
-            tracing::info!(
-                "{} workers in this process, {connections} connection{} between them on 127.0.0.1",
-                graph.network.local_workers,
-                if connections == 1 { "" } else { "s" }
-            );
-        }
         let metrics = node_metrics(graph, &chains);
         if let Some(slot) = &options.metrics {
             slot.publish(metrics.iter().cloned().collect());
         }
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        // This run's stop flag: set on the first failure, or when the user cancels. The
-        // user's token stays as the user left it, so a restart can tell the two apart.
-        let stop = Arc::new(AtomicBool::new(false));
-        let cancel = &stop;
-
-        // Every subtask gets a control channel; the coordinator holds the senders.
-        let mut controls = Vec::new();
-        let mut driver_tasks = Vec::new();
-        for (n, node) in graph.nodes.iter().enumerate() {
-            let mut node_controls = Vec::new();
-            for s in 0..node.parallelism {
-                let (tx, rx) = ControlSender::new(wiring.wakes[n][s as usize].clone());
-                let task = TaskRef {
-                    node: n,
-                    subtask: SubtaskIndex(s),
-                };
-                driver_tasks.push(DriverTask {
-                    task,
-                    control: tx,
-                    is_source: matches!(node.body, NodeBody::Source(_)),
-                    parallelism: node.parallelism,
-                });
-                node_controls.push(rx);
-            }
-            controls.push(node_controls);
-        }
         let node_ids: Arc<[String]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
-        let (mut driver, sink) = match options.checkpointing.take() {
-            Some(setup) => {
-                let (driver, sink) = CheckpointDriver::new(setup, driver_tasks, node_ids, started);
-                (Some(driver), Some(sink))
-            }
-            // Without a coordinator the control senders go away at once; nothing waits on
-            // them because no subtask outlives its input.
-            None => (None, None),
-        };
-        let mode = options.mode.unwrap_or(AlignMode::ExactlyOnce);
-
-        let mut running = 0usize;
-        for chain in &chains {
-            let (head, tail) = (chain[0], chain[chain.len() - 1]);
-            let inputs = std::mem::take(&mut wiring.inputs[head]);
-            let outputs = std::mem::take(&mut wiring.outputs[tail]);
-            let head_controls = std::mem::take(&mut controls[head]);
-            let wakes = std::mem::take(&mut wiring.wakes[head]);
-            for (s, (((receivers, edges), control), wake)) in inputs
-                .into_iter()
-                .zip(outputs)
-                .zip(head_controls)
-                .zip(wakes)
-                .enumerate()
-            {
-                let index = u32::try_from(s).unwrap_or(u32::MAX);
-                let infos: Vec<TaskInfo> = chain
-                    .iter()
-                    .map(|&n| TaskInfo {
-                        node: graph.nodes[n].id.clone(),
-                        subtask: SubtaskIndex(index),
-                        parallelism: graph.nodes[n].parallelism,
-                        max_parallelism: graph.max_parallelism,
-                        metrics: metrics[n].subtasks[s].clone(),
-                    })
-                    .collect();
-                let name = thread_name(&infos);
-                let head_name = infos[0].name();
-                let replay = options
-                    .channel_state
-                    .remove(&(graph.nodes[head].id.clone(), index))
-                    .unwrap_or_default();
-                let restores: Vec<Restore> = chain
-                    .iter()
-                    .map(|&n| {
-                        options
-                            .restore
-                            .remove(&(graph.nodes[n].id.clone(), index))
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                let ctx = TaskContext {
-                    task: TaskRef {
-                        node: head,
-                        subtask: SubtaskIndex(index),
-                    },
-                    checkpoints: sink.clone(),
-                    mode,
-                    metrics: metrics[head].subtasks[s].clone(),
-                    wake: wake.clone(),
-                    cancel: cancel.clone(),
+        let setup = options.checkpointing.take();
+        let outcome = match &self.cluster {
+            None => {
+                let wired = wire(graph, &chains, Workers::in_process(graph.network.local_workers));
+                let (mut driver, sink) = match setup {
+                    Some(setup) => {
+                        let tasks = driver_tasks(graph, |task| wired.controls[&task].clone());
+                        let (driver, sink) = CheckpointDriver::new(setup, tasks, node_ids, started);
+                        (Some(driver), Some(sink))
+                    }
+                    // Without a coordinator the control senders go away at once; nothing
+                    // waits on them because no subtask outlives its input.
+                    None => (None, None),
                 };
-                let bodies: Vec<(usize, NodeBody, usize)> = chain
-                    .iter()
-                    .map(|&n| (n, graph.nodes[n].body.clone(), graph.nodes[n].batch_size))
-                    .collect();
-                let times = metrics[head].subtasks[s].times.clone();
-                let mut output = Output::new(edges, cancel.clone(), times.clone());
-                let mut gate = InputGate::new(
-                    receivers,
-                    control.clone(),
-                    wake,
-                    cancel.clone(),
-                    times.clone(),
+                let share = start(
+                    graph,
+                    &chains,
+                    &metrics,
+                    wired,
+                    &Placement::InProcess,
+                    &mut options,
+                    sink,
+                )?;
+                let running = share.running;
+                let failure = self.supervise(
+                    graph,
+                    &metrics,
+                    started,
+                    running,
+                    &share.done,
+                    &mut driver,
+                    &|| share.stop(),
+                    &|| share.link_failure(),
                 );
-                if let Some(debloat) = graph.network.debloat {
-                    gate.debloat(debloat);
-                }
-                let done = done_tx.clone();
-                let task_name = name.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || {
-                        // The head's name; every chained member enters its own span.
-                        let span = tracing::info_span!("task", task = %head_name);
-                        let _entered = span.enter();
-                        let (failed, result) = run_chain(
-                            bodies,
-                            &infos,
-                            restores,
-                            replay,
-                            &mut gate,
-                            &mut output,
-                            &control,
-                            &ctx,
-                        );
-                        // Channels close here, so neighbours blocked on this subtask wake up.
-                        drop((output, gate));
-                        times.end();
-                        let _ = done.send((failed.unwrap_or(task_name), result));
-                    });
-                if let Err(source) = spawned {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(RunError::Spawn { task: name, source });
-                }
-                running += 1;
-            }
-            // The chained members' own control channels: the coordinator tells every
-            // subtask the same, so the head's channel serves the whole chain.
-            for &n in &chain[1..] {
-                drop(std::mem::take(&mut controls[n]));
-            }
-        }
-        drop(done_tx);
-        drop(sink);
-
-        let mut first_failure: Option<RunError> = None;
-        let mut last_progress = Instant::now();
-        let never = crossbeam_channel::never();
-        let never_savepoint = crossbeam_channel::never();
-        while running > 0 {
-            let now = Instant::now();
-            if self.cancel.is_cancelled() {
-                stop.store(true, Ordering::Relaxed);
-            }
-            let wake = driver
-                .as_ref()
-                .and_then(CheckpointDriver::next_deadline)
-                .map_or(now + CANCEL_POLL, |d| d.min(now + CANCEL_POLL));
-            let messages = driver.as_ref().map_or(&never, |d| d.messages());
-            let savepoints = driver
-                .as_ref()
-                .map_or(&never_savepoint, |d| d.savepoint_requests());
-            crossbeam_channel::select! {
-                recv(done_rx) -> finished => {
-                    let Ok((task, result)) = finished else { break };
-                    running -= 1;
-                    match result {
-                        Ok(()) => tracing::debug!(task = %task, "subtask finished"),
-                        Err(TaskError::Disconnected | TaskError::Cancelled) => {}
-                        Err(error) => {
-                            if first_failure.is_none() {
-                                tracing::error!(task = %task, "{error}");
-                                stop.store(true, Ordering::Relaxed);
-                                if let Some(driver) = driver.as_mut() {
-                                    driver.on_task_failure();
-                                }
-                                first_failure = Some(RunError::TaskFailed { task, error });
-                            }
-                        }
-                    }
-                }
-                recv(messages) -> message => {
-                    if let (Ok(message), Some(d)) = (message, driver.as_mut())
-                        && first_failure.is_none()
-                        && let Err(failure) = d.on_message(message, Instant::now())
+                let links = share.links;
+                log_exchanged(&links);
+                let mut failure = failure;
+                // Every channel has closed at both ends once every subtask has
+                // finished, so the links end too; one that fails to was cut, and the
+                // run with it.
+                for link in links {
+                    if let Err(error) = link.join()
+                        && failure.is_none()
                     {
-                        stop.store(true, Ordering::Relaxed);
-                        first_failure = Some(RunError::Checkpointing(failure));
+                        failure = Some(RunError::Exchange(error));
                     }
                 }
-                recv(savepoints) -> request => {
-                    if let (Ok(request), Some(d)) = (request, driver.as_mut()) {
-                        d.on_savepoint_request(request);
-                    }
-                }
-                default(wake.saturating_duration_since(now)) => {}
+                (failure, driver)
             }
-            if first_failure.is_none()
-                && let Some(d) = driver.as_mut()
-                && let Err(failure) = d.on_tick(Instant::now())
-            {
-                stop.store(true, Ordering::Relaxed);
-                first_failure = Some(RunError::Checkpointing(failure));
+            Some(cluster) => {
+                let attempt = session_id();
+                let (events_tx, events) = crossbeam_channel::unbounded();
+                let heads: Vec<usize> = chains.iter().map(|c| c[0]).collect();
+                let tasks = |worker: usize, workers: usize| {
+                    heads
+                        .iter()
+                        .map(|&head| {
+                            (0..graph.nodes[head].parallelism as usize)
+                                .filter(|s| s % workers == worker)
+                                .count()
+                        })
+                        .sum()
+                };
+                let workers = cluster.start_attempt(
+                    attempt,
+                    options.restore_point.as_ref(),
+                    &tasks,
+                    events_tx,
+                    &self.cancel,
+                )?;
+                let mut driver = setup.map(|setup| {
+                    let tasks = driver_tasks(graph, |task| {
+                        let cluster = cluster.clone();
+                        let worker = task.subtask.0 as usize % workers;
+                        ControlSender::remote(move |control| cluster.control(worker, task, control))
+                    });
+                    // The sink stays unused: the workers store their snapshots.
+                    CheckpointDriver::new(setup, tasks, node_ids, started).0
+                });
+                let running = heads
+                    .iter()
+                    .map(|&h| graph.nodes[h].parallelism as usize)
+                    .sum();
+                let failure = self.supervise(
+                    graph,
+                    &metrics,
+                    started,
+                    running,
+                    &events,
+                    &mut driver,
+                    &|| cluster.stop_attempt(),
+                    &|| None,
+                );
+                cluster.stop_attempt();
+                (failure, driver)
             }
-            if first_failure.is_none()
-                && let Some(error) = links.iter().find_map(Link::take_failure)
-            {
-                tracing::error!("{error}");
-                stop.store(true, Ordering::Relaxed);
-                if let Some(driver) = driver.as_mut() {
-                    driver.on_task_failure();
-                }
-                first_failure = Some(RunError::Exchange(error));
-            }
-            if last_progress.elapsed() >= PROGRESS_INTERVAL {
-                log_progress(graph, &metrics, started);
-                last_progress = Instant::now();
-            }
-        }
-        if !links.is_empty() {
-            let written: u64 = links.iter().map(Link::bytes_written).sum();
-            tracing::info!(
-                "the exchange between workers carried {:.1} MiB",
-                written as f64 / f64::from(1 << 20)
-            );
-        }
-        // Every channel has closed at both ends once every subtask has finished, so the
-        // links end too; one that fails to was cut, and the run with it.
-        for link in links {
-            if let Err(error) = link.join()
-                && first_failure.is_none()
-            {
-                first_failure = Some(RunError::Exchange(error));
-            }
-        }
+        };
+        let (failure, driver) = outcome;
         let stopped_with_savepoint = driver.and_then(CheckpointDriver::finish);
-        if let Some(failure) = first_failure {
+        if let Some(failure) = failure {
             return Err(failure);
         }
         if self.cancel.is_cancelled() {
@@ -528,6 +554,303 @@ impl Executor {
             stopped_with_savepoint,
         })
     }
+
+    /// Watches a run's subtasks until every one has ended: drives the checkpoint
+    /// coordinator, and on the first failure stops the rest with `stop`. `link_failure`
+    /// tells of a failed link between workers of this process. Returns the first
+    /// failure.
+    #[allow(clippy::too_many_arguments)]
+    fn supervise(
+        &self,
+        graph: &Graph,
+        metrics: &[Arc<NodeMetrics>],
+        started: Instant,
+        mut running: usize,
+        events: &Receiver<TaskEvent>,
+        driver: &mut Option<CheckpointDriver>,
+        stop: &dyn Fn(),
+        link_failure: &dyn Fn() -> Option<RunError>,
+    ) -> Option<RunError> {
+        let mut first_failure: Option<RunError> = None;
+        // The first failure stops the rest and fails the checkpoints in progress.
+        let fail = |error: RunError, driver: &mut Option<CheckpointDriver>| {
+            tracing::error!("{error}");
+            stop();
+            if let Some(driver) = driver.as_mut() {
+                driver.on_task_failure();
+            }
+            Some(error)
+        };
+        let mut last_progress = Instant::now();
+        let never = crossbeam_channel::never();
+        let never_savepoint = crossbeam_channel::never();
+        while running > 0 {
+            let now = Instant::now();
+            if self.cancel.is_cancelled() {
+                stop();
+            }
+            let wake = driver
+                .as_ref()
+                .and_then(CheckpointDriver::next_deadline)
+                .map_or(now + CANCEL_POLL, |d| d.min(now + CANCEL_POLL));
+            let messages = driver.as_ref().map_or(&never, |d| d.messages());
+            let savepoints = driver
+                .as_ref()
+                .map_or(&never_savepoint, |d| d.savepoint_requests());
+            let mut message = None;
+            crossbeam_channel::select! {
+                recv(events) -> event => match event {
+                    Ok(TaskEvent::Ended { task, result }) => {
+                        running -= 1;
+                        match result {
+                            Ok(()) => tracing::debug!(task = %task, "subtask finished"),
+                            Err(TaskError::Disconnected | TaskError::Cancelled) => {}
+                            Err(error) if first_failure.is_none() => {
+                                first_failure = fail(RunError::TaskFailed { task, error }, driver);
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    Ok(TaskEvent::Report(report)) => message = Some(report),
+                    Ok(TaskEvent::Failed(error)) if first_failure.is_none() => {
+                        first_failure = fail(error, driver);
+                    }
+                    Ok(TaskEvent::Failed(_)) => {}
+                    Err(_) => break,
+                },
+                recv(messages) -> received => message = received.ok(),
+                recv(savepoints) -> request => match (request, driver.as_mut()) {
+                    (Ok(request), Some(_)) if self.cluster.is_some() => {
+                        let _ = request.reply.send(Err(
+                            "savepoints of a job on a cluster are not supported yet: its workers store every snapshot in the checkpoint storage. Take a retained checkpoint instead ([checkpointing] retention = \"retain-on-cancellation\")".to_owned(),
+                        ));
+                    }
+                    (Ok(request), Some(d)) => d.on_savepoint_request(request),
+                    _ => {}
+                },
+                default(wake.saturating_duration_since(now)) => {}
+            }
+            if let (Some(message), Some(d)) = (message, driver.as_mut())
+                && first_failure.is_none()
+                && let Err(failure) = d.on_message(message, Instant::now())
+            {
+                first_failure = fail(RunError::Checkpointing(failure), driver);
+            }
+            if first_failure.is_none()
+                && let Some(d) = driver.as_mut()
+                && let Err(failure) = d.on_tick(Instant::now())
+            {
+                first_failure = fail(RunError::Checkpointing(failure), driver);
+            }
+            if first_failure.is_none()
+                && let Some(error) = link_failure()
+            {
+                first_failure = fail(error, driver);
+            }
+            if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                log_progress(graph, metrics, started);
+                last_progress = Instant::now();
+            }
+        }
+        first_failure
+    }
+}
+
+/// Starts this process's share of `graph` (`weir worker`): its subtasks, their
+/// snapshots going to `sink`, and its connections to the other workers.
+pub fn start_share(
+    graph: &Graph,
+    mut options: RunOptions,
+    sink: Option<Arc<dyn CheckpointSink>>,
+    placement: &Placement,
+) -> Result<Share, RunError> {
+    let chains = chains(graph);
+    let metrics = node_metrics(graph, &chains);
+    if let Some(slot) = &options.metrics {
+        slot.publish(metrics.iter().cloned().collect());
+    }
+    let layout = match placement {
+        Placement::InProcess => Workers::in_process(graph.network.local_workers),
+        Placement::Worker { me, peers, .. } => Workers::one_of(peers.len(), *me),
+    };
+    let wired = wire(graph, &chains, layout);
+    start(graph, &chains, &metrics, wired, placement, &mut options, sink)
+}
+
+/// Every subtask as the checkpoint coordinator addresses it, through `control_of`.
+fn driver_tasks(graph: &Graph, control_of: impl Fn(TaskRef) -> ControlSender) -> Vec<DriverTask> {
+    let mut tasks = Vec::new();
+    for (n, node) in graph.nodes.iter().enumerate() {
+        for s in 0..node.parallelism {
+            let task = TaskRef {
+                node: n,
+                subtask: SubtaskIndex(s),
+            };
+            tasks.push(DriverTask {
+                task,
+                control: control_of(task),
+                is_source: matches!(node.body, NodeBody::Source(_)),
+                parallelism: node.parallelism,
+            });
+        }
+    }
+    tasks
+}
+
+/// Logs how much the links between workers of this process carried.
+fn log_exchanged(links: &[Link]) {
+    if !links.is_empty() {
+        let written: u64 = links.iter().map(Link::bytes_written).sum();
+        tracing::info!(
+            "the exchange between workers carried {:.1} MiB",
+            written as f64 / f64::from(1 << 20)
+        );
+    }
+}
+
+/// Connects the workers of `wired` and starts every subtask placed here on its own
+/// thread, restoring what `options` holds for it; each sends its end to the share.
+fn start(
+    graph: &Graph,
+    chains: &[Vec<usize>],
+    metrics: &[Arc<NodeMetrics>],
+    wired: Wired,
+    placement: &Placement,
+    options: &mut RunOptions,
+    sink: Option<Arc<dyn CheckpointSink>>,
+) -> Result<Share, RunError> {
+    let Wired {
+        mut wiring,
+        workers,
+        mut receivers,
+        controls,
+    } = wired;
+    let here: Vec<bool> = (0..graph.nodes.iter().map(|n| n.parallelism).max().unwrap_or(0))
+        .map(|s| workers.is_here(s as usize))
+        .collect();
+    let links = match placement {
+        Placement::InProcess => workers.connect_in_process(session_id())?,
+        Placement::Worker {
+            peers,
+            listener,
+            session,
+            ..
+        } => workers.connect_to_peers(*session, listener, peers)?,
+    };
+    if !links.is_empty() && matches!(placement, Placement::InProcess) {
+        let connections = links.len() / 2;
+        tracing::info!(
+            "{} workers in this process, {connections} connection{} between them on 127.0.0.1",
+            graph.network.local_workers,
+            if connections == 1 { "" } else { "s" }
+        );
+    }
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    // This run's stop flag: set on the first failure, or when the user cancels. The
+    // user's token stays as the user left it, so a restart can tell the two apart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cancel = &stop;
+    let mode = options.mode.unwrap_or(AlignMode::ExactlyOnce);
+    let mut running = 0usize;
+    for chain in chains {
+        let (head, tail) = (chain[0], chain[chain.len() - 1]);
+        let inputs = std::mem::take(&mut wiring.inputs[head]);
+        let outputs = std::mem::take(&mut wiring.outputs[tail]);
+        let head_controls = std::mem::take(&mut receivers[head]);
+        let wakes = std::mem::take(&mut wiring.wakes[head]);
+        for (s, (((receivers, edges), control), wake)) in inputs
+            .into_iter()
+            .zip(outputs)
+            .zip(head_controls)
+            .zip(wakes)
+            .enumerate()
+        {
+            // A subtask of another worker: its ends of the channels go away unused.
+            let Some(control) = control.filter(|_| here[s]) else {
+                continue;
+            };
+            let index = u32::try_from(s).unwrap_or(u32::MAX);
+            let infos: Vec<TaskInfo> = chain
+                .iter()
+                .map(|&n| TaskInfo {
+                    node: graph.nodes[n].id.clone(),
+                    subtask: SubtaskIndex(index),
+                    parallelism: graph.nodes[n].parallelism,
+                    max_parallelism: graph.max_parallelism,
+                    metrics: metrics[n].subtasks[s].clone(),
+                })
+                .collect();
+            let name = thread_name(&infos);
+            let head_name = infos[0].name();
+            let replay = options
+                .channel_state
+                .remove(&(graph.nodes[head].id.clone(), index))
+                .unwrap_or_default();
+            let restores: Vec<Restore> = chain
+                .iter()
+                .map(|&n| {
+                    options
+                        .restore
+                        .remove(&(graph.nodes[n].id.clone(), index))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let ctx = TaskContext {
+                task: TaskRef {
+                    node: head,
+                    subtask: SubtaskIndex(index),
+                },
+                checkpoints: sink.clone(),
+                mode,
+                metrics: metrics[head].subtasks[s].clone(),
+                wake: wake.clone(),
+                cancel: cancel.clone(),
+            };
+            let bodies: Vec<(usize, NodeBody, usize)> = chain
+                .iter()
+                .map(|&n| (n, graph.nodes[n].body.clone(), graph.nodes[n].batch_size))
+                .collect();
+            let times = metrics[head].subtasks[s].times.clone();
+            let mut output = Output::new(edges, cancel.clone(), times.clone());
+            let mut gate =
+                InputGate::new(receivers, control.clone(), wake, cancel.clone(), times.clone());
+            if let Some(debloat) = graph.network.debloat {
+                gate.debloat(debloat);
+            }
+            let done = done_tx.clone();
+            let task_name = name.clone();
+            let spawned = std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    // The head's name; every chained member enters its own span.
+                    let span = tracing::info_span!("task", task = %head_name);
+                    let _entered = span.enter();
+                    let (failed, result) = run_chain(
+                        bodies, &infos, restores, replay, &mut gate, &mut output, &control,
+                        &ctx,
+                    );
+                    // Channels close here, so neighbours blocked on this subtask wake up.
+                    drop((output, gate));
+                    times.end();
+                    let _ = done.send(TaskEvent::Ended {
+                        task: failed.unwrap_or(task_name),
+                        result,
+                    });
+                });
+            if let Err(source) = spawned {
+                stop.store(true, Ordering::Relaxed);
+                return Err(RunError::Spawn { task: name, source });
+            }
+            running += 1;
+        }
+    }
+    Ok(Share {
+        controls,
+        links,
+        done,
+        running,
+        stop,
+    })
 }
 
 /// The thread's name: Flink's name of its subtask, `count (2/4)`, or of a chain's,
@@ -673,9 +996,9 @@ fn session_id() -> u64 {
 }
 
 /// Creates every channel of the graph but those inside a chain, with the workers whose
-/// connections carry those between subtasks on different workers.
-fn wire(graph: &Graph, chains: &[Vec<usize>]) -> (Wiring, LocalWorkers) {
-    let mut workers = LocalWorkers::new(graph.network.local_workers);
+/// connections carry those between subtasks on different workers, and the control
+/// channels of the subtasks placed here.
+fn wire(graph: &Graph, chains: &[Vec<usize>], mut workers: Workers) -> Wired {
     let chained = |from: usize, to: usize| {
         chains
             .iter()
@@ -734,14 +1057,37 @@ fn wire(graph: &Graph, chains: &[Vec<usize>]) -> (Wiring, LocalWorkers) {
             }
         }
     }
-    (
-        Wiring {
+    let mut controls = HashMap::new();
+    let receivers = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            (0..node.parallelism)
+                .map(|s| {
+                    workers.is_here(s as usize).then(|| {
+                        let (tx, rx) = ControlSender::new(wakes[n][s as usize].clone());
+                        let task = TaskRef {
+                            node: n,
+                            subtask: SubtaskIndex(s),
+                        };
+                        controls.insert(task, tx);
+                        rx
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    Wired {
+        wiring: Wiring {
             inputs,
             wakes,
             outputs,
         },
         workers,
-    )
+        receivers,
+        controls,
+    }
 }
 
 #[cfg(test)]

@@ -2,16 +2,16 @@
 //! for a key group or a checkpoint id. Checkpoint ids and subtask indexes serialise as
 //! their bare numbers, as they appear in the statistics served to people.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A checkpoint's id. Ids grow monotonically, across restarts too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CheckpointId(pub u64);
 
 /// Which parallel instance of a node a subtask is, from 0 to `parallelism - 1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SubtaskIndex(pub u32);
 

@@ -38,7 +38,8 @@ pub mod watermark;
 
 pub use batch::{Batch, Blobs, RecordRef};
 pub use executor::{
-    CancelToken, Executor, Graph, GraphNode, NodeBody, NodeEdge, RunError, RunOptions,
+    CancelToken, Cluster, Executor, Graph, GraphNode, NodeBody, NodeEdge, RestorePoint, RunError,
+    RunOptions,
 };
 pub use ids::{CheckpointId, KeyGroup, SubtaskIndex};
 pub use record::{Barrier, Control, Message, Record};

@@ -69,7 +69,7 @@ impl Batch {
 
 /// A checkpoint barrier, injected by the sources and carried on every channel's
 /// priority lane, stamped with its place among the data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Barrier {
     /// The checkpoint the barrier belongs to.
     pub checkpoint: CheckpointId,
@@ -105,7 +105,7 @@ impl Barrier {
 }
 
 /// What the checkpoint coordinator tells a subtask, outside the data channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Control {
     /// Sources only: record your offsets and emit the barrier of this checkpoint.
     Trigger(Barrier),
