@@ -917,6 +917,26 @@ struct ClusterArgs {
     settings: weir::cluster::Settings,
 }
 
+impl ClusterArgs {
+    /// Why these settings cannot coordinate `spec`, if they cannot.
+    fn refusal(&self, spec: &job::JobSpec) -> Result<(), String> {
+        let settings = &self.settings;
+        if settings.heartbeat_timeout <= settings.heartbeat_interval {
+            return Err(format!(
+                "--heartbeat-timeout ({:?}) must be longer than --heartbeat-interval ({:?}), or every worker would be lost between two heartbeats",
+                settings.heartbeat_timeout, settings.heartbeat_interval
+            ));
+        }
+        if spec.network.local_workers > 1 {
+            return Err(format!(
+                "[network] local-workers = {} places workers in one process, which weir coordinator does not do: its workers are the `weir worker` processes (--workers). Remove local-workers from the job file",
+                spec.network.local_workers
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The I/O runtime, with Ctrl-C cancelling `cancel` (a second one exits at once).
 fn io_runtime(cancel: &CancelToken, what: &'static str) -> Result<tokio::runtime::Runtime, ExitCode> {
     let io = tokio::runtime::Builder::new_multi_thread()
@@ -953,6 +973,10 @@ fn run(args: &JobArgs, mut request: RunRequest, cluster: Option<ClusterArgs>) ->
         Err(code) => return code,
     };
     if let Some(cluster) = cluster {
+        if let Err(refusal) = cluster.refusal(&spec) {
+            eprintln!("error: {refusal}");
+            return ExitCode::from(EXIT_INVALID);
+        }
         match coordinate(args, &request, cluster, io.handle()) {
             Ok(coordinator) => request.cluster = Some(coordinator),
             Err(code) => return code,

@@ -203,6 +203,24 @@ impl KafkaBroker {
         self.client(&["produce", "--topic", topic], Some(&lines));
     }
 
+    /// Writes `lines` as records without keys, spread over the topic's first
+    /// `partitions` partitions in turn.
+    ///
+    /// # Panics
+    /// When a record is not delivered.
+    pub fn produce_lines<S: AsRef<str>>(&self, topic: &str, lines: &[S], partitions: i32) {
+        let records: Vec<KafkaRecord> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| KafkaRecord {
+                value: line.as_ref().to_owned(),
+                partition: Some(i32::try_from(i).unwrap_or(0) % partitions),
+                ..KafkaRecord::default()
+            })
+            .collect();
+        self.produce(topic, &records);
+    }
+
     /// Every record in `topic` when the call starts, partition by partition in offset
     /// order. Commits nothing.
     ///

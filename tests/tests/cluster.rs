@@ -16,7 +16,15 @@ use weir_tests::{
 /// How long a run of the job may take at most, kills included.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
-fn job(checkpoints: &str, rate: u32) -> String {
+/// The word count's input: three files.
+const FILE_SOURCE: &str = r#"[[source]]
+id = "lines"
+kind = "file"
+path = ["a.txt", "b.txt", "c.txt"]"#;
+
+/// `source` → tokenize → count (key-by) → an exactly-once file sink paced at `rate`
+/// records/s per subtask, at parallelism 3, checkpointing into `checkpoints`.
+fn job(source: &str, checkpoints: &str, rate: u32) -> String {
     format!(
         r#"[job]
 name = "cluster"
@@ -32,10 +40,7 @@ strategy = "fixed-delay"
 attempts = 1000
 delay = "100ms"
 
-[[source]]
-id = "lines"
-kind = "file"
-path = ["a.txt", "b.txt", "c.txt"]
+{source}
 
 [[operator]]
 id = "tokenize"
@@ -76,6 +81,10 @@ struct Cluster {
     /// The coordinator's address.
     address: String,
     coordinator: Child,
+    /// The coordinator's arguments, to start it again.
+    coordinator_args: Vec<String>,
+    /// Coordinator processes started so far, for their log files' names.
+    coordinators: usize,
     workers: Vec<Child>,
     /// Worker processes started so far, for their log files' names.
     started: usize,
@@ -99,32 +108,77 @@ impl Cluster {
     /// Starts the coordinator; the workers are the caller's to start.
     fn coordinator(scratch: Scratch, env: Vec<(String, String)>, options: &Options<'_>) -> Self {
         let address = format!("{}:{}", options.host, free_port());
-        let coordinator = spawn(
-            &scratch,
-            &env,
-            None,
-            &[
-                "coordinator",
-                "job.toml",
-                "--workers",
-                &options.workers.to_string(),
-                "--listen",
-                &address,
-                "--heartbeat-interval",
-                "200ms",
-                "--heartbeat-timeout",
-                options.heartbeat_timeout,
-            ],
-            "coordinator.log",
-        );
+        let coordinator_args: Vec<String> = [
+            "coordinator",
+            "job.toml",
+            "--workers",
+            &options.workers.to_string(),
+            "--listen",
+            &address,
+            "--heartbeat-interval",
+            "200ms",
+            "--heartbeat-timeout",
+            options.heartbeat_timeout,
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        let args: Vec<&str> = coordinator_args.iter().map(String::as_str).collect();
+        let coordinator = spawn(&scratch, &env, None, &args, "coordinator.log");
         Self {
             scratch,
             env,
             address,
             coordinator,
+            coordinator_args,
+            coordinators: 1,
             workers: Vec::new(),
             started: 0,
         }
+    }
+
+    /// Kills the coordinator with SIGKILL and starts it again, resuming the job from its
+    /// latest checkpoint, as a Deployment would.
+    fn restart_coordinator(&mut self) {
+        let _ = self.coordinator.kill();
+        let _ = self.coordinator.wait();
+        self.coordinators += 1;
+        let mut args: Vec<&str> = self.coordinator_args.iter().map(String::as_str).collect();
+        args.extend(["--from-checkpoint", "latest"]);
+        let log = format!("coordinator-{}.log", self.coordinators);
+        self.coordinator = spawn(&self.scratch, &self.env, None, &args, &log);
+    }
+
+    /// The coordinators' logs, oldest first, as one.
+    fn coordinator_log(&self) -> String {
+        let mut log = self.log("coordinator.log");
+        for i in 2..=self.coordinators {
+            log.push_str(&self.log(&format!("coordinator-{i}.log")));
+        }
+        log
+    }
+
+    /// Kills a random worker, or with `coordinator` set every third time the
+    /// coordinator, `kills` times at random moments while the job runs; returns how
+    /// many kills landed.
+    fn kill_at_random(&mut self, rng: &mut XorShift, kills: u32, coordinator: bool) -> u32 {
+        let mut landed = 0;
+        for kill in 0..kills {
+            // A random moment: this is the point of the test, not an ordering of events.
+            std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
+            if self.coordinator.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if coordinator && kill % 3 == 2 {
+                self.restart_coordinator();
+            } else {
+                let victim = rng.below(self.workers.len() as u64) as usize;
+                self.replace_worker(victim);
+            }
+            landed += 1;
+        }
+        println!("{landed} kills landed before the job finished");
+        landed
     }
 
     /// A coordinator and three workers on 127.0.0.1.
@@ -164,6 +218,7 @@ impl Cluster {
     /// Every log, for a failure's message.
     fn logs(&self) -> String {
         let mut names = vec!["coordinator.log".to_owned()];
+        names.extend((2..=self.coordinators).map(|i| format!("coordinator-{i}.log")));
         names.extend((1..=self.started).map(|i| format!("worker-{i}.log")));
         names
             .iter()
@@ -237,7 +292,7 @@ fn prepare(scratch: &Scratch, seed: u64, lines: usize, checkpoints: &str, rate: 
     for (name, text) in ["a.txt", "b.txt", "c.txt"].iter().zip(&texts) {
         scratch.write(name, text);
     }
-    scratch.write("job.toml", job(checkpoints, rate));
+    scratch.write("job.toml", job(FILE_SOURCE, checkpoints, rate));
     counted_lines(&texts)
 }
 
@@ -306,30 +361,80 @@ fn output_is_exactly_once_when_workers_are_killed_at_random_moments_with_checkpo
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     let mut cluster = Cluster::start(scratch, env);
-    let kills = crash_kills().max(10);
-    let mut landed = 0;
-    for _ in 0..kills {
-        // A random moment: this is the point of the test, not an ordering of events.
-        std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
-        if cluster.coordinator.try_wait().ok().flatten().is_some() {
-            break;
-        }
-        let w = rng.below(3) as usize;
-        cluster.replace_worker(w);
-        landed += 1;
-    }
-    println!("{landed} kills landed before the job finished");
+    let landed = cluster.kill_at_random(&mut rng, crash_kills().max(10), false);
     assert!(
         landed >= 10,
         "only {landed} kills landed mid-run (seed {seed}): the job finished too soon to test anything"
     );
     assert_output(&mut cluster, &expected, seed);
-    let lost = cluster.log("coordinator.log").matches("is lost").count();
+    let lost = cluster.coordinator_log().matches("is lost").count();
     assert!(
         lost >= 10,
         "the coordinator noticed {lost} lost workers of {landed} killed (seed {seed}):\n{}",
         cluster.logs()
     );
+}
+
+#[test]
+fn unaligned_checkpoints_across_workers_keep_the_output_exactly_once_when_any_process_is_killed() {
+    // The sinks are paced below what the tokenizers emit, so the channels into the
+    // counters, half of them over TCP, are full and checkpoints persist them. Kills
+    // hit the workers and the coordinator, which resumes from its latest checkpoint.
+    let seed = crash_seed();
+    let mut rng = XorShift(seed ^ 0x5851_f42d_4c95_7f2d);
+    let scratch = Scratch::new();
+    let checkpoints = "dir = \"checkpoints\"\nunaligned = true";
+    let expected = prepare(&scratch, seed, 30_000, checkpoints, 25_000);
+    let mut cluster = Cluster::start(scratch, Vec::new());
+    let landed = cluster.kill_at_random(&mut rng, (crash_kills() / 2).max(10), true);
+    assert!(
+        landed >= 10,
+        "only {landed} kills landed mid-run (seed {seed}): the job finished too soon to test anything"
+    );
+    assert_output(&mut cluster, &expected, seed);
+    let log = cluster.coordinator_log();
+    assert!(
+        log.contains("unaligned=true"),
+        "no checkpoint was unaligned (seed {seed}):\n{}",
+        cluster.logs()
+    );
+    let recovered = (2..=cluster.coordinators)
+        .any(|i| cluster.log(&format!("coordinator-{i}.log")).contains("restoring from checkpoint"));
+    assert!(
+        recovered,
+        "no restarted coordinator recovered the job from its checkpoint (seed {seed}):\n{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn kafka_to_a_file_sink_on_three_workers_is_exactly_once_when_workers_are_killed() {
+    let seed = crash_seed();
+    let mut rng = XorShift(seed);
+    let broker = weir_tests::kafka::KafkaBroker::start();
+    broker.create_topic("lines", 3);
+    let text = word_text(&mut rng, 60_000);
+    broker.produce_lines("lines", &text.lines().collect::<Vec<_>>(), 3);
+    let scratch = Scratch::new();
+    let source = format!(
+        r#"[[source]]
+id = "lines"
+kind = "kafka"
+bootstrap-servers = "{}"
+topic = "lines"
+group-id = "weir-cluster"
+bounded = true"#,
+        broker.bootstrap()
+    );
+    scratch.write("job.toml", job(&source, "dir = \"checkpoints\"", 25_000));
+    let expected = counted_lines(&[text]);
+    let mut cluster = Cluster::start(scratch, Vec::new());
+    let landed = cluster.kill_at_random(&mut rng, 10, false);
+    assert!(
+        landed >= 10,
+        "only {landed} kills landed mid-run (seed {seed}): the job finished too soon to test anything"
+    );
+    assert_output(&mut cluster, &expected, seed);
 }
 
 #[test]
@@ -388,6 +493,7 @@ impl Network {
     const HOST: &'static str = "10.231.0.1";
 
     fn new(namespaces: usize) -> Self {
+        Self::remove_leftovers();
         let tag = std::process::id() % 10_000;
         let bridge = format!("wbr{tag}");
         let mut network = Self {
@@ -416,6 +522,29 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Removes what an earlier run that was killed left behind: its bridge would take
+    /// this run's subnet.
+    fn remove_leftovers() {
+        let listed = |args: &[&str]| {
+            let output = Command::new("ip").args(args).output().expect("ip (iproute2) runs");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        for netns in listed(&["netns", "list"]).lines() {
+            let name = netns.split_whitespace().next().unwrap_or_default();
+            if name.starts_with("weir") && name.contains('-') {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
+        for link in listed(&["-br", "link"]).lines() {
+            let name = link.split(['@', ' ']).next().unwrap_or_default();
+            if name.starts_with("wbr") || (name.starts_with("wh") && name.contains('-')) {
+                let _ = Command::new("ip").args(["link", "del", name]).output();
+            }
+        }
+    }
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         for netns in &self.namespaces {
@@ -430,7 +559,8 @@ fn a_worker_cut_off_by_its_link_going_down_is_replaced_and_the_output_stays_exac
     let seed = crash_seed();
     let network = Network::new(4);
     let scratch = Scratch::new();
-    let expected = prepare(&scratch, seed, 30_000, "dir = \"checkpoints\"", 15_000);
+    // Paced so that the job takes about 24 s, well past the cut and its detection.
+    let expected = prepare(&scratch, seed, 30_000, "dir = \"checkpoints\"", 10_000);
     let options = Options {
         host: Network::HOST,
         workers: 3,
@@ -441,11 +571,16 @@ fn a_worker_cut_off_by_its_link_going_down_is_replaced_and_the_output_stays_exac
         let worker = cluster.spawn_worker(Some(netns));
         cluster.workers.push(worker);
     }
-    // Mid-run, once checkpoints complete: worker 2's cable is pulled.
+    // Mid-run, once a checkpoint is complete: worker 2's cable is pulled.
     let started = weir_tests::eventually(Duration::from_secs(60), || {
-        cluster.log("coordinator.log").matches("checkpoint completed").count() >= 2
+        cluster.log("coordinator.log").contains("checkpoint completed")
     });
-    assert!(started, "no checkpoints completed:\n{}", cluster.logs());
+    assert!(started, "no checkpoint completed:\n{}", cluster.logs());
+    assert!(
+        cluster.coordinator.try_wait().ok().flatten().is_none(),
+        "the job ended before the cut:\n{}",
+        cluster.logs()
+    );
     ip(&["link", "set", &network.links[1], "down"]);
     let noticed = weir_tests::eventually(Duration::from_secs(30), || {
         cluster.log("coordinator.log").contains("no heartbeat")

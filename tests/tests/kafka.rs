@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use weir_tests::kafka::{KafkaBroker, KafkaRecord};
 use weir_tests::{
-    Scratch, XorShift, crash_kills, crash_seed, describe, eventually, guest, toml_path,
+    Scratch, XorShift, counted_lines, crash_kills, crash_seed, describe, eventually, guest,
+    toml_path,
 };
 
 /// `lines` lines of eight words each, from 300 distinct words.
@@ -35,34 +36,6 @@ fn input_lines(rng: &mut XorShift, lines: usize) -> Vec<String> {
                 .join(" ")
         })
         .collect()
-}
-
-/// Writes `lines` as records without keys, spread over the topic's partitions.
-fn produce_lines(broker: &KafkaBroker, topic: &str, lines: &[String], partitions: i32) {
-    let records: Vec<KafkaRecord> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, line)| KafkaRecord {
-            value: line.clone(),
-            partition: Some(i32::try_from(i).unwrap_or(0) % partitions),
-            ..KafkaRecord::default()
-        })
-        .collect();
-    broker.produce(topic, &records);
-}
-
-/// The counter's failure-free output: for every word, `word<TAB>1` … `word<TAB>n`.
-fn expected_counts(lines: &[String]) -> Vec<String> {
-    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-    for word in lines.iter().flat_map(|l| l.split_whitespace()) {
-        *counts.entry(word).or_insert(0) += 1;
-    }
-    let mut out: Vec<String> = counts
-        .iter()
-        .flat_map(|(word, &n)| (1..=n).map(move |k| format!("{word}\t{k}")))
-        .collect();
-    out.sort();
-    out
 }
 
 /// Kafka → tokenize → count (key-by) → `sink`, bounded at the offsets found at start.
@@ -181,7 +154,7 @@ fn kafka_to_an_exactly_once_file_sink_survives_repeated_sigkill_through_checkpoi
     broker.create_topic("lines", 3);
     let seed = crash_seed();
     let lines = input_lines(&mut XorShift(seed), 40_000);
-    produce_lines(&broker, "lines", &lines, 3);
+    broker.produce_lines("lines", &lines, 3);
     let scratch = Scratch::new();
     let job = scratch.write(
         "job.toml",
@@ -199,7 +172,7 @@ fn kafka_to_an_exactly_once_file_sink_survives_repeated_sigkill_through_checkpoi
         "too few kills landed mid-run to test anything (seed {seed})"
     );
     let committed = scratch.committed_lines("out");
-    let expected = expected_counts(&lines);
+    let expected = counted_lines(&lines);
     if committed != expected {
         let missing = expected
             .iter()
@@ -230,7 +203,7 @@ fn kafka_to_kafka_at_least_once_loses_nothing_under_sigkill() {
     broker.create_topic("counts", 2);
     let seed = crash_seed();
     let lines = input_lines(&mut XorShift(seed), 20_000);
-    produce_lines(&broker, "lines", &lines, 2);
+    broker.produce_lines("lines", &lines, 2);
     let scratch = Scratch::new();
     let sink = kafka_sink(&broker, "counts", "at-least-once");
     let job = scratch.write(
@@ -241,7 +214,7 @@ fn kafka_to_kafka_at_least_once_loses_nothing_under_sigkill() {
     println!("{landed} kills landed before the job finished");
     assert!(landed >= 2, "too few kills landed mid-run (seed {seed})");
     let written: BTreeSet<String> = topic_values(&broker, "counts").into_iter().collect();
-    let expected = expected_counts(&lines);
+    let expected = counted_lines(&lines);
     let missing: Vec<&String> = expected.iter().filter(|l| !written.contains(*l)).collect();
     assert!(
         missing.is_empty(),
@@ -257,7 +230,7 @@ fn a_broker_outage_fails_checkpoints_and_the_job_recovers_without_loss() {
     let mut broker = KafkaBroker::start();
     broker.create_topic("lines", 2);
     let lines = input_lines(&mut XorShift(7), 30_000);
-    produce_lines(&broker, "lines", &lines, 2);
+    broker.produce_lines("lines", &lines, 2);
     let scratch = Scratch::new();
     let restart = "tolerable-failed = 1000\n\n[restart]\nstrategy = \"fixed-delay\"\nattempts = 1000\ndelay = \"200ms\"\n";
     let job = scratch.write(
@@ -289,7 +262,7 @@ fn a_broker_outage_fails_checkpoints_and_the_job_recovers_without_loss() {
     );
     assert_eq!(
         scratch.committed_lines("out"),
-        expected_counts(&lines),
+        counted_lines(&lines),
         "the committed output differs from the failure-free output"
     );
 }

@@ -250,7 +250,7 @@ impl Coordinator {
         }
     }
 
-    fn register(
+    pub(super) fn register(
         &self,
         register: &proto::Register,
         peer: Option<SocketAddr>,
@@ -306,7 +306,7 @@ fn current(attempt: &mut Option<Attempt>, id: u64) -> Option<&mut Attempt> {
 }
 
 /// A subtask's end as a worker reported it.
-fn task_result(ended: &proto::TaskEnded) -> Result<(), TaskError> {
+pub(super) fn task_result(ended: &proto::TaskEnded) -> Result<(), TaskError> {
     match proto::Ending::try_from(ended.ending) {
         Ok(proto::Ending::Finished) => Ok(()),
         Ok(proto::Ending::Disconnected) => Err(TaskError::Disconnected),

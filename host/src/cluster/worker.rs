@@ -429,7 +429,7 @@ fn run_attempt(
     let _ = out.send(message(Message::AttemptEnded(proto::AttemptEnded { attempt })));
 }
 
-fn task_ended(attempt: u64, task: String, result: &Result<(), TaskError>) -> proto::TaskEnded {
+pub(super) fn task_ended(attempt: u64, task: String, result: &Result<(), TaskError>) -> proto::TaskEnded {
     let (ending, fault, message) = match result {
         Ok(()) => (proto::Ending::Finished, Fault::Host, String::new()),
         Err(TaskError::Disconnected) => (proto::Ending::Disconnected, Fault::Host, String::new()),

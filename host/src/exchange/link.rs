@@ -343,6 +343,11 @@ impl Link {
         self.shared.written.load(Ordering::Relaxed)
     }
 
+    /// Whether both threads have ended: the link ended or failed.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
     /// Waits until the link ends: `Ok` once every channel was closed in order at both
     /// ends, else why it failed.
     pub fn join(mut self) -> Result<(), ExchangeError> {

@@ -347,6 +347,16 @@ pub enum Placement {
     },
 }
 
+impl Placement {
+    /// The workers of `graph`, as seen from here.
+    fn workers(&self, graph: &Graph) -> Workers {
+        match self {
+            Self::InProcess => Workers::in_process(graph.network.local_workers),
+            Self::Worker { me, peers, .. } => Workers::one_of(peers.len(), *me),
+        }
+    }
+}
+
 /// The subtasks of a graph that run in this process, started.
 pub struct Share {
     /// Every subtask's control channel here, chained members included.
@@ -374,8 +384,8 @@ impl Share {
     /// Waits until every subtask here has ended and hands each end to `events`, with
     /// a link's failure; stops them all when `cancel` is cancelled or a link fails.
     /// Once every subtask here has finished, the links end when the peers have closed
-    /// their channels too; after a failure or a cancel they are cut at once, for a peer
-    /// may be out of reach.
+    /// their channels too, unless `cancel` comes first; after a failure or a cancel
+    /// they are cut at once, for a peer may be out of reach.
     pub fn wait(self, cancel: &CancelToken, events: &mut dyn FnMut(TaskEvent)) {
         let mut running = self.running;
         let mut failed = false;
@@ -401,6 +411,12 @@ impl Share {
                 self.stop();
                 events(TaskEvent::Failed(error));
             }
+        }
+        // A peer that was cut off never closes its channels: a cancel from the
+        // coordinator, which lost it, cuts the links instead.
+        while finished && !self.links.iter().all(Link::is_finished) {
+            finished = !cancel.is_cancelled();
+            std::thread::sleep(CANCEL_POLL);
         }
         if !finished {
             return;
@@ -435,112 +451,23 @@ impl Executor {
 
     /// Runs `graph` until every subtask has finished, or until the first failure: in
     /// this process, or on the executor's cluster.
-    pub fn run(&self, graph: &Graph, mut options: RunOptions) -> Result<RunReport, RunError> {
+    pub fn run(&self, graph: &Graph, options: RunOptions) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let chains = chains(graph);
         let metrics = node_metrics(graph, &chains);
         if let Some(slot) = &options.metrics {
             slot.publish(metrics.iter().cloned().collect());
         }
-        let node_ids: Arc<[String]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
-        let setup = options.checkpointing.take();
-        let outcome = match &self.cluster {
-            None => {
-                let wired = wire(graph, &chains, Workers::in_process(graph.network.local_workers));
-                let (mut driver, sink) = match setup {
-                    Some(setup) => {
-                        let tasks = driver_tasks(graph, |task| wired.controls[&task].clone());
-                        let (driver, sink) = CheckpointDriver::new(setup, tasks, node_ids, started);
-                        (Some(driver), Some(sink))
-                    }
-                    // Without a coordinator the control senders go away at once; nothing
-                    // waits on them because no subtask outlives its input.
-                    None => (None, None),
-                };
-                let share = start(
-                    graph,
-                    &chains,
-                    &metrics,
-                    wired,
-                    &Placement::InProcess,
-                    &mut options,
-                    sink,
-                )?;
-                let running = share.running;
-                let failure = self.supervise(
-                    graph,
-                    &metrics,
-                    started,
-                    running,
-                    &share.done,
-                    &mut driver,
-                    &|| share.stop(),
-                    &|| share.link_failure(),
-                );
-                let links = share.links;
-                log_exchanged(&links);
-                let mut failure = failure;
-                // Every channel has closed at both ends once every subtask has
-                // finished, so the links end too; one that fails to was cut, and the
-                // run with it.
-                for link in links {
-                    if let Err(error) = link.join()
-                        && failure.is_none()
-                    {
-                        failure = Some(RunError::Exchange(error));
-                    }
-                }
-                (failure, driver)
-            }
-            Some(cluster) => {
-                let attempt = session_id();
-                let (events_tx, events) = crossbeam_channel::unbounded();
-                let heads: Vec<usize> = chains.iter().map(|c| c[0]).collect();
-                let tasks = |worker: usize, workers: usize| {
-                    heads
-                        .iter()
-                        .map(|&head| {
-                            (0..graph.nodes[head].parallelism as usize)
-                                .filter(|s| s % workers == worker)
-                                .count()
-                        })
-                        .sum()
-                };
-                let workers = cluster.start_attempt(
-                    attempt,
-                    options.restore_point.as_ref(),
-                    &tasks,
-                    events_tx,
-                    &self.cancel,
-                )?;
-                let mut driver = setup.map(|setup| {
-                    let tasks = driver_tasks(graph, |task| {
-                        let cluster = cluster.clone();
-                        let worker = task.subtask.0 as usize % workers;
-                        ControlSender::remote(move |control| cluster.control(worker, task, control))
-                    });
-                    // The sink stays unused: the workers store their snapshots.
-                    CheckpointDriver::new(setup, tasks, node_ids, started).0
-                });
-                let running = heads
-                    .iter()
-                    .map(|&h| graph.nodes[h].parallelism as usize)
-                    .sum();
-                let failure = self.supervise(
-                    graph,
-                    &metrics,
-                    started,
-                    running,
-                    &events,
-                    &mut driver,
-                    &|| cluster.stop_attempt(),
-                    &|| None,
-                );
-                cluster.stop_attempt();
-                (failure, driver)
-            }
+        let run = Run {
+            graph,
+            chains: &chains,
+            metrics: &metrics,
+            started,
         };
-        let (failure, driver) = outcome;
+        let (failure, driver) = match &self.cluster {
+            None => self.run_here(&run, options)?,
+            Some(cluster) => self.run_on(cluster, &run, options)?,
+        };
         let stopped_with_savepoint = driver.and_then(CheckpointDriver::finish);
         if let Some(failure) = failure {
             return Err(failure);
@@ -555,16 +482,109 @@ impl Executor {
         })
     }
 
+    /// Runs every subtask in this process; returns the first failure and the driver.
+    fn run_here(&self, run: &Run<'_>, mut options: RunOptions) -> Result<Ran, RunError> {
+        let graph = run.graph;
+        let wired = wire(graph, run.chains, Placement::InProcess.workers(graph));
+        let (mut driver, sink) = match options.checkpointing.take() {
+            Some(setup) => {
+                let tasks = driver_tasks(graph, |task| wired.controls[&task].clone());
+                let (driver, sink) =
+                    CheckpointDriver::new(setup, tasks, node_ids(graph), run.started);
+                (Some(driver), Some(sink))
+            }
+            None => (None, None),
+        };
+        let share = start(
+            graph,
+            run.chains,
+            run.metrics,
+            wired,
+            &Placement::InProcess,
+            &mut options,
+            sink,
+        )?;
+        let mut failure = self.supervise(
+            run,
+            share.running,
+            &share.done,
+            &mut driver,
+            &|| share.stop(),
+            &|| share.link_failure(),
+        );
+        log_exchanged(&share.links);
+        // Every channel has closed at both ends once every subtask has finished, so the
+        // links end too; one that fails to was cut, and the run with it.
+        for link in share.links {
+            if let Err(error) = link.join()
+                && failure.is_none()
+            {
+                failure = Some(RunError::Exchange(error));
+            }
+        }
+        Ok((failure, driver))
+    }
+
+    /// Runs the subtasks on `cluster`'s workers: subtask `i` of every node on worker `i
+    /// mod n`. Returns the first failure and the driver.
+    fn run_on(
+        &self,
+        cluster: &Arc<dyn Cluster>,
+        run: &Run<'_>,
+        mut options: RunOptions,
+    ) -> Result<Ran, RunError> {
+        let graph = run.graph;
+        let heads: Vec<usize> = run.chains.iter().map(|c| c[0]).collect();
+        let tasks = |worker: usize, workers: usize| {
+            heads
+                .iter()
+                .map(|&head| {
+                    (0..graph.nodes[head].parallelism as usize)
+                        .filter(|s| s % workers == worker)
+                        .count()
+                })
+                .sum()
+        };
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        let workers = cluster.start_attempt(
+            session_id(),
+            options.restore_point.as_ref(),
+            &tasks,
+            events_tx,
+            &self.cancel,
+        )?;
+        let mut driver = options.checkpointing.take().map(|setup| {
+            let tasks = driver_tasks(graph, |task| {
+                let cluster = cluster.clone();
+                let worker = task.subtask.0 as usize % workers;
+                ControlSender::remote(move |control| cluster.control(worker, task, control))
+            });
+            // Its sink stays unused: the workers store their snapshots themselves.
+            CheckpointDriver::new(setup, tasks, node_ids(graph), run.started).0
+        });
+        let running = heads
+            .iter()
+            .map(|&h| graph.nodes[h].parallelism as usize)
+            .sum();
+        let failure = self.supervise(
+            run,
+            running,
+            &events,
+            &mut driver,
+            &|| cluster.stop_attempt(),
+            &|| None,
+        );
+        cluster.stop_attempt();
+        Ok((failure, driver))
+    }
+
     /// Watches a run's subtasks until every one has ended: drives the checkpoint
     /// coordinator, and on the first failure stops the rest with `stop`. `link_failure`
     /// tells of a failed link between workers of this process. Returns the first
     /// failure.
-    #[allow(clippy::too_many_arguments)]
     fn supervise(
         &self,
-        graph: &Graph,
-        metrics: &[Arc<NodeMetrics>],
-        started: Instant,
+        run: &Run<'_>,
         mut running: usize,
         events: &Receiver<TaskEvent>,
         driver: &mut Option<CheckpointDriver>,
@@ -648,7 +668,7 @@ impl Executor {
                 first_failure = fail(error, driver);
             }
             if last_progress.elapsed() >= PROGRESS_INTERVAL {
-                log_progress(graph, metrics, started);
+                log_progress(run.graph, run.metrics, run.started);
                 last_progress = Instant::now();
             }
         }
@@ -669,12 +689,24 @@ pub fn start_share(
     if let Some(slot) = &options.metrics {
         slot.publish(metrics.iter().cloned().collect());
     }
-    let layout = match placement {
-        Placement::InProcess => Workers::in_process(graph.network.local_workers),
-        Placement::Worker { me, peers, .. } => Workers::one_of(peers.len(), *me),
-    };
-    let wired = wire(graph, &chains, layout);
+    let wired = wire(graph, &chains, placement.workers(graph));
     start(graph, &chains, &metrics, wired, placement, &mut options, sink)
+}
+
+/// What every part of one run of a graph reads.
+struct Run<'a> {
+    graph: &'a Graph,
+    chains: &'a [Vec<usize>],
+    metrics: &'a [Arc<NodeMetrics>],
+    started: Instant,
+}
+
+/// How a run ended: its first failure, and its checkpoint driver to finish.
+type Ran = (Option<RunError>, Option<CheckpointDriver>);
+
+/// Every node's id, in graph order.
+fn node_ids(graph: &Graph) -> Arc<[String]> {
+    graph.nodes.iter().map(|n| n.id.clone()).collect()
 }
 
 /// Every subtask as the checkpoint coordinator addresses it, through `control_of`.
