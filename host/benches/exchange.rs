@@ -65,7 +65,9 @@ fn exchange(batch: &Batch, batches: usize) -> Duration {
     let consumer_wake = Arc::new(Wake::default());
     let (producer, consumer) =
         workers.channel(0, 1, 4, consumer_wake.clone(), Arc::new(Wake::default()));
-    let links = workers.connect_in_process(1).expect("two workers on loopback");
+    let links = workers
+        .connect_in_process(1)
+        .expect("two workers on loopback");
     let start = Instant::now();
     let consuming = std::thread::spawn(move || {
         consumer_wake.register();

@@ -1041,7 +1041,13 @@ pub fn restore_share(
     point: &RestorePoint,
     allow_non_restored_state: bool,
     io: &Handle,
-) -> Result<(HashMap<(String, u32), Restore>, HashMap<(String, u32), ChannelState>), LaunchError> {
+) -> Result<
+    (
+        HashMap<(String, u32), Restore>,
+        HashMap<(String, u32), ChannelState>,
+    ),
+    LaunchError,
+> {
     let fit = Fit {
         allow_non_restored_state,
         start_without_state: false,

@@ -164,40 +164,40 @@ enum Command {
 /// How a run starts: from what, and what it tolerates.
 #[derive(clap::Args)]
 struct StartArgs {
-        /// Resume from a checkpoint: `latest` (the newest complete checkpoint in the
-        /// job's checkpoint dir; older ones are tried when it is corrupt) or a checkpoint
-        /// directory `<dir>/<job>/chk-<n>`.
-        ///
-        /// A job that finished leaves a record of it, and `latest` then says so and
-        /// exits 0 without running anything.
-        #[arg(long, value_name = "latest|PATH", conflicts_with = "from_savepoint")]
-        from_checkpoint: Option<FromCheckpoint>,
-        /// Restore from a savepoint (`…/savepoint-<job>-<n>`, local or s3://) or a
-        /// retained checkpoint (`<dir>/<job>/chk-<n>`), as Flink's `-s`.
-        ///
-        /// Any node may run with another parallelism than the snapshot's: keyed state
-        /// moves by key group, operator state goes to every new subtask (union), sources
-        /// take over the splits they now own. A canonical savepoint restores into either
-        /// state backend. max-parallelism cannot change.
-        #[arg(short = 's', long, value_name = "PATH")]
-        from_savepoint: Option<String>,
-        /// Restore although the snapshot holds state of operators the job no longer
-        /// has (matched by id): that state is skipped. Without this flag such a restore
-        /// is refused, naming the operator.
-        #[arg(long)]
-        allow_non_restored_state: bool,
-        /// With --from-checkpoint latest: when the job's checkpoint storage holds
-        /// checkpoints but none can be restored (all corrupt or incompatible), start the
-        /// job without state instead of failing. For when the state is the problem; the
-        /// checkpoints stay where they are.
-        #[arg(long)]
-        start_without_state: bool,
-        /// Run although a file sink's directory holds output committed after the point
-        /// this run starts from (after the restored checkpoint, or any committed output
-        /// on a fresh start). The records in it are written again: duplicates. Without
-        /// this flag such a run is refused, naming the files.
-        #[arg(long)]
-        allow_duplicates: bool,
+    /// Resume from a checkpoint: `latest` (the newest complete checkpoint in the
+    /// job's checkpoint dir; older ones are tried when it is corrupt) or a checkpoint
+    /// directory `<dir>/<job>/chk-<n>`.
+    ///
+    /// A job that finished leaves a record of it, and `latest` then says so and
+    /// exits 0 without running anything.
+    #[arg(long, value_name = "latest|PATH", conflicts_with = "from_savepoint")]
+    from_checkpoint: Option<FromCheckpoint>,
+    /// Restore from a savepoint (`…/savepoint-<job>-<n>`, local or s3://) or a
+    /// retained checkpoint (`<dir>/<job>/chk-<n>`), as Flink's `-s`.
+    ///
+    /// Any node may run with another parallelism than the snapshot's: keyed state
+    /// moves by key group, operator state goes to every new subtask (union), sources
+    /// take over the splits they now own. A canonical savepoint restores into either
+    /// state backend. max-parallelism cannot change.
+    #[arg(short = 's', long, value_name = "PATH")]
+    from_savepoint: Option<String>,
+    /// Restore although the snapshot holds state of operators the job no longer
+    /// has (matched by id): that state is skipped. Without this flag such a restore
+    /// is refused, naming the operator.
+    #[arg(long)]
+    allow_non_restored_state: bool,
+    /// With --from-checkpoint latest: when the job's checkpoint storage holds
+    /// checkpoints but none can be restored (all corrupt or incompatible), start the
+    /// job without state instead of failing. For when the state is the problem; the
+    /// checkpoints stay where they are.
+    #[arg(long)]
+    start_without_state: bool,
+    /// Run although a file sink's directory holds output committed after the point
+    /// this run starts from (after the restored checkpoint, or any committed output
+    /// on a fresh start). The records in it are written again: duplicates. Without
+    /// this flag such a run is refused, naming the files.
+    #[arg(long)]
+    allow_duplicates: bool,
 }
 
 impl StartArgs {
@@ -722,7 +722,11 @@ fn coordinate(
     tracing::info!(
         "coordinator listening for workers on {address}; the job runs on {} worker{}",
         cluster.settings.workers,
-        if cluster.settings.workers == 1 { "" } else { "s" }
+        if cluster.settings.workers == 1 {
+            ""
+        } else {
+            "s"
+        }
     );
     Ok(coordinator)
 }
@@ -938,7 +942,10 @@ impl ClusterArgs {
 }
 
 /// The I/O runtime, with Ctrl-C cancelling `cancel` (a second one exits at once).
-fn io_runtime(cancel: &CancelToken, what: &'static str) -> Result<tokio::runtime::Runtime, ExitCode> {
+fn io_runtime(
+    cancel: &CancelToken,
+    what: &'static str,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
     let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("weir-io")

@@ -290,28 +290,11 @@ inputs = ["count"]
     let mut figures = Vec::new();
     for workers in [1, 2] {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut best = Duration::MAX;
-        let mut e2e = Vec::new();
-        for _ in 0..3 {
-            let (elapsed, spec) = run(&job(workers), dir.path(), &wasm, &io);
-            best = best.min(elapsed);
-            e2e.extend(
-                checkpoints(&spec, dir.path(), &io)
-                    .iter()
-                    .map(|c| Duration::from_millis(u64::try_from(c.end_to_end_ms()).unwrap_or(0))),
-            );
-        }
-        e2e.sort();
-        let rate = records as f64 / best.as_secs_f64();
-        println!(
-            "   {workers} worker{}   {:.2} M records/s   checkpoint end-to-end p50 {:.0?}  p99 {:.0?}   ({} checkpoints; best of 3)",
-            if workers == 1 { " " } else { "s" },
-            rate / 1e6,
-            percentile(&e2e, 0.5),
-            percentile(&e2e, 0.99),
-            e2e.len()
-        );
-        figures.push(rate);
+        let (best, e2e) = best_of_3(dir.path(), &io, || {
+            run(&job(workers), dir.path(), &wasm, &io).0
+        });
+        let label = format!("{workers} worker{}", if workers == 1 { " " } else { "s" });
+        figures.push(print_rate(&label, records, best, &e2e));
     }
     println!(
         "   two workers / one: {:.2} of the throughput",
@@ -324,36 +307,54 @@ inputs = ["count"]
     let mut figures = Vec::new();
     for cluster in [false, true] {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("job.toml");
-        std::fs::write(&path, job(1)).expect("the job file");
-        let spec = weir::job::load(&path, &[]).expect("a valid job");
-        let mut best = Duration::MAX;
-        let mut e2e = Vec::new();
-        for _ in 0..3 {
-            let elapsed = run_binary(dir.path(), cluster);
-            best = best.min(elapsed);
-            e2e.extend(
-                checkpoints(&spec, dir.path(), &io)
-                    .iter()
-                    .map(|c| Duration::from_millis(u64::try_from(c.end_to_end_ms()).unwrap_or(0))),
-            );
-        }
-        e2e.sort();
-        let rate = records as f64 / best.as_secs_f64();
-        println!(
-            "   {}   {:.2} M records/s   checkpoint end-to-end p50 {:.0?}  p99 {:.0?}   ({} checkpoints; best of 3)",
-            if cluster { "coordinator + 2 workers" } else { "weir run, 1 process    " },
-            rate / 1e6,
-            percentile(&e2e, 0.5),
-            percentile(&e2e, 0.99),
-            e2e.len()
-        );
-        figures.push(rate);
+        std::fs::write(dir.path().join("job.toml"), job(1)).expect("the job file");
+        let (best, e2e) = best_of_3(dir.path(), &io, || run_binary(dir.path(), cluster));
+        let label = if cluster {
+            "coordinator + 2 workers"
+        } else {
+            "weir run, 1 process    "
+        };
+        figures.push(print_rate(label, records, best, &e2e));
     }
     println!(
         "   two worker processes / one process: {:.2} of the throughput",
         figures[1] / figures[0]
     );
+}
+
+/// Runs the job in `dir` three times with `run`, which returns its wall time: the best
+/// time, and the end-to-end times of every checkpoint the runs completed, sorted.
+fn best_of_3(
+    dir: &std::path::Path,
+    io: &tokio::runtime::Runtime,
+    mut run: impl FnMut() -> Duration,
+) -> (Duration, Vec<Duration>) {
+    let mut best = Duration::MAX;
+    let mut e2e = Vec::new();
+    for _ in 0..3 {
+        best = best.min(run());
+        let spec = weir::job::load(&dir.join("job.toml"), &[]).expect("a valid job");
+        e2e.extend(
+            checkpoints(&spec, dir, io)
+                .iter()
+                .map(|c| Duration::from_millis(u64::try_from(c.end_to_end_ms()).unwrap_or(0))),
+        );
+    }
+    e2e.sort();
+    (best, e2e)
+}
+
+/// Prints one line of records/s and checkpoint end-to-end times; returns the rate.
+fn print_rate(label: &str, records: u64, best: Duration, e2e: &[Duration]) -> f64 {
+    let rate = records as f64 / best.as_secs_f64();
+    println!(
+        "   {label}   {:.2} M records/s   checkpoint end-to-end p50 {:.0?}  p99 {:.0?}   ({} checkpoints; best of 3)",
+        rate / 1e6,
+        percentile(e2e, 0.5),
+        percentile(e2e, 0.99),
+        e2e.len()
+    );
+    rate
 }
 
 /// Runs `dir/job.toml` with the real binary to its end: `weir run`, or a coordinator
@@ -371,7 +372,10 @@ fn run_binary(dir: &std::path::Path, cluster: bool) -> Duration {
     };
     let started = Instant::now();
     if !cluster {
-        let status = weir().args(["run", "job.toml"]).status().expect("weir runs");
+        let status = weir()
+            .args(["run", "job.toml"])
+            .status()
+            .expect("weir runs");
         assert!(status.success(), "weir run failed");
         return started.elapsed();
     }
@@ -381,13 +385,26 @@ fn run_binary(dir: &std::path::Path, cluster: bool) -> Duration {
         .port();
     let address = format!("127.0.0.1:{port}");
     let mut coordinator = weir()
-        .args(["coordinator", "job.toml", "--workers", "2", "--listen", &address])
+        .args([
+            "coordinator",
+            "job.toml",
+            "--workers",
+            "2",
+            "--listen",
+            &address,
+        ])
         .spawn()
         .expect("the coordinator starts");
     let mut workers: Vec<_> = (0..2)
         .map(|_| {
             weir()
-                .args(["worker", "--coordinator", &address, "--data-bind", "127.0.0.1:0"])
+                .args([
+                    "worker",
+                    "--coordinator",
+                    &address,
+                    "--data-bind",
+                    "127.0.0.1:0",
+                ])
                 .spawn()
                 .expect("a worker starts")
         })

@@ -574,6 +574,27 @@ impl XorShift {
     }
 }
 
+/// The word count's two operators, as job-file sections: `tokenize` (rebalanced from
+/// the node `lines`) and `count` (key-by), with the example guests.
+pub fn word_count_operators() -> String {
+    format!(
+        r#"[[operator]]
+id = "tokenize"
+wasm = "{tokenizer}"
+inputs = ["lines"]
+partition = "rebalance"
+
+[[operator]]
+id = "count"
+wasm = "{counter}"
+inputs = ["tokenize"]
+partition = "key-by"
+"#,
+        tokenizer = toml_path(&guest("word_count_tokenizer")),
+        counter = toml_path(&guest("word_count_counter")),
+    )
+}
+
 /// `lines` lines of eight words each, drawn from 500 (`w0` … `w499`): the input of the
 /// word count in the crash tests.
 pub fn word_text(rng: &mut XorShift, lines: usize) -> String {

@@ -10,8 +10,11 @@ use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use weir_tests::{
-    Scratch, XorShift, counted_lines, crash_kills, crash_seed, guest, toml_path, word_text,
+    Scratch, XorShift, counted_lines, crash_kills, crash_seed, word_count_operators, word_text,
 };
+
+/// The fewest kills that must land mid-run.
+const MIN_KILLS: u32 = 10;
 
 /// How long a run of the job may take at most, kills included.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -42,17 +45,7 @@ delay = "100ms"
 
 {source}
 
-[[operator]]
-id = "tokenize"
-wasm = "{tokenizer}"
-inputs = ["lines"]
-partition = "rebalance"
-
-[[operator]]
-id = "count"
-wasm = "{counter}"
-inputs = ["tokenize"]
-partition = "key-by"
+{operators}
 
 [[sink]]
 id = "out"
@@ -61,8 +54,7 @@ path = "out"
 inputs = ["count"]
 rate = {rate}
 "#,
-        tokenizer = toml_path(&guest("word_count_tokenizer")),
-        counter = toml_path(&guest("word_count_counter")),
+        operators = word_count_operators(),
     )
 }
 
@@ -160,8 +152,14 @@ impl Cluster {
 
     /// Kills a random worker, or with `coordinator` set every third time the
     /// coordinator, `kills` times at random moments while the job runs; returns how
-    /// many kills landed.
-    fn kill_at_random(&mut self, rng: &mut XorShift, kills: u32, coordinator: bool) -> u32 {
+    /// many kills landed, at least [`MIN_KILLS`] or the test has nothing to show.
+    fn kill_at_random(
+        &mut self,
+        rng: &mut XorShift,
+        kills: u32,
+        coordinator: bool,
+        seed: u64,
+    ) -> u32 {
         let mut landed = 0;
         for kill in 0..kills {
             // A random moment: this is the point of the test, not an ordering of events.
@@ -178,6 +176,10 @@ impl Cluster {
             landed += 1;
         }
         println!("{landed} kills landed before the job finished");
+        assert!(
+            landed >= MIN_KILLS,
+            "only {landed} kills landed mid-run (seed {seed}): the job finished too soon to test anything"
+        );
         landed
     }
 
@@ -194,12 +196,22 @@ impl Cluster {
     /// Starts a worker, in network namespace `netns` when given.
     fn spawn_worker(&mut self, netns: Option<&str>) -> Child {
         self.started += 1;
-        let bind = if netns.is_some() { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let bind = if netns.is_some() {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        };
         spawn(
             &self.scratch,
             &self.env,
             netns,
-            &["worker", "--coordinator", &self.address, "--data-bind", bind],
+            &[
+                "worker",
+                "--coordinator",
+                &self.address,
+                "--data-bind",
+                bind,
+            ],
             &format!("worker-{}.log", self.started),
         )
     }
@@ -286,7 +298,13 @@ fn spawn(
 }
 
 /// Writes the input and the job; returns the failure-free output.
-fn prepare(scratch: &Scratch, seed: u64, lines: usize, checkpoints: &str, rate: u32) -> Vec<String> {
+fn prepare(
+    scratch: &Scratch,
+    seed: u64,
+    lines: usize,
+    checkpoints: &str,
+    rate: u32,
+) -> Vec<String> {
     let mut rng = XorShift(seed);
     let texts: Vec<String> = (0..3).map(|_| word_text(&mut rng, lines)).collect();
     for (name, text) in ["a.txt", "b.txt", "c.txt"].iter().zip(&texts) {
@@ -361,15 +379,11 @@ fn output_is_exactly_once_when_workers_are_killed_at_random_moments_with_checkpo
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     let mut cluster = Cluster::start(scratch, env);
-    let landed = cluster.kill_at_random(&mut rng, crash_kills().max(10), false);
-    assert!(
-        landed >= 10,
-        "only {landed} kills landed mid-run (seed {seed}): the job finished too soon to test anything"
-    );
+    let landed = cluster.kill_at_random(&mut rng, crash_kills().max(MIN_KILLS), false, seed);
     assert_output(&mut cluster, &expected, seed);
     let lost = cluster.coordinator_log().matches("is lost").count();
     assert!(
-        lost >= 10,
+        lost >= MIN_KILLS as usize,
         "the coordinator noticed {lost} lost workers of {landed} killed (seed {seed}):\n{}",
         cluster.logs()
     );
@@ -386,11 +400,7 @@ fn unaligned_checkpoints_across_workers_keep_the_output_exactly_once_when_any_pr
     let checkpoints = "dir = \"checkpoints\"\nunaligned = true";
     let expected = prepare(&scratch, seed, 30_000, checkpoints, 25_000);
     let mut cluster = Cluster::start(scratch, Vec::new());
-    let landed = cluster.kill_at_random(&mut rng, (crash_kills() / 2).max(10), true);
-    assert!(
-        landed >= 10,
-        "only {landed} kills landed mid-run (seed {seed}): the job finished too soon to test anything"
-    );
+    cluster.kill_at_random(&mut rng, (crash_kills() / 2).max(MIN_KILLS), true, seed);
     assert_output(&mut cluster, &expected, seed);
     let log = cluster.coordinator_log();
     assert!(
@@ -398,8 +408,11 @@ fn unaligned_checkpoints_across_workers_keep_the_output_exactly_once_when_any_pr
         "no checkpoint was unaligned (seed {seed}):\n{}",
         cluster.logs()
     );
-    let recovered = (2..=cluster.coordinators)
-        .any(|i| cluster.log(&format!("coordinator-{i}.log")).contains("restoring from checkpoint"));
+    let recovered = (2..=cluster.coordinators).any(|i| {
+        cluster
+            .log(&format!("coordinator-{i}.log"))
+            .contains("restoring from checkpoint")
+    });
     assert!(
         recovered,
         "no restarted coordinator recovered the job from its checkpoint (seed {seed}):\n{}",
@@ -429,11 +442,7 @@ bounded = true"#,
     scratch.write("job.toml", job(&source, "dir = \"checkpoints\"", 25_000));
     let expected = counted_lines(&[text]);
     let mut cluster = Cluster::start(scratch, Vec::new());
-    let landed = cluster.kill_at_random(&mut rng, 10, false);
-    assert!(
-        landed >= 10,
-        "only {landed} kills landed mid-run (seed {seed}): the job finished too soon to test anything"
-    );
+    cluster.kill_at_random(&mut rng, MIN_KILLS, false, seed);
     assert_output(&mut cluster, &expected, seed);
 }
 
@@ -480,7 +489,10 @@ struct Network {
 
 /// Runs `ip` with `args`, panicking with what it said when it fails.
 fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("ip (iproute2) runs");
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2) runs");
     assert!(
         output.status.success(),
         "ip {} failed: {}. This test needs root (CAP_NET_ADMIN) and iproute2, as scripts/setup.sh installs",
@@ -509,7 +521,9 @@ impl Network {
             let (outside, inside) = (format!("wh{tag}-{i}"), format!("wn{tag}-{i}"));
             ip(&["netns", "add", &netns]);
             network.namespaces.push(netns.clone());
-            ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside]);
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ]);
             network.links.push(outside.clone());
             ip(&["link", "set", &inside, "netns", &netns]);
             ip(&["link", "set", &outside, "master", &bridge, "up"]);
@@ -527,7 +541,10 @@ impl Network {
     /// this run's subnet.
     fn remove_leftovers() {
         let listed = |args: &[&str]| {
-            let output = Command::new("ip").args(args).output().expect("ip (iproute2) runs");
+            let output = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (iproute2) runs");
             String::from_utf8_lossy(&output.stdout).into_owned()
         };
         for netns in listed(&["netns", "list"]).lines() {
@@ -550,7 +567,9 @@ impl Drop for Network {
         for netns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", netns]).output();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
     }
 }
 
@@ -573,7 +592,9 @@ fn a_worker_cut_off_by_its_link_going_down_is_replaced_and_the_output_stays_exac
     }
     // Mid-run, once a checkpoint is complete: worker 2's cable is pulled.
     let started = weir_tests::eventually(Duration::from_secs(60), || {
-        cluster.log("coordinator.log").contains("checkpoint completed")
+        cluster
+            .log("coordinator.log")
+            .contains("checkpoint completed")
     });
     assert!(started, "no checkpoint completed:\n{}", cluster.logs());
     assert!(
@@ -594,7 +615,10 @@ fn a_worker_cut_off_by_its_link_going_down_is_replaced_and_the_output_stays_exac
     let replacement = cluster.spawn_worker(Some(&network.namespaces[3]));
     cluster.workers.push(replacement);
     assert_output(&mut cluster, &expected, seed);
-    let restarted = cluster.log("coordinator.log").matches("runs on workers").count();
+    let restarted = cluster
+        .log("coordinator.log")
+        .matches("runs on workers")
+        .count();
     assert!(
         restarted >= 2,
         "the job did not restart on the replacement:\n{}",

@@ -12,7 +12,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 use weir_tests::{
-    Scratch, XorShift, counted_lines, crash_kills, crash_seed, describe, guest, toml_path, word_text,
+    Scratch, XorShift, counted_lines, crash_kills, crash_seed, describe, word_count_operators,
+    word_text,
 };
 
 /// What varies between the runs of the harness.
@@ -94,17 +95,7 @@ id = "lines"
 kind = "file"
 path = ["a.txt", "b.txt"]
 
-[[operator]]
-id = "tokenize"
-wasm = "{tokenizer}"
-inputs = ["lines"]
-partition = "rebalance"
-
-[[operator]]
-id = "count"
-wasm = "{counter}"
-inputs = ["tokenize"]
-partition = "key-by"
+{operators}
 
 [[sink]]
 id = "out"
@@ -119,8 +110,7 @@ rate = 150000
         checkpointing = setup.checkpointing(),
         state = setup.state,
         network = setup.network,
-        tokenizer = toml_path(&guest("word_count_tokenizer")),
-        counter = toml_path(&guest("word_count_counter")),
+        operators = word_count_operators(),
     )
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use weir_tests::kafka::{KafkaBroker, KafkaRecord};
 use weir_tests::{
     Scratch, XorShift, counted_lines, crash_kills, crash_seed, describe, eventually, guest,
-    toml_path,
+    toml_path, word_count_operators,
 };
 
 /// `lines` lines of eight words each, from 300 distinct words.
@@ -60,23 +60,12 @@ topic = "lines"
 group-id = "weir-wc"
 bounded = true
 
-[[operator]]
-id = "tokenize"
-wasm = "{tokenizer}"
-inputs = ["lines"]
-partition = "rebalance"
-
-[[operator]]
-id = "count"
-wasm = "{counter}"
-inputs = ["tokenize"]
-partition = "key-by"
+{operators}
 
 {sink}
 "#,
         bootstrap = broker.bootstrap(),
-        tokenizer = toml_path(&guest("word_count_tokenizer")),
-        counter = toml_path(&guest("word_count_counter")),
+        operators = word_count_operators(),
     )
 }
 

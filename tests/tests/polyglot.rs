@@ -4,11 +4,10 @@
 //! checkpoint is complete, and resumed with `--from-checkpoint latest`. The committed
 //! output must be exactly the failure-free one.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use weir_tests::{Scratch, describe, guest, toml_path};
+use weir_tests::{Scratch, counted_lines, describe, guest, toml_path};
 
 /// Words `w0` … `w199` in a fixed pseudo-random order, eight to a line.
 fn input(lines: usize) -> String {
@@ -27,20 +26,6 @@ fn input(lines: usize) -> String {
         text.push('\n');
     }
     text
-}
-
-/// For every word, `word<TAB>1` … `word<TAB>n`, sorted.
-fn expected(text: &str) -> Vec<String> {
-    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-    for word in text.split_whitespace() {
-        *counts.entry(word).or_insert(0) += 1;
-    }
-    let mut lines: Vec<String> = counts
-        .iter()
-        .flat_map(|(word, &n)| (1..=n).map(move |k| format!("{word}\t{k}")))
-        .collect();
-    lines.sort();
-    lines
 }
 
 fn job(counter: &Path) -> String {
@@ -101,6 +86,7 @@ fn exactly_once_across_a_kill(counter: &str) {
     let scratch = Scratch::new();
     let text = input(20_000);
     scratch.write("input.txt", &text);
+    let expected = counted_lines(&[text]);
     let job = scratch.write("job.toml", job(&guest(counter)));
     let job = job.to_str().unwrap_or_default().to_owned();
 
@@ -128,13 +114,13 @@ fn exactly_once_across_a_kill(counter: &str) {
     let _ = child.wait();
     let committed_before = scratch.committed_lines("out").len();
     assert!(
-        committed_before < expected(&text).len(),
+        committed_before < expected.len(),
         "the kill landed after the job had committed everything"
     );
 
     let output = scratch.run(&["run", &job, "--from-checkpoint", "latest"]);
     assert!(output.status.success(), "{}", describe(&output));
-    assert_eq!(scratch.committed_lines("out"), expected(&text));
+    assert_eq!(scratch.committed_lines("out"), expected);
 }
 
 #[test]

@@ -671,11 +671,6 @@ impl CheckpointDriver {
         &self.messages
     }
 
-    /// A way into [`CheckpointDriver::messages`], for what workers report.
-    pub fn inbox(&self) -> Sender<CoordinatorMessage> {
-        self.to_self.clone()
-    }
-
     fn all_sources_exhausted(&self) -> bool {
         self.tasks
             .iter()

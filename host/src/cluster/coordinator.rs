@@ -144,7 +144,10 @@ impl Coordinator {
         });
         let watched = self.clone();
         io.spawn(async move {
-            let period = watched.settings.heartbeat_interval.min(Duration::from_secs(1));
+            let period = watched
+                .settings
+                .heartbeat_interval
+                .min(Duration::from_secs(1));
             loop {
                 tokio::time::sleep(period).await;
                 watched.expire_silent();
@@ -226,7 +229,9 @@ impl Coordinator {
                             Ok(message) => TaskEvent::Report(message),
                             Err(e) => TaskEvent::Failed(RunError::Worker {
                                 worker: name,
-                                message: format!("it sent a checkpoint report this coordinator cannot read: {e}"),
+                                message: format!(
+                                    "it sent a checkpoint report this coordinator cannot read: {e}"
+                                ),
                             }),
                         }
                     }
@@ -326,9 +331,10 @@ pub(super) fn task_result(ended: &proto::TaskEnded) -> Result<(), TaskError> {
 /// The first address `host:port` names.
 fn resolve(address: &str) -> std::io::Result<SocketAddr> {
     use std::net::ToSocketAddrs;
-    address.to_socket_addrs()?.next().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, "it names no address")
-    })
+    address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "it names no address"))
 }
 
 fn send(commands: &UnboundedSender<Result<CoordinatorCommand, Status>>, command: Command) {
@@ -394,7 +400,10 @@ impl Cluster for Coordinator {
             };
             send(&state.workers[id].commands, Command::Assign(assign));
         }
-        let names: Vec<&str> = members.iter().map(|id| state.workers[id].name.as_str()).collect();
+        let names: Vec<&str> = members
+            .iter()
+            .map(|id| state.workers[id].name.as_str())
+            .collect();
         tracing::info!("attempt {attempt:x} runs on workers {}", names.join(", "));
         state.attempt = Some(Attempt {
             id: attempt,
@@ -413,7 +422,10 @@ impl Cluster for Coordinator {
         let Some(attempt) = &state.attempt else {
             return;
         };
-        let Some(attached) = attempt.members.get(worker).and_then(|id| state.workers.get(id))
+        let Some(attached) = attempt
+            .members
+            .get(worker)
+            .and_then(|id| state.workers.get(id))
         else {
             return;
         };
@@ -439,7 +451,9 @@ impl Cluster for Coordinator {
             if let Some(worker) = workers.get(id) {
                 send(
                     &worker.commands,
-                    Command::Cancel(proto::Cancel { attempt: attempt.id }),
+                    Command::Cancel(proto::Cancel {
+                        attempt: attempt.id,
+                    }),
                 );
             }
         }

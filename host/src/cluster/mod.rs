@@ -66,7 +66,9 @@ mod tests {
             .expect_err("another version is refused");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
         assert!(
-            refused.message().contains("run the same weir on every machine"),
+            refused
+                .message()
+                .contains("run the same weir on every machine"),
             "{}",
             refused.message()
         );

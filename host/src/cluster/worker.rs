@@ -20,8 +20,12 @@ use crate::connectors::ExistingOutput;
 use crate::job::{self, Override};
 use crate::launch::{self, build_graph};
 use crate::runtime::channel::ControlSender;
-use crate::runtime::executor::{Placement, RestorePoint, RunOptions, Share, TaskEvent, start_share};
-use crate::runtime::{CANCEL_POLL, CancelToken, CheckpointId, Control, Fault, SubtaskIndex, TaskError};
+use crate::runtime::executor::{
+    Placement, RestorePoint, RunOptions, Share, TaskEvent, start_share,
+};
+use crate::runtime::{
+    CANCEL_POLL, CancelToken, CheckpointId, Control, Fault, SubtaskIndex, TaskError,
+};
 use crate::wasm::{Profiler, WasmRuntime};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
@@ -151,9 +155,8 @@ fn attach(
             Some(address) => Ok(address.clone()),
             None => local_address_towards(&host).map(|ip| SocketAddr::new(ip, port).to_string()),
         };
-        let attempt = data_address.and_then(|data_address| {
-            io.block_on(register(channel.clone(), &name, &data_address))
-        });
+        let attempt = data_address
+            .and_then(|data_address| io.block_on(register(channel.clone(), &name, &data_address)));
         match attempt {
             Ok(attached) => return Ok(attached),
             Err(Attach::Refused(why)) => {
@@ -198,7 +201,9 @@ fn local_address_towards(host: &str) -> Result<std::net::IpAddr, Attach> {
         ([0u16; 8], 0).into()
     };
     let socket = UdpSocket::bind(unspecified).map_err(|e| e.to_string())?;
-    socket.connect(target).map_err(|e| format!("no route to {host}: {e}"))?;
+    socket
+        .connect(target)
+        .map_err(|e| format!("no route to {host}: {e}"))?;
     Ok(socket.local_addr().map_err(|e| e.to_string())?.ip())
 }
 
@@ -249,7 +254,10 @@ async fn register(
                 Ok(Some(_)) => {}
                 Ok(None) => return,
                 Err(status) => {
-                    tracing::warn!("the stream from the coordinator ended: {}", status.message());
+                    tracing::warn!(
+                        "the stream from the coordinator ended: {}",
+                        status.message()
+                    );
                     return;
                 }
             }
@@ -260,7 +268,10 @@ async fn register(
         let mut ticks = tokio::time::interval(interval);
         loop {
             ticks.tick().await;
-            if beat.send(message(Message::Heartbeat(proto::Heartbeat {}))).is_err() {
+            if beat
+                .send(message(Message::Heartbeat(proto::Heartbeat {})))
+                .is_err()
+            {
                 return;
             }
         }
@@ -415,7 +426,9 @@ fn run_attempt(
             controls.started(share.controls.clone());
             share.wait(cancel, &mut |event| match event {
                 TaskEvent::Ended { task, result } => {
-                    let _ = out.send(message(Message::TaskEnded(task_ended(attempt, task, &result))));
+                    let _ = out.send(message(Message::TaskEnded(task_ended(
+                        attempt, task, &result,
+                    ))));
                 }
                 TaskEvent::Report(_) => {}
                 TaskEvent::Failed(error) => report(proto::report::Kind::Failure(error.to_string())),
@@ -426,15 +439,23 @@ fn run_attempt(
             report(proto::report::Kind::Failure(why));
         }
     }
-    let _ = out.send(message(Message::AttemptEnded(proto::AttemptEnded { attempt })));
+    let _ = out.send(message(Message::AttemptEnded(proto::AttemptEnded {
+        attempt,
+    })));
 }
 
-pub(super) fn task_ended(attempt: u64, task: String, result: &Result<(), TaskError>) -> proto::TaskEnded {
+pub(super) fn task_ended(
+    attempt: u64,
+    task: String,
+    result: &Result<(), TaskError>,
+) -> proto::TaskEnded {
     let (ending, fault, message) = match result {
         Ok(()) => (proto::Ending::Finished, Fault::Host, String::new()),
         Err(TaskError::Disconnected) => (proto::Ending::Disconnected, Fault::Host, String::new()),
         Err(TaskError::Cancelled) => (proto::Ending::Cancelled, Fault::Host, String::new()),
-        Err(TaskError::Failed { fault, message }) => (proto::Ending::Failed, *fault, message.clone()),
+        Err(TaskError::Failed { fault, message }) => {
+            (proto::Ending::Failed, *fault, message.clone())
+        }
     };
     let fault = match fault {
         Fault::Guest => proto::Fault::Guest,
@@ -473,7 +494,8 @@ fn prepare(
     } else {
         ExistingOutput::Refuse
     };
-    let graph = build_graph(&spec, wasm, existing, &Profiler::default()).map_err(|e| e.to_string())?;
+    let graph =
+        build_graph(&spec, wasm, existing, &Profiler::default()).map_err(|e| e.to_string())?;
     let point = match (assign.restore_checkpoint, assign.restore_at.as_str()) {
         (0, "") => None,
         (0, location) => Some(RestorePoint::At(location.to_owned())),
@@ -511,13 +533,14 @@ fn prepare(
                 })
                 .map_err(|e| format!("cannot start a thread: {e}"))?;
             let node_ids = graph.nodes.iter().map(|n| n.id.clone()).collect();
-            let uploader: Arc<dyn crate::runtime::CheckpointSink> = Arc::new(SnapshotUploader::new(
-                tx,
-                storage,
-                io.clone(),
-                node_ids,
-                launch::backend_name(spec.state.backend).to_owned(),
-            ));
+            let uploader: Arc<dyn crate::runtime::CheckpointSink> =
+                Arc::new(SnapshotUploader::new(
+                    tx,
+                    storage,
+                    io.clone(),
+                    node_ids,
+                    launch::backend_name(spec.state.backend).to_owned(),
+                ));
             Some(uploader)
         }
         None => None,
@@ -525,7 +548,10 @@ fn prepare(
     let peers = assign
         .peers
         .iter()
-        .map(|p| p.parse::<SocketAddr>().map_err(|e| format!("the coordinator sent the address \"{p}\": {e}")))
+        .map(|p| {
+            p.parse::<SocketAddr>()
+                .map_err(|e| format!("the coordinator sent the address \"{p}\": {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if cancel.is_cancelled() {
         return Err("the attempt was cancelled before it started".to_owned());

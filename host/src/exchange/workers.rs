@@ -163,7 +163,9 @@ impl Workers {
             .map(|&(_, high)| high)
             .collect();
         let deadline = Instant::now() + GREETING;
-        listener.set_nonblocking(true).map_err(ExchangeError::Listen)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(ExchangeError::Listen)?;
         while !awaited.is_empty() {
             let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
@@ -177,7 +179,9 @@ impl Workers {
                 }
                 Err(e) => return Err(ExchangeError::Listen(e)),
             };
-            stream.set_nonblocking(false).map_err(ExchangeError::Listen)?;
+            stream
+                .set_nonblocking(false)
+                .map_err(ExchangeError::Listen)?;
             let peer = match handshake(&stream, &hello, GREETING) {
                 Ok(peer) => peer,
                 Err(error @ ExchangeError::Session { .. }) => {
@@ -198,10 +202,13 @@ impl Workers {
         }
         // This worker connects to those below it.
         for &(low, _) in pairs.iter().filter(|&&(_, high)| high == me) {
-            let address = peers.get(low).copied().ok_or_else(|| ExchangeError::Protocol {
-                peer: name(low),
-                what: "the coordinator gave no address for it".to_owned(),
-            })?;
+            let address = peers
+                .get(low)
+                .copied()
+                .ok_or_else(|| ExchangeError::Protocol {
+                    peer: name(low),
+                    what: "the coordinator gave no address for it".to_owned(),
+                })?;
             let stream = connect(address, deadline).map_err(|source| ExchangeError::Io {
                 peer: format!("{} at {address}", name(low)),
                 source,

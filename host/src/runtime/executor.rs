@@ -3,8 +3,8 @@
 
 use crate::checkpoint::AlignMode;
 use crate::checkpoint::coordinator::TaskRef;
-use crate::checkpoint::driver::{CheckpointDriver, CheckpointFailure, DriverSetup, DriverTask};
 use crate::checkpoint::driver::CoordinatorMessage;
+use crate::checkpoint::driver::{CheckpointDriver, CheckpointFailure, DriverSetup, DriverTask};
 use crate::exchange::{ExchangeError, Link, Workers};
 use crate::runtime::chain::{Chain, Member};
 use crate::runtime::channel::{ChannelReceiver, ChannelSender, ControlSender, Wake};
@@ -18,8 +18,8 @@ use crate::runtime::{
     TaskError, TaskInfo,
 };
 use crossbeam_channel::{Receiver, Sender};
-use std::net::{SocketAddr, TcpListener};
 use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -690,7 +690,15 @@ pub fn start_share(
         slot.publish(metrics.iter().cloned().collect());
     }
     let wired = wire(graph, &chains, placement.workers(graph));
-    start(graph, &chains, &metrics, wired, placement, &mut options, sink)
+    start(
+        graph,
+        &chains,
+        &metrics,
+        wired,
+        placement,
+        &mut options,
+        sink,
+    )
 }
 
 /// What every part of one run of a graph reads.
@@ -844,8 +852,13 @@ fn start(
                 .collect();
             let times = metrics[head].subtasks[s].times.clone();
             let mut output = Output::new(edges, cancel.clone(), times.clone());
-            let mut gate =
-                InputGate::new(receivers, control.clone(), wake, cancel.clone(), times.clone());
+            let mut gate = InputGate::new(
+                receivers,
+                control.clone(),
+                wake,
+                cancel.clone(),
+                times.clone(),
+            );
             if let Some(debloat) = graph.network.debloat {
                 gate.debloat(debloat);
             }
@@ -858,7 +871,13 @@ fn start(
                     let span = tracing::info_span!("task", task = %head_name);
                     let _entered = span.enter();
                     let (failed, result) = run_chain(
-                        bodies, &infos, restores, replay, &mut gate, &mut output, &control,
+                        bodies,
+                        &infos,
+                        restores,
+                        replay,
+                        &mut gate,
+                        &mut output,
+                        &control,
                         &ctx,
                     );
                     // Channels close here, so neighbours blocked on this subtask wake up.
